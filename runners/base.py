@@ -1,0 +1,76 @@
+"""The contract between the dispatcher and the runners.
+
+A Run is one attempt of a Job on a Runner. The dispatcher hands a runner a
+`RunRequest` and a `RunEvents` sink, and gets back a `RunResult`; a runner
+never touches Redis and never imports `supervisor.app`. Cancellation reaches
+the run through an `asyncio.Event` (cooperative first; runners that own a
+process signal it after `grace_s`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class RunStatus(StrEnum):
+    """How a run ended, from the runner's point of view."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"  # retryable
+    PERMANENT = "permanent"  # no retry: ends `failed`
+    RETRY = "retry"  # retry after `retry_delay_s` (handler asked)
+    CANCELLED = "cancelled"  # stopped because cancel was set
+    TIMEOUT = "timeout"  # killed past `timeout_s` (retryable)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """Everything a runner needs to run one attempt."""
+
+    job_id: str
+    name: str
+    attempt: int
+    payload: Any
+    payload_json: str
+    context: dict[str, str] = field(default_factory=dict)
+    deadline: float | None = None  # epoch seconds
+    timeout_s: float | None = None
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What came of one attempt."""
+
+    status: RunStatus
+    result: Any = None
+    error: str | None = None
+    retry_delay_s: float | None = None
+    pid: int | None = None
+
+
+class RunEvents(Protocol):
+    """Callbacks a runner makes while a run is in flight (all non-blocking)."""
+
+    def progress(self, percent: float, message: str | None = None, step: str | None = None) -> None:
+        """Report progress (0-100) with an optional message and step name."""
+
+    def heartbeat(self) -> None:
+        """Ask for the lease to be extended now."""
+
+    def log(self, line: str, stream: str = "stdout") -> None:
+        """Record one line of output as the job's log."""
+
+
+class Runner(Protocol):
+    """An execution model: `inprocess`, `process` or `subprocess`."""
+
+    kind: str
+
+    async def run(self, request: RunRequest, events: RunEvents, cancel: asyncio.Event) -> RunResult:
+        """Run one attempt to its end and say how it ended."""
+
+    async def close(self) -> None:
+        """Release the runner's resources (workers, threads)."""

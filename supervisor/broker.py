@@ -1,0 +1,301 @@
+"""Redis I/O for the queue engine: one method per transition script, plus reads.
+
+The broker knows job types only by name and policy numbers handed to it; it
+knows nothing of handlers or runners. Every state change goes through one
+of the Lua scripts of `supervisor.scripts`; reads are plain commands.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from supervisor import keys
+from supervisor.errors import ConfigError, InvalidTransition, JobNotFound, RedisUnsafe
+from supervisor.records import Job
+from supervisor.scripts import SCRIPT_NAMES, script_source
+from supervisor.states import FINISHED, State
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """Arguments of one job to enqueue (the client fills them in)."""
+
+    id: str
+    payload_json: str
+    priority: int = 0
+    delay_ms: int = 0
+    deadline_ms: int = 0  # relative to enqueue time; 0 = none
+    idempotency_key: str = ""
+    context_json: str = "{}"
+    parent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job this instance now holds under a lease."""
+
+    id: str
+    name: str
+    payload_json: str
+    attempt: int
+    lease: str
+    deadline_ms: int | None
+    context_json: str
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimBatch:
+    now_ms: int
+    next_due_ms: int | None
+    jobs: list[ClaimedJob]
+
+
+def connect(url: str, **options: Any) -> aioredis.Redis:
+    """An asyncio Redis client for `url` (redis://, rediss://, unix://)."""
+    try:
+        return aioredis.Redis.from_url(
+            url, decode_responses=True, socket_keepalive=True, health_check_interval=30, **options
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"setting 'redis_url' (env REDIS_URL) = {mask_url(url)!r} is not a Redis URL: {exc}. "
+            "Use redis://[user:password@]host:port/db, rediss:// for TLS, or unix:///path/redis.sock"
+        ) from exc
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    cred, _, host = rest.rpartition("@")
+    user = cred.split(":", 1)[0] if ":" in cred else ""
+    return f"{scheme}://{user}:***@{host}"
+
+
+class Broker:
+    """All the queue engine's Redis operations, over one asyncio client."""
+
+    def __init__(self, client: aioredis.Redis, blocking: aioredis.Redis | None = None) -> None:
+        self.redis = client
+        self.blocking = blocking or client
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
+        }
+
+    async def _run(self, script: str, name: str, args: Sequence[Any]) -> Any:
+        prefix = keys.queue_prefix(name)
+        # KEYS[1] routes the call to the queue's slot; the script builds its other keys
+        # from the same prefix, which carries the same hash tag.
+        job_prefix = f"{keys.PREFIX}:{{{keys.tag_for(name)}}}:j:"
+        return await self._scripts[script](keys=[prefix + "ready"], args=[prefix, job_prefix, *args])
+
+    async def _run_for_job(self, script: str, job_id: str, args: Sequence[Any]) -> Any:
+        name = await self.job_type(job_id)
+        return await self._run(script, name, [job_id, *args])
+
+    # --- safety checks ---------------------------------------------------------------
+
+    async def check_server(self) -> list[str]:
+        """Refuse a server that evicts keys; return warnings (persistence off)."""
+        info = await self.redis.config_get("maxmemory-policy")
+        policy = info.get("maxmemory-policy", "noeviction")
+        if policy != "noeviction":
+            raise RedisUnsafe(
+                f"Redis maxmemory-policy is {policy!r}: Redis would evict job records under memory "
+                "pressure and jobs would vanish. Fix: CONFIG SET maxmemory-policy noeviction "
+                "(and persist it in redis.conf), or use a dedicated Redis for job-supervisor"
+            )
+        persistence = await self.redis.config_get("appendonly")
+        save = await self.redis.config_get("save")
+        warnings = []
+        if persistence.get("appendonly") != "yes" and not save.get("save"):
+            warnings.append(
+                "Redis persistence is off (appendonly no, no RDB save points): a Redis restart "
+                "loses every queued job. Enable appendonly yes for durability."
+            )
+        return warnings
+
+    # --- type metadata ---------------------------------------------------------------
+
+    async def publish_type(self, name: str, meta: dict[str, str]) -> None:
+        """Publish a type's schema and policy so producers can validate against it."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.meta_key(name), mapping=meta)
+            pipe.sadd(keys.TYPES_KEY, name)
+            await pipe.execute()
+
+    async def type_meta(self, name: str) -> dict[str, str]:
+        return await self.redis.hgetall(keys.meta_key(name))
+
+    async def type_names(self) -> list[str]:
+        return sorted(await self.redis.smembers(keys.TYPES_KEY))
+
+    # --- transitions -----------------------------------------------------------------
+
+    async def enqueue(self, name: str, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
+        """Queue `jobs` of type `name`; returns (id, created) per job (idempotency)."""
+        args: list[Any] = [name, len(jobs)]
+        for j in jobs:
+            args += [j.id, j.payload_json, j.priority, j.delay_ms, j.deadline_ms,
+                     j.idempotency_key, j.context_json, j.parent]
+        raw = await self._run("enqueue", name, args)
+        return [(raw[i], raw[i + 1] == "new") for i in range(0, len(raw), 2)]
+
+    def enqueue_in(self, pipe: Any, name: str, jobs: Sequence[NewJob]) -> None:
+        """Add an enqueue call to a pipeline (for `enqueue_many` across types)."""
+        prefix = keys.queue_prefix(name)
+        job_prefix = f"{keys.PREFIX}:{{{keys.tag_for(name)}}}:j:"
+        args: list[Any] = [prefix, job_prefix, name, len(jobs)]
+        for j in jobs:
+            args += [j.id, j.payload_json, j.priority, j.delay_ms, j.deadline_ms,
+                     j.idempotency_key, j.context_json, j.parent]
+        self._scripts["enqueue"](keys=[prefix + "ready"], args=args, client=pipe)
+
+    async def claim(self, name: str, instance: str, n: int, ack_wait_ms: int, max_deliver: int) -> ClaimBatch:
+        """Take up to `n` ready jobs under a lease (after promoting due ones and reaping lapsed leases)."""
+        now, next_due, flat = await self._run("claim", name, [instance, n, ack_wait_ms, max_deliver])
+        jobs = [
+            ClaimedJob(
+                id=flat[i], name=name, payload_json=flat[i + 1], attempt=int(flat[i + 2]),
+                lease=str(flat[i + 3]), deadline_ms=int(flat[i + 4]) if flat[i + 4] else None,
+                context_json=flat[i + 5] or "{}", created_ms=int(flat[i + 6] or 0),
+            )
+            for i in range(0, len(flat), 7)
+        ]
+        return ClaimBatch(int(now), int(next_due) if int(next_due) >= 0 else None, jobs)
+
+    async def complete(self, name: str, items: Sequence[tuple[str, str, str]]) -> list[str]:
+        """active -> completed for (id, lease, result JSON) items; 'ok' or 'fenced:<state>' each."""
+        return await self._run("complete", name, [len(items), *_flat(items)])
+
+    async def fail(self, name: str, max_deliver: int, items: Sequence[tuple[str, str, str, str, int]]) -> list[str]:
+        """active -> retry|failed|dead for (id, lease, mode, error, delay_ms) items."""
+        return await self._run("fail", name, [max_deliver, len(items), *_flat(items)])
+
+    async def heartbeat(self, name: str, ack_wait_ms: int, items: Sequence[tuple[str, str, str]]) -> list[str]:
+        """Extend leases for (id, lease, progress JSON or '') items; 'ok' | 'cancel' | 'lost' each."""
+        return await self._run("heartbeat", name, [ack_wait_ms, len(items), *_flat(items)])
+
+    async def release(self, name: str, items: Sequence[tuple[str, str]]) -> list[str]:
+        """active -> pending for (id, lease) items, without counting the delivery."""
+        return await self._run("release", name, [len(items), *_flat(items)])
+
+    async def cancel(self, job_id: str, reason: str = "cancelled", lease: str = "") -> str:
+        """Cancel a job: 'cancelled' at once, or 'requested' for an active one."""
+        result, state = await self._run_for_job("cancel", job_id, [reason, lease])
+        if result == "gone":
+            raise JobNotFound(job_id)
+        if result == "invalid":
+            raise InvalidTransition(job_id, state, "cancel")
+        return str(result)
+
+    async def expire(self, job_id: str, lease: str = "") -> str:
+        result, state = await self._run_for_job("expire", job_id, [lease])
+        if result == "gone":
+            raise JobNotFound(job_id)
+        return str(result)
+
+    async def revive(self, job_id: str, action: str) -> None:
+        """Operator `retry` (failed -> pending) or `replay` (dead -> pending)."""
+        expected, event = {"retry": ("failed", "retried"), "replay": ("dead", "replayed")}[action]
+        result, state = await self._run_for_job("revive", job_id, [expected, event])
+        if result == "gone":
+            raise JobNotFound(job_id)
+        if result == "invalid":
+            raise InvalidTransition(job_id, state, action)
+
+    async def dismiss(self, job_id: str) -> None:
+        """Operator `dismiss` (dead -> dismissed)."""
+        result, state = await self._run_for_job("dismiss", job_id, [])
+        if result == "gone":
+            raise JobNotFound(job_id)
+        if result == "invalid":
+            raise InvalidTransition(job_id, state, "dismiss")
+
+    # --- waiting ---------------------------------------------------------------------
+
+    async def wait_for_work(self, name: str, timeout_s: float) -> bool:
+        """Block until a producer wakes this type's queue or `timeout_s` passes."""
+        got = await self.blocking.bzpopmin(keys.index_key(name, "marker"), timeout=max(timeout_s, 0.001))
+        return got is not None
+
+    # --- reads -----------------------------------------------------------------------
+
+    async def job_type(self, job_id: str) -> str:
+        try:
+            key = keys.job_key(job_id)
+        except ValueError:
+            raise JobNotFound(job_id) from None
+        name = await self.redis.hget(key, "name")
+        if name is None:
+            raise JobNotFound(job_id)
+        return str(name)
+
+    async def get(self, job_id: str) -> Job:
+        try:
+            key = keys.job_key(job_id)
+        except ValueError:
+            raise JobNotFound(job_id) from None
+        raw = await self.redis.hgetall(key)
+        if not raw:
+            raise JobNotFound(job_id)
+        return Job.from_hash(job_id, raw)
+
+    async def get_many(self, job_ids: Iterable[str]) -> list[Job]:
+        """Records of `job_ids` that still exist, in order (trimmed ones are skipped)."""
+        ids = list(job_ids)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(keys.job_key(job_id))
+            rows = await pipe.execute()
+        return [Job.from_hash(i, r) for i, r in zip(ids, rows, strict=True) if r]
+
+    async def list_ids(self, name: str, state: State | None, limit: int) -> list[str]:
+        """Ids of one type's jobs in `state` (all states when None), newest index entries first."""
+        states = [state] if state else list(State)
+        ids: list[str] = []
+        for st in states:
+            if st in FINISHED:
+                ids += await self.redis.zrevrange(keys.index_key(name, f"st:{st.value}"), 0, limit - 1)
+            elif st is State.ACTIVE:
+                ids += await self.redis.zrange(keys.index_key(name, "active"), 0, limit - 1)
+            else:  # pending and retry share the ready and scheduled sets; the record tells them apart
+                for part in ("ready", "sched"):
+                    ids += await self.redis.zrange(keys.index_key(name, part), 0, limit - 1)
+        return ids
+
+    async def counts(self, name: str) -> dict[str, int]:
+        """Index sizes of one type: ready, scheduled, active and each finished state."""
+        parts = ["ready", "sched", "active", *(f"st:{s.value}" for s in State if s in FINISHED)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for part in parts:
+                pipe.zcard(keys.index_key(name, part))
+            sizes = await pipe.execute()
+        return {p.removeprefix("st:"): int(n) for p, n in zip(parts, sizes, strict=True)}
+
+    async def read_events(self, name: str, last_id: str, block_ms: int | None, count: int = 100) -> list[tuple[str, dict[str, str]]]:
+        """Lifecycle events of a type after `last_id` ('$' = only new ones)."""
+        rows = await self.blocking.xread({keys.events_key(name): last_id}, count=count, block=block_ms)
+        return [(eid, fields) for _stream, entries in rows for eid, fields in entries]
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        if self.blocking is not self.redis:
+            await self.blocking.aclose()
+
+
+def _flat(items: Iterable[Sequence[Any]]) -> list[Any]:
+    return [v for item in items for v in item]
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON (the only serialization job-supervisor uses)."""
+    return json.dumps(value, separators=(",", ":"), default=str)

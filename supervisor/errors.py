@@ -1,0 +1,135 @@
+"""Every error job-supervisor raises on purpose, with a stable `code` each.
+
+The codes are stable: they appear in API bodies, logs, CLI output and
+metrics. This module imports nothing from the project.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+#: CLI exit codes (the only place they are defined).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2  # click's own code for a bad command line
+EXIT_NOT_FOUND = 3
+EXIT_CONFIG = 78  # sysexits EX_CONFIG; systemd's RestartPreventExitStatus
+
+
+class SupervisorError(Exception):
+    """Base for every error we raise on purpose."""
+
+    code: ClassVar[str] = "internal"
+
+
+class ConfigError(SupervisorError):
+    """Raised when settings are invalid; the daemon stops before it starts."""
+
+    code = "config_invalid"
+
+
+class RedisUnsafe(ConfigError):
+    """Raised when the Redis server is configured in a way that loses jobs."""
+
+    code = "redis_unsafe"
+
+
+class EmbeddedRedisError(SupervisorError):
+    """Raised when the private Redis cannot be started."""
+
+    code = "embedded_redis_failed"
+
+
+class UnknownJobType(SupervisorError):
+    """Raised when enqueueing a job type that no running instance has published."""
+
+    code = "unknown_job_type"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"unknown job type {name!r}: no running instance serves it. Start a daemon whose "
+            "jobs/ or tasks/ declares it, or pass allow_unknown=True (CLI: --allow-unknown) to "
+            "queue it anyway."
+        )
+        self.name = name
+
+
+class InvalidPayload(SupervisorError):
+    """Raised when a payload does not match its job type's schema."""
+
+    code = "invalid_payload"
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"invalid payload for {name!r}: {detail}")
+        self.name = name
+        self.detail = detail
+
+
+class JobNotFound(SupervisorError):
+    """Raised when a job id names no retained job."""
+
+    code = "job_not_found"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r} (never existed, or trimmed by retention)")
+        self.job_id = job_id
+
+
+class InvalidTransition(SupervisorError):
+    """Raised when an operation needs a state the job is not in (HTTP 409)."""
+
+    code = "invalid_state"
+
+    def __init__(self, job_id: str, state: str, action: str) -> None:
+        super().__init__(f"cannot {action} job {job_id!r}: it is {state}")
+        self.job_id = job_id
+        self.state = state
+        self.action = action
+
+
+class HandlerImportError(SupervisorError):
+    """Raised (and reported, never fatal) when a handler file fails to load."""
+
+    code = "handler_import_failed"
+
+    def __init__(self, path: str, cause: str) -> None:
+        super().__init__(f"{path}: {cause}")
+        self.path = path
+        self.cause = cause
+
+
+class DuplicateJobType(HandlerImportError):
+    """Raised when two handler files declare the same job type name."""
+
+    code = "duplicate_job_type"
+
+
+class WaitTimeout(SupervisorError):
+    """Raised when `wait` gives up before the job finishes."""
+
+    code = "wait_timeout"
+
+
+class JobFailed(SupervisorError):
+    """Raised by `wait(..., raise_on_failure=True)` when a job ends other than completed."""
+
+    code = "job_failed"
+
+    def __init__(self, job: Any) -> None:
+        super().__init__(f"job {job.id} ended {job.state}: {job.error}")
+        self.job = job
+
+
+# --- control flow raised by handlers -------------------------------------------------
+
+
+class PermanentError(Exception):
+    """Raise in a handler to fail the job permanently: it ends `failed`, no retry."""
+
+
+class Retry(Exception):
+    """Raise in a handler to ask for a retry after `delay` seconds (counts as a delivery)."""
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.delay = delay

@@ -1,0 +1,68 @@
+"""Redis key names and job ids.
+
+Every key of one job type (its queue) lives under one hash tag, so each Lua
+script touches a single Redis Cluster slot. The tag is a short hash of the
+type name, and a job id starts with its type's tag, so a job can be found
+from its id alone (`Client.get(id)` needs no type name):
+
+    js:{3fa9c1}:orders.charge-payment:ready    sorted set, score = -priority*2^40 + seq
+    js:{3fa9c1}:orders.charge-payment:sched    sorted set, score = run-at ms (delayed, retry)
+    js:{3fa9c1}:orders.charge-payment:active   sorted set, score = lease expiry ms
+    js:{3fa9c1}:orders.charge-payment:st:dead  sorted set per finished state, score = finish ms
+    js:{3fa9c1}:j:3fa9c1-9b1f0e2d4c6a8e0f      hash, the job record
+
+Two type names whose tags collide simply share a slot; key names still carry
+the type name, so nothing else is shared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+PREFIX = "js"
+TYPES_KEY = f"{PREFIX}:types"  # set of every type name any instance published
+TAG_LEN = 6
+
+
+def tag_for(name: str) -> str:
+    """The hash tag of a job type's queue."""
+    return hashlib.sha1(name.encode()).hexdigest()[:TAG_LEN]
+
+
+def queue_prefix(name: str) -> str:
+    """Prefix of every per-type key (the Lua scripts append `ready`, `sched`, ...)."""
+    return f"{PREFIX}:{{{tag_for(name)}}}:{name}:"
+
+
+def new_job_id(name: str) -> str:
+    """A fresh job id: the type's tag, a dash, 16 random hex digits."""
+    return f"{tag_for(name)}-{secrets.token_hex(8)}"
+
+
+def job_key(job_id: str) -> str:
+    """The hash that holds a job's record."""
+    return f"{PREFIX}:{{{tag_from_id(job_id)}}}:j:{job_id}"
+
+
+def tag_from_id(job_id: str) -> str:
+    """The hash tag encoded in a job id (raises ValueError on a malformed id)."""
+    tag, sep, rest = job_id.partition("-")
+    if not sep or len(tag) != TAG_LEN or not rest:
+        raise ValueError(f"malformed job id {job_id!r}: expected '<6 hex>-<16 hex>'")
+    return tag
+
+
+def events_key(name: str) -> str:
+    """The lifecycle event stream of one job type."""
+    return queue_prefix(name) + "events"
+
+
+def meta_key(name: str) -> str:
+    """The hash where running instances publish a type's schema and policy."""
+    return queue_prefix(name) + "meta"
+
+
+def index_key(name: str, part: str) -> str:
+    """One of a type's index keys: ready, sched, active, marker, or st:<state>."""
+    return queue_prefix(name) + part

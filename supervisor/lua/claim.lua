@@ -1,0 +1,83 @@
+-- pending|retry -> active for up to `n` jobs of one type, in priority then FIFO order.
+-- First, due delayed/retry jobs move to the ready set, and active jobs whose lease
+-- lapsed (their worker vanished) go back to retry, or to dead after max_deliver.
+-- ARGV: P, JP, instance, n, ack_wait_ms, max_deliver
+-- Returns {now, next_due_ms or -1, {id, payload, deliveries, lease, deadline, ctx, created, ...}}
+local P, JP, inst = ARGV[1], ARGV[2], ARGV[3]
+local n, ack, max_deliver = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local now = now_ms()
+local ready, active = P .. 'ready', P .. 'active'
+
+local due = redis.call('ZRANGEBYSCORE', P .. 'sched', '-inf', now, 'LIMIT', 0, 1000)
+if #due > 0 then
+  redis.call('ZREM', P .. 'sched', unpack(due))
+  for _, id in ipairs(due) do
+    local score = redis.call('HGET', JP .. id, 'score')
+    if score then redis.call('ZADD', ready, score, id) end
+  end
+end
+
+local lapsed = redis.call('ZRANGEBYSCORE', active, '-inf', now, 'LIMIT', 0, 100)
+for _, id in ipairs(lapsed) do
+  redis.call('ZREM', active, id)
+  local jk = JP .. id
+  local f = redis.call('HMGET', jk, 'state', 'deliveries', 'started', 'worker', 'score', 'idem', 'deadline')
+  if f[1] == 'active' then
+    local err = 'lease expired: instance ' .. tostring(f[4]) .. ' stopped renewing it'
+    local hist = history_with(jk, f[2], f[3], now, 'lease-expired', f[4], err)
+    local dl = tonumber(f[7])
+    if dl and now >= dl then
+      redis.call('HSET', jk, 'state', 'expired', 'history', hist, 'finished', now,
+        'error', 'deadline passed while its worker was gone')
+      park(P, jk, id, 'expired', now, retention_ms(P, 'expired'), f[6])
+      emit(P, 'expired', id, 'expired', f[2])
+    elseif tonumber(f[2]) >= max_deliver then
+      redis.call('HSET', jk, 'state', 'dead', 'history', hist, 'finished', now,
+        'error', err .. '; max_deliver (' .. max_deliver .. ') reached')
+      park(P, jk, id, 'dead', now, retention_ms(P, 'dead'), f[6])
+      emit(P, 'dead', id, 'dead', f[2], 'error', err)
+    else
+      redis.call('HSET', jk, 'state', 'retry', 'history', hist, 'error', err)
+      redis.call('ZADD', ready, f[5], id)
+      emit(P, 'lease-expired', id, 'retry', f[2], 'error', err)
+    end
+  end
+end
+
+local out = {}
+local popped = {}
+if n > 0 then popped = redis.call('ZPOPMIN', ready, n) end
+for i = 1, #popped, 2 do
+  local id = popped[i]
+  local jk = JP .. id
+  local f = redis.call('HMGET', jk, 'state', 'payload', 'deliveries', 'deadline', 'ctx', 'created', 'idem')
+  if f[1] == 'pending' or f[1] == 'retry' then
+    local dl = tonumber(f[4])
+    if dl and now >= dl then
+      redis.call('HSET', jk, 'state', 'expired', 'finished', now, 'error', 'deadline passed before it ran')
+      park(P, jk, id, 'expired', now, retention_ms(P, 'expired'), f[7])
+      emit(P, 'expired', id, 'expired', f[3])
+    else
+      local d = tonumber(f[3]) + 1
+      local lease = redis.call('HINCRBY', jk, 'lease', 1)
+      redis.call('HSET', jk, 'state', 'active', 'deliveries', d, 'started', now, 'worker', inst)
+      redis.call('ZADD', active, now + ack, id)
+      emit(P, 'started', id, 'active', d, 'instance', inst)
+      out[#out + 1] = id
+      out[#out + 1] = f[2]
+      out[#out + 1] = d
+      out[#out + 1] = lease
+      out[#out + 1] = f[4] or ''
+      out[#out + 1] = f[5] or ''
+      out[#out + 1] = f[6] or ''
+    end
+  end
+end
+if redis.call('EXISTS', ready) == 1 then wake(P) end
+
+local next_due = -1
+local s = redis.call('ZRANGE', P .. 'sched', 0, 0, 'WITHSCORES')
+if s[2] then next_due = tonumber(s[2]) end
+local a = redis.call('ZRANGE', active, 0, 0, 'WITHSCORES')
+if a[2] and (next_due < 0 or tonumber(a[2]) < next_due) then next_due = tonumber(a[2]) end
+return {now, next_due, out}

@@ -1,0 +1,38 @@
+-- active -> retry | failed | dead for a batch of jobs, fenced by lease token.
+-- A job whose cancellation was requested while it ran ends cancelled instead of retrying.
+-- ARGV: P, JP, max_deliver, count, then per job: id, lease, mode ('retry'|'permanent'), error, delay_ms
+-- Returns per job: the new state, or 'fenced:<state>'.
+local P, JP, max_deliver, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = now_ms()
+local out = {}
+for i = 0, n - 1 do
+  local b = 5 + i * 5
+  local id, lease, mode, err, delay = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], tonumber(ARGV[b + 4])
+  local jk = JP .. id
+  local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'worker', 'idem', 'cancel')
+  if f[1] ~= 'active' or f[2] ~= lease then
+    out[#out + 1] = 'fenced:' .. tostring(f[1] or 'gone')
+  else
+    local d = tonumber(f[3])
+    local to, outcome = 'retry', 'failed'
+    if f[7] then to, outcome = 'cancelled', 'cancelled'
+    elseif mode == 'permanent' then to, outcome = 'failed', 'permanent'
+    elseif d >= max_deliver then to = 'dead' end
+    local hist = history_with(jk, d, f[4], now, outcome, f[5], err)
+    redis.call('ZREM', P .. 'active', id)
+    if to == 'retry' then
+      redis.call('HSET', jk, 'state', 'retry', 'error', err, 'history', hist, 'run_at', now + delay)
+      redis.call('ZADD', P .. 'sched', now + delay, id)
+      wake(P)
+      emit(P, 'retry', id, 'retry', d, 'error', err, 'delay_ms', delay)
+    else
+      if to == 'dead' then err = err .. ' (max_deliver ' .. max_deliver .. ' reached)' end
+      if to == 'cancelled' then err = f[7] end
+      redis.call('HSET', jk, 'state', to, 'error', err, 'history', hist, 'finished', now)
+      park(P, jk, id, to, now, retention_ms(P, to), f[6])
+      emit(P, to, id, to, d, 'error', err)
+    end
+    out[#out + 1] = to
+  end
+end
+return out

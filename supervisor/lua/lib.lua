@@ -1,0 +1,58 @@
+-- Shared by every transition script; supervisor/scripts.py prepends it and
+-- generates LEGAL (the SPEC §3 table) from supervisor/states.py.
+-- Key names are built from ARGV prefixes that all carry one type's hash tag,
+-- so every key a script touches is in one Redis Cluster slot.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function legal(from, to)
+  local allowed = LEGAL[from]
+  return allowed ~= nil and allowed[to] == true
+end
+
+-- Append one lifecycle event to the type's stream (bounded, approximate trim).
+local function emit(P, event, id, state, attempt, ...)
+  redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*',
+    'event', event, 'id', id, 'state', state, 'attempt', attempt or 0, ...)
+end
+
+-- The history field with one more attempt entry (a JSON array kept as text).
+local function history_with(jk, attempt, started, now, outcome, instance, err)
+  local entry = cjson.encode({attempt = tonumber(attempt), started = tonumber(started),
+    ended = now, outcome = outcome, instance = instance, error = err})
+  local h = redis.call('HGET', jk, 'history')
+  if h then return string.sub(h, 1, -2) .. ',' .. entry .. ']' end
+  return '[' .. entry .. ']'
+end
+
+-- How long a finished record is kept, from the type's published policy.
+local function retention_ms(P, state)
+  local field = 'retention_ms'
+  if state == 'failed' or state == 'dead' then field = 'dead_retention_ms' end
+  return tonumber(redis.call('HGET', P .. 'meta', field)) or DEFAULT_RETENTION[field]
+end
+
+-- A job reached a finished state: index it by finish time, let retention trim it.
+local function park(P, jk, id, state, now, ret, idem)
+  local idx = P .. 'st:' .. state
+  redis.call('ZADD', idx, now, id)
+  redis.call('ZREMRANGEBYSCORE', idx, '-inf', now - ret)
+  redis.call('PEXPIRE', jk, ret)
+  if idem then redis.call('PEXPIRE', P .. 'idem:' .. idem, ret) end
+end
+
+-- A parked job comes back to life (retry, replay): it is kept until it finishes again.
+local function unpark(P, jk, id, state, idem)
+  redis.call('ZREM', P .. 'st:' .. state, id)
+  redis.call('PERSIST', jk)
+  if idem then redis.call('PERSIST', P .. 'idem:' .. idem) end
+end
+
+local function wake(P)
+  redis.call('ZADD', P .. 'marker', 0, 'm')
+end
+
+local PRIORITY_SHIFT = 1099511627776 -- 2^40: score = -priority * 2^40 + seq

