@@ -59,10 +59,10 @@ class ClaimBatch:
 
 def connect(url: str, **options: Any) -> aioredis.Redis:
     """An asyncio Redis client for `url` (redis://, rediss://, unix://)."""
+    if not url.startswith("unix://"):
+        options.setdefault("socket_keepalive", True)
     try:
-        return aioredis.Redis.from_url(
-            url, decode_responses=True, socket_keepalive=True, health_check_interval=30, **options
-        )
+        return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **options)
     except ValueError as exc:
         raise ConfigError(
             f"setting 'redis_url' (env REDIS_URL) = {mask_url(url)!r} is not a Redis URL: {exc}. "
@@ -172,12 +172,12 @@ class Broker:
         ]
         return ClaimBatch(int(now), int(next_due) if int(next_due) >= 0 else None, jobs)
 
-    async def complete(self, name: str, items: Sequence[tuple[str, str, str]]) -> list[str]:
-        """active -> completed for (id, lease, result JSON) items; 'ok' or 'fenced:<state>' each."""
+    async def complete(self, name: str, items: Sequence[tuple[str, str, str, str]]) -> list[str]:
+        """active -> completed for (id, lease, result JSON, progress JSON or '') items; 'ok' or 'fenced:<state>'."""
         return await self._run("complete", name, [len(items), *_flat(items)])
 
-    async def fail(self, name: str, max_deliver: int, items: Sequence[tuple[str, str, str, str, int]]) -> list[str]:
-        """active -> retry|failed|dead for (id, lease, mode, error, delay_ms) items."""
+    async def fail(self, name: str, max_deliver: int, items: Sequence[tuple[str, str, str, str, int, str]]) -> list[str]:
+        """active -> retry|failed|dead for (id, lease, mode, error, delay_ms, progress JSON or '') items."""
         return await self._run("fail", name, [max_deliver, len(items), *_flat(items)])
 
     async def heartbeat(self, name: str, ack_wait_ms: int, items: Sequence[tuple[str, str, str]]) -> list[str]:

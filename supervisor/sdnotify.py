@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import structlog
 
@@ -125,7 +125,7 @@ class Notifier:
         """
         return self._send_fields(list(fields.items()))
 
-    def _send_fields(self, fields: list[tuple[str, str | int | float | bool | None]]) -> bool:
+    def _send_fields(self, fields: Sequence[tuple[str, str | int | float | bool | None]]) -> bool:
         lines: list[str] = []
         for key, value in fields:
             if value is None:

@@ -349,8 +349,11 @@ class ShutdownManager:
             remaining = None if deadline is None else deadline - loop.time()
             if overall_expired or (remaining is not None and remaining <= 0):
                 overall_expired = True
-                entries.append(ResourceReport(res.id, res.priority, ResourceStatus.SKIPPED, 0.0,
-                                              "not started: overall shutdown timeout exceeded"))
+                skipped = ResourceReport(
+                    res.id, res.priority, ResourceStatus.SKIPPED, 0.0,
+                    "not started: overall shutdown timeout exceeded",
+                )
+                entries.append(skipped)
                 log.warning("shutdown.resource.skipped", resource=res.id, priority=res.priority)
                 continue
             entry, hit_overall = await self._stop_one(res, remaining)
@@ -416,7 +419,8 @@ class ShutdownManager:
 
         if fut.cancelled():
             # The stop cancelled itself; nobody cancelled our task.
-            return self._failed(entry(ResourceStatus.FAILED, "CancelledError: stop was cancelled")), False
+            cancelled = entry(ResourceStatus.FAILED, "CancelledError: stop was cancelled")
+            return self._failed(cancelled), False
         exc = fut.exception()
         if exc is not None:
             return self._failed(entry(ResourceStatus.FAILED, _describe(exc))), False

@@ -109,7 +109,9 @@ def render_unit(
     else:
         if not exec_start:
             raise ValueError("exec_start argv must not be empty")
-        _abs_path("exec_start[0]", exec_start[0])
+        # Only absoluteness matters here: systemd_quote() copes with spaces.
+        if not PurePosixPath(exec_start[0]).is_absolute():
+            raise ValueError(f"exec_start[0] must be an absolute path, got {exec_start[0]!r}")
         command = " ".join(systemd_quote(a) for a in exec_start)
     text = shipped_unit_path().read_text(encoding="utf-8") if template is None else template
 

@@ -1,13 +1,13 @@
 -- active -> completed for a batch of jobs, fenced by lease token.
--- ARGV: P, JP, count, then per job: id, lease, result JSON
+-- ARGV: P, JP, count, then per job: id, lease, result JSON, last unsent progress JSON or ''
 -- Returns per job: 'ok' | 'fenced:<state>' (the lease was taken over or the job moved on).
 local P, JP, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local ret = retention_ms(P, 'completed')
 local out = {}
 for i = 0, n - 1 do
-  local b = 4 + i * 3
-  local id, lease, result = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  local b = 4 + i * 4
+  local id, lease, result, progress = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local jk = JP .. id
   local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'worker', 'idem')
   if f[1] ~= 'active' or f[2] ~= lease then
@@ -15,6 +15,7 @@ for i = 0, n - 1 do
   else
     local hist = history_with(jk, f[3], f[4], now, 'completed', f[5], nil)
     redis.call('HSET', jk, 'state', 'completed', 'result', result, 'finished', now, 'history', hist)
+    if progress ~= '' then redis.call('HSET', jk, 'progress', progress) end
     redis.call('ZREM', P .. 'active', id)
     park(P, jk, id, 'completed', now, ret, f[6])
     emit(P, 'completed', id, 'completed', f[3])

@@ -1,13 +1,15 @@
 -- active -> retry | failed | dead for a batch of jobs, fenced by lease token.
 -- A job whose cancellation was requested while it ran ends cancelled instead of retrying.
--- ARGV: P, JP, max_deliver, count, then per job: id, lease, mode ('retry'|'permanent'), error, delay_ms
+-- ARGV: P, JP, max_deliver, count, then per job: id, lease, mode ('retry'|'permanent'), error, delay_ms,
+--   last unsent progress JSON or ''
 -- Returns per job: the new state, or 'fenced:<state>'.
 local P, JP, max_deliver, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 local out = {}
 for i = 0, n - 1 do
-  local b = 5 + i * 5
+  local b = 5 + i * 6
   local id, lease, mode, err, delay = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], tonumber(ARGV[b + 4])
+  local progress = ARGV[b + 5]
   local jk = JP .. id
   local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'worker', 'idem', 'cancel')
   if f[1] ~= 'active' or f[2] ~= lease then
@@ -20,6 +22,7 @@ for i = 0, n - 1 do
     elseif d >= max_deliver then to = 'dead' end
     local hist = history_with(jk, d, f[4], now, outcome, f[5], err)
     redis.call('ZREM', P .. 'active', id)
+    if progress ~= '' then redis.call('HSET', jk, 'progress', progress) end
     if to == 'retry' then
       redis.call('HSET', jk, 'state', 'retry', 'error', err, 'history', hist, 'run_at', now + delay)
       redis.call('ZADD', P .. 'sched', now + delay, id)

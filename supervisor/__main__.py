@@ -1,0 +1,5 @@
+"""`python -m supervisor` = the `job-supervisor` command."""
+
+from supervisor.cli import main
+
+main()

@@ -1,0 +1,359 @@
+"""`job-supervisor` command line: argv -> Settings -> action; the only place exit codes are chosen.
+
+Human tables by default, `--json` for scripts. Commands other than `run` talk
+to Redis directly, so they work whether or not a daemon or API is running.
+Built on click (mature, composable command groups, used by Flask and Celery)
+with rich for tables and progress: the two most widely used choices for this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from supervisor import errors
+from supervisor.config import Settings, load_settings
+from supervisor.errors import ConfigError, SupervisorError
+
+T = TypeVar("T")
+console = Console()
+err_console = Console(stderr=True)
+EXIT_BY_CODE = {
+    "config_invalid": errors.EXIT_CONFIG, "redis_unsafe": errors.EXIT_CONFIG,
+    "embedded_redis_failed": errors.EXIT_CONFIG, "job_not_found": errors.EXIT_NOT_FOUND,
+}
+
+
+def _fail(exc: SupervisorError) -> None:
+    err_console.print(f"[bold red]error[/] ({exc.code}): {exc}", highlight=False, markup=True)
+    sys.exit(EXIT_BY_CODE.get(exc.code, errors.EXIT_FAILURE))
+
+
+def _settings(ctx: click.Context, **flags: Any) -> Settings:
+    obj = ctx.find_root().obj or {}
+    return load_settings(obj.get("config"), **flags)
+
+
+def _redis_url(settings: Settings) -> str:
+    from supervisor.app import embedded_socket  # noqa: PLC0415 (keep CLI start-up light)
+    from supervisor.redis_server import RedisServer  # noqa: PLC0415
+
+    url = settings.redis_url_value()
+    if url:
+        return url
+    sock = embedded_socket(settings.state_dir)
+    if sock.exists() and RedisServer(settings.state_dir, unix_socket=sock).ping():
+        return f"unix://{sock}"
+    raise ConfigError(
+        f"no Redis to talk to: REDIS_URL is unset and no embedded Redis answers at {sock}. "
+        "Start the daemon (job-supervisor run), or set REDIS_URL"
+    )
+
+
+def _async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return asyncio.run(fn(*args, **kwargs))
+        except SupervisorError as exc:
+            _fail(exc)
+            raise  # unreachable
+
+    return wrapper
+
+
+def _table(*columns: tuple[str, bool]) -> Table:
+    """A table whose `no_wrap` columns (ids, names) are never cut, even on an 80-column pipe."""
+    table = Table()
+    for name, keep in columns:
+        table.add_column(name, no_wrap=keep, overflow="fold")
+    return table
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
+              help="TOML settings file (default: config/job-supervisor.toml when present).")
+@click.version_option(package_name="job-supervisor")
+@click.pass_context
+def main(ctx: click.Context, config: Path | None) -> None:
+    """job-supervisor: run and inspect background jobs on Redis."""
+    ctx.obj = {"config": config}
+
+
+# --- run ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--jobs-dir", type=click.Path(path_type=Path), default=None, help="Python handlers folder.")
+@click.option("--tasks-dir", type=click.Path(path_type=Path), default=None, help="Polyglot tasks folder.")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None, help="TOML settings file.")
+@click.pass_context
+def run(ctx: click.Context, jobs_dir: Path | None, tasks_dir: Path | None, config: Path | None) -> None:
+    """Run the daemon until SIGTERM/SIGINT (graceful drain; a second signal stops fast)."""
+    from supervisor import log  # noqa: PLC0415
+    from supervisor.app import run_daemon  # noqa: PLC0415
+
+    if config is not None:
+        ctx.find_root().obj["config"] = config
+    try:
+        settings = _settings(ctx, jobs_dir=jobs_dir, tasks_dir=tasks_dir)
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    log.configure(settings.log_level, settings.log_format)
+    try:
+        code = asyncio.run(run_daemon(settings))
+    except SupervisorError as exc:
+        _fail(exc)
+        return
+    sys.exit(code)
+
+
+# --- enqueue -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("name")
+@click.argument("payload", default="{}")
+@click.option("--wait", "wait", is_flag=True, help="Wait for the job to finish and print its record.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
+@click.option("--delay", type=float, default=None, help="Seconds before it may run.")
+@click.option("--priority", type=int, default=None, help="Higher runs first.")
+@click.option("--idempotency-key", default=None, help="A second enqueue with this key returns the first job.")
+@click.option("--deadline", type=float, default=None, help="Seconds from now after which it expires.")
+@click.option("--allow-unknown", is_flag=True, help="Queue even if no running instance serves NAME.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@_async
+async def enqueue(ctx: click.Context, name: str, payload: str, wait: bool, timeout: float | None,
+                  delay: float | None, priority: int | None, idempotency_key: str | None,
+                  deadline: float | None, allow_unknown: bool, as_json: bool) -> None:
+    """Queue a job of type NAME with a JSON PAYLOAD."""
+    from supervisor.client import Client  # noqa: PLC0415
+
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise errors.InvalidPayload(name, f"PAYLOAD is not JSON ({exc}); quote it, e.g. '{{\"a\": 1}}'") from None
+    settings = _settings(ctx)
+    async with Client(_redis_url(settings), allow_unknown=allow_unknown) as client:
+        ref = await client.enqueue(name, data, delay=delay, priority=priority,
+                                   idempotency_key=idempotency_key, deadline=deadline)
+        if not wait:
+            if as_json:
+                _print_json({"id": ref.id, "name": ref.name, "existing": ref.existing})
+            else:
+                console.print(f"{'existing' if ref.existing else 'queued'} {ref.id}", highlight=False)
+            return
+        if as_json:
+            job = await client.wait(ref.id, timeout)
+        else:
+            with console.status(f"waiting for {ref.id} ({name})"):
+                job = await client.wait(ref.id, timeout)
+    _show_job(job, as_json)
+    if job.state != "completed":
+        sys.exit(errors.EXIT_FAILURE)
+
+
+# --- jobs --------------------------------------------------------------------------------
+
+
+@main.group()
+def jobs() -> None:
+    """Inspect and steer jobs."""
+
+
+@jobs.command("get")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_async
+async def jobs_get(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Show one job: state, payload, result or error, and every attempt."""
+    from supervisor.client import Client  # noqa: PLC0415
+
+    async with Client(_redis_url(_settings(ctx))) as client:
+        _show_job(await client.get(job_id), as_json)
+
+
+@jobs.command("list")
+@click.option("--state", type=click.Choice([s.value for s in __import__("supervisor.states").states.State]),
+              default=None)
+@click.option("--type", "type_", default=None, help="Job type name.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_async
+async def jobs_list(ctx: click.Context, state: str | None, type_: str | None, limit: int, as_json: bool) -> None:
+    """List jobs, newest first."""
+    from supervisor.client import Client  # noqa: PLC0415
+
+    async with Client(_redis_url(_settings(ctx))) as client:
+        found = await client.list(type_, state, limit)
+    if as_json:
+        _print_json([j.to_dict() for j in found])
+        return
+    table = _table(("id", True), ("type", True), ("state", True), ("deliveries", True), ("created", False),
+                   ("error", False))
+    for j in found:
+        table.add_row(j.id, j.name, j.state.value, str(j.deliveries),
+                      j.created.isoformat(timespec="seconds") if j.created else "", (j.error or "")[:60])
+    console.print(table)
+
+
+def _job_action(action: str, help_text: str) -> None:
+    @jobs.command(action, help=help_text)
+    @click.argument("job_id")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    @_async
+    async def command(ctx: click.Context, job_id: str, as_json: bool) -> None:
+        from supervisor.client import Client  # noqa: PLC0415
+
+        async with Client(_redis_url(_settings(ctx))) as client:
+            result = await getattr(client, action)(job_id)
+            job = await client.get(job_id)
+        if as_json:
+            _print_json({"id": job_id, "action": action, "result": result, "state": job.state.value})
+        else:
+            console.print(f"{action}: {job_id} is now {job.state.value}"
+                          + (" (cancellation requested; the handler is told)" if result == "requested" else ""))
+
+
+_job_action("cancel", "Cancel a job (pending/retry at once; active cooperatively).")
+_job_action("retry", "Move a failed job back to pending.")
+_job_action("replay", "Move a dead job back to pending.")
+_job_action("dismiss", "Give up on a dead job (dismissed).")
+
+
+@jobs.command("wait")
+@click.argument("job_id")
+@click.option("--timeout", type=float, default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_async
+async def jobs_wait(ctx: click.Context, job_id: str, timeout: float | None, as_json: bool) -> None:
+    """Wait until a job finishes and show it."""
+    from supervisor.client import Client  # noqa: PLC0415
+
+    async with Client(_redis_url(_settings(ctx))) as client:
+        job = await client.wait(job_id, timeout)
+    _show_job(job, as_json)
+
+
+def _show_job(job: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(job.to_dict())
+        return
+    table = Table(show_header=False, box=None)
+    rows = [("id", job.id), ("type", job.name), ("state", job.state.value), ("deliveries", str(job.deliveries)),
+            ("created", str(job.created)), ("finished", str(job.finished or "")),
+            ("payload", json.dumps(job.payload)), ("result", json.dumps(job.result) if job.result is not None else ""),
+            ("error", job.error or ""), ("progress", json.dumps(job.progress) if job.progress else ""),
+            ("request id", job.context.get("request_id", "")), ("trace id", job.context.get("trace_id", ""))]
+    for k, v in rows:
+        table.add_row(f"[bold]{k}[/]", v)
+    console.print(table)
+    if job.attempts:
+        hist = Table("attempt", "started", "ended", "outcome", "instance", "error", title="attempts")
+        for a in job.attempts:
+            hist.add_row(str(a.attempt), str(a.started or ""), str(a.ended or ""), a.outcome, a.instance or "",
+                         (a.error or "")[:80])
+        console.print(hist)
+
+
+# --- types, config, systemd --------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_async
+async def types(ctx: click.Context, as_json: bool) -> None:
+    """Job types published by running instances (with their policy and source file)."""
+    from supervisor.broker import Broker, connect  # noqa: PLC0415
+
+    broker = Broker(connect(_redis_url(_settings(ctx))))
+    try:
+        rows = []
+        for name in await broker.type_names():
+            meta = await broker.type_meta(name)
+            rows.append({"name": name, "source": meta.get("source"), "policy": json.loads(meta.get("policy", "{}")),
+                         "schema": json.loads(meta.get("schema", "{}")), "counts": await broker.counts(name)})
+    finally:
+        await broker.close()
+    if as_json:
+        _print_json(rows)
+        return
+    table = _table(("type", True), ("runtime", True), ("ready", True), ("scheduled", True), ("active", True),
+                   ("dead", True), ("source", False))
+    for r in rows:
+        c = r["counts"]
+        table.add_row(r["name"], str(r["policy"].get("runtime")), str(c["ready"]), str(c["sched"]),
+                      str(c["active"]), str(c["dead"]), str(r["source"]))
+    console.print(table)
+
+
+@main.group("config")
+def config_group() -> None:
+    """Settings."""
+
+
+@config_group.command("show")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def config_show(ctx: click.Context, as_json: bool) -> None:
+    """Print the effective settings (secrets masked)."""
+    try:
+        values = _settings(ctx).masked()
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        _print_json(values)
+        return
+    table = Table("setting", "value")
+    for k, v in values.items():
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+@main.command("systemd-unit")
+@click.option("--user", default=None, help="User= for the unit (default: the shipped job-supervisor).")
+@click.pass_context
+def systemd_unit(ctx: click.Context, user: str | None) -> None:
+    """Print a systemd unit for this installation (redirect it to /etc/systemd/system/)."""
+    import shutil  # noqa: PLC0415
+
+    from supervisor.systemd_unit import default_exec_start, render_unit  # noqa: PLC0415
+
+    try:
+        settings = _settings(ctx)
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    binary = shutil.which("job-supervisor") or str(Path(sys.executable).with_name("job-supervisor"))
+    root = ctx.find_root().obj or {}
+    config = root.get("config")
+    click.echo(render_unit(
+        default_exec_start(binary, str(Path(config).resolve()) if config else None),
+        working_dir=str(Path.cwd()), state_dir="/var/lib/job-supervisor", user=user, group=user,
+    ), nl=False)
+    del settings
+
+
+if __name__ == "__main__":
+    main()

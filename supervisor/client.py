@@ -1,0 +1,352 @@
+"""Producers: `Client` (asyncio) and `SyncClient` enqueue, inspect, wait for and cancel jobs.
+
+Enqueue validates the payload against the schema that running instances
+published for the type (or against a local `Registry`, inside the daemon),
+and refuses a type no instance published unless `allow_unknown=True`.
+Every job gets a request id and a W3C trace context at enqueue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+import time
+from collections.abc import Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import jsonschema
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+
+from supervisor import keys
+from supervisor.broker import Broker, NewJob, connect, dumps
+from supervisor.errors import (
+    InvalidPayload,
+    JobFailed,
+    SupervisorError,
+    UnknownJobType,
+    WaitTimeout,
+)
+from supervisor.handler import schema_detail
+from supervisor.records import Job
+from supervisor.registry import Registry
+from supervisor.states import State
+
+T = TypeVar("T")
+_META_TTL_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobRef:
+    """A queued job: its id and type; `existing` when an idempotency key matched an earlier job."""
+
+    id: str
+    name: str
+    existing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueRequest:
+    """One job for `enqueue_many`."""
+
+    name: str
+    payload: Any = None
+    delay: float | None = None
+    run_at: datetime | None = None
+    priority: int | None = None
+    idempotency_key: str | None = None
+    deadline: float | None = None
+    context: dict[str, str] | None = None
+    parent: str | None = None
+
+
+def new_trace_context(request_id: str | None = None) -> dict[str, str]:
+    """A fresh request id and W3C trace context (trace id, traceparent)."""
+    trace_id = secrets.token_hex(16)
+    return {
+        "request_id": request_id or secrets.token_hex(8),
+        "trace_id": trace_id,
+        "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01",
+    }
+
+
+class _TypeInfo:
+    __slots__ = ("validator", "priority", "deadline_ms", "fetched")
+
+    def __init__(self, meta: dict[str, str]) -> None:
+        schema = json.loads(meta.get("schema") or "{}")
+        policy = json.loads(meta.get("policy") or "{}")
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        self.validator = cls(schema) if schema else None
+        self.priority = int(policy.get("priority") or 0)
+        deadline = policy.get("deadline")
+        self.deadline_ms = int(float(deadline) * 1000) if deadline else 0
+        self.fetched = time.monotonic()
+
+
+class Client:
+    """Asyncio producer and inspector of jobs.
+
+    Args:
+        redis: a Redis URL or an existing `redis.asyncio.Redis` client.
+        registry: the daemon's own registry (validates locally, no Redis read).
+        allow_unknown: queue jobs of types no instance has published.
+    """
+
+    def __init__(
+        self, redis: str | aioredis.Redis, *, registry: Registry | None = None, allow_unknown: bool = False,
+    ) -> None:
+        self._owns = isinstance(redis, str)
+        client = connect(redis) if isinstance(redis, str) else redis
+        self.broker = Broker(client)
+        self.registry = registry
+        self.allow_unknown = allow_unknown
+        self._types: dict[str, _TypeInfo | None] = {}
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns:
+            await self.broker.close()
+
+    # --- enqueue ---------------------------------------------------------------------
+
+    async def _type_info(self, name: str) -> _TypeInfo | None:
+        cached = self._types.get(name)
+        if cached is not None and time.monotonic() - cached.fetched < _META_TTL_S:
+            return cached
+        meta = await self.broker.type_meta(name)
+        info = _TypeInfo(meta) if meta else None
+        self._types[name] = info
+        return info
+
+    async def _prepare(self, req: EnqueueRequest, allow_unknown: bool | None) -> NewJob:
+        payload = req.payload if req.payload is not None else {}
+        if isinstance(payload, BaseModel):
+            payload = payload.model_dump(mode="json")
+        priority, deadline_ms = req.priority, int(req.deadline * 1000) if req.deadline else 0
+        local = self.registry.get(req.name) if self.registry else None
+        if local is not None:
+            payload = local.payload.check(payload)
+            if priority is None:
+                priority = local.options.priority
+            if not deadline_ms and local.options.deadline:
+                deadline_ms = int(local.options.deadline * 1000)
+        else:
+            info = await self._type_info(req.name)
+            if info is None:
+                if not (self.allow_unknown if allow_unknown is None else allow_unknown):
+                    raise UnknownJobType(req.name)
+            else:
+                if info.validator is not None:
+                    error = jsonschema.exceptions.best_match(info.validator.iter_errors(payload))
+                    if error is not None:
+                        raise InvalidPayload(req.name, schema_detail(error))
+                if priority is None:
+                    priority = info.priority
+                deadline_ms = deadline_ms or info.deadline_ms
+        priority = priority or 0
+        if not -4000 <= priority <= 4000:
+            raise InvalidPayload(req.name, f"priority {priority} is outside -4000..4000")
+        try:
+            payload_json = dumps(payload) if not isinstance(payload, str) else _checked_json(payload)
+        except (TypeError, ValueError) as exc:
+            raise InvalidPayload(req.name, f"payload is not JSON: {exc}") from None
+        delay = req.delay or 0.0
+        if req.run_at is not None:
+            at = req.run_at if req.run_at.tzinfo else req.run_at.replace(tzinfo=UTC)
+            delay = max(delay, (at - datetime.now(UTC)).total_seconds())
+        return NewJob(
+            id=keys.new_job_id(req.name), payload_json=payload_json, priority=priority,
+            delay_ms=max(int(delay * 1000), 0), deadline_ms=deadline_ms,
+            idempotency_key=req.idempotency_key or "",
+            context_json=dumps(req.context or new_trace_context()), parent=req.parent or "",
+        )
+
+    async def enqueue(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        delay: float | None = None,
+        run_at: datetime | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        deadline: float | None = None,
+        context: dict[str, str] | None = None,
+        parent: str | None = None,
+        allow_unknown: bool | None = None,
+    ) -> JobRef:
+        """Queue one job; raises InvalidPayload or UnknownJobType instead of queueing a bad one.
+
+        Args:
+            name: the job type.
+            payload: JSON-ready value or pydantic model ({} when None).
+            delay: seconds before it may run; `run_at`: a datetime before which it won't.
+            priority: higher runs first (default: the type's).
+            idempotency_key: a second enqueue with the same key returns the first job.
+            deadline: seconds from now after which the job expires if not completed.
+            context: request id / trace context to carry (a fresh one by default).
+        """
+        req = EnqueueRequest(name, payload, delay, run_at, priority, idempotency_key, deadline, context, parent)
+        new = await self._prepare(req, allow_unknown)
+        ((job_id, created),) = await self.broker.enqueue(name, [new])
+        return JobRef(id=job_id, name=name, existing=not created)
+
+    async def enqueue_many(
+        self, requests: Iterable[EnqueueRequest | tuple[str, Any]], *, allow_unknown: bool | None = None,
+    ) -> list[JobRef]:
+        """Queue many jobs in one pipelined round trip (all validated before any is queued)."""
+        reqs = [r if isinstance(r, EnqueueRequest) else EnqueueRequest(r[0], r[1]) for r in requests]
+        prepared = [await self._prepare(r, allow_unknown) for r in reqs]
+        groups: dict[str, list[int]] = {}
+        for i, req in enumerate(reqs):
+            groups.setdefault(req.name, []).append(i)
+        chunks: list[tuple[str, list[int]]] = []
+        async with self.broker.redis.pipeline(transaction=False) as pipe:
+            for name, idxs in groups.items():
+                for start in range(0, len(idxs), 1000):  # bounded script argument lists
+                    part = idxs[start:start + 1000]
+                    self.broker.enqueue_in(pipe, name, [prepared[i] for i in part])
+                    chunks.append((name, part))
+            replies = await pipe.execute()
+        refs: list[JobRef | None] = [None] * len(reqs)
+        for (name, part), raw in zip(chunks, replies, strict=True):
+            for j, i in enumerate(part):
+                refs[i] = JobRef(id=raw[2 * j], name=name, existing=raw[2 * j + 1] != "new")
+        return [r for r in refs if r is not None]
+
+    # --- inspect and control ---------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job:
+        """The job's record (JobNotFound when it never existed or was trimmed)."""
+        return await self.broker.get(job_id)
+
+    async def list(self, name: str | None = None, state: State | str | None = None, limit: int = 100) -> list[Job]:
+        """Jobs of one type (or of every published type), optionally in one state, newest first."""
+        st = State(state) if state else None
+        names = [name] if name else await self.broker.type_names()
+        ids: list[str] = []
+        for n in names:
+            ids += await self.broker.list_ids(n, st, limit)
+        jobs = [j for j in await self.broker.get_many(dict.fromkeys(ids)) if st is None or j.state == st]
+        jobs.sort(key=lambda j: j.created or datetime.min.replace(tzinfo=UTC), reverse=True)
+        return jobs[:limit]
+
+    async def cancel(self, job_id: str, reason: str = "cancelled by request") -> str:
+        """Cancel: 'cancelled' at once for pending/retry jobs, 'requested' for an active one."""
+        return await self.broker.cancel(job_id, reason)
+
+    async def retry(self, job_id: str) -> None:
+        """failed -> pending."""
+        await self.broker.revive(job_id, "retry")
+
+    async def replay(self, job_id: str) -> None:
+        """dead -> pending."""
+        await self.broker.revive(job_id, "replay")
+
+    async def dismiss(self, job_id: str) -> None:
+        """dead -> dismissed."""
+        await self.broker.dismiss(job_id)
+
+    async def wait(self, job_id: str, timeout: float | None = None, *, raise_on_failure: bool = False) -> Job:
+        """Wait until the job is finished (completed, failed, dead, cancelled, expired, dismissed).
+
+        Blocks on the type's event stream, so it reacts within milliseconds without polling.
+        Raises WaitTimeout after `timeout` seconds, JobFailed when asked and the job did not complete.
+        """
+        name = await self.broker.job_type(job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        stream = keys.events_key(name)
+        last = await self.broker.redis.xrevrange(stream, count=1)
+        last_id = last[0][0] if last else "0-0"
+        while True:
+            job = await self.broker.get(job_id)
+            if job.finished_running:
+                if raise_on_failure and job.state is not State.COMPLETED:
+                    raise JobFailed(job)
+                return job
+            left = 1.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(f"job {job_id} is still {job.state} after {timeout:g}s")
+            rows = await self.broker.redis.xread({stream: last_id}, count=1000, block=max(int(min(left, 1.0) * 1000), 1))
+            for _stream, entries in rows:
+                if entries:
+                    last_id = entries[-1][0]
+
+
+def _checked_json(text: str) -> str:
+    json.loads(text)
+    return text
+
+
+class SyncClient:
+    """The blocking twin of `Client`, for code without an event loop (web views, scripts).
+
+    Runs a private event loop in a daemon thread; safe to share between threads.
+    """
+
+    def __init__(self, redis: str, *, allow_unknown: bool = False) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="job-supervisor-client", daemon=True)
+        self._thread.start()
+        self._client = self._call(self._make(redis, allow_unknown))
+
+    @staticmethod
+    async def _make(redis: str, allow_unknown: bool) -> Client:
+        return Client(redis, allow_unknown=allow_unknown)
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def enqueue(self, name: str, payload: Any = None, **options: Any) -> JobRef:
+        return self._call(self._client.enqueue(name, payload, **options))
+
+    def enqueue_many(self, requests: Sequence[EnqueueRequest | tuple[str, Any]], **options: Any) -> list[JobRef]:
+        return self._call(self._client.enqueue_many(requests, **options))
+
+    def get(self, job_id: str) -> Job:
+        return self._call(self._client.get(job_id))
+
+    def list(self, name: str | None = None, state: State | str | None = None, limit: int = 100) -> list[Job]:
+        return self._call(self._client.list(name, state, limit))
+
+    def wait(self, job_id: str, timeout: float | None = None, *, raise_on_failure: bool = False) -> Job:
+        return self._call(self._client.wait(job_id, timeout, raise_on_failure=raise_on_failure))
+
+    def cancel(self, job_id: str, reason: str = "cancelled by request") -> str:
+        return self._call(self._client.cancel(job_id, reason))
+
+    def retry(self, job_id: str) -> None:
+        self._call(self._client.retry(job_id))
+
+    def replay(self, job_id: str) -> None:
+        self._call(self._client.replay(job_id))
+
+    def dismiss(self, job_id: str) -> None:
+        self._call(self._client.dismiss(job_id))
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._call(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+__all__ = ["Client", "EnqueueRequest", "JobRef", "SupervisorError", "SyncClient", "new_trace_context"]

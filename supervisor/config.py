@@ -1,0 +1,170 @@
+"""Settings: validated once at start, then passed down (nothing else reads os.environ).
+
+Sources, highest first (SPEC §13): command-line flags, environment variables
+(`REDIS_URL` and `WORKERS_CONCURRENCY` as they are, everything else prefixed
+`JOB_SUPERVISOR_`), a `.env` file in the working directory, a TOML file
+(`--config`, default `config/job-supervisor.toml` when present), defaults.
+Durations are in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from supervisor.errors import ConfigError
+
+DEFAULT_CONFIG = Path("config/job-supervisor.toml")
+Runtime = Literal["inprocess", "process", "subprocess"]
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "job-supervisor"
+
+
+class Settings(BaseSettings):
+    """Every setting of the daemon, the CLI and the clients."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="JOB_SUPERVISOR_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    redis_url: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("REDIS_URL", "JOB_SUPERVISOR_REDIS_URL", "redis_url"),
+        description="Redis to use (redis://, rediss://, unix://). Unset: start a private embedded Redis.",
+    )
+    workers_concurrency: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        gt=0,
+        le=1024,
+        validation_alias=AliasChoices("WORKERS_CONCURRENCY", "JOB_SUPERVISOR_WORKERS_CONCURRENCY",
+                                      "workers_concurrency"),
+        description="Worker processes in the `process` runner's pool (default: CPU count).",
+    )
+    jobs_dir: Path = Field(Path("jobs"), description="Folder of Python handler files.")
+    tasks_dir: Path = Field(Path("tasks"), description="Folder of polyglot task programs.")
+    state_dir: Path = Field(default_factory=_default_state_dir,
+                            description="Embedded Redis data, compiled task cache.")
+    instance_name: str = Field(default_factory=socket.gethostname, min_length=1,
+                               description="Human name of this instance (host name by default).")
+    default_runtime: Runtime = Field("inprocess", description="Runtime of types that name none.")
+    default_concurrency: int = Field(10, gt=0, le=10_000,
+                                     description="Per-type concurrency in one instance when a type names none.")
+    threads: int = Field(32, gt=0, le=1024, description="Thread pool for sync in-process handlers.")
+    ack_wait: float = Field(300.0, gt=0, description="Default lease length (seconds).")
+    max_deliver: int = Field(5, gt=0, description="Default deliveries before a job is dead.")
+    drain_timeout: float = Field(60.0, ge=0, description="SIGTERM: wait this long for in-flight jobs.")
+    retention: float = Field(86_400.0, gt=0, description="Keep completed/cancelled/expired records (seconds).")
+    dead_retention: float = Field(30 * 86_400.0, gt=0, description="Keep failed/dead records (seconds).")
+    max_idle_wait: float = Field(5.0, gt=0, le=60,
+                                 description="Longest blocking wait for work before an idle re-check.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: console on a TTY, JSON lines otherwise (journald).")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        url = value.get_secret_value()
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, dotenv_settings, TomlConfigSettingsSource(settings_cls))
+
+    def redis_url_value(self) -> str | None:
+        return self.redis_url.get_secret_value() if self.redis_url else None
+
+    def masked(self) -> dict[str, Any]:
+        """Every setting as JSON-ready values, secrets replaced by ***."""
+        from supervisor.broker import mask_url  # noqa: PLC0415 (avoid a cycle at import)
+
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "redis_url":
+                value = mask_url(value.get_secret_value()) if value else None
+            elif isinstance(value, SecretStr):
+                value = "***" if value.get_secret_value() else None
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        return out
+
+
+#: Environment variable that sets each field (for error messages).
+def _env_name(field: str) -> str:
+    if field in ("redis_url", "workers_concurrency"):
+        return field.upper()
+    return "JOB_SUPERVISOR_" + field.upper()
+
+
+def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
+    """Build Settings from every source, or raise ConfigError naming each bad setting.
+
+    Args:
+        config_file: TOML file to read; None means `config/job-supervisor.toml` when present.
+        **flags: values from the command line (None values are ignored).
+    """
+    path = config_file
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist: pass an existing file to --config")
+    given = {k: v for k, v in flags.items() if v is not None}
+
+    class _FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    try:
+        return _FileSettings(**given)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    except (ValueError, OSError) as exc:  # unreadable TOML and the like
+        raise ConfigError(f"cannot read settings from {path}: {exc}") from None
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    lines = ["invalid settings:"]
+    for err in exc.errors():
+        loc = err["loc"][0] if err["loc"] else "?"
+        field = str(loc).removeprefix("JOB_SUPERVISOR_").lower()
+        where = f"env {_env_name(field)}" + (f" or {field} in {path}" if path else "")
+        if err["type"] == "extra_forbidden":
+            lines.append(
+                f"  - unknown setting {loc!r} ({path or 'environment'}): remove it or check its "
+                f"spelling; known settings: {', '.join(Settings.model_fields)}"
+            )
+            continue
+        got = err.get("input")
+        shown = "***" if field == "redis_url" else repr(got)
+        lines.append(f"  - setting '{field}' ({where}) = {shown}: {err['msg']}")
+    return "\n".join(lines)

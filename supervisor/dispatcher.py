@@ -1,0 +1,403 @@
+"""Claimed Job -> Runner -> outcome -> broker.
+
+One fetch loop per served type claims jobs only when a slot is free (no
+prefetch a crash could strand), blocks on the type's wake-up marker when
+idle (no polling), and wakes itself when the next delayed job or lease
+expiry is due. Outcomes are settled in batches (one script call for every
+job that finished since the last call), leases are renewed in batches, and
+Redis connection loss is retried with backoff while jobs keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from runners.base import Runner, RunRequest, RunResult, RunStatus
+from supervisor.broker import Broker, ClaimedJob, dumps
+from supervisor.handler import Backoff
+
+log = structlog.get_logger(__name__)
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+@dataclass(slots=True)
+class ServedType:
+    """The policy of one job type as this instance runs it."""
+
+    name: str
+    runtime: str
+    concurrency: int
+    ack_wait_s: float
+    max_deliver: int
+    backoff: Backoff
+    timeout_s: float | None
+    source: str
+
+    @property
+    def ack_wait_ms(self) -> int:
+        return int(self.ack_wait_s * 1000)
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A job this instance is running."""
+
+    job: ClaimedJob
+    served: ServedType
+    cancel: asyncio.Event
+    started: float
+    task: asyncio.Task[None] | None = None
+    progress: str | None = None
+    trace_id: str | None = None
+    lease_lost: bool = False
+    outcome: str = "running"
+
+
+class _Events:
+    """RunEvents for one in-flight job (called on the loop)."""
+
+    __slots__ = ("_d", "_f")
+
+    def __init__(self, dispatcher: Dispatcher, inflight: InFlight) -> None:
+        self._d = dispatcher
+        self._f = inflight
+
+    def progress(self, percent: float, message: str | None = None, step: str | None = None) -> None:
+        self._f.progress = dumps({"percent": percent, "message": message, "step": step})
+        self._d.beat_soon()
+
+    def heartbeat(self) -> None:
+        self._d.beat_soon()
+
+    def log(self, line: str, stream: str = "stdout") -> None:
+        log.info("job.output", job_id=self._f.job.id, job_name=self._f.job.name, stream=stream, line=line)
+
+
+@dataclass(slots=True)
+class _Lane:
+    """Per-type state: in-flight jobs, the fetch loop, and outcomes waiting to be written."""
+
+    served: ServedType
+    inflight: dict[str, InFlight] = field(default_factory=dict)
+    slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
+    fetch: asyncio.Task[None] | None = None
+    waiting: bool = False
+    completes: list[tuple[str, str, str, str]] = field(default_factory=list)
+    fails: list[tuple[str, str, str, str, int, str]] = field(default_factory=list)
+    cancels: list[tuple[str, str, str]] = field(default_factory=list)
+    unsettled: int = 0
+
+
+class Dispatcher:
+    """Runs the served types' jobs on their runners and reports outcomes to Redis."""
+
+    def __init__(self, broker: Broker, instance_id: str, runners: dict[str, Runner], *,
+                 max_idle_wait: float = 5.0) -> None:
+        self.broker = broker
+        self.instance_id = instance_id
+        self.runners = runners
+        self.max_idle_wait = max_idle_wait
+        self.lanes: dict[str, _Lane] = {}
+        self.fetching = False
+        self._settle_now = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._beat_now = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.finished_counts: dict[str, int] = {}
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def serve(self, types: Iterable[ServedType]) -> None:
+        """Set the types to serve (before `start`)."""
+        for served in types:
+            self.lanes[served.name] = _Lane(served)
+
+    async def start(self) -> None:
+        self.fetching = True
+        for lane in self.lanes.values():
+            lane.fetch = asyncio.create_task(self._fetch_loop(lane), name=f"fetch:{lane.served.name}")
+        self._tasks = [
+            asyncio.create_task(self._settle_loop(), name="settle"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+        ]
+
+    @property
+    def inflight(self) -> list[InFlight]:
+        return [f for lane in self.lanes.values() for f in lane.inflight.values()]
+
+    async def stop_fetching(self) -> None:
+        """Claim nothing more; jobs in flight keep running."""
+        self.fetching = False
+        fetches = []
+        for lane in self.lanes.values():
+            lane.slot_freed.set()
+            if lane.fetch is not None:
+                if lane.waiting:  # blocked on the marker: nothing was claimed, safe to cancel
+                    lane.fetch.cancel()
+                fetches.append(lane.fetch)
+        await asyncio.gather(*fetches, return_exceptions=True)
+
+    async def drain(self, timeout: float) -> list[InFlight]:
+        """Wait up to `timeout` for in-flight jobs and their outcomes; returns the jobs still running."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running = [f.task for f in self.inflight if f.task is not None]
+            if not running:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await asyncio.wait(running, timeout=left)
+        await self.flush(max(deadline - time.monotonic(), 1.0))
+        return self.inflight
+
+    async def release(self, jobs: list[InFlight], grace: float = 2.0) -> None:
+        """Cancel jobs that outlived the drain and hand their leases back at once.
+
+        The release does not count as a failed delivery; another instance takes the job
+        without waiting out `ack_wait`. Any outcome they report later is refused (fenced).
+        """
+        for f in jobs:
+            f.cancel.set()
+        tasks = [f.task for f in jobs if f.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        await self.flush(grace)
+        by_type: dict[str, list[InFlight]] = {}
+        for f in self.inflight:  # whatever is still running after the grace period
+            by_type.setdefault(f.job.name, []).append(f)
+        for name, group in by_type.items():
+            try:
+                statuses = await self.broker.release(name, [(f.job.id, f.job.lease) for f in group])
+            except REDIS_DOWN as exc:
+                log.error("shutdown.release_failed", job_type=name, error=str(exc),
+                          note="the leases lapse after ack_wait and the jobs are delivered again")
+                continue
+            for f, status in zip(group, statuses, strict=True):
+                f.outcome = "released" if status == "pending" else status
+        for f in jobs:
+            if f.task is not None and not f.task.done():
+                f.task.cancel()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- fetching --------------------------------------------------------------------
+
+    async def _fetch_loop(self, lane: _Lane) -> None:
+        served = lane.served
+        backoff = 0.05
+        while self.fetching:
+            free = served.concurrency - len(lane.inflight)
+            if free <= 0:
+                lane.slot_freed.clear()
+                await lane.slot_freed.wait()
+                continue
+            try:
+                batch = await self.broker.claim(
+                    served.name, self.instance_id, free, served.ack_wait_ms, served.max_deliver
+                )
+            except REDIS_DOWN as exc:
+                backoff = await self._redis_down("claim", served.name, exc, backoff)
+                continue
+            backoff = 0.05
+            for job in batch.jobs:
+                self._start(lane, job)
+            if batch.jobs or not self.fetching:
+                continue
+            wait = self.max_idle_wait
+            if batch.next_due_ms is not None:
+                wait = min(wait, max((batch.next_due_ms - batch.now_ms) / 1000, 0.001))
+            lane.waiting = True
+            try:
+                await self.broker.wait_for_work(served.name, wait)
+            except REDIS_DOWN as exc:
+                backoff = await self._redis_down("wait", served.name, exc, backoff)
+            finally:
+                lane.waiting = False
+
+    async def _redis_down(self, op: str, name: str, exc: BaseException, backoff: float) -> float:
+        log.warning("redis.unavailable", op=op, job_type=name, error=str(exc), retry_in_s=round(backoff, 2))
+        await asyncio.sleep(backoff)
+        return min(backoff * 2, 2.0)
+
+    def _start(self, lane: _Lane, job: ClaimedJob) -> None:
+        inflight = InFlight(job, lane.served, asyncio.Event(), time.monotonic())
+        lane.inflight[job.id] = inflight
+        inflight.task = asyncio.create_task(self._run(lane, inflight), name=f"job:{job.id}")
+
+    # --- running ---------------------------------------------------------------------
+
+    async def _run(self, lane: _Lane, f: InFlight) -> None:
+        job, served = f.job, lane.served
+        context = json.loads(job.context_json) if job.context_json else {}
+        f.trace_id = context.get("trace_id")
+        deadline = job.deadline_ms / 1000 if job.deadline_ms else None
+        timeout = served.timeout_s
+        if deadline is not None:
+            left = max(deadline - time.time(), 0.001)
+            timeout = left if timeout is None else min(timeout, left)
+        request = RunRequest(
+            job_id=job.id, name=job.name, attempt=job.attempt, payload=None,
+            payload_json=job.payload_json, context=context, deadline=deadline, timeout_s=timeout,
+        )
+        runner = self.runners[served.runtime]
+        try:
+            result = await runner.run(request, _Events(self, f), f.cancel)
+        except asyncio.CancelledError:
+            lane.inflight.pop(job.id, None)
+            lane.slot_freed.set()
+            raise
+        except Exception as exc:  # noqa: BLE001 (a runner bug must fail the attempt, not the daemon)
+            log.exception("runner.error", job_id=job.id, job_name=job.name)
+            result = RunResult(RunStatus.FAILED, error=f"runner error: {type(exc).__name__}: {exc}")
+        if deadline is not None and result.status is RunStatus.TIMEOUT and time.time() >= deadline:
+            await self._expire(f)
+        else:
+            self._settle(lane, f, result)
+        lane.inflight.pop(job.id, None)
+        lane.slot_freed.set()
+
+    def _settle(self, lane: _Lane, f: InFlight, result: RunResult) -> None:
+        job, served = f.job, lane.served
+        status = result.status
+        duration = time.monotonic() - f.started
+        wait_s = max(time.time() - job.created_ms / 1000, 0.0) - duration if job.created_ms else None
+        if status is RunStatus.COMPLETED:
+            lane.completes.append((job.id, job.lease, dumps(result.result), f.progress or ""))
+        elif status is RunStatus.CANCELLED:
+            lane.cancels.append((job.id, job.lease, result.error or "cancelled"))
+        else:
+            mode = "permanent" if status is RunStatus.PERMANENT else "retry"
+            delay = result.retry_delay_s
+            if delay is None:
+                delay = served.backoff.delay(job.attempt)
+            lane.fails.append((job.id, job.lease, mode, result.error or status.value, int(delay * 1000),
+                               f.progress or ""))
+        lane.unsettled += 1
+        f.outcome = status.value
+        self.finished_counts[status.value] = self.finished_counts.get(status.value, 0) + 1
+        log.info("run.finished", job_id=job.id, job_name=job.name, attempt=job.attempt, outcome=status.value,
+                 duration_s=round(duration, 6), queue_wait_s=round(wait_s, 6) if wait_s is not None else None,
+                 error=result.error, trace_id=f.trace_id, runtime=served.runtime)
+        self._settle_now.set()
+
+    async def _expire(self, f: InFlight) -> None:
+        try:
+            await self.broker.expire(f.job.id, lease=f.job.lease)
+            f.outcome = "expired"
+        except Exception as exc:  # noqa: BLE001
+            log.warning("expire.failed", job_id=f.job.id, error=str(exc))
+
+    # --- settling --------------------------------------------------------------------
+
+    async def _settle_loop(self) -> None:
+        backoff = 0.05
+        while True:
+            await self._settle_now.wait()
+            self._settle_now.clear()
+            for lane in self.lanes.values():
+                while lane.completes or lane.fails or lane.cancels:
+                    completes, lane.completes = lane.completes, []
+                    fails, lane.fails = lane.fails, []
+                    cancels, lane.cancels = lane.cancels, []
+                    try:
+                        for job_id, lease, reason in cancels:
+                            await self._report_cancel(job_id, lease, reason)
+                        if completes:
+                            self._check(lane, completes, await self.broker.complete(lane.served.name, completes))
+                        if fails:
+                            self._check(lane, fails, await self.broker.fail(
+                                lane.served.name, lane.served.max_deliver, fails))
+                        backoff = 0.05
+                    except REDIS_DOWN as exc:
+                        # Keep every outcome: put them back and retry after a pause.
+                        lane.completes[:0] = completes
+                        lane.fails[:0] = fails
+                        lane.cancels[:0] = cancels
+                        backoff = await self._redis_down("settle", lane.served.name, exc, backoff)
+                        continue
+                    lane.unsettled -= len(completes) + len(fails) + len(cancels)
+            if all(lane.unsettled == 0 for lane in self.lanes.values()):
+                self._settled.set()
+
+    async def _report_cancel(self, job_id: str, lease: str, reason: str) -> None:
+        try:
+            await self.broker.cancel(job_id, reason, lease=lease)
+        except REDIS_DOWN:
+            raise
+        except Exception as exc:  # noqa: BLE001 (finished or taken over elsewhere: nothing to do)
+            log.info("run.cancel_refused", job_id=job_id, error=str(exc))
+
+    def _check(self, lane: _Lane, items: list[Any], statuses: list[str]) -> None:
+        for item, status in zip(items, statuses, strict=True):
+            if status.startswith("fenced"):
+                log.warning("run.fenced", job_id=item[0], job_name=lane.served.name, status=status,
+                            note="the lease was taken over; this outcome was refused")
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until every outcome so far is written to Redis (False on timeout)."""
+        if all(lane.unsettled == 0 for lane in self.lanes.values()):
+            return True
+        self._settled.clear()
+        self._settle_now.set()
+        try:
+            await asyncio.wait_for(self._settled.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # --- heartbeats ------------------------------------------------------------------
+
+    def beat_soon(self) -> None:
+        self._beat_now.set()
+
+    def _beat_interval(self) -> float:
+        if not self.lanes:
+            return 60.0
+        return max(min(lane.served.ack_wait_s for lane in self.lanes.values()) / 3, 0.05)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self._beat_interval()
+        last_full = time.monotonic()
+        while True:
+            try:
+                await asyncio.wait_for(self._beat_now.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+            self._beat_now.clear()
+            full = time.monotonic() - last_full >= interval * 0.9
+            if full:
+                last_full = time.monotonic()
+            for lane in self.lanes.values():
+                group = [f for f in lane.inflight.values() if full or f.progress]
+                if not group:
+                    continue
+                items = [(f.job.id, f.job.lease, f.progress or "") for f in group]
+                try:
+                    statuses = await self.broker.heartbeat(lane.served.name, lane.served.ack_wait_ms, items)
+                except REDIS_DOWN as exc:
+                    log.warning("redis.unavailable", op="heartbeat", job_type=lane.served.name, error=str(exc))
+                    continue
+                for f, (_, _, sent), status in zip(group, items, statuses, strict=True):
+                    if f.progress == sent:
+                        f.progress = None
+                    if status == "cancel" and not f.cancel.is_set():
+                        log.info("run.cancel_requested", job_id=f.job.id, job_name=f.job.name)
+                        f.cancel.set()
+                    elif status == "lost" and not f.lease_lost:
+                        f.lease_lost = True
+                        log.warning("run.lease_lost", job_id=f.job.id, job_name=f.job.name,
+                                    note="another instance took the job over; this run's outcome will be refused")
+                        f.cancel.set()
