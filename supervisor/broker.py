@@ -149,7 +149,7 @@ class Broker:
         raw = await self._run("enqueue", name, args)
         return [(raw[i], raw[i + 1] == "new") for i in range(0, len(raw), 2)]
 
-    def enqueue_in(self, pipe: Any, name: str, jobs: Sequence[NewJob]) -> None:
+    async def enqueue_in(self, pipe: Any, name: str, jobs: Sequence[NewJob]) -> None:
         """Add an enqueue call to a pipeline (for `enqueue_many` across types)."""
         prefix = keys.queue_prefix(name)
         job_prefix = f"{keys.PREFIX}:{{{keys.tag_for(name)}}}:j:"
@@ -157,7 +157,7 @@ class Broker:
         for j in jobs:
             args += [j.id, j.payload_json, j.priority, j.delay_ms, j.deadline_ms,
                      j.idempotency_key, j.context_json, j.parent]
-        self._scripts["enqueue"](keys=[prefix + "ready"], args=args, client=pipe)
+        await self._scripts["enqueue"](keys=[prefix + "ready"], args=args, client=pipe)
 
     async def claim(self, name: str, instance: str, n: int, ack_wait_ms: int, max_deliver: int) -> ClaimBatch:
         """Take up to `n` ready jobs under a lease (after promoting due ones and reaping lapsed leases)."""

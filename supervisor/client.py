@@ -215,7 +215,7 @@ class Client:
             for name, idxs in groups.items():
                 for start in range(0, len(idxs), 1000):  # bounded script argument lists
                     part = idxs[start:start + 1000]
-                    self.broker.enqueue_in(pipe, name, [prepared[i] for i in part])
+                    await self.broker.enqueue_in(pipe, name, [prepared[i] for i in part])
                     chunks.append((name, part))
             replies = await pipe.execute()
         refs: list[JobRef | None] = [None] * len(reqs)

@@ -86,3 +86,9 @@ async def cooperative(payload: dict, ctx: Context) -> str:
     ctx.log.info("cooperative.waiting")
     await ctx.cancel_event.wait()
     return "stopped early"
+
+
+@job("t.long", ack_wait=60, concurrency=10)
+async def long(payload: Sleep, ctx: Context) -> dict[str, object]:
+    await asyncio.sleep(payload.seconds)
+    return {"slept": payload.seconds, "pid": os.getpid()}
