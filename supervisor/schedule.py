@@ -58,12 +58,17 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, CroniterError, croniter
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
-from pydantic_core import PydanticUndefined
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    model_validator,
+)
 
 from supervisor.errors import SupervisorError
 
@@ -114,6 +119,7 @@ _CRON_FIX = (
 )
 _TZ_FIX = "use an IANA timezone name like 'UTC', 'Europe/Berlin' or 'America/New_York'"
 _MISFIRE_FIX = "use 'run-once' (fire the latest missed tick once) or 'skip' (drop missed ticks)"
+_UNKNOWN_SOURCE = "<schedule>"
 _NAIVE_EPOCH = datetime(1970, 1, 1)
 _DAY_S = 86_400
 #: A clock turned back less than this long ago may still be repeating wall times.
@@ -178,16 +184,14 @@ class ScheduleSpec(BaseModel):
     source: str
     name: str | None = None
 
-    _UNKNOWN_SOURCE: ClassVar[str] = "<schedule>"
-
     @model_validator(mode="wrap")
     @classmethod
-    def _validate(cls, data: Any, handler: Any) -> Any:
+    def _validate(cls, data: Any, handler: ModelWrapValidatorHandler[ScheduleSpec]) -> ScheduleSpec:
         """Check cron, timezone and misfire first, and turn every error into ScheduleError."""
         if isinstance(data, Mapping):
             data = dict(data)
             source = data.get("source")
-            src = source if isinstance(source, str) and source.strip() else cls._UNKNOWN_SOURCE
+            src = source if isinstance(source, str) and source.strip() else _UNKNOWN_SOURCE
             for key in ("job", "source"):
                 if key in data and not (isinstance(data[key], str) and data[key].strip()):
                     raise ScheduleError(src, key, data[key], "must be a non-empty string",
@@ -212,13 +216,13 @@ class ScheduleSpec(BaseModel):
                 raise ScheduleError(src, "misfire", data["misfire"],
                                     "must be 'run-once' or 'skip'", _MISFIRE_FIX)
         else:
-            src = cls._UNKNOWN_SOURCE
+            src = _UNKNOWN_SOURCE
         try:
             return handler(data)
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = ".".join(str(part) for part in err["loc"]) or "schedule"
-            value = err.get("input", PydanticUndefined)
+            value = err.get("input")
             if err["type"] == "missing":
                 raise ScheduleError(src, loc, None, "is required",
                                     f"add {loc} to the schedule") from None
@@ -380,7 +384,7 @@ class _Compiled:
                 return int(self._iter.get_next(float, start_time=float(cursor)))
             except CroniterBadDateError:
                 raise ScheduleError(
-                    "<schedule>", "cron", self.expr,
+                    _UNKNOWN_SOURCE, "cron", self.expr,
                     "fires no more within croniter's 50-year horizon", _CRON_FIX,
                 ) from None
 

@@ -1,0 +1,117 @@
+"""The state table, the Lua scripts' copy of it, backoff, keys, Context.for_test."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from pydantic import BaseModel
+
+from supervisor import Backoff, Context, PermanentError, job
+from supervisor.handler import JobType
+from supervisor.keys import job_key, new_job_id, queue_prefix, tag_from_id
+from supervisor.scripts import SCRIPT_NAMES, script_source
+from supervisor.states import FINISHED, TERMINAL, TRANSITIONS, State, can_transition
+
+
+def test_state_table_matches_spec() -> None:
+    assert {s.value for s in TRANSITIONS[State.PENDING]} == {"active", "cancelled", "expired"}
+    assert {s.value for s in TRANSITIONS[State.RETRY]} == {"active", "cancelled", "dead", "expired"}
+    assert {s.value for s in TRANSITIONS[State.FAILED]} == {"pending"}
+    assert {s.value for s in TRANSITIONS[State.DEAD]} == {"pending", "dismissed"}
+    assert all(not TRANSITIONS[s] for s in TERMINAL)
+    assert can_transition(State.ACTIVE, State.COMPLETED) and not can_transition(State.COMPLETED, State.PENDING)
+    assert State.FAILED in FINISHED and State.ACTIVE not in FINISHED
+
+
+def test_every_script_carries_the_generated_state_table() -> None:
+    for name in SCRIPT_NAMES:
+        src = script_source(name)
+        for source, targets in TRANSITIONS.items():
+            row = re.search(rf"\['{source.value}'\] = \{{([^}}]*)\}}", src)
+            assert row, f"{name}.lua lacks the row for {source}"
+            assert set(re.findall(r"\['(\w+)'\]", row.group(1))) == {t.value for t in targets}
+
+
+def test_scripts_only_write_states_the_table_knows() -> None:
+    known = {s.value for s in State}
+    for name in SCRIPT_NAMES:
+        body = script_source(name).split("local PRIORITY_SHIFT", 1)[1]
+        written = set(re.findall(r"(?:'HSET', jk, |\{|name, )'state', '(\w+)'", body))
+        assert written <= known, f"{name}.lua writes unknown state(s) {written - known}"
+
+
+def test_backoff_list_repeats_last_value() -> None:
+    b = Backoff.parse([5, 30, 120])
+    assert [b.delay(n) for n in (1, 2, 3, 4, 9)] == [5, 30, 120, 120, 120]
+
+
+def test_exponential_backoff_has_jitter_and_cap() -> None:
+    b = Backoff.parse({"base": 1, "max": 8})
+    for attempt in range(1, 10):
+        raw = min(8, 2 ** (attempt - 1))
+        assert raw * 0.5 <= b.delay(attempt) <= raw
+    assert len({round(b.delay(5), 6) for _ in range(20)}) > 1
+
+
+@pytest.mark.parametrize("bad", [[], ["x"], [-1], {"unknown": 1}, "linear"])
+def test_bad_backoff_names_the_fix(bad: object) -> None:
+    with pytest.raises(ValueError, match="backoff="):
+        Backoff.parse(bad)
+
+
+def test_bad_decorator_options_are_reported() -> None:
+    with pytest.raises(ValueError, match=r"max_deliver=0 must be a positive integer.*runtime='thread'"):
+        job("x", max_deliver=0, runtime="thread")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown option"):
+        job("x", retries=3)
+
+
+def test_job_ids_route_to_their_queue_slot() -> None:
+    job_id = new_job_id("orders.charge-payment")
+    tag = tag_from_id(job_id)
+    assert f"{{{tag}}}" in job_key(job_id)
+    assert f"{{{tag}}}" in queue_prefix("orders.charge-payment")
+    with pytest.raises(ValueError, match="malformed job id"):
+        tag_from_id("nope")
+
+
+class Order(BaseModel):
+    order_id: str
+
+
+@job("unit.reserve")
+async def reserve(payload: Order, ctx: Context) -> dict[str, str]:
+    await ctx.progress(10, "checking", step="reserving")
+    if ctx.cancelled:
+        raise PermanentError("cancelled")
+    child = await ctx.enqueue("unit.charge", {"order_id": payload.order_id})
+    ctx.log.info("reserved")
+    return {"child": child.id}
+
+
+async def test_handler_is_testable_with_context_for_test() -> None:
+    ctx = Context.for_test({"order_id": "o1"}, job_name="unit.reserve")
+    result = await reserve(Order(order_id="o1"), ctx)
+    assert result == {"child": "test-1"}
+    assert ctx.recorded.progress_calls == [(10.0, "checking", "reserving")]
+    child = ctx.recorded.enqueued[0]
+    assert child.name == "unit.charge" and child.options["parent"] == ctx.job_id
+    assert child.options["context"]["trace_id"] == ctx.context["trace_id"]
+
+
+async def test_context_for_test_cancellation() -> None:
+    ctx = Context.for_test({"order_id": "o1"})
+    ctx.cancel()
+    assert ctx.cancelled and ctx.cancel_event.is_set()
+    with pytest.raises(PermanentError):
+        await reserve(Order(order_id="o1"), ctx)
+
+
+def test_payload_model_validates_like_the_annotation() -> None:
+    jt = JobType.from_function(reserve, reserve.__supervisor_jobs__[0], "unit")
+    assert jt.is_async and jt.takes_context
+    assert jt.payload.schema["required"] == ["order_id"]
+    assert jt.payload.from_json('{"order_id": "x"}') == Order(order_id="x")
+    with pytest.raises(Exception, match="order_id"):
+        jt.payload.from_json('{"order": 1}')
