@@ -87,3 +87,9 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
     done = _cli("config", "show", "--json", env={"REDIS_URL": "redis://app:s3cr3t@db:6379/0"}, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "s3cr3t" not in done.stdout and '"redis://app:***@db:6379/0"' in done.stdout
+
+
+def test_shipped_example_config_is_valid() -> None:
+    root = Path(__file__).resolve().parents[2]
+    s = load_settings(root / "config" / "job-supervisor.example.toml")
+    assert s.drain_timeout == 60 and s.default_runtime == "inprocess"
