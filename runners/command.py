@@ -49,7 +49,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import psutil
 import structlog
@@ -263,9 +263,7 @@ class _Output:
                 return False
             if percent != percent:  # NaN
                 return False
-            self._call(
-                self._events.progress, min(max(percent, 0.0), 100.0), message.strip() or None, None
-            )
+            self._call(self._events.progress, min(max(percent, 0.0), 100.0), message.strip() or None, None)
             return True
         if word == "heartbeat" and not rest:
             self._call(self._events.heartbeat)
@@ -550,7 +548,7 @@ async def run_command(
     tree = _ProcessTree(pid, run_id, started_at)
     bound = bound.bind(pid=pid)
     bound.debug("run.started", argv=spec.argv)
-    stdin = transport.get_pipe_transport(0)
+    stdin = cast(asyncio.WriteTransport | None, transport.get_pipe_transport(0))
     if stdin is not None:
         with contextlib.suppress(OSError):
             stdin.write(request.payload_json.encode("utf-8"))
@@ -588,7 +586,7 @@ async def run_command(
     code = transport.get_returncode()
     status, error = _outcome(reason, code, output, why_timeout, stopped_with)
     result = output.final_result() if status is RunStatus.COMPLETED else None
-    bound.info("run.finished", status=str(status), exit_code=code)
+    bound.debug("run.finished", status=str(status), exit_code=code)  # the dispatcher logs the Run
     return RunResult(status, result=result, error=error, pid=pid)
 
 
@@ -659,7 +657,7 @@ class CommandRunner:
 
     def __init__(self, spec_for: Callable[[str], CommandSpec]) -> None:
         self._spec_for = spec_for
-        self._stops: set[asyncio.Event] = set()
+        self._runs: dict[asyncio.Event, asyncio.Future[RunResult]] = {}
         self._closed = False
 
     async def run(self, request: RunRequest, events: RunEvents, cancel: asyncio.Event) -> RunResult:
@@ -672,20 +670,21 @@ class CommandRunner:
             return RunResult(RunStatus.CANCELLED, error="the subprocess runner is closed")
         stop = asyncio.Event()
         relay = asyncio.ensure_future(_relay(cancel, stop))
-        self._stops.add(stop)
+        run = asyncio.ensure_future(run_command(spec, request, events, stop))
+        self._runs[stop] = run
         try:
-            return await run_command(spec, request, events, stop)
+            return await run  # cancelling us cancels it: the Run then kills its processes at once
         finally:
-            self._stops.discard(stop)
+            self._runs.pop(stop, None)
             relay.cancel()
 
     async def close(self) -> None:
-        """Stop every Run still in flight (the dispatcher drains before it closes)."""
+        """Stop every Run still in flight, each like a cancel (the dispatcher drains first)."""
         self._closed = True
-        for stop in list(self._stops):
+        for stop in self._runs:
             stop.set()
-        while self._stops:
-            await asyncio.sleep(0.05)
+        if self._runs:
+            await asyncio.wait(list(self._runs.values()))
 
 
 async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:

@@ -90,9 +90,9 @@ _COMPILE_TIMEOUT_S = 600.0
 class _Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    memory_mb: int | None = Field(None, gt=0)
-    cpu_seconds: int | None = Field(None, gt=0)
-    open_files: int | None = Field(None, gt=0)
+    memory_mb: int | None = Field(default=None, gt=0)
+    cpu_seconds: int | None = Field(default=None, gt=0)
+    open_files: int | None = Field(default=None, gt=0)
 
 
 class Sidecar(BaseModel):
@@ -100,22 +100,22 @@ class Sidecar(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, pattern=NAME_RE.pattern)
+    name: str | None = Field(default=None, pattern=NAME_RE.pattern)
     command: list[str] | None = None
     env: dict[str, str] = Field(default_factory=dict)
     env_allow: list[str] = Field(default_factory=list)
     cwd: str | None = None
-    timeout: float | None = Field(None, gt=0)
-    max_deliver: int | None = Field(None, ge=1)
-    backoff: list[float] | None = Field(None, min_length=1)
-    ack_wait: float | None = Field(None, gt=0)
-    concurrency: int | None = Field(None, ge=1)
+    timeout: float | None = Field(default=None, gt=0)
+    max_deliver: int | None = Field(default=None, ge=1)
+    backoff: list[float] | None = Field(default=None, min_length=1)
+    ack_wait: float | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, ge=1)
     priority: int | None = None
     schedule: str | None = None
     schedule_payload: dict[str, Any] | None = None
     timezone: str | None = None
     limits: _Limits | None = None
-    grace: float | None = Field(None, gt=0)
+    grace: float | None = Field(default=None, gt=0)
     payload_schema: dict[str, Any] | None = None
     payload_schema_file: str | None = None
 
@@ -181,7 +181,7 @@ class Sidecar(BaseModel):
         if self.payload_schema is not None and self.payload_schema_file is not None:
             raise ValueError("set payload_schema or payload_schema_file, not both")
         if self.schedule is None and (self.schedule_payload is not None or self.timezone is not None):
-            raise ValueError("schedule_payload and timezone need a schedule; add schedule = \"...\"")
+            raise ValueError('schedule_payload and timezone need a schedule; add schedule = "..."')
         return self
 
 
@@ -207,7 +207,9 @@ _HINTS: dict[str, str] = {
     "schedule": 'a cron expression of 5 fields (6 with seconds), e.g. schedule = "0 * * * *"',
     "schedule_payload": "a table, e.g. schedule_payload = { full = true }",
     "timezone": 'an IANA time zone name, e.g. timezone = "Europe/Paris"',
-    "limits": "a table of integers > 0: memory_mb, cpu_seconds, open_files, e.g. limits = { memory_mb = 512 }",
+    "limits": (
+        "a table of integers > 0: memory_mb, cpu_seconds, open_files, e.g. limits = { memory_mb = 512 }"
+    ),
     "grace": "seconds > 0 between SIGTERM and SIGKILL, e.g. grace = 10",
     "payload_schema": 'an inline JSON Schema table, e.g. payload_schema = { type = "object" }',
     "payload_schema_file": 'a .json file relative to the sidecar, e.g. payload_schema_file = "schema.json"',
@@ -275,7 +277,9 @@ def load_sidecar(path: Path) -> Sidecar:
         try:
             _check_schema(schema)
         except ValueError as exc:
-            raise HandlerImportError(str(path), f"key 'payload_schema_file': {schema_path} is {exc}") from None
+            raise HandlerImportError(
+                str(path), f"key 'payload_schema_file': {schema_path} is {exc}"
+            ) from None
         sidecar = sidecar.model_copy(update={"payload_schema": schema})
     return sidecar
 
@@ -426,7 +430,8 @@ class CSharpBuild:
             match = re.match(r"\s*(\d+)\.", out)
             if code != 0 or match is None or int(match.group(1)) < 5:
                 raise HandlerImportError(
-                    str(self.source), f"cannot tell the .NET SDK version (`dotnet --version`: {out.strip()!r})"
+                    str(self.source),
+                    f"cannot tell the .NET SDK version (`dotnet --version`: {out.strip()!r})",
                 )
             self._tfm = f"net{match.group(1)}.0"
         return self._tfm
@@ -437,13 +442,13 @@ class CSharpBuild:
         except OSError as exc:
             raise HandlerImportError(str(self.source), f"cannot read the C# source: {exc}") from None
         async with self._lock:
+            self.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             tag = "mcs" if self.toolchain == "mcs" else await self._target_framework()
             stamp = f"{tag} {digest}"
             if self._fresh(stamp):
                 return
             if self._failed is not None and self._failed[0] == stamp:
                 raise HandlerImportError(str(self.source), self._failed[1])
-            self.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             work = Path(tempfile.mkdtemp(prefix=f".build-{self.assembly}-", dir=self.cache_dir))
             try:
                 log.info("task.compiling", source=str(self.source), toolchain=self.toolchain)
@@ -484,7 +489,7 @@ class CSharpBuild:
     <EnableDefaultCompileItems>false</EnableDefaultCompileItems>
   </PropertyGroup>
   <ItemGroup>
-    <Compile Include={xml_escape(str(self.source), {'"': "&quot;"}).join('""')} />
+    <Compile Include="{xml_escape(str(self.source), {'"': "&quot;"})}" />
   </ItemGroup>
 </Project>
 """,
@@ -510,7 +515,7 @@ class CSharpBuild:
 # --- discovery --------------------------------------------------------------------
 
 
-class _Skip(Exception):
+class _UnrunnableError(Exception):
     """A task file that cannot become a task; `cause` says why and how to fix it."""
 
     def __init__(self, cause: str) -> None:
@@ -570,7 +575,12 @@ def _candidates(tasks_dir: Path, errors: list[HandlerImportError]) -> list[_Cand
         found.append(_Candidate(entry, side if side.is_file() else None))
         stems.add(side.name)
     for entry in entries:  # sidecars with no file: a command-only task, or a mistake
-        if entry.suffix == ".toml" and not entry.name.startswith(".") and entry.is_file() and entry.name not in stems:
+        if (
+            entry.suffix == ".toml"
+            and not entry.name.startswith(".")
+            and entry.is_file()
+            and entry.name not in stems
+        ):
             found.append(_Candidate(entry, entry))
     return found
 
@@ -581,7 +591,7 @@ _KNOWN = frozenset({".sh", ".bash", ".py", ".ps1", ".cs", ".csproj", ".dll", ".e
 def _need(which: Which, tool: str, what: str) -> str:
     found = which(tool)
     if found is None:
-        raise _Skip(f"{what}; install it, or set `command` in the sidecar")
+        raise _UnrunnableError(f"{what}; install it, or set `command` in the sidecar")
     return found
 
 
@@ -605,7 +615,7 @@ def _inferred(
             return [dotnet, str(build.output)], build, {}
         mcs, mono = which("mcs"), which("mono")
         if mcs is None or mono is None:
-            raise _Skip(
+            raise _UnrunnableError(
                 "a .cs task needs the .NET SDK (`dotnet`) or Mono (`mcs` and `mono`), and neither is "
                 "on PATH; install one (Debian: apt-get install mono-mcs mono-runtime), or set `command` "
                 "in the sidecar"
@@ -623,7 +633,7 @@ def _inferred(
         return [mono, file], None, {}
     if _is_executable(path):
         return [file], None, {}
-    raise _Skip("not executable and of no known extension")  # not reached: filtered before
+    raise _UnrunnableError("not executable and of no known extension")  # not reached: filtered before
 
 
 def _expand(command: list[str], path: Path, python: str) -> list[str]:
@@ -649,12 +659,14 @@ def _load_one(cand: _Candidate, python: str, which: Which, cache_dir: Path) -> T
             "file, set `command`, or remove the sidecar",
         )
     where = str(cand.sidecar or path)
+    prepare: Callable[[], Any] | None
+    env: dict[str, str]
     try:
         if side.command is not None:
             argv, prepare, env = _expand(side.command, path, python), None, {}
         else:
             argv, prepare, env = _inferred(path, python, which, cache_dir)
-    except _Skip as skip:
+    except _UnrunnableError as skip:
         raise HandlerImportError(str(path), skip.cause) from None
     name = side.name or stem
     if not NAME_RE.match(name):
