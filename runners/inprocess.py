@@ -22,19 +22,9 @@ from pydantic import BaseModel
 from runners.base import RunEvents, RunRequest, RunResult, RunStatus
 from supervisor.context import Context
 from supervisor.errors import InvalidPayload, PermanentError, Retry
-from supervisor.handler import JobType
+from supervisor.handler import Failure, JobType
 
 ChildEnqueue = Callable[[str, Any, dict[str, Any], bool], Awaitable[Any]]
-
-
-class Failure:
-    """Return `Failure("reason")` from a handler to end the job `failed` without raising."""
-
-    __slots__ = ("error", "result")
-
-    def __init__(self, error: str, result: Any = None) -> None:
-        self.error = error
-        self.result = result
 
 
 def result_json(value: Any) -> Any:

@@ -4,7 +4,6 @@ Handlers import what they need from here; this module's exports are the
 public API (SPEC §1).
 """
 
-from runners.inprocess import Failure
 from supervisor.client import Client, EnqueueRequest, JobRef, SyncClient
 from supervisor.context import Context
 from supervisor.errors import (
@@ -18,7 +17,7 @@ from supervisor.errors import (
     UnknownJobType,
     WaitTimeout,
 )
-from supervisor.handler import Backoff, job
+from supervisor.handler import Backoff, Failure, job
 from supervisor.records import Attempt, Job
 from supervisor.shutdown import ShutdownManager, ShutdownReport
 from supervisor.states import State

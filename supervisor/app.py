@@ -13,7 +13,6 @@ import asyncio
 import os
 import secrets
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,20 +20,21 @@ from typing import Any
 import structlog
 
 from runners.base import Runner
+from runners.command import CommandRunner
 from runners.inprocess import InProcessRunner
-from supervisor.broker import Broker, connect, dumps, mask_url
+from supervisor.broker import Broker, connect, mask_url
+from supervisor.catalog import build_catalog
 from supervisor.client import Client
 from supervisor.config import Settings
-from supervisor.dispatcher import REDIS_DOWN, Dispatcher, InFlight, ServedType
-from supervisor.errors import ConfigError, EmbeddedRedisError, HandlerImportError
-from supervisor.handler import JobType
+from supervisor.dispatcher import REDIS_DOWN, Dispatcher, InFlight
+from supervisor.errors import ConfigError, EmbeddedRedisError
 from supervisor.redis_server import RedisServer
-from supervisor.registry import Registry, load_jobs
+from supervisor.registry import Registry
 from supervisor.sdnotify import Notifier
 from supervisor.shutdown import ShutdownManager
 
 log = structlog.get_logger(__name__)
-AVAILABLE_RUNTIMES = ("inprocess",)
+AVAILABLE_RUNTIMES = ("inprocess", "subprocess")
 
 
 def embedded_socket(state_dir: Path) -> Path:
@@ -50,33 +50,6 @@ def start_embedded(state_dir: Path) -> tuple[str, RedisServer | None]:
     sock.unlink(missing_ok=True)
     server.start()
     return server.url, server
-
-
-def served_type(jt: JobType, settings: Settings) -> ServedType:
-    o = jt.options
-    return ServedType(
-        name=o.name, runtime=o.runtime or settings.default_runtime,
-        concurrency=o.concurrency or settings.default_concurrency,
-        ack_wait_s=o.ack_wait or settings.ack_wait, max_deliver=o.max_deliver or settings.max_deliver,
-        backoff=o.backoff, timeout_s=o.timeout, source=jt.source,
-    )
-
-
-def type_meta(jt: JobType, served: ServedType, settings: Settings, instance_id: str) -> dict[str, str]:
-    """What an instance publishes about a type: schema for producers, policy for the scripts."""
-    o = jt.options
-    retention = o.retention or settings.retention
-    policy = {
-        "runtime": served.runtime, "concurrency": served.concurrency, "ack_wait": served.ack_wait_s,
-        "max_deliver": served.max_deliver, "backoff": o.backoff.describe(), "timeout": o.timeout,
-        "deadline": o.deadline, "priority": o.priority, "retention": retention, "schedule": o.schedule,
-    }
-    return {
-        "name": o.name, "schema": dumps(jt.payload.schema), "policy": dumps(policy), "source": jt.source,
-        "retention_ms": str(int(retention * 1000)),
-        "dead_retention_ms": str(int(settings.dead_retention * 1000)),
-        "instance": instance_id, "updated_ms": str(int(time.time() * 1000)),
-    }
 
 
 @dataclass
@@ -158,18 +131,11 @@ async def run_daemon(settings: Settings) -> int:
             await asyncio.to_thread(embedded.stop)
         raise
 
-    registry = load_jobs(settings.jobs_dir)
-    served: list[ServedType] = []
-    for jt in registry.types.values():
-        st = served_type(jt, settings)
-        if st.runtime not in AVAILABLE_RUNTIMES:
-            registry.errors[jt.source] = HandlerImportError(
-                jt.source, f"{jt.name}: runtime {st.runtime!r} is not available in this build; "
-                f"use one of {', '.join(AVAILABLE_RUNTIMES)}")
-            log.error("jobs.runtime_unavailable", job_type=jt.name, runtime=st.runtime)
-            continue
-        served.append(st)
-        await broker.publish_type(jt.name, type_meta(jt, st, settings, instance_id))
+    catalog = build_catalog(settings, instance_id, AVAILABLE_RUNTIMES)
+    registry = catalog.registry
+    served = list(catalog.served.values())
+    for name, meta in catalog.metas.items():
+        await broker.publish_type(name, meta)
 
     client = Client(broker.redis, registry=registry)
     daemon_ref: dict[str, Daemon] = {}
@@ -179,6 +145,7 @@ async def run_daemon(settings: Settings) -> int:
 
     runners: dict[str, Runner] = {
         "inprocess": InProcessRunner(registry.get, child_enqueue, threads=settings.threads),
+        "subprocess": CommandRunner(catalog.command_for),
     }
     dispatcher = Dispatcher(broker, instance_id, runners, max_idle_wait=settings.max_idle_wait)
     dispatcher.serve(served)
@@ -189,7 +156,7 @@ async def run_daemon(settings: Settings) -> int:
 
     await dispatcher.start()
     log.info("daemon.ready", instance=instance_id, types=sorted(t.name for t in served),
-             load_errors={p: e.cause for p, e in registry.errors.items()}, redis=mask_url(url))
+             load_errors={p: e.cause for p, e in catalog.errors.items()}, redis=mask_url(url))
     notifier.ready(f"consuming {len(served)} job types")
     watchdog = asyncio.create_task(_watchdog(daemon))
 

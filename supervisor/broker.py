@@ -22,6 +22,11 @@ from supervisor.scripts import SCRIPT_NAMES, script_source
 from supervisor.states import FINISHED, State
 
 
+#: Output lines kept per job, and how long when the type's retention is unknown.
+LOG_LINES = 1000
+DEFAULT_LOG_RETENTION_S = 30 * 86_400.0
+
+
 @dataclass(frozen=True, slots=True)
 class NewJob:
     """Arguments of one job to enqueue (the client fills them in)."""
@@ -219,6 +224,24 @@ class Broker:
             raise JobNotFound(job_id)
         if result == "invalid":
             raise InvalidTransition(job_id, state, "dismiss")
+
+    async def append_logs(self, lines: dict[str, list[str]], retention_s: dict[str, float]) -> None:
+        """Append output lines to jobs' logs (each capped to its last LOG_LINES lines)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, batch in lines.items():
+                key = keys.log_key(job_id)
+                pipe.rpush(key, *batch)
+                pipe.ltrim(key, -LOG_LINES, -1)
+                pipe.pexpire(key, int(retention_s.get(job_id, DEFAULT_LOG_RETENTION_S) * 1000))
+            await pipe.execute()
+
+    async def logs(self, job_id: str, last: int = LOG_LINES) -> list[str]:
+        """A job's output lines, oldest first."""
+        try:
+            key = keys.log_key(job_id)
+        except ValueError:
+            raise JobNotFound(job_id) from None
+        return await self.redis.lrange(key, -last, -1)
 
     # --- waiting ---------------------------------------------------------------------
 

@@ -239,6 +239,26 @@ _job_action("replay", "Move a dead job back to pending.")
 _job_action("dismiss", "Give up on a dead job (dismissed).")
 
 
+@jobs.command("logs")
+@click.argument("job_id")
+@click.option("--last", type=int, default=200, show_default=True, help="How many of the newest lines.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_async
+async def jobs_logs(ctx: click.Context, job_id: str, last: int, as_json: bool) -> None:
+    """Print a job's output lines (a task's stdout and stderr), oldest first."""
+    from supervisor.client import Client  # noqa: PLC0415
+
+    async with Client(_redis_url(_settings(ctx))) as client:
+        await client.get(job_id)  # JobNotFound for an unknown id
+        lines = await client.logs(job_id, last)
+    if as_json:
+        _print_json(lines)
+    else:
+        for line in lines:
+            click.echo(line)
+
+
 @jobs.command("wait")
 @click.argument("job_id")
 @click.option("--timeout", type=float, default=None)

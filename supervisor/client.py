@@ -241,6 +241,10 @@ class Client:
         jobs.sort(key=lambda j: j.created or datetime.min.replace(tzinfo=UTC), reverse=True)
         return jobs[:limit]
 
+    async def logs(self, job_id: str, last: int = 1000) -> list[str]:
+        """The job's output lines (a task's stdout/stderr), oldest first, capped at the last 1000."""
+        return await self.broker.logs(job_id, last)
+
     async def cancel(self, job_id: str, reason: str = "cancelled by request") -> str:
         """Cancel: 'cancelled' at once for pending/retry jobs, 'requested' for an active one."""
         return await self.broker.cancel(job_id, reason)
@@ -321,6 +325,9 @@ class SyncClient:
 
     def wait(self, job_id: str, timeout: float | None = None, *, raise_on_failure: bool = False) -> Job:
         return self._call(self._client.wait(job_id, timeout, raise_on_failure=raise_on_failure))
+
+    def logs(self, job_id: str, last: int = 1000) -> list[str]:
+        return self._call(self._client.logs(job_id, last))
 
     def cancel(self, job_id: str, reason: str = "cancelled by request") -> str:
         return self._call(self._client.cancel(job_id, reason))

@@ -41,6 +41,7 @@ class ServedType:
     backoff: Backoff
     timeout_s: float | None
     source: str
+    retention_s: float = 86_400.0
 
     @property
     def ack_wait_ms(self) -> int:
@@ -58,6 +59,7 @@ class InFlight:
     task: asyncio.Task[None] | None = None
     progress: str | None = None
     trace_id: str | None = None
+    log_lines: list[str] = field(default_factory=list)
     lease_lost: bool = False
     outcome: str = "running"
 
@@ -79,7 +81,10 @@ class _Events:
         self._d.beat_soon()
 
     def log(self, line: str, stream: str = "stdout") -> None:
-        log.info("job.output", job_id=self._f.job.id, job_name=self._f.job.name, stream=stream, line=line)
+        log.info("job.output", job_id=self._f.job.id, job_name=self._f.job.name, attempt=self._f.job.attempt,
+                 trace_id=self._f.trace_id, stream=stream, line=line)
+        self._f.log_lines.append(f"[{stream}] {line}" if stream != "stdout" else line)
+        self._d.beat_soon()
 
 
 @dataclass(slots=True)
@@ -94,6 +99,7 @@ class _Lane:
     completes: list[tuple[str, str, str, str]] = field(default_factory=list)
     fails: list[tuple[str, str, str, str, int, str]] = field(default_factory=list)
     cancels: list[tuple[str, str, str]] = field(default_factory=list)
+    logs: dict[str, list[str]] = field(default_factory=dict)
     unsettled: int = 0
 
 
@@ -271,6 +277,9 @@ class Dispatcher:
 
     def _settle(self, lane: _Lane, f: InFlight, result: RunResult) -> None:
         job, served = f.job, lane.served
+        if f.log_lines:  # the job's output is written before its outcome
+            lane.logs.setdefault(job.id, []).extend(f.log_lines)
+            f.log_lines = []
         status = result.status
         duration = time.monotonic() - f.started
         wait_s = max(time.time() - job.created_ms / 1000, 0.0) - duration if job.created_ms else None
@@ -312,7 +321,10 @@ class Dispatcher:
                     completes, lane.completes = lane.completes, []
                     fails, lane.fails = lane.fails, []
                     cancels, lane.cancels = lane.cancels, []
+                    logs, lane.logs = lane.logs, {}
                     try:
+                        if logs:
+                            await self.broker.append_logs(logs, dict.fromkeys(logs, lane.served.retention_s))
                         for job_id, lease, reason in cancels:
                             await self._report_cancel(job_id, lease, reason)
                         if completes:
@@ -326,6 +338,8 @@ class Dispatcher:
                         lane.completes[:0] = completes
                         lane.fails[:0] = fails
                         lane.cancels[:0] = cancels
+                        for job_id, lines in logs.items():
+                            lane.logs.setdefault(job_id, [])[:0] = lines
                         backoff = await self._redis_down("settle", lane.served.name, exc, backoff)
                         continue
                     lane.unsettled -= len(completes) + len(fails) + len(cancels)
@@ -368,6 +382,22 @@ class Dispatcher:
             return 60.0
         return max(min(lane.served.ack_wait_s for lane in self.lanes.values()) / 3, 0.05)
 
+    async def _flush_running_logs(self) -> None:
+        lines: dict[str, list[str]] = {}
+        retention: dict[str, float] = {}
+        pending = [f for f in self.inflight if f.log_lines]
+        for f in pending:
+            lines[f.job.id], f.log_lines = f.log_lines, []
+            retention[f.job.id] = f.served.retention_s
+        if not lines:
+            return
+        try:
+            await self.broker.append_logs(lines, retention)
+        except REDIS_DOWN as exc:
+            log.warning("redis.unavailable", op="logs", error=str(exc))
+            for f in pending:  # keep them for the next flush
+                f.log_lines[:0] = lines[f.job.id]
+
     async def _heartbeat_loop(self) -> None:
         interval = self._beat_interval()
         last_full = time.monotonic()
@@ -380,6 +410,7 @@ class Dispatcher:
             full = time.monotonic() - last_full >= interval * 0.9
             if full:
                 last_full = time.monotonic()
+            await self._flush_running_logs()
             for lane in self.lanes.values():
                 group = [f for f in lane.inflight.values() if full or f.progress]
                 if not group:

@@ -25,6 +25,16 @@ RUNTIMES = ("inprocess", "process", "subprocess")
 JOB_ATTR = "__supervisor_jobs__"
 
 
+class Failure:
+    """Return `Failure("reason")` from a handler to end the job `failed` without raising."""
+
+    __slots__ = ("error", "result")
+
+    def __init__(self, error: str, result: Any = None) -> None:
+        self.error = error
+        self.result = result
+
+
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Delay before attempt n+1 after attempt n failed.

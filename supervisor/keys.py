@@ -10,6 +10,7 @@ from its id alone (`Client.get(id)` needs no type name):
     js:{3fa9c1}:orders.charge-payment:active   sorted set, score = lease expiry ms
     js:{3fa9c1}:orders.charge-payment:st:dead  sorted set per finished state, score = finish ms
     js:{3fa9c1}:j:3fa9c1-9b1f0e2d4c6a8e0f      hash, the job record
+    js:{3fa9c1}:log:3fa9c1-9b1f0e2d4c6a8e0f    list, the job's output lines (capped)
 
 Two type names whose tags collide simply share a slot; key names still carry
 the type name, so nothing else is shared.
@@ -43,6 +44,11 @@ def new_job_id(name: str) -> str:
 def job_key(job_id: str) -> str:
     """The hash that holds a job's record."""
     return f"{PREFIX}:{{{tag_from_id(job_id)}}}:j:{job_id}"
+
+
+def log_key(job_id: str) -> str:
+    """The capped list of a job's output lines (tasks' stdout/stderr, handler output)."""
+    return f"{PREFIX}:{{{tag_from_id(job_id)}}}:log:{job_id}"
 
 
 def tag_from_id(job_id: str) -> str:

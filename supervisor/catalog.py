@@ -1,0 +1,134 @@
+"""The catalog: every job type one daemon serves, from `jobs/` and `tasks/`, with its policy.
+
+Builds, from the loaded handlers and tasks, what the rest of the daemon needs:
+the `ServedType` policy per type, the metadata published for producers, the
+command of each type run as a subprocess, and the load errors of bad files
+(which never stop the other types from serving).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from runners.command import CommandSpec
+from supervisor.broker import dumps
+from supervisor.config import Settings
+from supervisor.dispatcher import ServedType
+from supervisor.errors import DuplicateJobType, HandlerImportError
+from supervisor.handler import Backoff, JobType
+from supervisor.registry import Registry, load_jobs
+from supervisor.tasks import TaskDef, discover_tasks
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Catalog:
+    """What one daemon serves."""
+
+    registry: Registry
+    tasks: dict[str, TaskDef] = field(default_factory=dict)
+    served: dict[str, ServedType] = field(default_factory=dict)
+    metas: dict[str, dict[str, str]] = field(default_factory=dict)
+    commands: dict[str, CommandSpec] = field(default_factory=dict)
+    errors: dict[str, HandlerImportError] = field(default_factory=dict)
+
+    def command_for(self, name: str) -> CommandSpec:
+        """The program a `subprocess` type runs (KeyError when the type is not one)."""
+        return self.commands[name]
+
+
+def python_job_command(jobs_dir: Path, name: str) -> CommandSpec:
+    """A Python job run in a fresh interpreter through `runners.pyjob` (the task protocol)."""
+    jobs_dir = Path(jobs_dir).resolve()
+    return CommandSpec(argv=[sys.executable, "-m", "runners.pyjob", str(jobs_dir), name],
+                       cwd=str(jobs_dir.parent), env={"PYTHONUNBUFFERED": "1"})
+
+
+def build_catalog(settings: Settings, instance_id: str, runtimes: tuple[str, ...]) -> Catalog:
+    """Load `jobs/` and `tasks/` and decide what this daemon serves."""
+    registry = load_jobs(settings.jobs_dir)
+    catalog = Catalog(registry=registry, errors=dict(registry.errors))
+    for jt in registry.types.values():
+        served = _served_from_job(jt, settings)
+        if _admit(catalog, served, runtimes):
+            catalog.metas[jt.name] = _meta(served, jt.payload.schema, _job_policy(jt), settings, instance_id)
+            if served.runtime == "subprocess":
+                catalog.commands[jt.name] = python_job_command(settings.jobs_dir, jt.name)
+    scan = discover_tasks(Path(settings.tasks_dir), cache_dir=Path(settings.state_dir) / "task-cache")
+    for err in scan.errors:
+        catalog.errors[err.path] = err
+        log.error("tasks.load_failed", path=err.path, error=err.cause, code=err.code)
+    for task in scan.tasks.values():
+        if task.name in catalog.served:
+            other = catalog.served[task.name].source
+            catalog.errors[str(task.path)] = DuplicateJobType(
+                str(task.path), f"job type {task.name!r} is already declared in {other}; "
+                "rename one of them (names must be unique across jobs/ and tasks/)")
+            log.error("tasks.duplicate", name=task.name, path=str(task.path), first=other)
+            continue
+        served = _served_from_task(task, settings)
+        if _admit(catalog, served, runtimes):
+            catalog.tasks[task.name] = task
+            catalog.commands[task.name] = task.command
+            policy = {"priority": task.priority or 0, "schedule": task.schedule}
+            catalog.metas[task.name] = _meta(served, task.payload_schema or {}, policy, settings, instance_id)
+    return catalog
+
+
+def _admit(catalog: Catalog, served: ServedType, runtimes: tuple[str, ...]) -> bool:
+    if served.runtime not in runtimes:
+        catalog.errors[served.source] = HandlerImportError(
+            served.source, f"{served.name}: runtime {served.runtime!r} is not available; "
+            f"use one of {', '.join(runtimes)}")
+        log.error("jobs.runtime_unavailable", job_type=served.name, runtime=served.runtime)
+        return False
+    catalog.served[served.name] = served
+    return True
+
+
+def _served_from_job(jt: JobType, settings: Settings) -> ServedType:
+    o = jt.options
+    return ServedType(
+        name=o.name, runtime=o.runtime or settings.default_runtime,
+        concurrency=o.concurrency or settings.default_concurrency,
+        ack_wait_s=o.ack_wait or settings.ack_wait, max_deliver=o.max_deliver or settings.max_deliver,
+        backoff=o.backoff, timeout_s=o.timeout, source=jt.source,
+        retention_s=o.retention or settings.retention,
+    )
+
+
+def _served_from_task(task: TaskDef, settings: Settings) -> ServedType:
+    return ServedType(
+        name=task.name, runtime="subprocess", concurrency=task.concurrency or settings.default_concurrency,
+        ack_wait_s=task.ack_wait or settings.ack_wait, max_deliver=task.max_deliver or settings.max_deliver,
+        backoff=Backoff.parse(task.backoff), timeout_s=task.timeout, source=str(task.path),
+        retention_s=settings.retention,
+    )
+
+
+def _job_policy(jt: JobType) -> dict[str, Any]:
+    o = jt.options
+    return {"backoff": o.backoff.describe(), "deadline": o.deadline, "priority": o.priority, "schedule": o.schedule}
+
+
+def _meta(served: ServedType, schema: dict[str, Any], extra: dict[str, Any], settings: Settings,
+          instance_id: str) -> dict[str, str]:
+    """What an instance publishes about a type: schema for producers, policy for the scripts."""
+    policy = {
+        "runtime": served.runtime, "concurrency": served.concurrency, "ack_wait": served.ack_wait_s,
+        "max_deliver": served.max_deliver, "timeout": served.timeout_s, "retention": served.retention_s,
+        **extra,
+    }
+    return {
+        "name": served.name, "schema": dumps(schema), "policy": dumps(policy), "source": served.source,
+        "retention_ms": str(int(served.retention_s * 1000)),
+        "dead_retention_ms": str(int(settings.dead_retention * 1000)),
+        "instance": instance_id, "updated_ms": str(int(time.time() * 1000)),
+    }

@@ -1,0 +1,76 @@
+"""Tasks in tasks/ and Python jobs with runtime="subprocess", run by the daemon end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from supervisor import Client, InvalidPayload, State
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tasks(tmp_path: Path, *names: str) -> Path:
+    tasks = tmp_path / "tasks"
+    tasks.mkdir(exist_ok=True)
+    for name in names:
+        shutil.copy2(ROOT / "tasks" / name, tasks / name)
+    return tasks
+
+
+async def test_shell_and_csharp_tasks_results_and_logs(redis_url: str, daemon: Any, tmp_path: Path) -> None:
+    # Given a fresh tasks/ folder with a shell task and a C# task
+    _tasks(tmp_path, "hello.sh", "Hello.cs", "Hello.toml")
+    daemon()
+    async with Client(redis_url) as client:
+        # When each is enqueued
+        sh = await client.wait((await client.enqueue("hello", {"name": "Ada"})).id, timeout=30)
+        cs = await client.wait((await client.enqueue("csharp.hello", {"name": "Grace"})).id, timeout=90)
+        sh_logs = await client.logs(sh.id)
+    # Then both completed with their results; progress and output lines reached the record
+    assert sh.state is State.COMPLETED, sh.error
+    assert "Ada" in json.dumps(sh.result)
+    assert sh.progress and sh.progress["percent"] == 50
+    assert cs.state is State.COMPLETED, cs.error
+    assert "Grace" in json.dumps(cs.result)
+    assert sh_logs, "other output lines become the job's log"
+    # And the CLI shows the same logs
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL"))}
+    env["REDIS_URL"] = redis_url
+    shown = subprocess.run([sys.executable, "-m", "supervisor", "jobs", "logs", sh.id], capture_output=True,
+                           text=True, env=env, timeout=30, check=False)
+    assert shown.returncode == 0 and shown.stdout.splitlines() == sh_logs
+
+
+async def test_task_payload_schema_is_enforced_at_enqueue(redis_url: str, daemon: Any, tmp_path: Path) -> None:
+    _tasks(tmp_path, "validate_payload.sh", "validate_payload.toml")
+    daemon()
+    async with Client(redis_url) as client:
+        try:
+            await client.enqueue("validate-payload", {"unexpected": True})
+        except InvalidPayload as exc:
+            assert "validate-payload" in str(exc)
+        else:
+            raise AssertionError("a payload against the task's JSON Schema must be refused")
+
+
+async def test_pid_per_runtime_and_no_secret_leak(redis_url: str, use_handlers: Any, daemon: Any) -> None:
+    use_handlers("runtimes")
+    d = daemon(env={"SECRET_TOKEN": "do-not-leak"})
+    async with Client(redis_url) as client:
+        inproc = [await client.wait((await client.enqueue("t.pid-inprocess", {})).id, timeout=20) for _ in range(2)]
+        sub = [await client.wait((await client.enqueue("t.pid-subprocess", {})).id, timeout=30) for _ in range(2)]
+        sub_logs = await client.logs(sub[0].id)
+    assert {j.result["pid"] for j in inproc} == {d.pid}
+    sub_pids = {j.result["pid"] for j in sub}
+    assert len(sub_pids) == 2 and d.pid not in sub_pids, "subprocess: a fresh process per job"
+    assert all(j.state is State.COMPLETED for j in inproc + sub)
+    assert inproc[0].result["secret_visible"] is True
+    assert sub[0].result["secret_visible"] is False, "the daemon's secrets never reach a subprocess"
+    assert sub[0].progress == {"percent": 50.0, "message": "half way", "step": None}
+    assert any("running t.pid-subprocess" in line for line in sub_logs)
