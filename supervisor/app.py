@@ -30,6 +30,7 @@ from supervisor.dispatcher import REDIS_DOWN, Dispatcher, InFlight
 from supervisor.errors import ConfigError, EmbeddedRedisError
 from supervisor.redis_server import RedisServer
 from supervisor.registry import Registry
+from supervisor.scheduler import Scheduler
 from supervisor.sdnotify import Notifier
 from supervisor.shutdown import ShutdownManager
 
@@ -155,8 +156,17 @@ async def run_daemon(settings: Settings) -> int:
     _register_stops(daemon, fast)
 
     await dispatcher.start()
+    scheduler = Scheduler(client, catalog.schedules)
+    scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
+
+    async def stop_scheduler() -> None:
+        scheduler_task.cancel()
+        await asyncio.gather(scheduler_task, return_exceptions=True)
+
+    shutdown.register("scheduler", stop_scheduler, priority=10, timeout=10)
     log.info("daemon.ready", instance=instance_id, types=sorted(t.name for t in served),
-             load_errors={p: e.cause for p, e in catalog.errors.items()}, redis=mask_url(url))
+             schedules=[sp.id for sp in catalog.schedules],
+             load_errors={p: str(e) for p, e in catalog.errors.items()}, redis=mask_url(url))
     notifier.ready(f"consuming {len(served)} job types")
     watchdog = asyncio.create_task(_watchdog(daemon))
 

@@ -20,9 +20,10 @@ from runners.command import CommandSpec
 from supervisor.broker import dumps
 from supervisor.config import Settings
 from supervisor.dispatcher import ServedType
-from supervisor.errors import DuplicateJobType, HandlerImportError
+from supervisor.errors import DuplicateJobType, HandlerImportError, SupervisorError
 from supervisor.handler import Backoff, JobType
 from supervisor.registry import Registry, load_jobs
+from supervisor.schedule import ScheduleError, ScheduleSpec
 from supervisor.tasks import TaskDef, discover_tasks
 
 log = structlog.get_logger(__name__)
@@ -37,7 +38,8 @@ class Catalog:
     served: dict[str, ServedType] = field(default_factory=dict)
     metas: dict[str, dict[str, str]] = field(default_factory=dict)
     commands: dict[str, CommandSpec] = field(default_factory=dict)
-    errors: dict[str, HandlerImportError] = field(default_factory=dict)
+    schedules: list[ScheduleSpec] = field(default_factory=list)
+    errors: dict[str, SupervisorError] = field(default_factory=dict)
 
     def command_for(self, name: str) -> CommandSpec:
         """The program a `subprocess` type runs (KeyError when the type is not one)."""
@@ -61,6 +63,10 @@ def build_catalog(settings: Settings, instance_id: str, runtimes: tuple[str, ...
             catalog.metas[jt.name] = _meta(served, jt.payload.schema, _job_policy(jt), settings, instance_id)
             if served.runtime == "subprocess":
                 catalog.commands[jt.name] = python_job_command(settings.jobs_dir, jt.name)
+            if jt.options.schedule:
+                o = jt.options
+                _add_schedule(catalog, {"job": o.name, "cron": o.schedule, "timezone": o.timezone,
+                                        "payload": o.schedule_payload, "misfire": o.misfire}, jt.source)
     scan = discover_tasks(Path(settings.tasks_dir), cache_dir=Path(settings.state_dir) / "task-cache")
     for err in scan.errors:
         catalog.errors[err.path] = err
@@ -79,7 +85,21 @@ def build_catalog(settings: Settings, instance_id: str, runtimes: tuple[str, ...
             catalog.commands[task.name] = task.command
             policy = {"priority": task.priority or 0, "schedule": task.schedule}
             catalog.metas[task.name] = _meta(served, task.payload_schema or {}, policy, settings, instance_id)
+            if task.schedule:
+                _add_schedule(catalog, {"job": task.name, "cron": task.schedule,
+                                        "timezone": task.timezone or "UTC", "payload": task.schedule_payload},
+                              str(task.sidecar or task.path))
+    catalog.schedules += settings.schedule_specs()
     return catalog
+
+
+def _add_schedule(catalog: Catalog, entry: dict[str, Any], source: str) -> None:
+    """A file's schedule; a bad one is reported and the type still serves, unscheduled."""
+    try:
+        catalog.schedules.append(ScheduleSpec.parse(entry, source=source))
+    except ScheduleError as exc:
+        catalog.errors[f"{source} (schedule)"] = exc
+        log.error("schedule.invalid", path=source, field=exc.field, value=str(exc.value), error=str(exc))
 
 
 def _admit(catalog: Catalog, served: ServedType, runtimes: tuple[str, ...]) -> bool:

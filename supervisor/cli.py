@@ -18,14 +18,16 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from supervisor import errors
 from supervisor.config import Settings, load_settings
 from supervisor.errors import ConfigError, SupervisorError
 
 T = TypeVar("T")
-console = Console()
+console = Console(markup=False)  # data never goes through rich markup (payloads hold brackets)
 err_console = Console(stderr=True, soft_wrap=True)
 EXIT_BY_CODE = {
     "config_invalid": errors.EXIT_CONFIG, "redis_unsafe": errors.EXIT_CONFIG,
@@ -34,7 +36,7 @@ EXIT_BY_CODE = {
 
 
 def _fail(exc: SupervisorError) -> None:
-    err_console.print(f"[bold red]error[/] ({exc.code}): {exc}", highlight=False, markup=True)
+    err_console.print(f"[bold red]error[/] ({exc.code}): {escape(str(exc))}", highlight=False, markup=True)
     sys.exit(EXIT_BY_CODE.get(exc.code, errors.EXIT_FAILURE))
 
 
@@ -285,7 +287,7 @@ def _show_job(job: Any, as_json: bool) -> None:
             ("error", job.error or ""), ("progress", json.dumps(job.progress) if job.progress else ""),
             ("request id", job.context.get("request_id", "")), ("trace id", job.context.get("trace_id", ""))]
     for k, v in rows:
-        table.add_row(f"[bold]{k}[/]", v)
+        table.add_row(Text(k, style="bold"), v)
     console.print(table)
     if job.attempts:
         hist = Table("attempt", "started", "ended", "outcome", "instance", "error", title="attempts")
@@ -324,6 +326,47 @@ async def types(ctx: click.Context, as_json: bool) -> None:
         c = r["counts"]
         table.add_row(r["name"], str(r["policy"].get("runtime")), str(c["ready"]), str(c["sched"]),
                       str(c["active"]), str(c["dead"]), str(r["source"]))
+    console.print(table)
+
+
+@main.command()
+@click.option("--count", type=int, default=3, show_default=True, help="How many next fire times to show.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_async
+async def schedules(ctx: click.Context, count: int, as_json: bool) -> None:
+    """Every published cron schedule: source, timezone, last fired tick and next fire times."""
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from supervisor.broker import connect  # noqa: PLC0415
+    from supervisor.schedule import ScheduleError, ScheduleSpec, next_fire_times  # noqa: PLC0415
+    from supervisor.scheduler import SPECS_KEY, last_fired_key  # noqa: PLC0415
+
+    redis = connect(_redis_url(_settings(ctx)))
+    try:
+        docs = [json.loads(v) for v in (await redis.hgetall(SPECS_KEY)).values()]
+        now_s, now_us = await redis.time()
+        rows = []
+        for doc in sorted(docs, key=lambda d: d["id"]):
+            last = await redis.hget(last_fired_key(doc["job"]), doc["id"])
+            entry = {**doc, "last_fired": datetime.fromtimestamp(int(last), UTC).isoformat() if last else None}
+            try:
+                spec = ScheduleSpec.parse({k: doc[k] for k in ("job", "cron", "timezone", "payload", "misfire")},
+                                          source=doc["source"])
+                now = datetime.fromtimestamp(now_s + now_us / 1e6, UTC)
+                entry["next"] = [t.isoformat() for t in next_fire_times(spec, now, count)]
+            except ScheduleError as exc:
+                entry["next"], entry["error"] = [], str(exc)
+            rows.append(entry)
+    finally:
+        await redis.aclose()
+    if as_json:
+        _print_json(rows)
+        return
+    table = _table(("schedule", True), ("timezone", True), ("last fired", True), ("next", False),
+                   ("source", False))
+    for r in rows:
+        table.add_row(r["id"], r["timezone"], r["last_fired"] or "never", "\n".join(r["next"]), r["source"])
     console.print(table)
 
 

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     dead_retention: float = Field(30 * 86_400.0, gt=0, description="Keep failed/dead records (seconds).")
     max_idle_wait: float = Field(5.0, gt=0, le=60,
                                  description="Longest blocking wait for work before an idle re-check.")
+    schedules: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Cron schedules for job types whose file carries none: "
+                    "[schedules.NAME] job, cron, timezone, payload, misfire.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: console on a TTY, JSON lines otherwise (journald).")
@@ -99,6 +103,18 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, dotenv_settings, TomlConfigSettingsSource(settings_cls))
+
+    def schedule_specs(self) -> list[Any]:
+        """The `[schedules.NAME]` entries as ScheduleSpecs (ConfigError naming the bad one)."""
+        from supervisor.schedule import ScheduleError, ScheduleSpec  # noqa: PLC0415 (light import)
+
+        specs = []
+        for name, entry in self.schedules.items():
+            try:
+                specs.append(ScheduleSpec.parse(entry, source=f"settings [schedules.{name}]", name=name))
+            except ScheduleError as exc:
+                raise ConfigError(f"invalid settings: {exc}") from None
+        return specs
 
     def redis_url_value(self) -> str | None:
         return self.redis_url.get_secret_value() if self.redis_url else None
@@ -145,11 +161,13 @@ def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
         model_config = SettingsConfigDict(toml_file=path)
 
     try:
-        return _FileSettings(**given)
+        settings = _FileSettings(**given)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from None
     except (ValueError, OSError) as exc:  # unreadable TOML and the like
         raise ConfigError(f"cannot read settings from {path}: {exc}") from None
+    settings.schedule_specs()  # a bad schedule is a bad setting: refuse to start
+    return settings
 
 
 def _describe(exc: ValidationError, path: Path | None) -> str:

@@ -1,0 +1,119 @@
+"""Fires cron schedules: every tick enqueued exactly once, however many instances run.
+
+Every instance runs the same loop. The clock is Redis's (`TIME`), so hosts
+whose clocks disagree still compute the same ticks. A tick is enqueued with
+the idempotency key `schedule:<id>:<tick>`: whichever instance gets there
+first creates the job, the others get the same job back. The last fired tick
+of each schedule lives in Redis (under the type's hash tag), so after every
+instance was down a missed tick is fired once (`misfire="run-once"`) or
+skipped (`"skip"`), and a fresh deployment fires no backlog. The cron
+arithmetic (seconds field, aliases, time zones, DST) is `supervisor.schedule`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+
+from supervisor import keys
+from supervisor.client import Client
+from supervisor.errors import SupervisorError
+from supervisor.schedule import ScheduleSpec, due_ticks, latest_tick, seconds_until_next, tick_key
+
+log = structlog.get_logger(__name__)
+SPECS_KEY = f"{keys.PREFIX}:schedules"  # id -> JSON of every published schedule (for `schedules`)
+
+# Move a schedule's last fired tick forward only (two instances may race to record one).
+_MARK = """
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+if cur == nil or tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return cur
+"""
+
+
+def last_fired_key(job_name: str) -> str:
+    """Hash of last fired ticks (schedule id -> epoch seconds) for one job type."""
+    return keys.queue_prefix(job_name) + "schedules"
+
+
+def spec_document(spec: ScheduleSpec) -> dict[str, Any]:
+    return {"id": spec.id, "job": spec.job, "cron": spec.cron, "timezone": spec.timezone,
+            "misfire": spec.misfire, "payload": spec.payload, "source": spec.source}
+
+
+class Scheduler:
+    """The cron loop of one instance."""
+
+    def __init__(self, client: Client, specs: Iterable[ScheduleSpec]) -> None:
+        self.client = client
+        self.redis = client.broker.redis
+        self.specs = list(specs)
+        self._mark = self.redis.register_script(_MARK)
+        self._changed = asyncio.Event()
+        self.fired = 0
+
+    def update(self, specs: Iterable[ScheduleSpec]) -> None:
+        """Replace the schedules (hot reload); takes effect at once."""
+        self.specs = list(specs)
+        self._changed.set()
+
+    async def publish(self) -> None:
+        if self.specs:
+            await self.redis.hset(SPECS_KEY, mapping={s.id: json.dumps(spec_document(s)) for s in self.specs})
+
+    async def _now(self) -> float:
+        seconds, micros = await self.redis.time()
+        return seconds + micros / 1_000_000
+
+    async def run(self) -> None:
+        """Fire due ticks until cancelled; Redis outages are waited out."""
+        await self.publish()
+        delay = 0.1
+        while True:
+            try:
+                wait = await self.tick()
+                delay = 0.1
+            except SupervisorError as exc:  # a bad payload or unknown type: reported, loop goes on
+                log.error("schedule.error", error=str(exc))
+                wait = 1.0
+            except (ConnectionError, OSError, Exception) as exc:  # noqa: BLE001 (Redis down: retry)
+                log.warning("redis.unavailable", op="schedule", error=str(exc), retry_in_s=delay)
+                wait, delay = delay, min(delay * 2, 5.0)
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+
+    async def tick(self) -> float:
+        """Enqueue every due tick once; returns the seconds until the next one."""
+        if not self.specs:
+            return 3600.0
+        now = await self._now()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for spec in self.specs:
+                pipe.hget(last_fired_key(spec.job), spec.id)
+            stored = await pipe.execute()
+        for spec, raw in zip(self.specs, stored, strict=True):
+            last = float(raw) if raw is not None else None
+            ticks = due_ticks(spec, last, now)
+            for tick in ticks:
+                await self._fire(spec, tick)
+            baseline = ticks[-1] if ticks else latest_tick(spec, now)
+            if baseline is not None and (last is None or baseline > last):
+                await self._mark(keys=[last_fired_key(spec.job)], args=[spec.id, int(baseline)])
+        return max(min(seconds_until_next(spec, now) for spec in self.specs) + 0.002, 0.005)
+
+    async def _fire(self, spec: ScheduleSpec, tick: float) -> None:
+        try:
+            ref = await self.client.enqueue(spec.job, spec.effective_payload, idempotency_key=tick_key(spec, tick))
+        except SupervisorError as exc:
+            log.error("schedule.enqueue_refused", schedule=spec.id, source=spec.source, tick=int(tick), error=str(exc))
+            return
+        if not ref.existing:
+            self.fired += 1
+            log.info("schedule.fired", schedule=spec.id, job_name=spec.job, tick=int(tick), job_id=ref.id)
