@@ -13,17 +13,20 @@ import asyncio
 import os
 import secrets
 import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
+from watchfiles import awatch
 
 from runners.base import Runner
 from runners.command import CommandRunner
 from runners.inprocess import InProcessRunner
 from supervisor.broker import Broker, connect, mask_url
-from supervisor.catalog import build_catalog
+from supervisor.catalog import Catalog, build_catalog, rebuild_catalog
 from supervisor.client import Client
 from supervisor.config import Settings
 from supervisor.dispatcher import REDIS_DOWN, Dispatcher, InFlight
@@ -67,13 +70,38 @@ class Daemon:
     shutdown: ShutdownManager
     notifier: Notifier
     embedded: RedisServer | None
+    catalog: Catalog
+    scheduler: Scheduler | None = None
 
     async def _child_enqueue(self, name: str, payload: Any, options: dict[str, Any], submit: bool) -> Any:
         return await self.client.enqueue(name, payload, **options)
 
+    async def reload(self, reason: str) -> None:
+        """Load handlers, tasks and schedules again and serve the result, without a restart."""
+        started = time.monotonic()
+        new = rebuild_catalog(self.catalog, self.settings, self.instance_id, AVAILABLE_RUNTIMES)
+        for name, meta in new.metas.items():
+            if self.catalog.metas.get(name, {}).get("schema") != meta["schema"] or name not in self.catalog.served:
+                await self.broker.publish_type(name, meta)
+        self.catalog = new
+        self.registry = new.registry
+        self.client.registry = new.registry
+        added, removed = self.dispatcher.update(new.served.values())
+        if self.scheduler is not None:
+            self.scheduler.update(new.schedules)
+            await self.scheduler.publish()
+        for runner in self.runners.values():
+            recycle = getattr(runner, "recycle", None)
+            if recycle is not None:
+                recycle()  # pool workers pick up new code between jobs
+        log.info("reload.done", reason=reason, added=added, removed=removed,
+                 types=sorted(new.served), schedules=[sp.id for sp in new.schedules],
+                 load_errors={p: str(e) for p, e in new.errors.items()},
+                 duration_s=round(time.monotonic() - started, 3))
 
-async def _connect_with_retry(url: str, stop: asyncio.Event) -> Broker:
-    broker = Broker(connect(url), blocking=connect(url))
+
+async def _connect_with_retry(url: str, stop: asyncio.Event, block_timeout: float) -> Broker:
+    broker = Broker(connect(url), blocking=connect(url, socket_timeout=block_timeout))
     delay = 0.1
     while True:
         try:
@@ -90,8 +118,13 @@ async def _connect_with_retry(url: str, stop: asyncio.Event) -> Broker:
             delay = min(delay * 2, 5.0)
 
 
-async def run_daemon(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT; returns the process exit code."""
+async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:
+    """Run until SIGTERM/SIGINT; returns the process exit code.
+
+    Args:
+        settings: validated settings.
+        reload_settings: reads the settings again on SIGHUP (None: SIGHUP reloads handlers only).
+    """
     loop = asyncio.get_running_loop()
     shutdown = ShutdownManager()
     stop_requested = asyncio.Event()
@@ -108,9 +141,18 @@ async def run_daemon(settings: Settings) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    loop.add_signal_handler(signal.SIGHUP, lambda: log.warning(
-        "signal.sighup_ignored", note="reload needs a restart in this version"))
+    reload_requested = asyncio.Event()
+    hup = {"pending": False}
 
+    def on_hup() -> None:
+        hup["pending"] = True
+        reload_requested.set()
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+    # Watch before loading anything, so a file dropped in right after READY is never missed.
+    watcher = asyncio.create_task(_watch_files(settings, reload_requested), name="watcher")
+    watcher.add_done_callback(_report_crash)
     instance_id = f"{settings.instance_name}:{os.getpid()}:{secrets.token_hex(2)}"
     notifier = Notifier.from_env()
     notifier.status("starting")
@@ -124,7 +166,7 @@ async def run_daemon(settings: Settings) -> int:
             raise ConfigError(f"cannot start the embedded Redis: {exc}") from exc
         log.info("redis.embedded", url=url, owned=embedded is not None, data_dir=str(settings.state_dir))
     try:
-        broker = await _connect_with_retry(url, stop_requested)
+        broker = await _connect_with_retry(url, stop_requested, settings.max_idle_wait + 10)
         for warning in await broker.check_server():
             log.warning("redis.unsafe", warning=warning)
     except BaseException:
@@ -145,18 +187,19 @@ async def run_daemon(settings: Settings) -> int:
         return await daemon_ref["d"]._child_enqueue(name, payload, options, submit)
 
     runners: dict[str, Runner] = {
-        "inprocess": InProcessRunner(registry.get, child_enqueue, threads=settings.threads),
-        "subprocess": CommandRunner(catalog.command_for),
+        "inprocess": InProcessRunner(lambda n: daemon_ref["d"].catalog.registry.get(n), child_enqueue,
+                                     threads=settings.threads),
+        "subprocess": CommandRunner(lambda n: daemon_ref["d"].catalog.command_for(n)),
     }
     dispatcher = Dispatcher(broker, instance_id, runners, max_idle_wait=settings.max_idle_wait)
     dispatcher.serve(served)
     daemon = Daemon(settings, instance_id, broker, registry, dispatcher, client, runners, shutdown,
-                    notifier, embedded)
+                    notifier, embedded, catalog)
     daemon_ref["d"] = daemon
     _register_stops(daemon, fast)
 
     await dispatcher.start()
-    scheduler = Scheduler(client, catalog.schedules)
+    scheduler = daemon.scheduler = Scheduler(client, catalog.schedules)
     scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
 
     async def stop_scheduler() -> None:
@@ -169,13 +212,76 @@ async def run_daemon(settings: Settings) -> int:
              load_errors={p: str(e) for p, e in catalog.errors.items()}, redis=mask_url(url))
     notifier.ready(f"consuming {len(served)} job types")
     watchdog = asyncio.create_task(_watchdog(daemon))
+    shutdown.register("watcher", lambda: _cancel(watcher), priority=10, timeout=5)
 
-    await stop_requested.wait()
+    while not stop_requested.is_set():
+        waiters = {asyncio.ensure_future(stop_requested.wait()), asyncio.ensure_future(reload_requested.wait())}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+        if reload_requested.is_set() and not stop_requested.is_set():
+            reload_requested.clear()
+            notifier.notify(RELOADING=1, MONOTONIC_USEC=int(time.monotonic() * 1_000_000))
+            reason = "files changed"
+            if hup["pending"]:
+                hup["pending"], reason = False, "SIGHUP"
+                _apply_settings(daemon, reload_settings)
+            try:
+                await daemon.reload(reason)
+            except Exception:  # noqa: BLE001 (a reload must never take the daemon down)
+                log.exception("reload.failed", reason=reason)
+            finally:
+                notifier.ready(f"consuming {len(daemon.catalog.served)} job types")
+
     notifier.stopping("draining")
     report = await shutdown.shutdown("signal")
     watchdog.cancel()
     log.info("daemon.stopped", report=report.to_dict())
     return 0
+
+
+def _apply_settings(d: Daemon, reload_settings: Callable[[], Settings] | None) -> None:
+    """SIGHUP: read the settings again; folders, defaults and schedules apply at once."""
+    if reload_settings is None:
+        return
+    try:
+        new = reload_settings()
+    except ConfigError as exc:
+        log.error("reload.settings_invalid", error=str(exc), note="keeping the previous settings")
+        return
+    needs_restart = [k for k in ("redis_url", "state_dir", "workers_concurrency", "threads", "log_format")
+                     if getattr(new, k) != getattr(d.settings, k)]
+    if needs_restart:
+        log.warning("reload.needs_restart", settings=needs_restart)
+    d.settings = new
+
+
+def _report_crash(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task.crashed", task=task.get_name(), error=repr(task.exception()))
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def _ignore(change: Any, path: str) -> bool:
+    name = Path(path).name
+    return not (name.startswith(".") or name.endswith(("~", ".swp", ".swx", ".tmp", ".pyc"))
+                or "__pycache__" in path)
+
+
+async def _watch_files(settings: Settings, reload_requested: asyncio.Event) -> None:
+    """Hot reload: a change in jobs/ or tasks/ (debounced) asks the main loop for a reload."""
+    dirs = [Path(p) for p in (settings.jobs_dir, settings.tasks_dir) if Path(p).is_dir()]
+    if not dirs:
+        return
+    # rust_timeout bounds how long a cancelled watcher takes to let go (SIGTERM waits for it).
+    async for changes in awatch(*dirs, watch_filter=_ignore, debounce=300, step=50, recursive=True,
+                                rust_timeout=300):
+        log.info("files.changed", changes=sorted({p for _, p in changes})[:20])
+        reload_requested.set()
 
 
 def _register_stops(d: Daemon, fast: asyncio.Event) -> None:

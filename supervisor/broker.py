@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from supervisor import keys
@@ -63,7 +65,15 @@ class ClaimBatch:
 
 
 def connect(url: str, **options: Any) -> aioredis.Redis:
-    """An asyncio Redis client for `url` (redis://, rediss://, unix://)."""
+    """An asyncio Redis client for `url` (redis://, rediss://, unix://).
+
+    No automatic retries: a transition script that timed out may have run, and only the
+    caller knows whether running it again is safe (every loop of the daemon retries with
+    backoff itself). The socket timeout must exceed the longest blocking wait.
+    """
+    options.setdefault("retry", Retry(NoBackoff(), 0))
+    options.setdefault("socket_timeout", 30.0)
+    options.setdefault("socket_connect_timeout", 5.0)
     if not url.startswith("unix://"):
         options.setdefault("socket_keepalive", True)
     try:
@@ -244,6 +254,13 @@ class Broker:
         return await self.redis.lrange(key, -last, -1)
 
     # --- waiting ---------------------------------------------------------------------
+
+    async def wake(self, names: Iterable[str]) -> None:
+        """Touch the wake-up key of each queue, as an enqueue does (ends blocking waits)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zadd(keys.index_key(name, "marker"), {"m": 0})
+            await pipe.execute()
 
     async def wait_for_work(self, name: str, timeout_s: float) -> bool:
         """Block until a producer wakes this type's queue or `timeout_s` passes."""

@@ -152,3 +152,25 @@ def _meta(served: ServedType, schema: dict[str, Any], extra: dict[str, Any], set
         "dead_retention_ms": str(int(settings.dead_retention * 1000)),
         "instance": instance_id, "updated_ms": str(int(time.time() * 1000)),
     }
+
+
+def rebuild_catalog(old: Catalog, settings: Settings, instance_id: str, runtimes: tuple[str, ...]) -> Catalog:
+    """Load `jobs/` and `tasks/` again; a file that now fails keeps serving its last good version."""
+    new = build_catalog(settings, instance_id, runtimes)
+    for path in list(new.errors):
+        failing = Path(path.removesuffix(" (schedule)"))
+        for name, served in old.served.items():
+            source = Path(served.source)
+            same_file = source == failing or (source.parent == failing.parent and source.stem == failing.stem)
+            if not same_file or name in new.served:
+                continue
+            new.served[name] = served
+            new.metas[name] = old.metas[name]
+            for part in ("tasks", "commands"):
+                if name in getattr(old, part):
+                    getattr(new, part)[name] = getattr(old, part)[name]
+            if name in old.registry.types:
+                new.registry.types[name] = old.registry.types[name]
+            new.schedules += [s for s in old.schedules if s.job == name]
+            log.warning("jobs.kept_last_good", job_type=name, path=str(failing), error=str(new.errors[path]))
+    return new

@@ -117,7 +117,7 @@ def run(ctx: click.Context, jobs_dir: Path | None, tasks_dir: Path | None, confi
         return
     log.configure(settings.log_level, settings.log_format)
     try:
-        code = asyncio.run(run_daemon(settings))
+        code = asyncio.run(run_daemon(settings, lambda: _settings(ctx, jobs_dir=jobs_dir, tasks_dir=tasks_dir)))
     except SupervisorError as exc:
         _fail(exc)
         return

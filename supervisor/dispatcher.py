@@ -96,6 +96,7 @@ class _Lane:
     slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
     fetch: asyncio.Task[None] | None = None
     waiting: bool = False
+    retired: bool = False  # removed by a reload: claims nothing more, finishes what it runs
     completes: list[tuple[str, str, str, str]] = field(default_factory=list)
     fails: list[tuple[str, str, str, str, int, str]] = field(default_factory=list)
     cancels: list[tuple[str, str, str]] = field(default_factory=list)
@@ -127,6 +128,34 @@ class Dispatcher:
         for served in types:
             self.lanes[served.name] = _Lane(served)
 
+    def update(self, types: Iterable[ServedType]) -> tuple[list[str], list[str]]:
+        """Serve exactly `types` from now on (hot reload); returns (added, removed) names.
+
+        A removed type claims nothing more; its running jobs finish and its queued jobs stay
+        queued. A changed type takes its new policy for the jobs it claims next.
+        """
+        wanted = {t.name: t for t in types}
+        added, removed = [], []
+        for name, lane in self.lanes.items():
+            if name not in wanted and not lane.retired:
+                lane.retired = True
+                removed.append(name)
+                lane.slot_freed.set()
+                if lane.fetch is not None and lane.waiting:
+                    lane.fetch.cancel()
+        for name, served in wanted.items():
+            lane = self.lanes.get(name)
+            if lane is None:
+                lane = self.lanes[name] = _Lane(served)
+                added.append(name)
+            elif lane.retired:
+                added.append(name)
+            lane.served = served
+            lane.retired = False
+            if self.fetching and (lane.fetch is None or lane.fetch.done()):
+                lane.fetch = asyncio.create_task(self._fetch_loop(lane), name=f"fetch:{name}")
+        self._beat_now.set()  # the heartbeat interval may have changed
+        return added, removed
     async def start(self) -> None:
         self.fetching = True
         for lane in self.lanes.values():
@@ -141,16 +170,30 @@ class Dispatcher:
         return [f for lane in self.lanes.values() for f in lane.inflight.values()]
 
     async def stop_fetching(self) -> None:
-        """Claim nothing more; jobs in flight keep running."""
+        """Claim nothing more; jobs in flight keep running.
+
+        Loops blocked on a queue's wake-up key are woken through that key (cancelling a
+        blocking call that is still connecting is not prompt in redis-py); a loop in the middle
+        of a claim finishes it, so no claimed job is dropped. The wake-up we cause is harmless
+        to other instances: at worst they make one empty claim.
+        """
         self.fetching = False
-        fetches = []
         for lane in self.lanes.values():
             lane.slot_freed.set()
-            if lane.fetch is not None:
-                if lane.waiting:  # blocked on the marker: nothing was claimed, safe to cancel
-                    lane.fetch.cancel()
-                fetches.append(lane.fetch)
-        await asyncio.gather(*fetches, return_exceptions=True)
+        waiting = [name for name, lane in self.lanes.items() if lane.waiting]
+        if waiting:
+            try:
+                await self.broker.wake(waiting)
+            except REDIS_DOWN:
+                pass
+        fetches = [lane.fetch for lane in self.lanes.values() if lane.fetch is not None and not lane.fetch.done()]
+        if not fetches:
+            return
+        _, pending = await asyncio.wait(fetches, timeout=1.0)
+        for task in pending:  # only ever blocked waits: nothing was claimed, safe to cancel
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
 
     async def drain(self, timeout: float) -> list[InFlight]:
         """Wait up to `timeout` for in-flight jobs and their outcomes; returns the jobs still running."""
@@ -202,9 +245,9 @@ class Dispatcher:
     # --- fetching --------------------------------------------------------------------
 
     async def _fetch_loop(self, lane: _Lane) -> None:
-        served = lane.served
         backoff = 0.05
-        while self.fetching:
+        while self.fetching and not lane.retired:
+            served = lane.served
             free = served.concurrency - len(lane.inflight)
             if free <= 0:
                 lane.slot_freed.clear()
@@ -220,7 +263,7 @@ class Dispatcher:
             backoff = 0.05
             for job in batch.jobs:
                 self._start(lane, job)
-            if batch.jobs or not self.fetching:
+            if batch.jobs or not self.fetching or lane.retired:
                 continue
             wait = self.max_idle_wait
             if batch.next_due_ms is not None:
@@ -399,9 +442,9 @@ class Dispatcher:
                 f.log_lines[:0] = lines[f.job.id]
 
     async def _heartbeat_loop(self) -> None:
-        interval = self._beat_interval()
         last_full = time.monotonic()
         while True:
+            interval = self._beat_interval()
             try:
                 await asyncio.wait_for(self._beat_now.wait(), timeout=interval)
             except TimeoutError:

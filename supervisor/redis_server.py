@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from supervisor.errors import EmbeddedRedisError
 
@@ -117,14 +118,12 @@ class RedisServer:
 
     def ping(self) -> bool:
         """True when the server answers PING (a raw RESP probe; no client needed)."""
+        family = socket.AF_UNIX if self.unix_socket is not None else socket.AF_INET
+        address: Any = str(self.unix_socket) if self.unix_socket is not None else ("127.0.0.1", int(self.port or 0))
         try:
-            if self.unix_socket is not None:
-                conn = socket.socket(socket.AF_UNIX)
+            with socket.socket(family) as conn:
                 conn.settimeout(0.5)
-                conn.connect(str(self.unix_socket))
-            else:
-                conn = socket.create_connection(("127.0.0.1", int(self.port or 0)), timeout=0.5)
-            with conn:
+                conn.connect(address)
                 conn.sendall(b"PING\r\n")
                 return conn.recv(64).startswith(b"+PONG")
         except OSError:

@@ -1,0 +1,109 @@
+"""Hot reload: handler files added, changed, broken and removed while the daemon runs; SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from supervisor import Client, State, UnknownJobType
+
+V1 = '''
+from supervisor import job
+
+@job("t.hot", schedule=None)
+def hot(payload: dict) -> str:
+    return "v1"
+'''
+V2 = V1.replace('"v1"', '"v2"')
+BROKEN = V1.replace("def hot(payload: dict) -> str:", "def hot(payload: dict) -> str")
+
+
+async def _until(predicate: Any, timeout: float = 15.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def _result(client: Client, name: str) -> Any:
+    ref = await client.enqueue(name, {}, allow_unknown=True)
+    return (await client.wait(ref.id, timeout=10)).result
+
+
+def _reloads(d: Any) -> int:
+    return len(d.events("reload.done"))
+
+
+async def test_add_change_break_remove_a_handler_file(redis_url: str, use_handlers: Any, daemon: Any,
+                                                      jobs_dir: Path) -> None:
+    use_handlers("basic")
+    d = daemon()
+    async with Client(redis_url) as client:
+        # A new file serves within seconds, without a restart
+        (jobs_dir / "hot.py").write_text(V1)
+        await _until(lambda: _known(client, "t.hot"), what="t.hot published")
+        assert await _result(client, "t.hot") == "v1"
+        # A changed file serves its new version
+        seen = _reloads(d)
+        (jobs_dir / "hot.py").write_text(V2)
+        await _until(lambda: _bool(_reloads(d) > seen), what="reload after change")
+        assert await _result(client, "t.hot") == "v2"
+        # A broken edit is reported, and the last good version keeps serving
+        seen = _reloads(d)
+        (jobs_dir / "hot.py").write_text(BROKEN)
+        await _until(lambda: _bool(_reloads(d) > seen), what="reload after broken edit")
+        last = d.events("reload.done")[-1]
+        assert any(p.endswith("hot.py") and "SyntaxError" in e for p, e in last["load_errors"].items())
+        assert d.events("jobs.kept_last_good")
+        assert await _result(client, "t.hot") == "v2"
+        assert (await _result(client, "t.echo"))["value"] == ""
+        # A removed file's type stops being consumed; its queued jobs stay queued
+        seen = _reloads(d)
+        (jobs_dir / "hot.py").unlink()
+        await _until(lambda: _bool(_reloads(d) > seen), what="reload after removal")
+        assert "t.hot" in d.events("reload.done")[-1]["removed"]
+        ref = await client.enqueue("t.hot", {}, allow_unknown=True)
+        await asyncio.sleep(1.0)  # give a (wrong) consumer every chance to take it
+        assert (await client.get(ref.id)).state is State.PENDING
+        # And when the file comes back, the queued job runs
+        (jobs_dir / "hot.py").write_text(V1)
+        job = await client.wait(ref.id, timeout=15)
+        assert job.result == "v1"
+    assert d.proc.poll() is None
+
+
+async def test_sighup_reloads_settings_and_a_bad_edit_keeps_the_old(
+        redis_url: str, use_handlers: Any, daemon: Any, tmp_path: Path) -> None:
+    use_handlers("basic")
+    config = tmp_path / "s.toml"
+    config.write_text("default_concurrency = 10\n")
+    d = daemon(args=["--config", str(config)])
+    # When a schedule is added to the settings file and the daemon gets SIGHUP
+    config.write_text('default_concurrency = 10\n[schedules.hourly-echo]\njob = "t.echo"\ncron = "@hourly"\n')
+    d.signal(signal.SIGHUP)
+    async with Client(redis_url) as client:
+        await _until(lambda: _bool(_reloads(d) >= 1), what="reload after SIGHUP")
+        done = d.events("reload.done")[-1]
+        assert done["reason"] == "SIGHUP" and "hourly-echo" in done["schedules"]
+        # A broken settings file on SIGHUP is reported and the previous settings stay
+        config.write_text("default_concurrency = -1\n")
+        d.signal(signal.SIGHUP)
+        await _until(lambda: _bool(_reloads(d) >= 2), what="second reload")
+        assert d.events("reload.settings_invalid")
+        assert "hourly-echo" in d.events("reload.done")[-1]["schedules"]
+        assert (await _result(client, "t.echo"))["value"] == ""
+    assert d.proc.poll() is None
+
+
+async def _known(client: Client, name: str) -> bool:
+    return bool(await client.broker.type_meta(name))
+
+
+async def _bool(value: bool) -> bool:
+    return value
