@@ -25,6 +25,7 @@ from watchfiles import awatch
 from runners.base import Runner
 from runners.command import CommandRunner
 from runners.inprocess import InProcessRunner
+from runners.pool import ProcessPoolRunner
 from supervisor.broker import Broker, connect, mask_url
 from supervisor.catalog import Catalog, build_catalog, rebuild_catalog
 from supervisor.client import Client
@@ -33,12 +34,15 @@ from supervisor.dispatcher import REDIS_DOWN, Dispatcher, InFlight
 from supervisor.errors import ConfigError, EmbeddedRedisError
 from supervisor.redis_server import RedisServer
 from supervisor.registry import Registry
+from supervisor import __version__
+from supervisor.janitor import Janitor
+from supervisor.presence import Presence
 from supervisor.scheduler import Scheduler
 from supervisor.sdnotify import Notifier
 from supervisor.shutdown import ShutdownManager
 
 log = structlog.get_logger(__name__)
-AVAILABLE_RUNTIMES = ("inprocess", "subprocess")
+AVAILABLE_RUNTIMES = ("inprocess", "process", "subprocess")
 
 
 def embedded_socket(state_dir: Path) -> Path:
@@ -90,10 +94,11 @@ class Daemon:
         if self.scheduler is not None:
             self.scheduler.update(new.schedules)
             await self.scheduler.publish()
-        for runner in self.runners.values():
-            recycle = getattr(runner, "recycle", None)
-            if recycle is not None:
-                recycle()  # pool workers pick up new code between jobs
+        pool = self.runners.get("process")
+        if isinstance(pool, ProcessPoolRunner):
+            if any(t.runtime == "process" for t in new.served.values()) and not pool.started:
+                await pool.start()
+            pool.recycle()  # workers pick up the new code between jobs
         log.info("reload.done", reason=reason, added=added, removed=removed,
                  types=sorted(new.served), schedules=[sp.id for sp in new.schedules],
                  load_errors={p: str(e) for p, e in new.errors.items()},
@@ -191,6 +196,13 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
                                      threads=settings.threads),
         "subprocess": CommandRunner(lambda n: daemon_ref["d"].catalog.command_for(n)),
     }
+    pool = ProcessPoolRunner(
+        settings.jobs_dir, settings.workers_concurrency, max_jobs_per_worker=settings.max_jobs_per_worker,
+        max_worker_rss_mb=settings.max_worker_rss, cancel_grace_s=settings.cancel_grace,
+        kill_grace_s=settings.kill_grace, child_enqueue=child_enqueue, log_level=settings.log_level)
+    runners["process"] = pool
+    if any(t.runtime == "process" for t in served):
+        await pool.start()  # only when a type asks for it: starting costs ~0.5 s
     dispatcher = Dispatcher(broker, instance_id, runners, max_idle_wait=settings.max_idle_wait)
     dispatcher.serve(served)
     daemon = Daemon(settings, instance_id, broker, registry, dispatcher, client, runners, shutdown,
@@ -199,6 +211,23 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
     _register_stops(daemon, fast)
 
     await dispatcher.start()
+    presence = Presence(broker.redis, instance_id, lambda: _describe(daemon), settings.presence_interval,
+                        version=__version__)
+    janitor = Janitor(broker, interval_s=settings.janitor_interval, max_finished=settings.max_finished_per_type)
+    background = [asyncio.create_task(presence.run(), name="presence"),
+                  asyncio.create_task(janitor.run(), name="janitor")]
+    for task in background:
+        task.add_done_callback(_report_crash)
+
+    async def stop_background() -> None:
+        for task in background:
+            await _cancel(task)
+        try:
+            await presence.withdraw()
+        except REDIS_DOWN:
+            pass
+
+    shutdown.register("janitor-presence", stop_background, priority=40, timeout=10)
     scheduler = daemon.scheduler = Scheduler(client, catalog.schedules)
     scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
 
@@ -238,6 +267,20 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
     watchdog.cancel()
     log.info("daemon.stopped", report=report.to_dict())
     return 0
+
+
+def _describe(d: Daemon) -> dict[str, Any]:
+    """What presence publishes about this instance right now."""
+    now = time.monotonic()
+    pool = d.runners.get("process")
+    info = pool.workers_info() if isinstance(pool, ProcessPoolRunner) else []
+    return {
+        "types": sorted(d.catalog.served),
+        "in_flight": [{"id": f.job.id, "name": f.job.name, "attempt": f.job.attempt,
+                       "age_s": round(now - f.started, 3)} for f in d.dispatcher.inflight],
+        "worker_pids": [w["pid"] for w in info if w.get("pid")],
+        "load_errors": {p: str(e) for p, e in d.catalog.errors.items()},
+    }
 
 
 def _apply_settings(d: Daemon, reload_settings: Callable[[], Settings] | None) -> None:

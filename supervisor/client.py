@@ -106,6 +106,7 @@ class Client:
         self.registry = registry
         self.allow_unknown = allow_unknown
         self._types: dict[str, _TypeInfo | None] = {}
+        self._listed: set[str] = set()
 
     async def __aenter__(self) -> Client:
         return self
@@ -145,6 +146,9 @@ class Client:
             if info is None:
                 if not (self.allow_unknown if allow_unknown is None else allow_unknown):
                     raise UnknownJobType(req.name)
+                if req.name not in self._listed:  # so listings and the janitor see its jobs
+                    await self.broker.redis.sadd(keys.TYPES_KEY, req.name)
+                    self._listed.add(req.name)
             else:
                 if info.validator is not None:
                     error = jsonschema.exceptions.best_match(info.validator.iter_errors(payload))

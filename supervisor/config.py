@@ -68,6 +68,17 @@ class Settings(BaseSettings):
     default_concurrency: int = Field(10, gt=0, le=10_000,
                                      description="Per-type concurrency in one instance when a type names none.")
     threads: int = Field(32, gt=0, le=1024, description="Thread pool for sync in-process handlers.")
+    max_jobs_per_worker: int | None = Field(None, gt=0,
+                                            description="Recycle a pool worker after this many jobs (None: never).")
+    max_worker_rss: float | None = Field(None, gt=0,
+                                         description="Recycle a pool worker above this RSS, in MB (None: never).")
+    cancel_grace: float = Field(10.0, ge=0, description="Cancel: seconds a handler gets to stop cooperatively "
+                                                        "before a process or subprocess runner signals it.")
+    kill_grace: float = Field(5.0, ge=0, description="Seconds between SIGTERM and SIGKILL for a worker.")
+    presence_interval: float = Field(10.0, gt=0, description="Seconds between presence heartbeats.")
+    janitor_interval: float = Field(30.0, gt=0, description="Seconds between janitor sweeps.")
+    max_finished_per_type: int = Field(100_000, gt=0,
+                                       description="Finished records kept per type and state, newest first.")
     ack_wait: float = Field(300.0, gt=0, description="Default lease length (seconds).")
     max_deliver: int = Field(5, gt=0, description="Default deliveries before a job is dead.")
     drain_timeout: float = Field(60.0, ge=0, description="SIGTERM: wait this long for in-flight jobs.")

@@ -22,7 +22,10 @@ for i = 0, n - 1 do
     local score = -prio * PRIORITY_SHIFT + redis.call('INCR', P .. 'seq')
     local f = {'name', name, 'state', 'pending', 'payload', payload, 'priority', prio,
                'score', score, 'created', now, 'deliveries', 0, 'ctx', ctx}
-    if dl > 0 then f[#f + 1] = 'deadline'; f[#f + 1] = now + dl end
+    if dl > 0 then
+      f[#f + 1] = 'deadline'; f[#f + 1] = now + dl
+      redis.call('ZADD', P .. 'deadline', now + dl, id)
+    end
     if idem ~= '' then
       f[#f + 1] = 'idem'; f[#f + 1] = idem
       redis.call('SET', P .. 'idem:' .. idem, id)

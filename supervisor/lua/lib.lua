@@ -41,6 +41,7 @@ local function park(P, jk, id, state, now, ret, idem)
   redis.call('ZADD', idx, now, id)
   redis.call('ZREMRANGEBYSCORE', idx, '-inf', now - ret)
   redis.call('PEXPIRE', jk, ret)
+  redis.call('ZREM', P .. 'deadline', id)
   if idem then redis.call('PEXPIRE', P .. 'idem:' .. idem, ret) end
 end
 

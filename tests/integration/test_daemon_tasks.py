@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -9,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from supervisor import Client, InvalidPayload, State
 
@@ -74,3 +77,35 @@ async def test_pid_per_runtime_and_no_secret_leak(redis_url: str, use_handlers: 
     assert sub[0].result["secret_visible"] is False, "the daemon's secrets never reach a subprocess"
     assert sub[0].progress == {"percent": 50.0, "message": "half way", "step": None}
     assert any("running t.pid-subprocess" in line for line in sub_logs)
+
+
+async def test_process_runtime_reuses_pool_workers_and_caps_concurrency(
+        redis_url: str, use_handlers: Any, daemon: Any) -> None:
+    use_handlers("runtimes")
+    d = daemon(env={"WORKERS_CONCURRENCY": "3"})
+    async with Client(redis_url) as client:
+        refs = [await client.enqueue("t.pid-process", {"sleep": 0.3}) for _ in range(12)]
+        jobs = [await client.wait(r.id, timeout=30) for r in refs]
+    assert all(j.state is State.COMPLETED for j in jobs)
+    pids = collections.Counter(j.result["pid"] for j in jobs)
+    assert d.pid not in pids and len(pids) <= 3 and max(pids.values()) >= 2, "long-lived workers are reused"
+    # Never more than WORKERS_CONCURRENCY=3 running at once, from the recorded start/end times
+    edges = sorted([(j.result["started"], 1) for j in jobs] + [(j.result["ended"], -1) for j in jobs])
+    running, peak = 0, 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    assert peak <= 3
+
+
+@pytest.mark.parametrize("how", ["kill", "exit"])
+async def test_pool_worker_dying_mid_job_is_replaced_and_job_redelivered(
+        redis_url: str, use_handlers: Any, daemon: Any, how: str) -> None:
+    use_handlers("runtimes")
+    daemon(env={"WORKERS_CONCURRENCY": "2"})
+    async with Client(redis_url) as client:
+        job = await client.wait((await client.enqueue("t.crash-once", {"how": how})).id, timeout=30)
+        after = [await client.wait((await client.enqueue("t.pid-process", {})).id, timeout=30) for _ in range(3)]
+    assert job.state is State.COMPLETED and job.result["attempt"] == 2
+    assert job.attempts[0].outcome == "failed" and "died" in (job.attempts[0].error or "")
+    assert all(j.state is State.COMPLETED for j in after)

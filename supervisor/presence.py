@@ -1,0 +1,113 @@
+"""Worker presence: every instance publishes who it is and what it runs, with a TTL.
+
+Each instance writes `js:instance:<id>` (JSON, expires after `3 x interval`)
+and its last-seen time in the sorted set `js:instances`. Readers see an
+instance whose key expired but whose entry remains as `stale`; the janitor
+forgets such entries after `forget_after_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+import redis.asyncio as aioredis
+import structlog
+
+from supervisor import keys
+
+log = structlog.get_logger(__name__)
+INSTANCES_KEY = f"{keys.PREFIX}:instances"
+FORGET_AFTER_S = 3600.0
+
+
+def instance_key(instance_id: str) -> str:
+    return f"{keys.PREFIX}:instance:{instance_id}"
+
+
+def process_stats(pid: int) -> dict[str, Any]:
+    """RSS (bytes) and CPU (percent since the last call) of one process; {} if it is gone."""
+    try:
+        proc = _procs.setdefault(pid, psutil.Process(pid))
+        with proc.oneshot():
+            return {"pid": pid, "rss": proc.memory_info().rss, "cpu_percent": proc.cpu_percent(None)}
+    except psutil.Error:
+        _procs.pop(pid, None)
+        return {}
+
+
+_procs: dict[int, psutil.Process] = {}
+
+
+class Presence:
+    """Publishes this instance's heartbeat every `interval_s`."""
+
+    def __init__(self, redis: aioredis.Redis, instance_id: str, describe: Callable[[], dict[str, Any]],
+                 interval_s: float = 10.0, version: str = "") -> None:
+        self.redis = redis
+        self.instance_id = instance_id
+        self.describe = describe
+        self.interval_s = interval_s
+        self.started = time.time()
+        self.base = {"instance": instance_id, "host": socket.gethostname(), "pid": os.getpid(),
+                     "version": version, "started": self.started}
+
+    def snapshot(self) -> dict[str, Any]:
+        doc = {**self.base, **self.describe(), "seen": time.time()}
+        workers = [process_stats(os.getpid())]
+        workers += [process_stats(p) for p in doc.pop("worker_pids", [])]
+        doc["workers"] = [w for w in workers if w]
+        return doc
+
+    async def publish(self) -> None:
+        doc = self.snapshot()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(instance_key(self.instance_id), json.dumps(doc, default=str),
+                     px=int(self.interval_s * 3000))
+            pipe.zadd(INSTANCES_KEY, {self.instance_id: doc["seen"]})
+            await pipe.execute()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.publish()
+            except (ConnectionError, OSError, Exception) as exc:  # noqa: BLE001 (Redis down: next beat)
+                log.warning("redis.unavailable", op="presence", error=str(exc))
+            await asyncio.sleep(self.interval_s)
+
+    async def withdraw(self) -> None:
+        """On a clean stop: disappear at once instead of going stale."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(instance_key(self.instance_id))
+            pipe.zrem(INSTANCES_KEY, self.instance_id)
+            await pipe.execute()
+
+
+async def list_workers(redis: aioredis.Redis) -> list[dict[str, Any]]:
+    """Every instance not yet forgotten: live ones with their heartbeat, others as stale."""
+    now = time.time()
+    entries = await redis.zrangebyscore(INSTANCES_KEY, "-inf", "+inf", withscores=True)
+    if not entries:
+        return []
+    docs = await redis.mget([instance_key(i) for i, _ in entries])
+    out = []
+    for (instance, seen), raw in zip(entries, docs, strict=True):
+        if raw:
+            doc = json.loads(raw)
+            doc["status"] = "alive"
+        else:
+            doc = {"instance": instance, "seen": seen, "status": "stale"}
+        doc["age_s"] = round(now - float(doc.get("seen", seen)), 3)
+        out.append(doc)
+    return sorted(out, key=lambda d: (d["status"] != "alive", d["instance"]))
+
+
+async def forget_stale(redis: aioredis.Redis, forget_after_s: float = FORGET_AFTER_S) -> int:
+    """Drop instances not seen for `forget_after_s` (janitor)."""
+    return int(await redis.zremrangebyscore(INSTANCES_KEY, "-inf", time.time() - forget_after_s))
