@@ -213,6 +213,10 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
     await dispatcher.start()
     presence = Presence(broker.redis, instance_id, lambda: _describe(daemon), settings.presence_interval,
                         version=__version__)
+    try:
+        await presence.publish()  # visible to `workers` by the time READY=1 is sent
+    except REDIS_DOWN as exc:
+        log.warning("redis.unavailable", op="presence", error=str(exc))
     janitor = Janitor(broker, interval_s=settings.janitor_interval, max_finished=settings.max_finished_per_type)
     background = [asyncio.create_task(presence.run(), name="presence"),
                   asyncio.create_task(janitor.run(), name="janitor")]

@@ -336,28 +336,12 @@ async def types(ctx: click.Context, as_json: bool) -> None:
 @_async
 async def schedules(ctx: click.Context, count: int, as_json: bool) -> None:
     """Every published cron schedule: source, timezone, last fired tick and next fire times."""
-    from datetime import UTC, datetime  # noqa: PLC0415
-
+    from supervisor.admin import schedule_rows  # noqa: PLC0415
     from supervisor.broker import connect  # noqa: PLC0415
-    from supervisor.schedule import ScheduleError, ScheduleSpec, next_fire_times  # noqa: PLC0415
-    from supervisor.scheduler import SPECS_KEY, last_fired_key  # noqa: PLC0415
 
     redis = connect(_redis_url(_settings(ctx)))
     try:
-        docs = [json.loads(v) for v in (await redis.hgetall(SPECS_KEY)).values()]
-        now_s, now_us = await redis.time()
-        rows = []
-        for doc in sorted(docs, key=lambda d: d["id"]):
-            last = await redis.hget(last_fired_key(doc["job"]), doc["id"])
-            entry = {**doc, "last_fired": datetime.fromtimestamp(int(last), UTC).isoformat() if last else None}
-            try:
-                spec = ScheduleSpec.parse({k: doc[k] for k in ("job", "cron", "timezone", "payload", "misfire")},
-                                          source=doc["source"])
-                now = datetime.fromtimestamp(now_s + now_us / 1e6, UTC)
-                entry["next"] = [t.isoformat() for t in next_fire_times(spec, now, count)]
-            except ScheduleError as exc:
-                entry["next"], entry["error"] = [], str(exc)
-            rows.append(entry)
+        rows = await schedule_rows(redis, count)
     finally:
         await redis.aclose()
     if as_json:
@@ -401,7 +385,11 @@ def systemd_unit(ctx: click.Context, user: str | None) -> None:
     """Print a systemd unit for this installation (redirect it to /etc/systemd/system/)."""
     import shutil  # noqa: PLC0415
 
-    from supervisor.systemd_unit import default_exec_start, render_unit  # noqa: PLC0415
+    from supervisor.systemd_unit import (  # noqa: PLC0415
+        default_exec_start,
+        paths_hidden_by_protect_home,
+        render_unit,
+    )
 
     try:
         settings = _settings(ctx)
@@ -411,11 +399,15 @@ def systemd_unit(ctx: click.Context, user: str | None) -> None:
     binary = shutil.which("job-supervisor") or str(Path(sys.executable).with_name("job-supervisor"))
     root = ctx.find_root().obj or {}
     config = root.get("config")
+    # The interpreter (a venv links to it), the venv and the install must stay readable.
+    hidden = paths_hidden_by_protect_home(
+        sys.base_prefix, sys.prefix, str(Path(sys.executable).resolve().parent), str(Path.cwd()),
+        str(Path(settings.jobs_dir).resolve()), str(Path(settings.tasks_dir).resolve()))
     click.echo(render_unit(
         default_exec_start(binary, str(Path(config).resolve()) if config else None),
         working_dir=str(Path.cwd()), state_dir="/var/lib/job-supervisor", user=user, group=user,
+        read_only_paths=hidden,
     ), nl=False)
-    del settings
 
 
 if __name__ == "__main__":

@@ -143,8 +143,10 @@ class Notifier:
         try:
             # A fresh socket per message, as libsystemd does: nothing to leak
             # or share across fork(), and these messages are rare.
+            # MSG_DONTWAIT: a service manager that stops reading must never block the
+            # daemon's loop; a dropped WATCHDOG=1 is harmless at twice the required rate.
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.sendto(message.encode("utf-8"), self._address)
+                sock.sendto(message.encode("utf-8"), socket.MSG_DONTWAIT, self._address)
         except OSError as exc:
             log.debug("sdnotify.send_failed", socket=self._socket_path, error=str(exc),
                       message=message)

@@ -12,6 +12,8 @@ rather than carrying a second copy that could drift.
 
 from __future__ import annotations
 
+import os
+
 import re
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -59,6 +61,20 @@ def systemd_quote(arg: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+HIDDEN_ROOTS = ("/home", "/root", "/run/user")
+
+
+def paths_hidden_by_protect_home(*paths: str) -> list[str]:
+    """Those of `paths` that `ProtectHome=yes` would hide (resolved, deduplicated, outermost first)."""
+    found: list[str] = []
+    for raw in paths:
+        resolved = os.path.realpath(raw)
+        if any(resolved == r or resolved.startswith(r + "/") for r in HIDDEN_ROOTS):
+            if not any(resolved == f or resolved.startswith(f + "/") for f in found):
+                found = [f for f in found if not f.startswith(resolved + "/")] + [resolved]
+    return found
+
+
 def default_exec_start(binary: str, config: str | None = None) -> list[str]:
     """Return the daemon's argv: ``<binary> run [--config <config>]``."""
     argv = [binary, "run"]
@@ -75,6 +91,7 @@ def render_unit(
     user: str | None = None,
     group: str | None = None,
     template: str | None = None,
+    read_only_paths: Sequence[str] = (),
 ) -> str:
     """Return the shipped unit rewritten for one install.
 
@@ -90,6 +107,9 @@ def render_unit(
         user: Replacement for User=, if given.
         group: Replacement for Group=, if given.
         template: Unit text to start from; defaults to the shipped file.
+        read_only_paths: Paths under /home, /root or /run/user the service must read (a
+            virtualenv's interpreter, the install itself). `ProtectHome=yes` would hide them,
+            so the unit gets `ProtectHome=tmpfs` plus `BindReadOnlyPaths=` for exactly these.
 
     Returns:
         The unit file text.
@@ -128,6 +148,9 @@ def render_unit(
     if state_rel is None:
         # Without StateDirectory= the mode line would be meaningless.
         replacements["StateDirectoryMode="] = None
+    if read_only_paths:
+        binds = " ".join(_spec(_abs_path("read_only_paths", p)) for p in read_only_paths)
+        replacements["ProtectHome="] = f"ProtectHome=tmpfs\nBindReadOnlyPaths={binds}"
     if user is not None:
         replacements["User="] = f"User={_name('user', user)}"
     if group is not None:

@@ -1,0 +1,173 @@
+"""Request and response models of the admin API (they are also its OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable error code (job_not_found, invalid_state, invalid_payload, ...).")
+    message: str
+    field: str | None = Field(None, description="The request part at fault, e.g. payload.items.0.sku or limit.")
+    state: str | None = Field(None, description="On invalid_state: the job's current state.")
+    action: str | None = Field(None, description="On invalid_state: the refused action.")
+    job_id: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    started: str | None = None
+    ended: str | None = None
+    outcome: str
+    instance: str | None = None
+    error: str | None = None
+
+
+class JobOut(BaseModel):
+    """A job's record with every attempt (times are ISO-8601, UTC)."""
+
+    id: str
+    name: str
+    state: str
+    payload: JsonValue = None
+    priority: int = 0
+    created: str | None = None
+    run_at: str | None = None
+    deadline: str | None = None
+    started: str | None = None
+    finished: str | None = None
+    deliveries: int = 0
+    result: JsonValue = None
+    error: str | None = None
+    progress: dict[str, JsonValue] | None = None
+    context: dict[str, JsonValue] = Field(default_factory=dict)
+    parent: str | None = None
+    idempotency_key: str | None = None
+    instance: str | None = None
+    cancel_requested: str | None = None
+    attempts: list[AttemptOut] = Field(default_factory=list)
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last.")
+
+
+class LogsOut(BaseModel):
+    id: str
+    lines: list[str]
+
+
+class ActionOut(BaseModel):
+    id: str
+    action: str
+    result: str = Field(description="cancel: 'cancelled' or 'requested' (active job, told cooperatively); else 'ok'.")
+    state: str = Field(description="The job's state after the action.")
+    job: JobOut
+
+
+class TypeOut(BaseModel):
+    name: str
+    source: str | None = None
+    schema_: dict[str, JsonValue] = Field(default_factory=dict, alias="schema")
+    policy: dict[str, JsonValue] = Field(default_factory=dict)
+    instance: str | None = Field(None, description="The instance that last published the type.")
+    updated: str | None = None
+    counts: dict[str, int] = Field(description="Index sizes: ready, sched, active and each finished state.")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class TriggerIn(BaseModel):
+    """Enqueue one job of the type named in the path (validated against its published schema)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    payload: JsonValue = Field(None, description="JSON payload ({} when omitted).")
+    delay: float | None = Field(None, ge=0, le=366 * 86_400, description="Seconds before it may run.")
+    priority: int | None = Field(None, ge=-4000, le=4000, description="Higher runs first (default: the type's).")
+    idempotency_key: str | None = Field(None, min_length=1, max_length=512,
+                                        description="A second trigger with this key returns the first job.")
+    deadline: float | None = Field(None, gt=0, le=366 * 86_400,
+                                   description="Seconds from now after which the job expires.")
+
+
+class TriggerOut(BaseModel):
+    id: str
+    name: str
+    existing: bool = Field(description="True when idempotency_key matched a retained job (no new job).")
+
+
+class WorkerProcess(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    pid: int | None = None
+    rss: int | None = None
+    cpu_percent: float | None = None
+
+
+class WorkerOut(BaseModel):
+    """One instance's presence heartbeat (fields beyond these are passed through)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    instance: str
+    status: str = Field(description="alive (heartbeat key present) or stale.")
+    age_s: float
+    host: str | None = None
+    pid: int | None = None
+    workers: list[WorkerProcess] = Field(default_factory=list)
+
+
+class ScheduleOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    job: str
+    cron: str
+    timezone: str | None = None
+    misfire: str | None = None
+    payload: JsonValue = None
+    source: str | None = None
+    last_fired: str | None = None
+    next: list[str] = Field(default_factory=list)
+    error: str | None = None
+
+
+class EventOut(BaseModel):
+    """One lifecycle event (also the `data:` of each SSE message on /events)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    event: str
+    job_id: str
+    state: str
+    attempt: int
+    time: str
+    stream_id: str
+
+
+class ExecutionsOut(BaseModel):
+    executions: list[EventOut]
+
+
+class HealthOut(BaseModel):
+    status: str
+    redis: str
+    redis_ping_ms: float | None = None
+    instances: int | None = Field(None, description="Instances with a live presence heartbeat.")
+    instances_stale: int | None = None
+
+
+def job_out(job: Any) -> dict[str, Any]:
+    """A `records.Job` as the JSON of `JobOut`."""
+    doc: dict[str, Any] = job.to_dict()
+    doc["state"] = str(job.state)
+    return doc
