@@ -11,12 +11,14 @@ from supervisor.errors import (
     InvalidTransition,
     JobFailed,
     JobNotFound,
+    JobRejected,
     PermanentError,
     Retry,
     SupervisorError,
     UnknownJobType,
     WaitTimeout,
 )
+from supervisor.flow import SubmitOutcome
 from supervisor.handler import Backoff, Failure, job
 from supervisor.records import Attempt, Job
 from supervisor.shutdown import ShutdownManager, ShutdownReport
@@ -26,7 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Attempt", "Backoff", "Client", "Context", "EnqueueRequest", "Failure", "InvalidPayload",
-    "InvalidTransition", "Job", "JobFailed", "JobNotFound", "JobRef", "PermanentError", "Retry",
-    "ShutdownManager", "ShutdownReport", "State", "SupervisorError", "SyncClient", "UnknownJobType",
+    "InvalidTransition", "Job", "JobFailed", "JobNotFound", "JobRef", "JobRejected", "PermanentError", "Retry",
+    "ShutdownManager", "ShutdownReport", "State", "SubmitOutcome", "SupervisorError", "SyncClient", "UnknownJobType",
     "WaitTimeout", "job",
 ]

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -83,18 +83,19 @@ async def type_rows(broker: Broker) -> list[dict[str, Any]]:
 
 # --- job listing ---------------------------------------------------------------------------
 
-_LIST_FIELDS = ("created", "state", "ctx", "key")
+_LIST_FIELDS = ("created", "state", "ctx", "ckey", "key")
 _CHUNK = 1000
 
 
-def job_key_of(ctx_json: str | None, key_field: str | None) -> str | None:
-    """The concurrency key of a job record: its `key` field, else `concurrency_key` in its context.
+def job_key_of(ctx_json: str | None, *key_fields: str | None) -> str | None:
+    """The concurrency key of a job record: its `ckey` (or `key`) field, else `concurrency_key` in its context.
 
-    Keyed concurrency (SPEC §9) is not stored yet; this is the one place that decides
-    where a job's key lives, so the listing filter follows when it arrives.
+    This is the one place that decides where a job's key lives (keyed concurrency, SPEC §9,
+    stores it as the record's `ckey` field), so the listing filter follows it.
     """
-    if key_field:
-        return key_field
+    for value in key_fields:
+        if value:
+            return value
     if ctx_json:
         try:
             ctx = json.loads(ctx_json)
@@ -184,7 +185,7 @@ async def list_jobs(
             for job_id in chunk:
                 pipe.hmget(keys.job_key(job_id), _LIST_FIELDS)
             rows = await pipe.execute()
-        for job_id, (created, st, ctx, key_field) in zip(chunk, rows, strict=True):
+        for job_id, (created, st, ctx, ckey, key_field) in zip(chunk, rows, strict=True):
             if st is None:
                 continue  # trimmed since it was indexed
             if state is not None and st != state.value:
@@ -194,7 +195,7 @@ async def list_jobs(
                 continue
             if until_ms is not None and created_ms >= until_ms:
                 continue
-            if key is not None and job_key_of(ctx, key_field) != key:
+            if key is not None and job_key_of(ctx, ckey, key_field) != key:
                 continue
             if after is not None and (created_ms, job_id) >= after:
                 continue
@@ -267,7 +268,8 @@ async def recent_executions(
         got: list[dict[str, Any]] = []
         upper, scanned = "+", 0
         while len(got) < limit and scanned < scan_max:
-            entries = await redis.xrevrange(stream, max=upper, min="-", count=page)
+            entries = cast(list[tuple[str, dict[str, str]]],
+                           await redis.xrevrange(stream, max=upper, min="-", count=page))
             if not entries:
                 break
             for sid, fields in entries:
@@ -352,26 +354,50 @@ class EventFollower:
     async def _names(self) -> list[str]:
         if self.fixed_types is not None:
             return self.fixed_types
-        return sorted(await self.redis.smembers(keys.TYPES_KEY))
+        return sorted(cast(set[str], await self.redis.smembers(keys.TYPES_KEY)))
 
     async def _floor(self) -> str:
         now_s, now_us = await self.redis.time()
         return f"{int(now_s) * 1000 + int(now_us) // 1000}-0"
 
-    async def events(self, stop: asyncio.Event | None = None) -> AsyncIterator[FollowedEvent | None]:
-        """Yield events in stream order per type (merged by time across types); None after an idle block.
-
-        Ends when `stop` is set (a pending blocking read is abandoned).
-        """
+    async def prepare(self) -> None:
+        """Fix the starting position now (without a resume token: "from now on" means from this call)."""
         if self.positions is None:
             self.positions = StreamPositions(await self._floor())
-        positions = self.positions
         if self.job_id and self.fixed_types is None:
             name = await _job_type_or_none(self.redis, self.job_id)
             if name is not None:
                 self.fixed_types = [name]
+
+    async def _read(self, streams: dict[str, str], stop: asyncio.Event | None) -> list[Any] | None:
+        """One XREAD BLOCK; None when `stop` was set first (the read is abandoned)."""
+        args: dict[Any, Any] = dict(streams)
+        if stop is None:
+            return cast(list[Any], await self.redis.xread(args, count=self.batch, block=self.block_ms))
+        read = asyncio.ensure_future(self.redis.xread(args, count=self.batch, block=self.block_ms))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({read, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not read.done():  # stopped, or our caller was cancelled (client gone)
+                read.cancel()
+                read.add_done_callback(_retrieve)
+        if not read.done() or read.cancelled():
+            return None
+        return cast(list[Any], read.result())
+
+    async def events(self, stop: asyncio.Event | None = None) -> AsyncIterator[FollowedEvent | None]:
+        """Yield events in stream order per type (merged by time across types).
+
+        Yields None after a read that delivered nothing (idle, or every entry filtered out),
+        so a caller can send heartbeats. Ends when `stop` is set (a pending read is abandoned).
+        """
+        await self.prepare()
+        positions = self.positions
+        assert positions is not None
         names: list[str] = []
-        refreshed = 0.0
+        refreshed = -self.refresh_s
         while stop is None or not stop.is_set():
             if time.monotonic() - refreshed >= self.refresh_s:
                 names = await self._names()
@@ -383,28 +409,25 @@ class EventFollower:
                 continue
             streams = {keys.events_key(n): positions.of(n) for n in names}
             by_stream = {keys.events_key(n): n for n in names}
-            read = asyncio.ensure_future(self.redis.xread(streams, count=self.batch, block=self.block_ms))
-            if stop is not None:
-                stopper = asyncio.ensure_future(stop.wait())
-                try:
-                    await asyncio.wait({read, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stopper.cancel()
-                if not read.done():
-                    read.cancel()
-                    await asyncio.gather(read, return_exceptions=True)
-                    return
-            rows = await read
+            rows = await self._read(streams, stop)
+            if rows is None and stop is not None and stop.is_set():
+                return
             merged = [(by_stream[stream], sid, fields) for stream, entries in rows or [] for sid, fields in entries]
-            if not merged:
-                yield None
-                continue
             merged.sort(key=lambda e: _id_key(e[1]))
+            delivered = False
             for name, sid, fields in merged:
                 positions.pos[name] = sid
                 if self.job_id and fields.get("id") != self.job_id:
                     continue
+                delivered = True
                 yield FollowedEvent(positions.token(), name, event_document(name, sid, fields))
+            if not delivered:
+                yield None
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # an abandoned read's error is expected; don't report it as unretrieved
 
 
 async def _wait(stop: asyncio.Event | None, seconds: float) -> bool:

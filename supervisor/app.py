@@ -78,6 +78,8 @@ class Daemon:
     scheduler: Scheduler | None = None
 
     async def _child_enqueue(self, name: str, payload: Any, options: dict[str, Any], submit: bool) -> Any:
+        if submit:
+            return await self.client.submit(name, payload, **options)
         return await self.client.enqueue(name, payload, **options)
 
     async def reload(self, reason: str) -> None:
@@ -193,7 +195,7 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
 
     runners: dict[str, Runner] = {
         "inprocess": InProcessRunner(lambda n: daemon_ref["d"].catalog.registry.get(n), child_enqueue,
-                                     threads=settings.threads),
+                                     threads=settings.threads, cancel_grace_s=settings.cancel_grace),
         "subprocess": CommandRunner(lambda n: daemon_ref["d"].catalog.command_for(n)),
     }
     pool = ProcessPoolRunner(

@@ -41,6 +41,25 @@ class NewJob:
     idempotency_key: str = ""
     context_json: str = "{}"
     parent: str = ""
+    concurrency_key: str = ""
+    max_active: int = 1
+    max_queued: int = 0
+    when_full: str = "reject"
+    stale_policy: str = "fail-stale"
+
+    def args(self) -> list[Any]:
+        return [self.id, self.payload_json, self.priority, self.delay_ms, self.deadline_ms,
+                self.idempotency_key, self.context_json, self.parent, self.concurrency_key,
+                self.max_active, self.max_queued, self.when_full, self.stale_policy]
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What the enqueue script did with one job (see enqueue.lua)."""
+
+    id: str
+    outcome: str  # new | existing | rejected | coalesced | replaced
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,14 +174,12 @@ class Broker:
 
     # --- transitions -----------------------------------------------------------------
 
-    async def enqueue(self, name: str, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
-        """Queue `jobs` of type `name`; returns (id, created) per job (idempotency)."""
+    async def enqueue(self, name: str, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        """Queue `jobs` of type `name`; says per job what happened (idempotency, key policy)."""
         args: list[Any] = [name, len(jobs)]
         for j in jobs:
-            args += [j.id, j.payload_json, j.priority, j.delay_ms, j.deadline_ms,
-                     j.idempotency_key, j.context_json, j.parent]
-        raw = await self._run("enqueue", name, args)
-        return [(raw[i], raw[i + 1] == "new") for i in range(0, len(raw), 2)]
+            args += j.args()
+        return parse_enqueued(await self._run("enqueue", name, args))
 
     async def enqueue_in(self, pipe: Any, name: str, jobs: Sequence[NewJob]) -> None:
         """Add an enqueue call to a pipeline (for `enqueue_many` across types)."""
@@ -170,13 +187,17 @@ class Broker:
         job_prefix = f"{keys.PREFIX}:{{{keys.tag_for(name)}}}:j:"
         args: list[Any] = [prefix, job_prefix, name, len(jobs)]
         for j in jobs:
-            args += [j.id, j.payload_json, j.priority, j.delay_ms, j.deadline_ms,
-                     j.idempotency_key, j.context_json, j.parent]
+            args += j.args()
         await self._scripts["enqueue"](keys=[prefix + "ready"], args=args, client=pipe)
 
-    async def claim(self, name: str, instance: str, n: int, ack_wait_ms: int, max_deliver: int) -> ClaimBatch:
-        """Take up to `n` ready jobs under a lease (after promoting due ones and reaping lapsed leases)."""
-        now, next_due, flat = await self._run("claim", name, [instance, n, ack_wait_ms, max_deliver])
+    async def claim(self, name: str, instance: str, n: int, ack_wait_ms: int, max_deliver: int,
+                    rate: int = 0, period_ms: int = 0) -> ClaimBatch:
+        """Take up to `n` ready jobs under a lease (after promoting due ones and reaping lapsed leases).
+
+        With `rate`, at most that many jobs of the type start per `period_ms` across all instances.
+        """
+        now, next_due, flat = await self._run("claim", name, [instance, n, ack_wait_ms, max_deliver,
+                                                               rate, period_ms])
         jobs = [
             ClaimedJob(
                 id=flat[i], name=name, payload_json=flat[i + 1], attempt=int(flat[i + 2]),
@@ -186,6 +207,33 @@ class Broker:
             for i in range(0, len(flat), 7)
         ]
         return ClaimBatch(int(now), int(next_due) if int(next_due) >= 0 else None, jobs)
+
+    async def key_status(self, name: str, key: str) -> dict[str, Any]:
+        """The state of one concurrency key: active jobs, queued depth, last decision, takeovers."""
+        prefix = keys.queue_prefix(name)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(prefix + f"ka:{key}")
+            pipe.zcard(prefix + f"kj:{key}")
+            pipe.zcard(prefix + f"kw:{key}")
+            pipe.hgetall(prefix + f"kstat:{key}")
+            pipe.time()
+            active_ids, live, waiting, stat, (now_s, now_us) = await pipe.execute()
+        now_ms = now_s * 1000 + now_us // 1000
+        active = []
+        for job_id in sorted(active_ids):
+            job = await self.redis.hmget(keys.job_key(job_id), "started", "worker", "deliveries")
+            lease = await self.redis.zscore(prefix + "active", job_id)
+            active.append({
+                "id": job_id, "instance": job[1], "attempt": int(job[2] or 0),
+                "running_s": round((now_ms - int(job[0])) / 1000, 3) if job[0] else None,
+                "lease_expires_in_s": round((lease - now_ms) / 1000, 3) if lease is not None else None,
+            })
+        return {
+            "type": name, "key": key, "active": active, "queued": int(live) - len(active_ids),
+            "waiting_for_slot": int(waiting), "stale_takeovers": int(stat.get("stale_takeovers", 0)),
+            "last_decision": stat.get("decision"), "last_reason": stat.get("reason") or None,
+            "last_decision_at_ms": int(stat["at"]) if stat.get("at") else None,
+        }
 
     async def complete(self, name: str, items: Sequence[tuple[str, str, str, str]]) -> list[str]:
         """active -> completed for (id, lease, result JSON, progress JSON or '') items; 'ok' or 'fenced:<state>'."""
@@ -330,6 +378,10 @@ class Broker:
         await self.redis.aclose()
         if self.blocking is not self.redis:
             await self.blocking.aclose()
+
+
+def parse_enqueued(raw: list[str]) -> list[Enqueued]:
+    return [Enqueued(raw[i], raw[i + 1], raw[i + 2]) for i in range(0, len(raw), 3)]
 
 
 def _flat(items: Iterable[Sequence[Any]]) -> list[Any]:

@@ -121,6 +121,8 @@ def _served_from_job(jt: JobType, settings: Settings) -> ServedType:
         ack_wait_s=o.ack_wait or settings.ack_wait, max_deliver=o.max_deliver or settings.max_deliver,
         backoff=o.backoff, timeout_s=o.timeout, source=jt.source,
         retention_s=o.retention or settings.retention,
+        rate=o.rate_limit.count if o.rate_limit else 0,
+        rate_period_ms=o.rate_limit.period_ms if o.rate_limit else 0,
     )
 
 
@@ -135,7 +137,12 @@ def _served_from_task(task: TaskDef, settings: Settings) -> ServedType:
 
 def _job_policy(jt: JobType) -> dict[str, Any]:
     o = jt.options
-    return {"backoff": o.backoff.describe(), "deadline": o.deadline, "priority": o.priority, "schedule": o.schedule}
+    return {
+        "backoff": o.backoff.describe(), "deadline": o.deadline, "priority": o.priority, "schedule": o.schedule,
+        "key_concurrency": o.key_concurrency.model_dump() if o.key_concurrency else None,
+        "queue": o.queue.model_dump() if o.queue else None,
+        "rate_limit": o.rate_limit.describe() if o.rate_limit else None,
+    }
 
 
 def _meta(served: ServedType, schema: dict[str, Any], extra: dict[str, Any], settings: Settings,

@@ -137,12 +137,13 @@ def run(ctx: click.Context, jobs_dir: Path | None, tasks_dir: Path | None, confi
 @click.option("--idempotency-key", default=None, help="A second enqueue with this key returns the first job.")
 @click.option("--deadline", type=float, default=None, help="Seconds from now after which it expires.")
 @click.option("--allow-unknown", is_flag=True, help="Queue even if no running instance serves NAME.")
+@click.option("--concurrency-key", default=None, help="Key for keyed concurrency (default: from the type's policy).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 @_async
 async def enqueue(ctx: click.Context, name: str, payload: str, wait: bool, timeout: float | None,
                   delay: float | None, priority: int | None, idempotency_key: str | None,
-                  deadline: float | None, allow_unknown: bool, as_json: bool) -> None:
+                  deadline: float | None, allow_unknown: bool, concurrency_key: str | None, as_json: bool) -> None:
     """Queue a job of type NAME with a JSON PAYLOAD."""
     from supervisor.client import Client  # noqa: PLC0415
 
@@ -152,8 +153,8 @@ async def enqueue(ctx: click.Context, name: str, payload: str, wait: bool, timeo
         raise errors.InvalidPayload(name, f"PAYLOAD is not JSON ({exc}); quote it, e.g. '{{\"a\": 1}}'") from None
     settings = _settings(ctx)
     async with Client(_redis_url(settings), allow_unknown=allow_unknown) as client:
-        ref = await client.enqueue(name, data, delay=delay, priority=priority,
-                                   idempotency_key=idempotency_key, deadline=deadline)
+        ref = await client.enqueue(name, data, delay=delay, priority=priority, idempotency_key=idempotency_key,
+                                   deadline=deadline, concurrency_key=concurrency_key)
         if not wait:
             if as_json:
                 _print_json({"id": ref.id, "name": ref.name, "existing": ref.existing})
@@ -327,6 +328,33 @@ async def types(ctx: click.Context, as_json: bool) -> None:
         table.add_row(r["name"], str(r["policy"].get("runtime")), str(c["ready"]), str(c["sched"]),
                       str(c["active"]), str(c["dead"]), str(r["source"]))
     console.print(table)
+
+
+@main.command()
+@click.argument("type_name", metavar="TYPE")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_async
+async def keys(ctx: click.Context, type_name: str, key: str, as_json: bool) -> None:
+    """Status of one concurrency KEY of TYPE: active jobs, queue depth, last decision, stale takeovers."""
+    from supervisor.client import Client  # noqa: PLC0415
+
+    async with Client(_redis_url(_settings(ctx))) as client:
+        status = await client.key_status(type_name, key)
+    if as_json:
+        _print_json(status)
+        return
+    table = _table(("field", True), ("value", False))
+    for field in ("type", "key", "queued", "waiting_for_slot", "stale_takeovers", "last_decision", "last_reason"):
+        table.add_row(field, str(status[field]))
+    console.print(table)
+    active = _table(("active job", True), ("instance", True), ("attempt", True), ("running s", True),
+                    ("lease expires in s", True))
+    for a in status["active"]:
+        active.add_row(a["id"], str(a["instance"]), str(a["attempt"]), str(a["running_s"]),
+                       str(a["lease_expires_in_s"]))
+    console.print(active)
 
 
 @main.command()

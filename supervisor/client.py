@@ -23,14 +23,16 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from supervisor import keys
-from supervisor.broker import Broker, NewJob, connect, dumps
+from supervisor.broker import Broker, Enqueued, NewJob, connect, dumps, parse_enqueued
 from supervisor.errors import (
     InvalidPayload,
     JobFailed,
+    JobRejected,
     SupervisorError,
     UnknownJobType,
     WaitTimeout,
 )
+from supervisor.flow import KeyConcurrency, QueuePolicy, SubmitOutcome, derive_key
 from supervisor.handler import schema_detail
 from supervisor.records import Job
 from supervisor.registry import Registry
@@ -62,6 +64,7 @@ class EnqueueRequest:
     deadline: float | None = None
     context: dict[str, str] | None = None
     parent: str | None = None
+    concurrency_key: str | None = None
 
 
 def new_trace_context(request_id: str | None = None) -> dict[str, str]:
@@ -75,7 +78,7 @@ def new_trace_context(request_id: str | None = None) -> dict[str, str]:
 
 
 class _TypeInfo:
-    __slots__ = ("validator", "priority", "deadline_ms", "fetched")
+    __slots__ = ("validator", "priority", "deadline_ms", "fetched", "key_concurrency", "queue")
 
     def __init__(self, meta: dict[str, str]) -> None:
         schema = json.loads(meta.get("schema") or "{}")
@@ -85,6 +88,9 @@ class _TypeInfo:
         self.priority = int(policy.get("priority") or 0)
         deadline = policy.get("deadline")
         self.deadline_ms = int(float(deadline) * 1000) if deadline else 0
+        kc, q = policy.get("key_concurrency"), policy.get("queue")
+        self.key_concurrency = KeyConcurrency.model_validate(kc) if kc else None
+        self.queue = QueuePolicy.model_validate(q) if q else None
         self.fetched = time.monotonic()
 
 
@@ -134,6 +140,8 @@ class Client:
         if isinstance(payload, BaseModel):
             payload = payload.model_dump(mode="json")
         priority, deadline_ms = req.priority, int(req.deadline * 1000) if req.deadline else 0
+        key_policy: KeyConcurrency | None = None
+        queue: QueuePolicy | None = None
         local = self.registry.get(req.name) if self.registry else None
         if local is not None:
             payload = local.payload.check(payload)
@@ -141,6 +149,7 @@ class Client:
                 priority = local.options.priority
             if not deadline_ms and local.options.deadline:
                 deadline_ms = int(local.options.deadline * 1000)
+            key_policy, queue = local.options.key_concurrency, local.options.queue
         else:
             info = await self._type_info(req.name)
             if info is None:
@@ -157,6 +166,7 @@ class Client:
                 if priority is None:
                     priority = info.priority
                 deadline_ms = deadline_ms or info.deadline_ms
+                key_policy, queue = info.key_concurrency, info.queue
         priority = priority or 0
         if not -4000 <= priority <= 4000:
             raise InvalidPayload(req.name, f"priority {priority} is outside -4000..4000")
@@ -164,6 +174,11 @@ class Client:
             payload_json = dumps(payload) if not isinstance(payload, str) else _checked_json(payload)
         except (TypeError, ValueError) as exc:
             raise InvalidPayload(req.name, f"payload is not JSON: {exc}") from None
+        ckey = req.concurrency_key or ""
+        if not ckey and key_policy is not None:
+            ckey = derive_key(req.name, key_policy, payload)
+        key_policy = key_policy or KeyConcurrency(key=["-"])  # SPEC defaults for an enqueue-time key
+        queue = queue or QueuePolicy()
         delay = req.delay or 0.0
         if req.run_at is not None:
             at = req.run_at if req.run_at.tzinfo else req.run_at.replace(tzinfo=UTC)
@@ -173,6 +188,8 @@ class Client:
             delay_ms=max(int(delay * 1000), 0), deadline_ms=deadline_ms,
             idempotency_key=req.idempotency_key or "",
             context_json=dumps(req.context or new_trace_context()), parent=req.parent or "",
+            concurrency_key=ckey, max_active=key_policy.max_active, max_queued=queue.max_queued_per_key,
+            when_full=queue.when_full, stale_policy=key_policy.stale_policy,
         )
 
     async def enqueue(
@@ -188,6 +205,7 @@ class Client:
         context: dict[str, str] | None = None,
         parent: str | None = None,
         allow_unknown: bool | None = None,
+        concurrency_key: str | None = None,
     ) -> JobRef:
         """Queue one job; raises InvalidPayload or UnknownJobType instead of queueing a bad one.
 
@@ -199,11 +217,29 @@ class Client:
             idempotency_key: a second enqueue with the same key returns the first job.
             deadline: seconds from now after which the job expires if not completed.
             context: request id / trace context to carry (a fresh one by default).
+            concurrency_key: a key for keyed concurrency (default: derived from the type's
+                `key_concurrency` policy, if it has one).
+
+        Raises JobRejected when the key's queue policy refuses the job; a coalesced job
+        returns the job it folded into (`existing=True`).
         """
-        req = EnqueueRequest(name, payload, delay, run_at, priority, idempotency_key, deadline, context, parent)
+        outcome = await self.submit(name, payload, delay=delay, run_at=run_at, priority=priority,
+                                    idempotency_key=idempotency_key, deadline=deadline, context=context,
+                                    parent=parent, allow_unknown=allow_unknown, concurrency_key=concurrency_key)
+        return _ref_or_raise(outcome)
+
+    async def submit(self, name: str, payload: Any = None, **options: Any) -> SubmitOutcome:
+        """Like `enqueue`, but returns the admission outcome instead of raising on rejection:
+        accepted / rejected / coalesced / replaced, with the key and the existing job."""
+        allow_unknown = options.pop("allow_unknown", None)
+        req = EnqueueRequest(name, payload, **options)
         new = await self._prepare(req, allow_unknown)
-        ((job_id, created),) = await self.broker.enqueue(name, [new])
-        return JobRef(id=job_id, name=name, existing=not created)
+        (done,) = await self.broker.enqueue(name, [new])
+        return _outcome(name, new, done)
+
+    async def key_status(self, name: str, key: str) -> dict[str, Any]:
+        """Active jobs of a concurrency key, queued depth, stale takeovers, last decision."""
+        return await self.broker.key_status(name, key)
 
     async def enqueue_many(
         self, requests: Iterable[EnqueueRequest | tuple[str, Any]], *, allow_unknown: bool | None = None,
@@ -222,11 +258,12 @@ class Client:
                     await self.broker.enqueue_in(pipe, name, [prepared[i] for i in part])
                     chunks.append((name, part))
             replies = await pipe.execute()
-        refs: list[JobRef | None] = [None] * len(reqs)
+        outcomes: list[SubmitOutcome | None] = [None] * len(reqs)
         for (name, part), raw in zip(chunks, replies, strict=True):
-            for j, i in enumerate(part):
-                refs[i] = JobRef(id=raw[2 * j], name=name, existing=raw[2 * j + 1] != "new")
-        return [r for r in refs if r is not None]
+            for done, i in zip(parse_enqueued(raw), part, strict=True):
+                outcomes[i] = _outcome(name, prepared[i], done)
+        # Every job was offered; a rejected one raises after the others were queued.
+        return [_ref_or_raise(o) for o in outcomes if o is not None]
 
     # --- inspect and control ---------------------------------------------------------
 
@@ -291,6 +328,26 @@ class Client:
                     last_id = entries[-1][0]
 
 
+def _outcome(name: str, new: NewJob, done: Enqueued) -> SubmitOutcome:
+    key = new.concurrency_key or None
+    if done.outcome == "new":
+        return SubmitOutcome("accepted", done.id, name, key)
+    if done.outcome == "existing":  # idempotency key: the first job stands
+        return SubmitOutcome("coalesced", done.id, name, key, existing=done.id, reason="idempotency-key")
+    if done.outcome == "replaced":
+        return SubmitOutcome("replaced", done.id, name, key, existing=done.detail, reason="queue-depth")
+    if done.outcome == "coalesced":
+        return SubmitOutcome("coalesced", done.id, name, key, existing=done.id, reason=done.detail)
+    return SubmitOutcome("rejected", None, name, key, existing=done.id, reason=done.detail)
+
+
+def _ref_or_raise(outcome: SubmitOutcome) -> JobRef:
+    if outcome.outcome == "rejected":
+        raise JobRejected(outcome.name, outcome.key or "", outcome.reason or "", outcome.existing)
+    assert outcome.job_id is not None
+    return JobRef(outcome.job_id, outcome.name, existing=outcome.outcome == "coalesced")
+
+
 def _checked_json(text: str) -> str:
     json.loads(text)
     return text
@@ -317,6 +374,12 @@ class SyncClient:
 
     def enqueue(self, name: str, payload: Any = None, **options: Any) -> JobRef:
         return self._call(self._client.enqueue(name, payload, **options))
+
+    def submit(self, name: str, payload: Any = None, **options: Any) -> SubmitOutcome:
+        return self._call(self._client.submit(name, payload, **options))
+
+    def key_status(self, name: str, key: str) -> dict[str, Any]:
+        return self._call(self._client.key_status(name, key))
 
     def enqueue_many(self, requests: Sequence[EnqueueRequest | tuple[str, Any]], **options: Any) -> list[JobRef]:
         return self._call(self._client.enqueue_many(requests, **options))

@@ -42,6 +42,8 @@ class ServedType:
     timeout_s: float | None
     source: str
     retention_s: float = 86_400.0
+    rate: int = 0  # jobs per rate_period_ms across all instances (0: no limit)
+    rate_period_ms: int = 0
 
     @property
     def ack_wait_ms(self) -> int:
@@ -255,7 +257,8 @@ class Dispatcher:
                 continue
             try:
                 batch = await self.broker.claim(
-                    served.name, self.instance_id, free, served.ack_wait_ms, served.max_deliver
+                    served.name, self.instance_id, free, served.ack_wait_ms, served.max_deliver,
+                    served.rate, served.rate_period_ms,
                 )
             except REDIS_DOWN as exc:
                 backoff = await self._redis_down("claim", served.name, exc, backoff)

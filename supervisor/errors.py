@@ -104,6 +104,24 @@ class DuplicateJobType(HandlerImportError):
     code = "duplicate_job_type"
 
 
+class JobRejected(SupervisorError):
+    """Raised by `enqueue` when a key's queue policy refuses the job (`submit` returns it instead)."""
+
+    code = "rejected"
+
+    def __init__(self, name: str, key: str, reason: str, existing: str | None) -> None:
+        what = "its active limit" if reason == "active-limit" else "its queue depth"
+        super().__init__(
+            f"job of {name!r} rejected: key {key!r} is at {what} (live job {existing}); "
+            "use submit() to get the outcome without an exception, or a queue policy that "
+            "coalesces or replaces"
+        )
+        self.name = name
+        self.key = key
+        self.reason = reason
+        self.existing = existing
+
+
 class WaitTimeout(SupervisorError):
     """Raised when `wait` gives up before the job finishes."""
 

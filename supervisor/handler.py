@@ -19,6 +19,7 @@ import jsonschema
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from supervisor.errors import InvalidPayload
+from supervisor.flow import KeyConcurrency, QueuePolicy, RateLimit, parse_policy
 
 Runtime = Literal["inprocess", "process", "subprocess"]
 RUNTIMES = ("inprocess", "process", "subprocess")
@@ -101,6 +102,9 @@ class JobOptions:
     misfire: str = "run-once"
     retention: float | None = None
     payload_schema: dict[str, Any] | None = None
+    key_concurrency: KeyConcurrency | None = None
+    queue: QueuePolicy | None = None
+    rate_limit: RateLimit | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -121,6 +125,9 @@ def job(
     misfire: str = "run-once",
     retention: float | None = None,
     payload_schema: dict[str, Any] | None = None,
+    key_concurrency: dict[str, Any] | None = None,
+    queue: dict[str, Any] | None = None,
+    rate_limit: str | None = None,
     **extra: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a function as the handler of job type `name`.
@@ -139,11 +146,21 @@ def job(
         schedule_payload: payload of scheduled jobs.
         retention: seconds to keep finished records (default from settings).
         payload_schema: JSON Schema for the payload when the handler has no pydantic annotation.
+        key_concurrency: {"key": [literals and JSON pointers], "max_active": 1,
+            "stale_policy": "fail-stale" | "requeue-stale"}: at most max_active jobs per key run
+            at once across all instances.
+        queue: {"max_queued_per_key": 0, "when_full": "reject" | "coalesce" | "replace-oldest"}:
+            how many jobs of a key may wait, and what an enqueue beyond that does.
+        rate_limit: "100/s" (also /m, /h): most jobs of this type started per period, across
+            all instances.
 
     The function takes the payload (annotated with a pydantic model, or any type
     pydantic can validate) and optionally a `Context`; it may be sync or async.
     """
     opts = JobOptions(
+        key_concurrency=parse_policy(KeyConcurrency, key_concurrency, "key_concurrency"),
+        queue=parse_policy(QueuePolicy, queue, "queue"),
+        rate_limit=RateLimit.parse(rate_limit) if rate_limit is not None else None,
         name=name, max_deliver=max_deliver, backoff=Backoff.parse(backoff), ack_wait=ack_wait,
         timeout=timeout, deadline=deadline, runtime=runtime, concurrency=concurrency,
         priority=priority, schedule=schedule, schedule_payload=schedule_payload,

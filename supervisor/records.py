@@ -66,6 +66,7 @@ class Job:
     context: dict[str, str] = field(default_factory=dict)
     parent: str | None = None
     idempotency_key: str | None = None
+    concurrency_key: str | None = None
     instance: str | None = None
     cancel_requested: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
@@ -96,6 +97,7 @@ class Job:
             context=_json(raw.get("ctx")) or {},
             parent=raw.get("parent"),
             idempotency_key=raw.get("idem"),
+            concurrency_key=raw.get("ckey"),
             instance=raw.get("worker"),
             cancel_requested=raw.get("cancel"),
             attempts=[Attempt.from_dict(a) for a in (_json(raw.get("history")) or [])],

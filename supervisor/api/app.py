@@ -226,7 +226,8 @@ def _version() -> str:
 
 def openapi_document(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI document of `app` (also served at /openapi.json)."""
-    return json.loads(json.dumps(app.openapi()))
+    doc: dict[str, Any] = json.loads(json.dumps(app.openapi()))
+    return doc
 
 
 __all__ = ["ApiState", "create_app", "openapi_document"]

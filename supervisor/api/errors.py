@@ -3,7 +3,9 @@
 Body: `{"error": {"code": "...", "message": "...", "field"?: "...", "state"?: "...", "action"?: "..."}}`.
 `code` is the stable `SupervisorError.code` (or one of the API's own codes below);
 `field` names the request part at fault (`payload.items.0.sku`, `limit`, `cursor`);
-a 409 carries the job's current `state` and the refused `action`.
+a 409 `invalid_state` carries the job's current `state`, the refused `action` and a
+`reason` naming the states that action needs; a 409
+`rejected` (keyed concurrency) the `key`, the `reason` and the live `job_id` holding it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "unknown_job_type": 404,  # the path names the type (/types/{name}/trigger): no such resource
     "not_found": 404,
     "invalid_state": 409,
+    "rejected": 409,  # a concurrency key's queue policy refused the job (JobRejected)
     "invalid_payload": 422,
     "invalid_request": 422,
     "unauthorized": 401,
@@ -36,6 +39,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "wait_timeout": 504,
     "internal": 500,
 }
+#: The states each operator action accepts (SPEC §3), for the `reason` of a 409.
+_NEEDS = {"cancel": "pending, retry or active", "retry": "failed", "replay": "dead", "dismiss": "dead"}
 _CODE_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "payload_too_large",
                    422: "invalid_request", 501: "not_implemented", 503: "redis_unavailable"}
 
@@ -66,18 +71,24 @@ def error_response(code: str, message: str, field: str | None = None, headers: d
 
 
 _AT_PATH = re.compile(r"^at (/[^:]*):")
+_REQUIRED = re.compile(r"^at /[^:]*: '([^']+)' is a required property")
 
 
 def payload_field(detail: str) -> str:
-    """`payload.items.0.sku` from an InvalidPayload detail (`at /items/0/sku: ...`), else `payload`."""
+    """`payload.items.0.sku` from an InvalidPayload detail (`at /items/0/sku: ...`), else `payload`.
+
+    A missing required property is named itself (`payload.order_id`), not its parent object.
+    """
     m = _AT_PATH.match(detail)
     if not m:
         return "payload"
     parts = [p for p in m.group(1).split("/") if p]
+    if missing := _REQUIRED.match(detail):
+        parts.append(missing.group(1))
     return ".".join(["payload", *parts])
 
 
-def _loc_field(loc: tuple[Any, ...] | list[Any]) -> str:
+def _loc_field(loc: Any) -> str:
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
         parts = parts[1:]
@@ -87,9 +98,15 @@ def _loc_field(loc: tuple[Any, ...] | list[Any]) -> str:
 async def _supervisor_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SupervisorError)
     if isinstance(exc, InvalidTransition):
-        return error_response(exc.code, str(exc), state=exc.state, action=exc.action, job_id=exc.job_id)
+        needs = _NEEDS.get(exc.action)
+        reason = f"{exc.action} needs a job that is {needs}; this one is {exc.state}" if needs else str(exc)
+        return error_response(exc.code, str(exc), state=exc.state, action=exc.action, reason=reason,
+                              job_id=exc.job_id)
     if isinstance(exc, InvalidPayload):
         return error_response(exc.code, str(exc), field=payload_field(exc.detail))
+    if exc.code == "rejected":  # JobRejected: which key, why, and the live job that holds it
+        return error_response(exc.code, str(exc), key=getattr(exc, "key", None),
+                              reason=getattr(exc, "reason", None), job_id=getattr(exc, "existing", None))
     return error_response(exc.code, str(exc))
 
 
@@ -109,6 +126,8 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:  # an undecodable body (FastAPI): same answer as any invalid request
+        return error_response("invalid_request", f"body: {exc.detail}", "body")
     code = _CODE_BY_STATUS.get(exc.status_code, "internal" if exc.status_code >= 500 else "invalid_request")
     body = error_body(code, str(exc.detail))
     return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))

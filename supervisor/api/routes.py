@@ -80,8 +80,8 @@ async def list_jobs(
     type_: Annotated[str | None, Query(alias="type", max_length=200, description="Job type name.")] = None,
     state: Annotated[State | None, Query(description="Only jobs in this state.")] = None,
     key: Annotated[str | None, Query(max_length=1000, description=(
-        "Only jobs with this concurrency key: the record's `key` field, else `context.concurrency_key` "
-        "(keyed concurrency, SPEC §9, stores it)."))] = None,
+        "Only jobs with this concurrency key: the record's `ckey` (or `key`) field, else "
+        "`context.concurrency_key`."))] = None,
     since: Annotated[datetime | None, Query(description="Created at or after (ISO-8601; naive = UTC).")] = None,
     until: Annotated[datetime | None, Query(description="Created before (ISO-8601; naive = UTC).")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -166,7 +166,7 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}
 
 @guarded.post("/types/{name}/trigger", response_model=TriggerOut, status_code=201, tags=["types"],
               responses={200: {"model": TriggerOut, "description": "idempotency_key matched an existing job"},
-                         **_errors(404, 413, 422)})
+                         **_errors(404, 409, 413, 422)})
 async def trigger(
     request: Request,
     response: Response,
@@ -177,6 +177,7 @@ async def trigger(
 ) -> Any:
     """Enqueue a job of type `name`. The payload is validated against the type's published schema
     (422 naming the field, e.g. `payload.items.0.sku`); an unpublished type is 404.
+    A concurrency key's queue policy may refuse it (409 `rejected`).
     `X-Request-ID` and a W3C `traceparent` header are carried into the job's context."""
     context = new_trace_context(x_request_id)
     if traceparent and (m := _TRACEPARENT.match(traceparent.strip().lower())):
@@ -261,6 +262,7 @@ async def events(
     except ValueError as exc:
         field = "Last-Event-ID" if last_event_id_header else "last_event_id"
         raise ApiError("invalid_request", f"{field}: {exc}", field) from None
+    await follower.prepare()  # "from now on" = from before the response headers go out
     return StreamingResponse(_sse(follower, state), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -14,6 +14,9 @@ class ErrorDetail(BaseModel):
     state: str | None = Field(None, description="On invalid_state: the job's current state.")
     action: str | None = Field(None, description="On invalid_state: the refused action.")
     job_id: str | None = None
+    key: str | None = Field(None, description="On rejected: the concurrency key.")
+    reason: str | None = Field(None, description="On invalid_state: the states the action needs. "
+                                                 "On rejected: active-limit or queue-depth.")
 
 
 class ErrorResponse(BaseModel):

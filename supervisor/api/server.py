@@ -19,6 +19,7 @@ import contextlib
 import ipaddress
 import socket
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -83,7 +84,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 async def serve(app: Any, host: str, port: int, shutdown_event: asyncio.Event, *,
                 sock: socket.socket | None = None, started: asyncio.Event | None = None,
-                graceful_s: float = 5.0) -> None:
+                graceful_s: int = 5) -> None:
     """Serve `app` on host:port until `shutdown_event` is set.
 
     Args:
@@ -96,7 +97,7 @@ async def serve(app: Any, host: str, port: int, shutdown_event: asyncio.Event, *
     """
     sock = sock or bind_socket(host, port)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", proxy_headers=False,
-                            server_header=False, timeout_graceful_shutdown=graceful_s, timeout_keep_alive=5)
+                            server_header=False, timeout_graceful_shutdown=max(1, round(graceful_s)), timeout_keep_alive=5)
     server = _Server(config)
     api_state = getattr(getattr(app, "state", None), "api", None)
 
@@ -121,11 +122,26 @@ async def serve(app: Any, host: str, port: int, shutdown_event: asyncio.Event, *
             await api_state.aclose()
 
 
-async def start_in_daemon(settings: Any, redis: Any, shutdown: Any, registry: Any = None) -> asyncio.Task[None] | None:
+@dataclass
+class RunningApi:
+    """The admin API serving inside a daemon: where it listens, and how to stop it."""
+
+    host: str
+    port: int
+    task: asyncio.Task[None]
+    stop_event: asyncio.Event
+
+    async def stop(self) -> None:
+        """End open SSE streams, let other requests finish (bounded), stop listening."""
+        self.stop_event.set()
+        await self.task
+
+
+async def start_in_daemon(settings: Any, redis: Any, shutdown: Any, registry: Any = None) -> RunningApi | None:
     """Start the admin API inside the daemon when `api_enabled`; register its stop with `shutdown`.
 
     Binds before returning, so a bad address or a port in use stops the daemon at start
-    with a ConfigError (exit 78). Returns the server task (None when the API is disabled).
+    with a ConfigError (exit 78). Returns the running API (None when it is disabled).
 
     Args:
         settings: the daemon's Settings (api_enabled, api_host, api_port, api_token, api_max_body_bytes).
@@ -146,6 +162,7 @@ async def start_in_daemon(settings: Any, redis: Any, shutdown: Any, registry: An
     app = create_app(redis, token, max_body_bytes=int(getattr(settings, "api_max_body_bytes", 1_048_576)),
                      registry=registry)
     sock = bind_socket(host, port)
+    bound_port = sock.getsockname()[1]
     stop = asyncio.Event()
     started = asyncio.Event()
     task = asyncio.create_task(serve(app, host, port, stop, sock=sock, started=started), name="admin-api")
@@ -154,15 +171,10 @@ async def start_in_daemon(settings: Any, redis: Any, shutdown: Any, registry: An
     waiter.cancel()
     if task.done():
         task.result()  # raises what stopped it
-    log.info("api.listening", host=host, port=sock.getsockname()[1] if not sock._closed else port,  # type: ignore[attr-defined]
-             auth=token is not None)
-
-    async def stop_api() -> None:
-        stop.set()
-        await task
-
-    shutdown.register("admin-api", stop_api, priority=SHUTDOWN_PRIORITY, timeout=10)
-    return task
+    log.info("api.listening", host=host, port=bound_port, auth=token is not None)
+    running = RunningApi(host, bound_port, task, stop)
+    shutdown.register("admin-api", running.stop, priority=SHUTDOWN_PRIORITY, timeout=10)
+    return running
 
 
 def secret_value(value: Any) -> str | None:
@@ -173,5 +185,5 @@ def secret_value(value: Any) -> str | None:
     return plain or None
 
 
-__all__ = ["SHUTDOWN_PRIORITY", "bind_socket", "check_bind", "is_loopback", "secret_value", "serve",
+__all__ = ["SHUTDOWN_PRIORITY", "RunningApi", "bind_socket", "check_bind", "is_loopback", "secret_value", "serve",
            "start_in_daemon"]

@@ -5,7 +5,7 @@
 -- Returns {result, state}: result is 'cancelled' | 'requested' | 'invalid' | 'fenced' | 'gone'.
 local P, JP, id, reason, lease = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local jk = JP .. id
-local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'worker', 'idem', 'cancel')
+local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'worker', 'idem', 'cancel', 'ckey')
 local st = f[1]
 if not st then return {'gone', ''} end
 local now = now_ms()
@@ -30,5 +30,6 @@ else
 end
 redis.call('HSET', jk, unpack(fields))
 park(P, jk, id, 'cancelled', now, retention_ms(P, 'cancelled'), f[6])
+key_leave(P, id, f[8], true)
 emit(P, 'cancelled', id, 'cancelled', f[3], 'reason', fields[6])
 return {'cancelled', st}

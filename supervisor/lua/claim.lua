@@ -1,10 +1,14 @@
 -- pending|retry -> active for up to `n` jobs of one type, in priority then FIFO order.
--- First, due delayed/retry jobs move to the ready set, and active jobs whose lease
--- lapsed (their worker vanished) go back to retry, or to dead after max_deliver.
--- ARGV: P, JP, instance, n, ack_wait_ms, max_deliver
+-- First, due delayed/retry jobs move to the ready set, and active jobs whose lease lapsed
+-- (their worker vanished) go back to retry, or to dead after max_deliver; a keyed job whose
+-- lease lapsed follows its key's stale policy (fail-stale: failed, slot freed; requeue-stale:
+-- delivered again, keeping the slot). A keyed job whose key is at max_active waits in kw:K
+-- until a slot frees. With a rate limit, at most `rate` jobs start per `period` (sliding).
+-- ARGV: P, JP, instance, n, ack_wait_ms, max_deliver, rate (0 none), period_ms
 -- Returns {now, next_due_ms or -1, {id, payload, deliveries, lease, deadline, ctx, created, ...}}
 local P, JP, inst = ARGV[1], ARGV[2], ARGV[3]
 local n, ack, max_deliver = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local rate, period = tonumber(ARGV[7]), tonumber(ARGV[8])
 local now = now_ms()
 local ready, active = P .. 'ready', P .. 'active'
 
@@ -21,26 +25,52 @@ local lapsed = redis.call('ZRANGEBYSCORE', active, '-inf', now, 'LIMIT', 0, 100)
 for _, id in ipairs(lapsed) do
   redis.call('ZREM', active, id)
   local jk = JP .. id
-  local f = redis.call('HMGET', jk, 'state', 'deliveries', 'started', 'worker', 'score', 'idem', 'deadline')
+  local f = redis.call('HMGET', jk, 'state', 'deliveries', 'started', 'worker', 'score', 'idem', 'deadline',
+                       'ckey', 'kstale')
   if f[1] == 'active' then
     local err = 'lease expired: instance ' .. tostring(f[4]) .. ' stopped renewing it'
     local hist = history_with(jk, f[2], f[3], now, 'lease-expired', f[4], err)
     local dl = tonumber(f[7])
+    local ckey = f[8]
+    if ckey then redis.call('HINCRBY', P .. 'kstat:' .. ckey, 'stale_takeovers', 1) end
     if dl and now >= dl then
       redis.call('HSET', jk, 'state', 'expired', 'history', hist, 'finished', now,
         'error', 'deadline passed while its worker was gone')
       park(P, jk, id, 'expired', now, retention_ms(P, 'expired'), f[6])
+      key_leave(P, id, ckey, true)
       emit(P, 'expired', id, 'expired', f[2])
     elseif tonumber(f[2]) >= max_deliver then
       redis.call('HSET', jk, 'state', 'dead', 'history', hist, 'finished', now,
         'error', err .. '; max_deliver (' .. max_deliver .. ') reached')
       park(P, jk, id, 'dead', now, retention_ms(P, 'dead'), f[6])
+      key_leave(P, id, ckey, true)
       emit(P, 'dead', id, 'dead', f[2], 'error', err)
+    elseif ckey and f[9] ~= 'requeue-stale' then
+      err = 'stale: ' .. err .. '; its key slot was taken over (stale_policy fail-stale)'
+      redis.call('HSET', jk, 'state', 'failed', 'history', hist, 'finished', now, 'error', err)
+      park(P, jk, id, 'failed', now, retention_ms(P, 'failed'), f[6])
+      key_leave(P, id, ckey, true)
+      emit(P, 'failed', id, 'failed', f[2], 'error', err)
     else
+      if ckey then redis.call('HSET', jk, 'kheld', 1) end -- requeue-stale: keeps its slot
       redis.call('HSET', jk, 'state', 'retry', 'history', hist, 'error', err)
       redis.call('ZADD', ready, f[5], id)
       emit(P, 'lease-expired', id, 'retry', f[2], 'error', err)
     end
+  end
+end
+
+local rate_next = nil
+if rate > 0 then
+  local rk = P .. 'rate'
+  redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - period)
+  local left = rate - redis.call('ZCARD', rk)
+  if left <= 0 then
+    local first = redis.call('ZRANGE', rk, 0, 0, 'WITHSCORES')
+    rate_next = tonumber(first[2]) + period
+    n = 0
+  elseif left < n then
+    n = left
   end
 end
 
@@ -50,18 +80,35 @@ if n > 0 then popped = redis.call('ZPOPMIN', ready, n) end
 for i = 1, #popped, 2 do
   local id = popped[i]
   local jk = JP .. id
-  local f = redis.call('HMGET', jk, 'state', 'payload', 'deliveries', 'deadline', 'ctx', 'created', 'idem')
+  local f = redis.call('HMGET', jk, 'state', 'payload', 'deliveries', 'deadline', 'ctx', 'created', 'idem',
+                       'ckey', 'kmax', 'kheld')
+  local ckey = f[8]
   if f[1] == 'pending' or f[1] == 'retry' then
     local dl = tonumber(f[4])
+    local slot = true
     if dl and now >= dl then
       redis.call('HSET', jk, 'state', 'expired', 'finished', now, 'error', 'deadline passed before it ran')
       park(P, jk, id, 'expired', now, retention_ms(P, 'expired'), f[7])
+      key_leave(P, id, ckey, true)
       emit(P, 'expired', id, 'expired', f[3])
-    else
+      slot = false
+    elseif ckey and f[10] then
+      redis.call('HDEL', jk, 'kheld') -- requeue-stale: it still holds its slot
+    elseif ckey then
+      local ka = P .. 'ka:' .. ckey
+      if redis.call('SCARD', ka) >= tonumber(f[9]) then
+        redis.call('ZADD', P .. 'kw:' .. ckey, popped[i + 1], id) -- waits for a slot of its key
+        slot = false
+      else
+        redis.call('SADD', ka, id)
+      end
+    end
+    if slot then
       local d = tonumber(f[3]) + 1
       local lease = redis.call('HINCRBY', jk, 'lease', 1)
       redis.call('HSET', jk, 'state', 'active', 'deliveries', d, 'started', now, 'worker', inst)
       redis.call('ZADD', active, now + ack, id)
+      if rate > 0 then redis.call('ZADD', P .. 'rate', now, id .. ':' .. lease) end
       emit(P, 'started', id, 'active', d, 'instance', inst)
       out[#out + 1] = id
       out[#out + 1] = f[2]
@@ -73,11 +120,14 @@ for i = 1, #popped, 2 do
     end
   end
 end
-if redis.call('EXISTS', ready) == 1 then wake(P) end
+-- Wake another idle instance when work remains that it could start now (never while
+-- rate-limited: the waiters would only spin until the window opens).
+if rate_next == nil and redis.call('EXISTS', ready) == 1 then wake(P) end
 
 local next_due = -1
 local s = redis.call('ZRANGE', P .. 'sched', 0, 0, 'WITHSCORES')
 if s[2] then next_due = tonumber(s[2]) end
 local a = redis.call('ZRANGE', active, 0, 0, 'WITHSCORES')
 if a[2] and (next_due < 0 or tonumber(a[2]) < next_due) then next_due = tonumber(a[2]) end
+if rate_next and (next_due < 0 or rate_next < next_due) then next_due = rate_next end
 return {now, next_due, out}

@@ -9,7 +9,7 @@ for i = 0, n - 1 do
   local b = 4 + i * 4
   local id, lease, result, progress = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local jk = JP .. id
-  local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'worker', 'idem')
+  local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'worker', 'idem', 'ckey')
   if f[1] ~= 'active' or f[2] ~= lease then
     out[#out + 1] = 'fenced:' .. tostring(f[1] or 'gone')
   else
@@ -18,6 +18,7 @@ for i = 0, n - 1 do
     if progress ~= '' then redis.call('HSET', jk, 'progress', progress) end
     redis.call('ZREM', P .. 'active', id)
     park(P, jk, id, 'completed', now, ret, f[6])
+    key_leave(P, id, f[7], true)
     emit(P, 'completed', id, 'completed', f[3])
     out[#out + 1] = 'ok'
   end

@@ -1,22 +1,70 @@
--- (none) -> pending, for a batch of jobs of one type.
--- ARGV: P, JP, name, count, then per job 8 values:
---   id, payload, priority, delay_ms, deadline_ms (relative, 0 none), idempotency key, ctx, parent
--- Returns per job: id, 'new' | 'existing'.
+-- (none) -> pending, for a batch of jobs of one type, with keyed admission control.
+-- ARGV: P, JP, name, count, then per job 13 values:
+--   id, payload, priority, delay_ms, deadline_ms (relative, 0 none), idempotency key, ctx, parent,
+--   concurrency key ('' none), max_active, max_queued_per_key, when_full, stale_policy
+-- Returns per job 3 values: id, outcome, detail. Outcomes: 'new' | 'existing' (idempotency key) |
+-- 'rejected' (detail: 'active-limit' or 'queue-depth'; id: a live job of the key) |
+-- 'coalesced' (id: the queued or running job it folded into) | 'replaced' (detail: the cancelled job).
 local P, JP, name, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now = now_ms()
 local out = {}
+
+-- Admission for a keyed job: returns outcome, id to report, detail (nil outcome = admit).
+local function admit(id, ckey, kmax, qmax, when_full)
+  local kj = P .. 'kj:' .. ckey
+  local live = redis.call('ZRANGE', kj, 0, -1)
+  if #live < kmax + qmax then return nil end
+  local active = redis.call('SMEMBERS', P .. 'ka:' .. ckey)
+  local is_active = {}
+  for _, a in ipairs(active) do is_active[a] = true end
+  local oldest_queued = nil
+  for _, j in ipairs(live) do
+    if not is_active[j] then oldest_queued = j; break end
+  end
+  local reason = 'queue-depth'
+  if oldest_queued == nil then reason = 'active-limit' end
+  if when_full == 'coalesce' then
+    local into = oldest_queued or live[1]
+    key_decision(P, ckey, 'coalesced', reason, now)
+    return 'coalesced', into, reason
+  end
+  if when_full == 'replace-oldest' and oldest_queued then
+    local jk = JP .. oldest_queued
+    local why = 'replaced by ' .. id
+    redis.call('ZREM', P .. 'ready', oldest_queued)
+    redis.call('ZREM', P .. 'sched', oldest_queued)
+    local st = redis.call('HGET', jk, 'state')
+    redis.call('HSET', jk, 'state', 'cancelled', 'finished', now, 'error', why)
+    park(P, jk, oldest_queued, 'cancelled', now, retention_ms(P, 'cancelled'), redis.call('HGET', jk, 'idem'))
+    key_leave(P, oldest_queued, ckey, true)
+    emit(P, 'cancelled', oldest_queued, 'cancelled', 0, 'reason', why, 'from', tostring(st))
+    key_decision(P, ckey, 'replaced', reason, now)
+    return nil, oldest_queued, 'replaced'
+  end
+  key_decision(P, ckey, 'rejected', reason, now)
+  return 'rejected', oldest_queued or live[1], reason
+end
+
 for i = 0, n - 1 do
-  local b = 5 + i * 8
+  local b = 5 + i * 13
   local id, payload, prio = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2])
   local delay, dl, idem, ctx, parent = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), ARGV[b + 5], ARGV[b + 6], ARGV[b + 7]
+  local ckey, kmax, qmax, when_full, stale = ARGV[b + 8], tonumber(ARGV[b + 9]), tonumber(ARGV[b + 10]), ARGV[b + 11], ARGV[b + 12]
   local prev = false
   if idem ~= '' then
     prev = redis.call('GET', P .. 'idem:' .. idem)
     if prev and redis.call('EXISTS', JP .. prev) == 0 then prev = false end
   end
+  local outcome, other, detail = nil, nil, nil
+  if not prev and ckey ~= '' then outcome, other, detail = admit(id, ckey, kmax, qmax, when_full) end
   if prev then
     out[#out + 1] = prev
     out[#out + 1] = 'existing'
+    out[#out + 1] = ''
+  elseif outcome then
+    out[#out + 1] = other
+    out[#out + 1] = outcome
+    out[#out + 1] = detail
   else
     local jk = JP .. id
     local score = -prio * PRIORITY_SHIFT + redis.call('INCR', P .. 'seq')
@@ -31,6 +79,13 @@ for i = 0, n - 1 do
       redis.call('SET', P .. 'idem:' .. idem, id)
     end
     if parent ~= '' then f[#f + 1] = 'parent'; f[#f + 1] = parent end
+    if ckey ~= '' then
+      for _, kv in ipairs({{'ckey', ckey}, {'kmax', kmax}, {'kstale', stale}}) do
+        f[#f + 1] = kv[1]; f[#f + 1] = kv[2]
+      end
+      redis.call('ZADD', P .. 'kj:' .. ckey, score, id)
+      if detail ~= 'replaced' then key_decision(P, ckey, 'accepted', '', now) end
+    end
     if delay > 0 then
       f[#f + 1] = 'run_at'; f[#f + 1] = now + delay
       redis.call('ZADD', P .. 'sched', now + delay, id)
@@ -40,7 +95,13 @@ for i = 0, n - 1 do
     redis.call('HSET', jk, unpack(f))
     emit(P, 'enqueued', id, 'pending', 0)
     out[#out + 1] = id
-    out[#out + 1] = 'new'
+    if detail == 'replaced' then
+      out[#out + 1] = 'replaced'
+      out[#out + 1] = other
+    else
+      out[#out + 1] = 'new'
+      out[#out + 1] = ''
+    end
   end
 end
 wake(P)

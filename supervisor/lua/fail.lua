@@ -11,7 +11,7 @@ for i = 0, n - 1 do
   local id, lease, mode, err, delay = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], tonumber(ARGV[b + 4])
   local progress = ARGV[b + 5]
   local jk = JP .. id
-  local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'worker', 'idem', 'cancel')
+  local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'worker', 'idem', 'cancel', 'ckey')
   if f[1] ~= 'active' or f[2] ~= lease then
     out[#out + 1] = 'fenced:' .. tostring(f[1] or 'gone')
   else
@@ -26,6 +26,7 @@ for i = 0, n - 1 do
     if to == 'retry' then
       redis.call('HSET', jk, 'state', 'retry', 'error', err, 'history', hist, 'run_at', now + delay)
       redis.call('ZADD', P .. 'sched', now + delay, id)
+      key_leave(P, id, f[8], false)
       wake(P)
       emit(P, 'retry', id, 'retry', d, 'error', err, 'delay_ms', delay)
     else
@@ -33,6 +34,7 @@ for i = 0, n - 1 do
       if to == 'cancelled' then err = f[7] end
       redis.call('HSET', jk, 'state', to, 'error', err, 'history', hist, 'finished', now)
       park(P, jk, id, to, now, retention_ms(P, to), f[6])
+      key_leave(P, id, f[8], true)
       emit(P, to, id, to, d, 'error', err)
     end
     out[#out + 1] = to

@@ -57,3 +57,28 @@ local function wake(P)
 end
 
 local PRIORITY_SHIFT = 1099511627776 -- 2^40: score = -priority * 2^40 + seq
+
+-- Keyed concurrency. Per key K of a type: kj:K (live jobs: pending, retry, active; by score),
+-- ka:K (active jobs), kw:K (jobs popped while K was at max_active, waiting for a slot),
+-- kstat:K (last decision, stale takeovers).
+
+-- A job stops being active (finished: it also stops being live). Frees its slot and lets
+-- the oldest waiting job of the key back into the ready set.
+local function key_leave(P, id, ckey, finished)
+  if not ckey or ckey == '' then return end
+  if finished then
+    redis.call('ZREM', P .. 'kj:' .. ckey, id)
+    redis.call('ZREM', P .. 'kw:' .. ckey, id)
+  end
+  if redis.call('SREM', P .. 'ka:' .. ckey, id) == 1 then
+    local w = redis.call('ZPOPMIN', P .. 'kw:' .. ckey, 1)
+    if w[1] then
+      redis.call('ZADD', P .. 'ready', w[2], w[1])
+      wake(P)
+    end
+  end
+end
+
+local function key_decision(P, ckey, decision, reason, now)
+  redis.call('HSET', P .. 'kstat:' .. ckey, 'decision', decision, 'reason', reason, 'at', now)
+end

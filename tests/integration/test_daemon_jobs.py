@@ -123,7 +123,8 @@ async def test_priority_then_fifo_and_delay(redis_url: str, use_handlers: Any, d
         daemon()
         jobs = [await client.wait(r.id, timeout=10) for r in [high, *low, delayed]]
     # Then higher priority ran first, FIFO within a priority, and the delayed one not before its time
-    starts = [j.attempts[0].started for j in jobs]
+    # (once due, its priority 100 may put it anywhere: only "not before run_at" is promised)
+    starts = [j.attempts[0].started for j in jobs[:-1]]
     assert starts == sorted(starts)
     assert (jobs[-1].attempts[0].started - jobs[-1].created).total_seconds() >= 0.75
 

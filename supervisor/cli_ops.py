@@ -1,0 +1,259 @@
+"""Operator commands added to `job-supervisor`: workers, events, health, api.
+
+Loaded by `supervisor.cli` (one import line), they register on its `main`
+group. Like the rest of the CLI they talk to Redis directly, so they work
+whether or not a daemon or the API is running (`api` *is* the API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from typing import Any
+
+import click
+
+from supervisor import errors
+from supervisor.cli import _async, _fail, _print_json, _redis_url, _settings, _table, console, err_console, main
+from supervisor.errors import ConfigError
+
+_REDIS_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, OSError, TimeoutError)
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: PLC0415
+    from redis.exceptions import TimeoutError as RedisTimeoutError  # noqa: PLC0415
+
+    return (RedisConnectionError, RedisTimeoutError, *_REDIS_ERRORS)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def _count(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple, dict, set)):
+        return len(value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# --- workers -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@_async
+async def workers(ctx: click.Context, as_json: bool) -> None:
+    """Daemon instances seen in the last hour: alive or stale, their types, in-flight jobs and RSS."""
+    from supervisor.broker import connect  # noqa: PLC0415
+    from supervisor.presence import list_workers  # noqa: PLC0415
+
+    redis = connect(_redis_url(_settings(ctx)))
+    try:
+        found = await list_workers(redis)
+    finally:
+        await redis.aclose()
+    if as_json:
+        _print_json(found)
+        return
+    table = _table(("instance", True), ("host", True), ("pid", True), ("status", True), ("age", True),
+                   ("types", False), ("in flight", True), ("RSS MB (per process)", False))
+    for w in found:
+        types = w.get("types") or []
+        types_text = ", ".join(types) if isinstance(types, list) else str(types)
+        inflight = _count(w.get("in_flight", w.get("inflight")))
+        rss = ", ".join(f"{p.get('pid')}: {p.get('rss', 0) / 1_048_576:.1f}" for p in w.get("workers") or [])
+        table.add_row(str(w.get("instance")), str(w.get("host") or ""), str(w.get("pid") or ""), w["status"],
+                      _age(w.get("age_s")), types_text, "" if inflight is None else str(inflight), rss)
+    console.print(table)
+    if not found:
+        err_console.print("no instance has published presence in the last hour", highlight=False)
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+def _event_line(doc: dict[str, Any]) -> str:
+    extras = " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in doc.items()
+                      if k not in ("type", "event", "job_id", "state", "attempt", "time", "stream_id"))
+    line = (f"{doc['time']}  {doc['type']}  {doc['event']:<16} {doc['job_id']}  {doc['state']}"
+            f"  attempt={doc['attempt']}")
+    return f"{line}  {extras}" if extras else line
+
+
+@main.command()
+@click.option("--type", "types", multiple=True, help="Only this job type (repeatable).")
+@click.option("--job", "job_id", default=None, help="Only this job's events.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def events(ctx: click.Context, types: tuple[str, ...], job_id: str | None, as_json: bool) -> None:
+    """Follow lifecycle events of every job type as they happen (from Redis; Ctrl-C stops)."""
+    from supervisor.errors import SupervisorError  # noqa: PLC0415
+
+    try:
+        asyncio.run(_follow(ctx, types, job_id, as_json))
+    except KeyboardInterrupt:
+        pass
+    except SupervisorError as exc:
+        _fail(exc)
+
+
+async def _follow(ctx: click.Context, types: tuple[str, ...], job_id: str | None, as_json: bool) -> None:
+    from supervisor.admin import EventFollower  # noqa: PLC0415
+    from supervisor.broker import connect  # noqa: PLC0415
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    redis = connect(_redis_url(_settings(ctx)))
+    follower = EventFollower(redis, types=types or None, job_id=job_id, block_ms=2000)
+    delay = 0.2
+    try:
+        while not stop.is_set():
+            try:
+                async for item in follower.events(stop=stop):
+                    delay = 0.2
+                    if item is None:
+                        continue
+                    click.echo(json.dumps(item.doc, separators=(",", ":")) if as_json else _event_line(item.doc))
+                return
+            except _redis_errors() as exc:
+                # Keep the position: the follower resumes where it stood, nothing is skipped.
+                err_console.print(f"Redis unavailable ({exc}); retrying in {delay:.1f}s", highlight=False)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 5.0)
+    finally:
+        await redis.aclose()
+
+
+# --- health ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def health(ctx: click.Context, as_json: bool) -> None:
+    """Is Redis reachable, and how many instances publish presence? Exit 1 when Redis is unreachable."""
+    try:
+        settings = _settings(ctx)
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    try:
+        report = asyncio.run(_health(settings))
+    except Exception as exc:  # noqa: BLE001
+        if not isinstance(exc, (ConfigError, *_redis_errors())):
+            raise
+        report = {"status": "unavailable", "redis": f"error: {exc}"}  # no Redis to talk to: unset, down, refused
+    if as_json:
+        _print_json(report)
+    elif report["status"] == "ok":
+        console.print(f"ok: Redis answers in {report['redis_ping_ms']} ms; {report['instances']} instance(s) "
+                      f"alive, {report['instances_stale']} stale", highlight=False)
+    else:
+        err_console.print(f"unavailable: {report['redis']}", highlight=False, markup=False)
+    if report["status"] != "ok":
+        sys.exit(errors.EXIT_FAILURE)
+
+
+async def _health(settings: Any) -> dict[str, Any]:
+    from supervisor.admin import health as admin_health  # noqa: PLC0415
+    from supervisor.broker import connect  # noqa: PLC0415
+
+    redis = connect(_redis_url(settings), socket_connect_timeout=3.0, socket_timeout=5.0)
+    try:
+        return await admin_health(redis)
+    finally:
+        await redis.aclose()
+
+
+# --- api ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on (default: api_host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default: api_port, 8765).")
+@click.pass_context
+def api(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Run the admin HTTP API standalone until SIGTERM/SIGINT.
+
+    The token comes from the api_token setting (env JOB_SUPERVISOR_API_TOKEN). Without one
+    the API serves loopback addresses only, unauthenticated; any other address is refused (exit 78).
+    """
+    from supervisor import log  # noqa: PLC0415
+    from supervisor.api.server import check_bind, secret_value  # noqa: PLC0415
+
+    try:
+        settings = _settings(ctx)
+        host = str(host or getattr(settings, "api_host", "127.0.0.1"))
+        port = int(getattr(settings, "api_port", 8765) if port is None else port)
+        token = secret_value(getattr(settings, "api_token", None)) or _token_from_env()
+        check_bind(host, token)
+        url = _redis_url(settings)
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    log.configure(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(_serve_api(settings, url, host, port, token))
+    except ConfigError as exc:
+        _fail(exc)
+
+
+def _token_from_env() -> str | None:
+    # Until Settings has `api_token`, read its variable here (the one exception to "only
+    # config.py reads the environment"; remove once the setting exists).
+    import os  # noqa: PLC0415
+
+    return os.environ.get("JOB_SUPERVISOR_API_TOKEN") or None
+
+
+async def _serve_api(settings: Any, url: str, host: str, port: int, token: str | None) -> None:
+    import structlog  # noqa: PLC0415
+
+    from supervisor.api.app import create_app  # noqa: PLC0415
+    from supervisor.api.server import bind_socket, serve  # noqa: PLC0415
+
+    logger = structlog.get_logger("supervisor.api")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sock = bind_socket(host, port)
+    app = create_app(url, token, max_body_bytes=int(getattr(settings, "api_max_body_bytes", 1_048_576)))
+    started = asyncio.Event()
+    task = asyncio.create_task(serve(app, host, port, stop, sock=sock, started=started))
+    bound = sock.getsockname()
+    waiter = asyncio.ensure_future(started.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if started.is_set():
+        if token is None:
+            logger.warning("api.no_token", host=host, note="loopback only; set api_token to require a token")
+        logger.info("api.listening", host=host, port=bound[1], auth=token is not None,
+                    url=f"http://{host if ':' not in host else f'[{host}]'}:{bound[1]}")
+    t0 = time.monotonic()
+    await task
+    logger.info("api.stopped", uptime_s=round(time.monotonic() - t0, 3))
+
+
+__all__ = ["api", "events", "health", "workers"]
