@@ -309,6 +309,8 @@ async def types(ctx: click.Context, as_json: bool) -> None:
     """Job types published by running instances (with their policy and source file)."""
     from supervisor.broker import Broker, connect  # noqa: PLC0415
 
+    from supervisor.presence import list_workers  # noqa: PLC0415
+
     broker = Broker(connect(_redis_url(_settings(ctx))))
     try:
         rows = []
@@ -316,10 +318,13 @@ async def types(ctx: click.Context, as_json: bool) -> None:
             meta = await broker.type_meta(name)
             rows.append({"name": name, "source": meta.get("source"), "policy": json.loads(meta.get("policy", "{}")),
                          "schema": json.loads(meta.get("schema", "{}")), "counts": await broker.counts(name)})
+        errors = {(w["instance"], path): error for w in await list_workers(broker.redis)
+                  for path, error in (w.get("load_errors") or {}).items()}
     finally:
         await broker.close()
     if as_json:
-        _print_json(rows)
+        _print_json({"types": rows, "load_errors": [{"instance": i, "path": p, "error": e}
+                                                     for (i, p), e in sorted(errors.items())]})
         return
     table = _table(("type", True), ("runtime", True), ("ready", True), ("scheduled", True), ("active", True),
                    ("dead", True), ("source", False))
@@ -328,6 +333,12 @@ async def types(ctx: click.Context, as_json: bool) -> None:
         table.add_row(r["name"], str(r["policy"].get("runtime")), str(c["ready"]), str(c["sched"]),
                       str(c["active"]), str(c["dead"]), str(r["source"]))
     console.print(table)
+    if errors:
+        failed = _table(("file", False), ("instance", True), ("error", False))
+        for (instance, path), error in sorted(errors.items()):
+            failed.add_row(path, instance, error)
+        err_console.print("Files that failed to load (the last good version, if any, keeps serving):")
+        err_console.print(failed)
 
 
 @main.command()

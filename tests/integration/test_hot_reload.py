@@ -107,3 +107,21 @@ async def _known(client: Client, name: str) -> bool:
 
 async def _bool(value: bool) -> bool:
     return value
+
+
+async def test_types_command_shows_load_errors(redis_url: str, use_handlers: Any, daemon: Any) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    use_handlers("basic", "broken")
+    daemon()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL"))}
+    env["REDIS_URL"] = redis_url
+    done = subprocess.run([sys.executable, "-m", "supervisor", "types", "--json"], capture_output=True, text=True,
+                          env=env, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert "t.echo" in {t["name"] for t in shown["types"]}
+    assert any(e["path"].endswith("broken.py") and "SyntaxError" in e["error"] for e in shown["load_errors"])
