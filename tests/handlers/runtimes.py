@@ -32,3 +32,13 @@ def crash_once(payload: dict, ctx: Context) -> dict[str, object]:
             os._exit(3)
         os.kill(os.getpid(), 9)
     return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
+@job("t.two-seconds-inprocess", runtime="inprocess", concurrency=20, ack_wait=60)
+@job("t.two-seconds-process", runtime="process", concurrency=20, ack_wait=60)
+@job("t.two-seconds-subprocess", runtime="subprocess", concurrency=20, ack_wait=60)
+def two_seconds(payload: dict, ctx: Context) -> dict[str, object]:
+    import time
+
+    time.sleep(2)
+    return {"pid": os.getpid()}

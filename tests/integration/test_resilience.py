@@ -191,3 +191,26 @@ async def _state_is(client: Client, job_id: str, state: State) -> bool:
 
 async def _has_event(d: Any, name: str) -> bool:
     return bool(d.events(name))
+
+
+@pytest.mark.slow
+async def test_sigterm_with_50_jobs_across_three_runtimes(redis_url: str, use_handlers: Any, daemon: Any) -> None:
+    # Given 50 jobs of 2 s running in all three runtimes
+    use_handlers("runtimes")
+    d = daemon(env={"WORKERS_CONCURRENCY": "10", "JOB_SUPERVISOR_DRAIN_TIMEOUT": "30"})
+    names = {"t.two-seconds-inprocess": 20, "t.two-seconds-process": 10, "t.two-seconds-subprocess": 20}
+    async with Client(redis_url) as client:
+        refs = [await client.enqueue(name, {}) for name, n in names.items() for _ in range(n)]
+
+        async def all_active() -> bool:
+            counts = [await client.broker.counts(n) for n in names]
+            return sum(c["active"] for c in counts) == 50
+
+        await _until(all_active, what="50 jobs active")
+        # When the daemon gets SIGTERM
+        assert d.stop(timeout=60) == 0
+        jobs = await client.broker.get_many(r.id for r in refs)
+    # Then every job completed, once, on its first delivery
+    assert len(jobs) == 50
+    assert all(j.state is State.COMPLETED and j.deliveries == 1 and _completions(j) == 1 for j in jobs)
+    assert d.events("shutdown.drain")[0]["in_flight"] == 50
