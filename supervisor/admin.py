@@ -215,7 +215,7 @@ EXECUTION_EVENTS = frozenset({"started", "completed", "failed", "retry", "dead",
 
 def _stream_time(stream_id: str) -> str:
     ms = int(stream_id.split("-", 1)[0])
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def event_document(type_name: str, stream_id: str, fields: dict[str, str]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from runners.base import Runner
 from runners.command import CommandRunner
 from runners.inprocess import InProcessRunner
 from runners.pool import ProcessPoolRunner
+from supervisor.api.server import start_in_daemon
 from supervisor.broker import Broker, connect, mask_url
 from supervisor.catalog import Catalog, build_catalog, rebuild_catalog
 from supervisor.client import Client
@@ -76,6 +77,7 @@ class Daemon:
     embedded: RedisServer | None
     catalog: Catalog
     scheduler: Scheduler | None = None
+    api: Any = None
 
     async def _child_enqueue(self, name: str, payload: Any, options: dict[str, Any], submit: bool) -> Any:
         if submit:
@@ -211,6 +213,11 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
                     notifier, embedded, catalog)
     daemon_ref["d"] = daemon
     _register_stops(daemon, fast)
+    try:  # None when api_enabled is off; binds before returning, so a bad address is a ConfigError
+        daemon.api = await start_in_daemon(settings, broker.redis, shutdown)
+    except ConfigError:
+        await shutdown.shutdown("admin API failed to start")  # stops the embedded Redis too
+        raise
 
     await dispatcher.start()
     presence = Presence(broker.redis, instance_id, lambda: _describe(daemon), settings.presence_interval,

@@ -204,9 +204,9 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
 
     try:
         settings = _settings(ctx)
-        host = str(host or getattr(settings, "api_host", "127.0.0.1"))
-        port = int(getattr(settings, "api_port", 8765) if port is None else port)
-        token = secret_value(getattr(settings, "api_token", None)) or _token_from_env()
+        host = str(host or settings.api_host)
+        port = int(settings.api_port if port is None else port)
+        token = secret_value(settings.api_token)
         check_bind(host, token)
         url = _redis_url(settings)
     except ConfigError as exc:
@@ -219,12 +219,6 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
         _fail(exc)
 
 
-def _token_from_env() -> str | None:
-    # Until Settings has `api_token`, read its variable here (the one exception to "only
-    # config.py reads the environment"; remove once the setting exists).
-    import os  # noqa: PLC0415
-
-    return os.environ.get("JOB_SUPERVISOR_API_TOKEN") or None
 
 
 async def _serve_api(settings: Any, url: str, host: str, port: int, token: str | None) -> None:
@@ -239,7 +233,7 @@ async def _serve_api(settings: Any, url: str, host: str, port: int, token: str |
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sock = bind_socket(host, port)
-    app = create_app(url, token, max_body_bytes=int(getattr(settings, "api_max_body_bytes", 1_048_576)))
+    app = create_app(url, token, max_body_bytes=settings.api_max_body_bytes)
     started = asyncio.Event()
     task = asyncio.create_task(serve(app, host, port, stop, sock=sock, started=started))
     bound = sock.getsockname()

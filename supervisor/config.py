@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Cron schedules for job types whose file carries none: "
                     "[schedules.NAME] job, cron, timezone, payload, misfire.")
+    api_enabled: bool = Field(False, description="Serve the admin HTTP API inside the daemon.")
+    api_host: str = Field("127.0.0.1", min_length=1,
+                          description="Admin API address; a non-loopback one needs api_token.")
+    api_port: int = Field(8765, ge=0, le=65535, description="Admin API port (0: any free port).")
+    api_token: SecretStr | None = Field(None, description="Bearer token every admin API route but /health requires.")
+    api_max_body_bytes: int = Field(1_048_576, gt=0, le=64 * 1_048_576, description="Larger request bodies get 413.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: console on a TTY, JSON lines otherwise (journald).")

@@ -208,13 +208,12 @@ async def schedules(request: Request, count: Annotated[int, Query(ge=1, le=100)]
     return await admin.schedule_rows(_state(request).redis, count)
 
 
-@guarded.get("/keys/{type_name}/{key}", tags=["ops"], responses=_errors(501))
-async def key_status(type_name: Annotated[str, Path(max_length=200)],
+@guarded.get("/keys/{type_name}/{key}", tags=["ops"])
+async def key_status(request: Request, type_name: Annotated[str, Path(max_length=200)],
                      key: Annotated[str, Path(max_length=1000)]) -> Any:
-    """Status of one concurrency key (active and queued jobs). Not implemented yet (keyed concurrency)."""
-    raise ApiError("not_implemented",
-                   f"key status for {type_name!r}/{key!r} is not available yet: keyed concurrency "
-                   "(SPEC §9) is not implemented in this version")
+    """Status of one concurrency key: active jobs (instance, run time, lease expiry), queued depth,
+    stale takeovers and the last admission decision with its reason."""
+    return await _state(request).client.key_status(type_name, key)
 
 
 @guarded.get("/executions", response_model=ExecutionsOut, tags=["ops"])

@@ -97,7 +97,8 @@ async def serve(app: Any, host: str, port: int, shutdown_event: asyncio.Event, *
     """
     sock = sock or bind_socket(host, port)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", proxy_headers=False,
-                            server_header=False, timeout_graceful_shutdown=max(1, round(graceful_s)), timeout_keep_alive=5)
+                            server_header=False, timeout_graceful_shutdown=max(1, round(graceful_s)),
+                            timeout_keep_alive=5)
     server = _Server(config)
     api_state = getattr(getattr(app, "state", None), "api", None)
 
@@ -149,17 +150,17 @@ async def start_in_daemon(settings: Any, redis: Any, shutdown: Any, registry: An
         shutdown: the daemon's ShutdownManager; the API stops at priority 70 (before Redis at 80).
         registry: the daemon's registry (triggers validate locally).
     """
-    if not getattr(settings, "api_enabled", False):
+    if not settings.api_enabled:
         return None
     from supervisor.api.app import create_app  # noqa: PLC0415
 
-    host = getattr(settings, "api_host", "127.0.0.1")
-    port = int(getattr(settings, "api_port", 8765))
-    token = secret_value(getattr(settings, "api_token", None))
+    host = settings.api_host
+    port = settings.api_port
+    token = secret_value(settings.api_token)
     check_bind(host, token)
     if token is None:
         log.warning("api.no_token", host=host, note="loopback only; set api_token to require a bearer token")
-    app = create_app(redis, token, max_body_bytes=int(getattr(settings, "api_max_body_bytes", 1_048_576)),
+    app = create_app(redis, token, max_body_bytes=settings.api_max_body_bytes,
                      registry=registry)
     sock = bind_socket(host, port)
     bound_port = sock.getsockname()[1]
