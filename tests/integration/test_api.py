@@ -431,7 +431,7 @@ async def test_shutdown_ends_open_streams(redis_url: str) -> None:
 
 async def test_start_in_daemon_serves_and_stops_with_the_shutdown_manager(redis_url: str) -> None:
     import signal
-    from types import SimpleNamespace
+    from supervisor.config import Settings
 
     from supervisor.api.server import SHUTDOWN_PRIORITY, start_in_daemon
     from supervisor.broker import connect
@@ -441,17 +441,17 @@ async def test_start_in_daemon_serves_and_stops_with_the_shutdown_manager(redis_
     redis = connect(redis_url)
     shutdown = ShutdownManager()
     try:
-        assert await start_in_daemon(SimpleNamespace(api_enabled=False), redis, shutdown) is None
+        assert await start_in_daemon(Settings(api_enabled=False), redis, shutdown) is None
         with pytest.raises(ConfigError, match="without a token"):
-            await start_in_daemon(SimpleNamespace(api_enabled=True, api_host="0.0.0.0", api_port=0,
+            await start_in_daemon(Settings(api_enabled=True, api_host="0.0.0.0", api_port=0,
                                                   api_token=None), redis, shutdown)
         sock = bind_socket("127.0.0.1", 0)  # a port in use is a ConfigError, not uvicorn's sys.exit
         with pytest.raises(ConfigError, match="cannot serve"):
-            await start_in_daemon(SimpleNamespace(api_enabled=True, api_host="127.0.0.1",
+            await start_in_daemon(Settings(api_enabled=True, api_host="127.0.0.1",
                                                   api_port=sock.getsockname()[1], api_token=None), redis, shutdown)
         sock.close()
         before = signal.getsignal(signal.SIGTERM)
-        running = await start_in_daemon(SimpleNamespace(api_enabled=True, api_host="127.0.0.1", api_port=0,
+        running = await start_in_daemon(Settings(api_enabled=True, api_host="127.0.0.1", api_port=0,
                                                         api_token="daemon-token", api_max_body_bytes=1000),
                                         redis, shutdown)
         assert running is not None and not running.task.done() and running.port > 0

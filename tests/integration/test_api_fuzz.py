@@ -9,6 +9,7 @@ Redis, seeded with a published type, jobs in several states and a schedule. Left
 
 from __future__ import annotations
 
+import os
 import asyncio
 import threading
 from collections.abc import Iterator
@@ -100,7 +101,7 @@ def fuzz_api(redis_server: RedisServer) -> Iterator[ThreadedApi]:
 
 
 @schema.parametrize()
-@settings(max_examples=15, deadline=None, derandomize=True,
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "15")), deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.filter_too_much])
 def test_no_input_gets_a_server_error(case: Any, fuzz_api: ThreadedApi) -> None:
