@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import collections
 import shutil
 import signal
@@ -12,19 +13,14 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import await_until
 from supervisor import Client, EnqueueRequest, JobRejected, State
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def _until(predicate: Any, timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
+_until = functools.partial(await_until, timeout=20.0)  # a condition, with a deadline
+
 
 
 async def _state(client: Client, job_id: str) -> State:

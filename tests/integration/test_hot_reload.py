@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import await_until
 from supervisor import Client, State, UnknownJobType
 
 V1 = '''
@@ -21,14 +23,8 @@ V2 = V1.replace('"v1"', '"v2"')
 BROKEN = V1.replace("def hot(payload: dict) -> str:", "def hot(payload: dict) -> str")
 
 
-async def _until(predicate: Any, timeout: float = 15.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
+_until = functools.partial(await_until, timeout=15.0)  # a condition, with a deadline
+
 
 
 async def _result(client: Client, name: str) -> Any:
