@@ -66,6 +66,7 @@ import supervisor.errors
 from runners.base import RunEvents, RunRequest, RunResult, RunStatus
 from runners.inprocess import outcome_of, outcome_of_exception
 from supervisor import log as log_setup
+from supervisor import telemetry
 from supervisor.client import JobRef
 from supervisor.context import Context
 from supervisor.errors import InvalidPayload, SupervisorError
@@ -861,7 +862,8 @@ class _Child:
             "trace_id": context.get("trace_id"), "request_id": context.get("request_id"),
         }
         try:
-            with structlog.contextvars.bound_contextvars(**bound):
+            # telemetry.remote_parent: handler spans join the job's trace (no-op without a tracer provider)
+            with structlog.contextvars.bound_contextvars(**bound), telemetry.remote_parent(context):
                 try:
                     if jt.is_async:
                         value = self.loop.run_until_complete(jt.handler(*args))

@@ -41,6 +41,7 @@ from supervisor.presence import Presence
 from supervisor.scheduler import Scheduler
 from supervisor.sdnotify import Notifier
 from supervisor.shutdown import ShutdownManager
+from supervisor import telemetry
 
 log = structlog.get_logger(__name__)
 AVAILABLE_RUNTIMES = ("inprocess", "process", "subprocess")
@@ -159,6 +160,9 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
 
+    # Tracing by otel_exporter, /metrics on metrics_port (ConfigError when the otlp extra is missing).
+    telemetry.configure(settings)
+    shutdown.register("telemetry", telemetry.shutdown, priority=85, timeout=10)  # flush spans, stop /metrics
     # Watch before loading anything, so a file dropped in right after READY is never missed.
     watcher = asyncio.create_task(_watch_files(settings, reload_requested), name="watcher")
     watcher.add_done_callback(_report_crash)
@@ -228,6 +232,8 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
         log.warning("redis.unavailable", op="presence", error=str(exc))
     janitor = Janitor(broker, interval_s=settings.janitor_interval, max_finished=settings.max_finished_per_type)
     background = [asyncio.create_task(presence.run(), name="presence"),
+                  asyncio.create_task(telemetry.run_gauges(  # queue_depth, worker_rss_bytes
+                      broker, pool.workers_info, min(settings.presence_interval, 5.0)), name="metrics"),
                   asyncio.create_task(janitor.run(), name="janitor")]
     for task in background:
         task.add_done_callback(_report_crash)
@@ -305,7 +311,9 @@ def _apply_settings(d: Daemon, reload_settings: Callable[[], Settings] | None) -
     except ConfigError as exc:
         log.error("reload.settings_invalid", error=str(exc), note="keeping the previous settings")
         return
-    needs_restart = [k for k in ("redis_url", "state_dir", "workers_concurrency", "threads", "log_format")
+    needs_restart = [k for k in ("redis_url", "state_dir", "workers_concurrency", "threads", "log_format",
+                                 "api_enabled", "api_host", "api_port", "api_token", "otel_exporter",
+                                 "otel_endpoint", "otel_service_name", "metrics_port")
                      if getattr(new, k) != getattr(d.settings, k)]
     if needs_restart:
         log.warning("reload.needs_restart", settings=needs_restart)

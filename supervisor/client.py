@@ -22,7 +22,7 @@ import jsonschema
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from supervisor import keys
+from supervisor import keys, telemetry
 from supervisor.broker import Broker, Enqueued, NewJob, connect, dumps, parse_enqueued
 from supervisor.errors import (
     InvalidPayload,
@@ -135,7 +135,7 @@ class Client:
         self._types[name] = info
         return info
 
-    async def _prepare(self, req: EnqueueRequest, allow_unknown: bool | None) -> NewJob:
+    async def _prepare(self, req: EnqueueRequest, allow_unknown: bool | None, span: Any = None) -> NewJob:
         payload = req.payload if req.payload is not None else {}
         if isinstance(payload, BaseModel):
             payload = payload.model_dump(mode="json")
@@ -187,7 +187,8 @@ class Client:
             id=keys.new_job_id(req.name), payload_json=payload_json, priority=priority,
             delay_ms=max(int(delay * 1000), 0), deadline_ms=deadline_ms,
             idempotency_key=req.idempotency_key or "",
-            context_json=dumps(req.context or new_trace_context()), parent=req.parent or "",
+            # telemetry: request id + trace context; traceparent = the enqueue span (`span`) when tracing
+            context_json=dumps(telemetry.job_context(req.context, span)), parent=req.parent or "",
             concurrency_key=ckey, max_active=key_policy.max_active, max_queued=queue.max_queued_per_key,
             when_full=queue.when_full, stale_policy=key_policy.stale_policy,
         )
@@ -233,9 +234,18 @@ class Client:
         accepted / rejected / coalesced / replaced, with the key and the existing job."""
         allow_unknown = options.pop("allow_unknown", None)
         req = EnqueueRequest(name, payload, **options)
-        new = await self._prepare(req, allow_unknown)
-        (done,) = await self.broker.enqueue(name, [new])
-        return _outcome(name, new, done)
+        span = telemetry.start_enqueue_span(name, req.context)  # producer span; None when tracing is off
+        try:
+            new = await self._prepare(req, allow_unknown, span)
+            (done,) = await self.broker.enqueue(name, [new])
+        except BaseException as exc:
+            if span is not None:
+                telemetry.end_enqueue_span(span, error=exc)
+            raise
+        outcome = _outcome(name, new, done)
+        if span is not None:
+            telemetry.end_enqueue_span(span, outcome.job_id, outcome.outcome)
+        return outcome
 
     async def key_status(self, name: str, key: str) -> dict[str, Any]:
         """Active jobs of a concurrency key, queued depth, stale takeovers, last decision."""
@@ -246,22 +256,36 @@ class Client:
     ) -> list[JobRef]:
         """Queue many jobs in one pipelined round trip (all validated before any is queued)."""
         reqs = [r if isinstance(r, EnqueueRequest) else EnqueueRequest(r[0], r[1]) for r in requests]
-        prepared = [await self._prepare(r, allow_unknown) for r in reqs]
-        groups: dict[str, list[int]] = {}
-        for i, req in enumerate(reqs):
-            groups.setdefault(req.name, []).append(i)
-        chunks: list[tuple[str, list[int]]] = []
-        async with self.broker.redis.pipeline(transaction=False) as pipe:
-            for name, idxs in groups.items():
-                for start in range(0, len(idxs), 1000):  # bounded script argument lists
-                    part = idxs[start:start + 1000]
-                    await self.broker.enqueue_in(pipe, name, [prepared[i] for i in part])
-                    chunks.append((name, part))
-            replies = await pipe.execute()
+        # telemetry: one producer span per job when tracing is on (None: off, nothing allocated)
+        spans = [telemetry.start_enqueue_span(r.name, r.context) for r in reqs] if telemetry.tracing() else None
+        try:
+            if spans is None:
+                prepared = [await self._prepare(r, allow_unknown) for r in reqs]
+            else:
+                prepared = [await self._prepare(r, allow_unknown, sp) for r, sp in zip(reqs, spans, strict=True)]
+            groups: dict[str, list[int]] = {}
+            for i, req in enumerate(reqs):
+                groups.setdefault(req.name, []).append(i)
+            chunks: list[tuple[str, list[int]]] = []
+            async with self.broker.redis.pipeline(transaction=False) as pipe:
+                for name, idxs in groups.items():
+                    for start in range(0, len(idxs), 1000):  # bounded script argument lists
+                        part = idxs[start:start + 1000]
+                        await self.broker.enqueue_in(pipe, name, [prepared[i] for i in part])
+                        chunks.append((name, part))
+                replies = await pipe.execute()
+        except BaseException as exc:
+            for sp in spans or ():
+                if sp is not None:
+                    telemetry.end_enqueue_span(sp, error=exc)
+            raise
         outcomes: list[SubmitOutcome | None] = [None] * len(reqs)
         for (name, part), raw in zip(chunks, replies, strict=True):
             for done, i in zip(parse_enqueued(raw), part, strict=True):
                 outcomes[i] = _outcome(name, prepared[i], done)
+        for sp, o in zip(spans or (), outcomes, strict=False):
+            if sp is not None and o is not None:
+                telemetry.end_enqueue_span(sp, o.job_id, o.outcome)
         # Every job was offered; a rejected one raises after the others were queued.
         return [_ref_or_raise(o) for o in outcomes if o is not None]
 

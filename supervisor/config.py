@@ -99,6 +99,18 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: console on a TTY, JSON lines otherwise (journald).")
+    # --- observability (supervisor.telemetry) ---
+    otel_exporter: Literal["none", "console", "otlp"] = Field(
+        "none", description="Trace exporter: none (no-op tracer, no cost), console (one JSON span per line "
+                            "on stderr) or otlp (OTLP/HTTP; needs the `otlp` extra).")
+    otel_endpoint: str | None = Field(
+        None, description="OTLP/HTTP endpoint, e.g. http://collector:4318 (/v1/traces is appended); "
+                          "unset: the OTEL_EXPORTER_OTLP_* variables or http://localhost:4318.")
+    otel_service_name: str = Field("job-supervisor", min_length=1, description="service.name of the spans.")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve Prometheus /metrics on 127.0.0.1:PORT (None: only through "
+                                          "the admin API).")
+    # --- end observability ---
 
     @field_validator("redis_url")
     @classmethod

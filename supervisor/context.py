@@ -42,12 +42,20 @@ _DONE = _Done()
 
 
 def child_context(parent: dict[str, str], parent_job: str) -> dict[str, str]:
-    """Trace context for a job enqueued by a running job: same trace, new span."""
+    """Trace context for a job enqueued by a running job: same request and trace.
+
+    `traceparent` is the running attempt's own: the dispatcher sets the run's context to
+    its process span, so the child's enqueue span (and with it the child) hangs under it.
+    The client gives the child its own span id at enqueue (see `supervisor.telemetry`).
+    """
     trace_id = parent.get("trace_id") or secrets.token_hex(16)
+    traceparent = parent.get("traceparent") or ""
+    if traceparent.count("-") != 3 or traceparent.split("-")[1] != trace_id:
+        traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
     ctx = {
         "request_id": parent.get("request_id") or secrets.token_hex(8),
         "trace_id": trace_id,
-        "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01",
+        "traceparent": traceparent,
         "parent_job": parent_job,
     }
     if parent.get("tracestate"):

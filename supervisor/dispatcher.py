@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runners.base import Runner, RunRequest, RunResult, RunStatus
+from supervisor import telemetry
 from supervisor.broker import Broker, ClaimedJob, dumps
 from supervisor.handler import Backoff
 
@@ -61,6 +62,7 @@ class InFlight:
     task: asyncio.Task[None] | None = None
     progress: str | None = None
     trace_id: str | None = None
+    request_id: str | None = None  # telemetry: on every line logged for the job (job.output, run.finished)
     log_lines: list[str] = field(default_factory=list)
     lease_lost: bool = False
     outcome: str = "running"
@@ -84,7 +86,7 @@ class _Events:
 
     def log(self, line: str, stream: str = "stdout") -> None:
         log.info("job.output", job_id=self._f.job.id, job_name=self._f.job.name, attempt=self._f.job.attempt,
-                 trace_id=self._f.trace_id, stream=stream, line=line)
+                 trace_id=self._f.trace_id, request_id=self._f.request_id, stream=stream, line=line)
         self._f.log_lines.append(f"[{stream}] {line}" if stream != "stdout" else line)
         self._d.beat_soon()
 
@@ -294,7 +296,13 @@ class Dispatcher:
     async def _run(self, lane: _Lane, f: InFlight) -> None:
         job, served = f.job, lane.served
         context = json.loads(job.context_json) if job.context_json else {}
+        # telemetry: metrics, and the process span (None when tracing is off) whose traceparent
+        # replaces the run's copy of the context (TRACEPARENT of tasks, parent of child jobs)
+        tm = telemetry.type_metrics(job.name)
+        tm.started(job.attempt)
+        span = telemetry.start_process_span(job, served.runtime, self.instance_id, context)
         f.trace_id = context.get("trace_id")
+        f.request_id = context.get("request_id")
         deadline = job.deadline_ms / 1000 if job.deadline_ms else None
         timeout = served.timeout_s
         if deadline is not None:
@@ -305,19 +313,38 @@ class Dispatcher:
             payload_json=job.payload_json, context=context, deadline=deadline, timeout_s=timeout,
         )
         runner = self.runners[served.runtime]
+        events: Any = _Events(self, f) if span is None else telemetry.TracedEvents(_Events(self, f), span)
+        token = telemetry.attach(span) if span is not None and served.runtime == "inprocess" else None
         try:
-            result = await runner.run(request, _Events(self, f), f.cancel)
+            result = await runner.run(request, events, f.cancel)
         except asyncio.CancelledError:
             lane.inflight.pop(job.id, None)
             lane.slot_freed.set()
+            tm.done()
+            if span is not None:
+                telemetry.end_process_span(span, None, None, "abandoned")
             raise
         except Exception as exc:  # noqa: BLE001 (a runner bug must fail the attempt, not the daemon)
             log.exception("runner.error", job_id=job.id, job_name=job.name)
             result = RunResult(RunStatus.FAILED, error=f"runner error: {type(exc).__name__}: {exc}")
+            telemetry.record_exception(span, exc)
+        finally:
+            if token is not None:
+                telemetry.detach(token)
         if deadline is not None and result.status is RunStatus.TIMEOUT and time.time() >= deadline:
             await self._expire(f)
+            # telemetry: the summary line and the count of an attempt that ran past the job's deadline
+            duration = time.monotonic() - f.started
+            wait_s = max(time.time() - job.created_ms / 1000 - duration, 0.0) if job.created_ms else None
+            tm.finished("expired", duration, wait_s)
+            log.info("run.finished", job_id=job.id, job_name=job.name, attempt=job.attempt, outcome="expired",
+                     duration_s=round(duration, 6), queue_wait_s=round(wait_s, 6) if wait_s is not None else None,
+                     error=result.error, trace_id=f.trace_id, request_id=f.request_id, runtime=served.runtime)
         else:
             self._settle(lane, f, result)
+        tm.done()
+        if span is not None:
+            telemetry.end_process_span(span, result.status, result.error, f.outcome)
         lane.inflight.pop(job.id, None)
         lane.slot_freed.set()
 
@@ -343,9 +370,10 @@ class Dispatcher:
         lane.unsettled += 1
         f.outcome = status.value
         self.finished_counts[status.value] = self.finished_counts.get(status.value, 0) + 1
+        telemetry.type_metrics(job.name).finished(status.value, duration, wait_s)
         log.info("run.finished", job_id=job.id, job_name=job.name, attempt=job.attempt, outcome=status.value,
                  duration_s=round(duration, 6), queue_wait_s=round(wait_s, 6) if wait_s is not None else None,
-                 error=result.error, trace_id=f.trace_id, runtime=served.runtime)
+                 error=result.error, trace_id=f.trace_id, request_id=f.request_id, runtime=served.runtime)
         self._settle_now.set()
 
     async def _expire(self, f: InFlight) -> None:

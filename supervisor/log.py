@@ -20,19 +20,27 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     """Configure structlog (and stdlib logging of libraries) for this process."""
     out = stream or sys.stdout
     console = fmt == "console" or (fmt == "auto" and out.isatty())
-    processors: list[Any] = [
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    if console:
-        processors.append(structlog.dev.ConsoleRenderer())
-    else:
-        processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+    renderer: Any = (structlog.dev.ConsoleRenderer() if console
+                     else structlog.processors.JSONRenderer())
+    tail: list[Any] = [] if console else [structlog.processors.dict_tracebacks]
     structlog.configure(
-        processors=processors,
+        processors=[*shared, *tail, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=out, force=True)
+    # Libraries log through the stdlib (uvicorn, OpenTelemetry exporters): render their
+    # records with the same processors, so journald gets one JSON object per line too.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail, renderer],
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(_LEVELS[level], logging.WARNING))

@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from supervisor import keys
+from supervisor import keys, telemetry
 from supervisor.client import Client
 from supervisor.errors import SupervisorError
 from supervisor.schedule import ScheduleSpec, due_ticks, latest_tick, seconds_until_next, tick_key
@@ -109,11 +109,20 @@ class Scheduler:
         return max(min(seconds_until_next(spec, now) for spec in self.specs) + 0.002, 0.005)
 
     async def _fire(self, spec: ScheduleSpec, tick: float) -> None:
-        try:
-            ref = await self.client.enqueue(spec.job, spec.effective_payload, idempotency_key=tick_key(spec, tick))
-        except SupervisorError as exc:
-            log.error("schedule.enqueue_refused", schedule=spec.id, source=spec.source, tick=int(tick), error=str(exc))
-            return
+        # telemetry: a root span `schedule <id>` (the tick's enqueue span is its child; None when off)
+        with telemetry.schedule_span(spec.id, spec.job, tick) as span:
+            try:
+                ref = await self.client.enqueue(spec.job, spec.effective_payload,
+                                                idempotency_key=tick_key(spec, tick))
+            except SupervisorError as exc:
+                telemetry.span_error(span, exc)
+                log.error("schedule.enqueue_refused", schedule=spec.id, source=spec.source, tick=int(tick),
+                          error=str(exc))
+                return
+            if span is not None:
+                span.set_attribute("job.id", ref.id)
+                span.set_attribute("job.schedule.duplicate", ref.existing)
         if not ref.existing:
             self.fired += 1
+            telemetry.schedule_fired(spec.id)
             log.info("schedule.fired", schedule=spec.id, job_name=spec.job, tick=int(tick), job_id=ref.id)
