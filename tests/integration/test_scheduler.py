@@ -116,3 +116,25 @@ async def test_settings_schedule_and_schedules_command(redis_url: str, use_handl
     bad = subprocess.run([sys.executable, "-m", "supervisor", "--config", str(config), "run"], capture_output=True,
                          text=True, env=env, timeout=30, check=False)
     assert bad.returncode == 78 and "schedules.broken" in bad.stderr and "'cron'" in bad.stderr
+
+
+async def test_schedule_in_a_task_sidecar_fires(redis_url: str, daemon: Any, tmp_path: Any) -> None:
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tick.sh").write_text('#!/bin/bash\ncat >/dev/null\necho \'{"ticked": true}\'\n')
+    (tasks / "tick.sh").chmod(0o755)
+    (tasks / "tick.toml").write_text('name = "t.task-tick"\nschedule = "* * * * * *"\n'
+                                     'schedule_payload = { from = "sidecar" }\n')
+    daemon()
+    async with Client(redis_url) as client:
+        deadline = time.monotonic() + 15
+        while not (jobs := await _scheduled_jobs(client, "t.task-tick")):
+            assert time.monotonic() < deadline, "the sidecar's schedule never fired"
+            await asyncio.sleep(0.1)
+        job = await client.wait(jobs[-1].id, timeout=15)
+        rows = json.loads((await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "supervisor", "schedules", "--json"], capture_output=True, text=True,
+            env={**{k: v for k, v in os.environ.items() if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL"))},
+                 "REDIS_URL": redis_url}, timeout=30, check=False)).stdout)
+    assert job.payload == {"from": "sidecar"} and job.result == {"ticked": True}
+    assert any(r["job"] == "t.task-tick" and r["source"].endswith("tick.toml") for r in rows)
