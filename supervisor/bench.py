@@ -58,6 +58,7 @@ SUBPROCESS_PY = "bench.subprocess-py"
 SHELL = "bench.shell"
 BENCH_TYPES = (INPROCESS, PROCESS, SUBPROCESS_PY, SHELL)
 RUNTIMES = ("inprocess", "process", "subprocess")
+SECTIONS = ("idle", "latency", "enqueue", "drain")
 
 #: Issue 9: the established libraries on a 2-core machine with a local Redis 7 (medians of 3).
 PEERS: list[dict[str, Any]] = [
@@ -109,7 +110,7 @@ class BenchOptions:
     workers: int = 2  # WORKERS_CONCURRENCY of the process runtime
     concurrency: int = 200  # per-type concurrency of the inprocess no-op
     process_concurrency: int | None = None  # per-type concurrency of the process no-op (default 4 x workers)
-    subprocess_jobs: int = 500  # N for the subprocess runtimes (a fork per job)
+    subprocess_jobs: int = 200  # N for the subprocess runtimes (a fork per job)
     subprocess_concurrency: int = 8
     payload_bytes: int = 100
     latency_jobs: int = 500
@@ -120,12 +121,13 @@ class BenchOptions:
     backlog_small: int = 10_000
     backlog_sample: int = 10_000
     quick: bool = False
+    sections: tuple[str, ...] = SECTIONS  # what to measure (backlog mode measures only the backlog)
     keep_dir: bool = False
     progress: Callable[[str], None] | None = None
 
     def apply_quick(self) -> None:
         """Small sizes for CI: enough to catch a collapse, a few seconds per figure."""
-        self.jobs = min(self.jobs, 2000)
+        self.jobs = min(self.jobs, 4000)
         self.repeat = 1
         self.subprocess_jobs = min(self.subprocess_jobs, 40)
         self.latency_jobs = min(self.latency_jobs, 100)
@@ -185,6 +187,8 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": model or platform.processor(), "python": platform.python_version(),
         "platform": platform.platform(), "hiredis": bool(HIREDIS_AVAILABLE),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "cpu_busy_before_percent": psutil.cpu_percent(interval=1.0),  # other work on the machine
     }
 
 
@@ -229,11 +233,11 @@ class Daemon:
         self.root = root
         self.label = label
         self.log_path = root / f"daemon-{label}.log"
-        self.notify_path = root / f"n-{label}.sock"
-        self.notify_path.unlink(missing_ok=True)
+        # An abstract socket (Linux): no path, so no length limit from a long TMPDIR.
+        self.notify_name = f"job-supervisor-bench-{os.getpid()}-{label}"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(self.notify_path))
-        env = {**env, "NOTIFY_SOCKET": str(self.notify_path)}
+        self.sock.bind("\0" + self.notify_name)
+        env = {**env, "NOTIFY_SOCKET": "@" + self.notify_name}
         with self.log_path.open("wb") as out:
             self.proc = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
                 [sys.executable, "-m", "supervisor", "run"], cwd=root, env=env,
@@ -291,7 +295,6 @@ class Daemon:
             return self.proc.returncode
         finally:
             self.sock.close()
-            self.notify_path.unlink(missing_ok=True)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -385,6 +388,7 @@ class Bench:
         self.client: Any = None
         self._metas: dict[str, dict[str, str]] = {}
         self._daemons = 0
+        self._live: list[Daemon] = []
         self._payload = payload_of(options.payload_bytes)
 
     # --- set-up ----------------------------------------------------------------------------
@@ -455,6 +459,9 @@ class Bench:
         return runtime in self.o.runtimes
 
     def close(self) -> None:
+        for d in self._live:  # a daemon left by an error or Ctrl-C
+            d.kill()
+            d.sock.close()
         try:
             if self.r is not None and not self.owns_redis:
                 self.reset(keep_meta=False)
@@ -505,7 +512,9 @@ class Bench:
         info = self.r.info("all")
         calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()
                  if k.startswith("cmdstat_") and isinstance(v, dict)}
-        return {"total": int(info["total_commands_processed"]), "calls": calls,
+        usec = {k.removeprefix("cmdstat_"): int(v["usec"]) for k, v in info.items()
+                if k.startswith("cmdstat_") and isinstance(v, dict)}
+        return {"total": int(info["total_commands_processed"]), "calls": calls, "usec": usec,
                 "used_memory": int(info["used_memory"]),
                 "dataset": int(info.get("used_memory_dataset", info["used_memory"]))}
 
@@ -515,8 +524,9 @@ class Bench:
         calls = {k: after["calls"].get(k, 0) - before["calls"].get(k, 0) for k in after["calls"]}
         calls.pop("info", None)
         calls = {k: v for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v > 0}
+        script_usec = sum(after["usec"].get(k, 0) - before["usec"].get(k, 0) for k in ("evalsha", "eval"))
         return {"total": after["total"] - before["total"] - 1 - own, "calls": calls,
-                "scripts": calls.get("evalsha", 0) + calls.get("eval", 0)}
+                "scripts": calls.get("evalsha", 0) + calls.get("eval", 0), "script_usec": script_usec}
 
     def redis_version(self) -> dict[str, Any]:
         assert self.r is not None
@@ -569,6 +579,18 @@ class Bench:
 
         return float(self._await(go()))
 
+    def enqueue_one_by_one_sync(self, name: str, n: int) -> float:
+        """`SyncClient.enqueue` in a loop (what a web view or script does)."""
+        from supervisor.client import SyncClient  # noqa: PLC0415
+
+        with SyncClient(self.url) as client:
+            payload = self._payload
+            client.enqueue(name, payload)  # connect and fetch the type's schema outside the timing
+            started = time.perf_counter()
+            for _ in range(n):
+                client.enqueue(name, payload)
+            return time.perf_counter() - started
+
     # --- daemons ---------------------------------------------------------------------------
 
     def daemon_env(self, jobs_dir: Path, tasks_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -579,7 +601,7 @@ class Bench:
             "JOB_SUPERVISOR_JOBS_DIR": str(jobs_dir),
             "JOB_SUPERVISOR_TASKS_DIR": str(tasks_dir),
             "JOB_SUPERVISOR_STATE_DIR": str(self.root / "state"),
-            "JOB_SUPERVISOR_LOG_LEVEL": "warning",
+            "JOB_SUPERVISOR_LOG_LEVEL": os.environ.get("BENCH_DAEMON_LOG_LEVEL", "warning"),
             "JOB_SUPERVISOR_LOG_FORMAT": "json",
             "JOB_SUPERVISOR_INSTANCE_NAME": "bench",
             "JOB_SUPERVISOR_MAX_FINISHED_PER_TYPE": str(max(10 * self.o.backlog_jobs, 10 * self.o.jobs, 100_000)),
@@ -591,7 +613,9 @@ class Bench:
 
     def start_daemon(self, label: str, jobs_dir: Path, tasks_dir: Path) -> Daemon:
         self._daemons += 1
-        return Daemon(self.root, f"{label}-{self._daemons}", self.daemon_env(jobs_dir, tasks_dir))
+        d = Daemon(self.root, f"{label}-{self._daemons}", self.daemon_env(jobs_dir, tasks_dir))
+        self._live = [x for x in self._live if x.proc.poll() is None] + [d]
+        return d
 
     def dirs_for(self, name: str) -> tuple[Path, Path]:
         if name == SHELL:
@@ -625,7 +649,7 @@ class Bench:
             cpu0 = cpu_snapshot(d.tree())
             redis_ps = psutil.Process(self.server.process.pid) if self.server and self.server.process else None
             rcpu0 = cpu_snapshot([redis_ps]) if redis_ps else {}
-            limit = time.monotonic() + max(120.0, target / (5 if "subprocess" in name or name == SHELL else 200))
+            limit = time.monotonic() + max(120.0, target / (1 if name in (SUBPROCESS_PY, SHELL) else 200))
             with ResourceSampler(d) as rss:
                 done = 0
                 while True:
@@ -662,6 +686,7 @@ class Bench:
             "enqueue_per_job": enq["total"] / n, "drain_per_job": drain["total"] / target,
             "per_job": (enq["total"] + drain["total"]) / n if target == n else None,
             "enqueue_scripts_per_job": enq["scripts"] / n, "drain_scripts_per_job": drain["scripts"] / target,
+            "drain_script_us_per_job": drain["script_usec"] / target,
             "drain_by_command": drain["calls"],
         }
         out["memory_per_job_bytes"] = (mid["used_memory"] - before["used_memory"]) / n
@@ -671,7 +696,8 @@ class Bench:
     # --- the measurements ------------------------------------------------------------------
 
     def measure_enqueue(self) -> dict[str, Any]:
-        one, bulk, mem, dataset, cmds_one, cmds_bulk, scripts_bulk = [], [], [], [], [], [], []
+        one, one_sync, bulk, mem, dataset, cmds_one, cmds_bulk, scripts_bulk = [], [], [], [], [], [], [], []
+        usec_one, usec_bulk = [], []
         n = self.o.jobs
         for i in range(self.o.repeat):
             self.say(f"enqueue: one at a time, {n} jobs (run {i + 1}/{self.o.repeat})")
@@ -679,7 +705,12 @@ class Bench:
             s0 = self.stats()
             one.append(n / self.enqueue_one_by_one(INPROCESS, n))
             s1 = self.stats()
-            cmds_one.append(self.command_delta(s0, s1)["total"] / n)
+            delta = self.command_delta(s0, s1)
+            cmds_one.append(delta["total"] / n)
+            usec_one.append(delta["script_usec"] / n)
+            self.reset()
+            self.say(f"enqueue: one at a time with SyncClient, {n} jobs (run {i + 1}/{self.o.repeat})")
+            one_sync.append(n / self.enqueue_one_by_one_sync(INPROCESS, n))
             self.reset()
             self.say(f"enqueue: enqueue_many in chunks of 1000, {n} jobs (run {i + 1}/{self.o.repeat})")
             s0 = self.stats()
@@ -689,14 +720,17 @@ class Bench:
             delta = self.command_delta(s0, s1)
             cmds_bulk.append(delta["total"] / n)
             scripts_bulk.append(delta["scripts"] / n)
+            usec_bulk.append(delta["script_usec"] / n)
             mem.append((s1["used_memory"] - s0["used_memory"]) / n)
             dataset.append((s1["dataset"] - s0["dataset"]) / n)
         self.reset()
         return {
             "jobs": n, "payload_bytes": len(json.dumps(self._payload)),
-            "one_at_a_time": summary(one), "bulk": summary(bulk),
+            "one_at_a_time": summary(one), "one_at_a_time_sync": summary(one_sync), "bulk": summary(bulk),
             "commands_per_job": {"one_at_a_time": statistics.median(cmds_one), "bulk": statistics.median(cmds_bulk),
                                  "bulk_scripts": statistics.median(scripts_bulk)},
+            "redis_script_us_per_job": {"one_at_a_time": statistics.median(usec_one),
+                                        "bulk": statistics.median(usec_bulk)},
             "memory_per_job_bytes": statistics.median(mem), "dataset_per_job_bytes": statistics.median(dataset),
         }
 
@@ -714,6 +748,7 @@ class Bench:
             "commands": mid["commands"],
             "commands_per_job": statistics.median(r["commands"]["per_job"] for r in runs),
             "drain_scripts_per_job": statistics.median(r["commands"]["drain_scripts_per_job"] for r in runs),
+            "drain_script_us_per_job": statistics.median(r["commands"]["drain_script_us_per_job"] for r in runs),
             "memory_per_job_bytes": statistics.median(r["memory_per_job_bytes"] for r in runs),
             "other_outcomes": [r["other_outcomes"] for r in runs if r["other_outcomes"]],
         }
@@ -813,8 +848,8 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         started = time.time()
-        self.setup()
         try:
+            self.setup()
             results: dict[str, Any] = {
                 "machine": machine_info(), "redis": self.redis_version(),
                 "options": {k: v for k, v in asdict(self.o).items() if k != "progress"},
@@ -826,16 +861,22 @@ class Bench:
             if self.o.backlog:
                 results["backlog"] = self.measure_backlog()
             else:
-                idle, latency = self.measure_idle_and_latency()
-                results["idle"], results["latency"] = idle, latency
-                results["enqueue"] = self.measure_enqueue()
+                if "idle" in self.o.sections or "latency" in self.o.sections:
+                    idle, latency = self.measure_idle_and_latency()
+                    if "idle" in self.o.sections:
+                        results["idle"] = idle
+                    if "latency" in self.o.sections:
+                        results["latency"] = latency
+                if "enqueue" in self.o.sections:
+                    results["enqueue"] = self.measure_enqueue()
                 drain: dict[str, Any] = {}
                 plan = [(INPROCESS, self.o.jobs), (PROCESS, self.o.jobs),
                         (SUBPROCESS_PY, self.o.subprocess_jobs), (SHELL, self.o.subprocess_jobs)]
                 for name, n in plan:
-                    if self._served(name):
+                    if self._served(name) and "drain" in self.o.sections:
                         drain[name.removeprefix("bench.")] = self.measure_drain(name, n)
                 results["drain"] = drain
+            results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
             results["targets"] = check_targets(results)
             results["duration_s"] = round(time.time() - started, 1)
             return results
@@ -906,21 +947,27 @@ def render(results: dict[str, Any], console: Any) -> None:
                   f"Redis {rd['version']} ({rd['malloc']}, {'private' if rd['embedded'] else 'given'}, "
                   f"{rd['url_kind']}, appendonly {rd['appendonly']}), hiredis {'on' if m['hiredis'] else 'off'}; "
                   f"medians of {results['options']['repeat']} runs; {results['duration_s']}s")
+    busy = m.get("cpu_busy_before_percent") or 0.0
+    if busy > 15.0:
+        console.print(f"warning: the machine was busy before the bench started ({busy:.0f}% CPU in use, 1-min load "
+                      f"average {m['loadavg_at_start'][0]}): other work competes with the bench; figures are low")
     if "enqueue" in results:
         e = results["enqueue"]
         t = Table(title=f"enqueue ({e['jobs']:,} jobs, {e['payload_bytes']} B payload, no daemon)")
         for col in ("how", "jobs/s", "spread", "Redis commands/job", "best peer", "ratio"):
             t.add_column(col, justify="right" if col != "how" else "left")
         for key, label in (("one_at_a_time", "one at a time (Client.enqueue)"),
+                           ("one_at_a_time_sync", "one at a time (SyncClient.enqueue)"),
                            ("bulk", "bulk (enqueue_many, chunks of 1000)")):
             s = e[key]
-            t.add_row(label, _n(s["median"]), f"±{s['spread_pct']}%", _n(e["commands_per_job"][key], 1),
+            cmds = e["commands_per_job"].get(key, e["commands_per_job"]["one_at_a_time"])
+            t.add_row(label, _n(s["median"]), f"±{s['spread_pct']}%", _n(cmds, 1),
                       _n(BEST_PEER_ENQUEUE), f"{s['median'] / BEST_PEER_ENQUEUE:.2f}x")
         console.print(t)
     if results.get("drain"):
         t = Table(title="drain of already-queued no-op jobs (READY -> last completed)")
-        for col in ("runtime", "jobs", "jobs/s", "spread", "vs best peer", "peak RSS daemon+workers MB",
-                    "CPU % daemon+workers / redis", "Redis cmds/job", "scripts/job"):
+        for col in ("runtime", "jobs", "jobs/s", "spread", "x best peer", "peak RSS MB daemon + workers",
+                    "CPU % daemon+workers / Redis", "Redis cmds/job", "scripts/job"):
             t.add_column(col, justify="left" if col == "runtime" else "right")
         o = results["options"]
         for name, d in results["drain"].items():
@@ -978,6 +1025,9 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     bad = [r for r in options.runtimes if r not in RUNTIMES]
     if bad:
         raise BenchError(f"unknown runtime(s) {', '.join(bad)}: use {', '.join(RUNTIMES)}")
+    bad = [s for s in options.sections if s not in SECTIONS]
+    if bad:
+        raise BenchError(f"unknown section(s) {', '.join(bad)}: use {', '.join(SECTIONS)}")
     if options.quick:
         options.apply_quick()
     bench = Bench(options)

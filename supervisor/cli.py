@@ -449,6 +449,7 @@ def systemd_unit(ctx: click.Context, user: str | None) -> None:
     ), nl=False)
 
 
+import supervisor.cli_bench  # noqa: E402,F401  (registers bench on `main`)
 import supervisor.cli_ops  # noqa: E402,F401  (registers workers, events, health, api on `main`)
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ _err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
               help="Per-type concurrency of the inprocess no-op.")
 @click.option("--process-concurrency", type=click.IntRange(min=1), default=None,
               help="Per-type concurrency of the process no-op [default: 4 x workers].")
-@click.option("--subprocess-jobs", type=click.IntRange(min=1), default=500, show_default=True,
+@click.option("--subprocess-jobs", type=click.IntRange(min=1), default=200, show_default=True,
               help="N for the subprocess runtimes (one fork per job).")
 @click.option("--subprocess-concurrency", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--payload-bytes", type=click.IntRange(min=2), default=100, show_default=True,
@@ -53,6 +53,8 @@ _err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 @click.option("--backlog-jobs", type=click.IntRange(min=10), default=1_000_000, show_default=True)
 @click.option("--backlog-small", type=click.IntRange(min=10), default=10_000, show_default=True)
 @click.option("--backlog-sample", type=click.IntRange(min=10), default=10_000, show_default=True)
+@click.option("--only", default="idle,latency,enqueue,drain", show_default=True,
+              help="Comma-separated sections to measure (for sweeps).")
 @click.option("--keep-dir", is_flag=True, help="Keep the temporary folder (handlers, daemon logs).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results on stdout.")
 @click.pass_context
@@ -60,7 +62,8 @@ def bench(ctx: click.Context, redis_url: str | None, redis_server: str | None, u
           quick: bool, repeat: int, runtimes: str, workers: int, concurrency: int,
           process_concurrency: int | None, subprocess_jobs: int, subprocess_concurrency: int,
           payload_bytes: int, latency_jobs: int, latency_gap_ms: float, idle_seconds: float, backlog: bool,
-          backlog_jobs: int, backlog_small: int, backlog_sample: int, keep_dir: bool, as_json: bool) -> None:
+          backlog_jobs: int, backlog_small: int, backlog_sample: int, only: str, keep_dir: bool,
+          as_json: bool) -> None:
     """Measure enqueue and drain rates, latency, memory and Redis cost (issue 9's figures).
 
     Progress goes to stderr; the results to stdout (a table, or JSON with --json).
@@ -81,6 +84,7 @@ def bench(ctx: click.Context, redis_url: str | None, redis_server: str | None, u
         payload_bytes=payload_bytes, latency_jobs=latency_jobs, latency_gap_ms=latency_gap_ms,
         idle_seconds=idle_seconds, backlog=backlog, backlog_jobs=backlog_jobs, backlog_small=backlog_small,
         backlog_sample=backlog_sample, quick=quick, keep_dir=keep_dir,
+        sections=tuple(x.strip() for x in only.split(",") if x.strip()),
         progress=lambda text: _err.print(f"bench: {text}"),
     )
     try:
@@ -94,7 +98,7 @@ def bench(ctx: click.Context, redis_url: str | None, redis_server: str | None, u
     if as_json:
         click.echo(json.dumps(results, indent=2, default=str))
     else:
-        render(results, Console(markup=False))
+        render(results, Console(markup=False, width=None if sys.stdout.isatty() else 160))
 
 
 if __name__ == "__main__":
