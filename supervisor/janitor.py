@@ -83,9 +83,11 @@ class Janitor:
                 default = DEFAULT_DEAD_RETENTION_MS if state in PARKED else DEFAULT_RETENTION_MS
                 retention = int(meta.get(field_) or default)
                 old = await redis.zrangebyscore(idx, "-inf", now_ms - retention, start=0, num=self.batch)
-                extra = max(await redis.zcard(idx) - self.max_finished, 0)
-                if extra:
-                    old = list(dict.fromkeys(old + await redis.zrange(idx, 0, min(extra, self.batch) - 1)))
+                # Everything but the newest max_finished, in one command: janitors running at once
+                # agree on the set (a count read first and a range read later would over-trim).
+                beyond = await redis.zrange(idx, 0, -(self.max_finished + 1))
+                if beyond:
+                    old = list(dict.fromkeys(old + beyond[: self.batch]))
                 if old:
                     async with redis.pipeline(transaction=False) as pipe:
                         for job_id in old:
