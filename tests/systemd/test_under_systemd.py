@@ -83,6 +83,11 @@ def _cannot_boot() -> str | None:
         filesystems = ""
     if not any(line.split()[-1:] == ["overlay"] for line in filesystems.splitlines()):
         return "the kernel has no overlay filesystem"
+    install = Path(sys.prefix).resolve(), Path(__file__).resolve().parents[2]
+    if any(p == Path("/tmp") or Path("/tmp") in p.parents for p in install):
+        # The sandbox's boot empties /tmp and the unit's PrivateTmp=yes hides it: an install
+        # under /tmp cannot be what a systemd service runs. Clone the project elsewhere.
+        return f"the checkout or its venv is under /tmp ({install[1]}), which the unit's PrivateTmp hides"
     return None
 
 
