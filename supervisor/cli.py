@@ -273,7 +273,11 @@ async def jobs_wait(ctx: click.Context, job_id: str, timeout: float | None, as_j
     from supervisor.client import Client  # noqa: PLC0415
 
     async with Client(_redis_url(_settings(ctx))) as client:
-        job = await client.wait(job_id, timeout)
+        if as_json:
+            job = await client.wait(job_id, timeout)
+        else:
+            with console.status(f"waiting for {job_id}"):
+                job = await client.wait(job_id, timeout)
     _show_job(job, as_json)
 
 
