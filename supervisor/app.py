@@ -34,7 +34,6 @@ from supervisor.config import Settings
 from supervisor.dispatcher import REDIS_DOWN, Dispatcher, InFlight
 from supervisor.errors import ConfigError, EmbeddedRedisError
 from supervisor.redis_server import RedisServer
-from supervisor.registry import Registry
 from supervisor import __version__
 from supervisor.janitor import Janitor
 from supervisor.presence import Presence
@@ -69,7 +68,6 @@ class Daemon:
     settings: Settings
     instance_id: str
     broker: Broker
-    registry: Registry
     dispatcher: Dispatcher
     client: Client
     runners: dict[str, Runner]
@@ -93,7 +91,6 @@ class Daemon:
             if self.catalog.metas.get(name, {}).get("schema") != meta["schema"] or name not in self.catalog.served:
                 await self.broker.publish_type(name, meta)
         self.catalog = new
-        self.registry = new.registry
         self.client.registry = new.registry
         added, removed = self.dispatcher.update(new.served.values())
         if self.scheduler is not None:
@@ -188,12 +185,11 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
         raise
 
     catalog = build_catalog(settings, instance_id, AVAILABLE_RUNTIMES)
-    registry = catalog.registry
     served = list(catalog.served.values())
     for name, meta in catalog.metas.items():
         await broker.publish_type(name, meta)
 
-    client = Client(broker.redis, registry=registry)
+    client = Client(broker.redis, registry=catalog.registry)
     daemon_ref: dict[str, Daemon] = {}
 
     async def child_enqueue(name: str, payload: Any, options: dict[str, Any], submit: bool) -> Any:
@@ -213,7 +209,7 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
         await pool.start()  # only when a type asks for it: starting costs ~0.5 s
     dispatcher = Dispatcher(broker, instance_id, runners, max_idle_wait=settings.max_idle_wait)
     dispatcher.serve(served)
-    daemon = Daemon(settings, instance_id, broker, registry, dispatcher, client, runners, shutdown,
+    daemon = Daemon(settings, instance_id, broker, dispatcher, client, runners, shutdown,
                     notifier, embedded, catalog)
     daemon_ref["d"] = daemon
     _register_stops(daemon, fast)

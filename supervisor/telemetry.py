@@ -267,6 +267,18 @@ def parse_traceparent(value: str | None) -> tuple[str, str, str] | None:
     return parts[1].lower(), parts[2].lower(), parts[3]
 
 
+def _write_span_context(ctx: dict[str, str], sc: Any) -> bool:
+    """Store a valid span context as the job's trace ids (W3C); False when it is invalid."""
+    if not sc.is_valid:
+        return False
+    ctx["trace_id"] = f"{sc.trace_id:032x}"
+    ctx["traceparent"] = _traceparent(sc)
+    state = sc.trace_state.to_header() if sc.trace_state else ""
+    if state:
+        ctx["tracestate"] = state
+    return True
+
+
 def _traceparent(sc: SpanContext) -> str:
     return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"
 
@@ -330,13 +342,7 @@ def job_context(given: dict[str, str] | None, span: Span | None) -> dict[str, st
     if not ctx.get("request_id"):
         ctx["request_id"] = new_request_id()
     if span is not None:
-        sc = span.get_span_context()
-        if sc.is_valid:
-            ctx["trace_id"] = f"{sc.trace_id:032x}"
-            ctx["traceparent"] = _traceparent(sc)
-            state = sc.trace_state.to_header() if sc.trace_state else ""
-            if state:
-                ctx["tracestate"] = state
+        if _write_span_context(ctx, span.get_span_context()):
             return ctx
     parsed = parse_traceparent(_given_parent(ctx))
     if parsed is not None:
@@ -390,13 +396,7 @@ def start_process_span(job: Any, runtime: str, instance: str, context: dict[str,
             "job.instance": instance, "job.request_id": context.get("request_id") or "",
         })
     span.add_event("job.started", {"job.attempt": job.attempt, "job.redelivery": job.attempt > 1})
-    sc = span.get_span_context()
-    if sc.is_valid:
-        context["trace_id"] = f"{sc.trace_id:032x}"
-        context["traceparent"] = _traceparent(sc)
-        state = sc.trace_state.to_header() if sc.trace_state else ""
-        if state:
-            context["tracestate"] = state
+    _write_span_context(context, span.get_span_context())
     return span
 
 
