@@ -7,6 +7,7 @@ of the Lua scripts of `supervisor.scripts`; reads are plain commands.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,12 +17,14 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
 from supervisor import keys
 from supervisor.errors import ConfigError, InvalidTransition, JobNotFound, RedisUnsafe
 from supervisor.records import Job
 from supervisor.scripts import SCRIPT_NAMES, script_source
 from supervisor.states import FINISHED, State
+from supervisor.wire import AsyncWire, Script, params_of
 
 
 #: Output lines kept per job, and how long when the type's retention is unknown.
@@ -120,15 +123,21 @@ class Broker:
     def __init__(self, client: aioredis.Redis, blocking: aioredis.Redis | None = None) -> None:
         self.redis = client
         self.blocking = blocking or client
+        # Transition scripts go through the lean wire (supervisor.wire); redis-py serves the
+        # rest, and the scripts too when the wire cannot speak the URL (TLS).
+        params = params_of(client)
+        self.wire = AsyncWire(params) if params is not None else None
+        self._wire_scripts = {name: Script(script_source(name)) for name in SCRIPT_NAMES}
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
 
     async def _run(self, script: str, name: str, args: Sequence[Any]) -> Any:
-        prefix = keys.queue_prefix(name)
+        prefix, job_prefix = _prefixes(name)
         # KEYS[1] routes the call to the queue's slot; the script builds its other keys
         # from the same prefix, which carries the same hash tag.
-        job_prefix = f"{keys.PREFIX}:{{{keys.tag_for(name)}}}:j:"
+        if self.wire is not None:
+            return await self.wire.evalsha(self._wire_scripts[script], [prefix + "ready"], [prefix, job_prefix, *args])
         return await self._scripts[script](keys=[prefix + "ready"], args=[prefix, job_prefix, *args])
 
     async def _run_for_job(self, script: str, job_id: str, args: Sequence[Any]) -> Any:
@@ -176,19 +185,43 @@ class Broker:
 
     async def enqueue(self, name: str, jobs: Sequence[NewJob]) -> list[Enqueued]:
         """Queue `jobs` of type `name`; says per job what happened (idempotency, key policy)."""
-        args: list[Any] = [name, len(jobs)]
-        for j in jobs:
-            args += j.args()
-        return parse_enqueued(await self._run("enqueue", name, args))
+        prefix, job_prefix = _prefixes(name)
+        args = _enqueue_args(name, jobs)
+        if self.wire is not None:
+            return parse_enqueued(await self.wire.evalsha(self._wire_scripts["enqueue"], [prefix + "ready"], args))
+        return parse_enqueued(await self._scripts["enqueue"](keys=[prefix + "ready"], args=args))
 
-    async def enqueue_in(self, pipe: Any, name: str, jobs: Sequence[NewJob]) -> None:
-        """Add an enqueue call to a pipeline (for `enqueue_many` across types)."""
-        prefix = keys.queue_prefix(name)
-        job_prefix = f"{keys.PREFIX}:{{{keys.tag_for(name)}}}:j:"
-        args: list[Any] = [prefix, job_prefix, name, len(jobs)]
-        for j in jobs:
-            args += j.args()
-        await self._scripts["enqueue"](keys=[prefix + "ready"], args=args, client=pipe)
+    async def enqueue_stream(self, chunks: Iterable[tuple[str, Sequence[NewJob]]]) -> list[list[Enqueued]]:
+        """Queue chunks of jobs (one script call each), sending each chunk as soon as it is made.
+
+        `chunks` may be a generator that prepares the next chunk while Redis runs the last
+        one. Returns what happened to each job, chunk by chunk.
+        """
+        script = self._wire_scripts["enqueue"]
+        if self.wire is None:  # redis-py: one pipeline
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name, jobs in chunks:
+                    prefix, job_prefix = _prefixes(name)
+                    await self._scripts["enqueue"](keys=[prefix + "ready"], args=_enqueue_args(name, jobs),
+                                                   client=pipe)
+                return [parse_enqueued(raw) for raw in await pipe.execute()]
+        await self.wire.open()
+        sent: list[tuple[asyncio.Future[Any], tuple[Any, ...]]] = []
+        for name, jobs in chunks:
+            prefix, _ = _prefixes(name)
+            cmd = ("EVALSHA", script.sha, 1, prefix + "ready", *_enqueue_args(name, jobs))
+            sent.append((self.wire.send_nowait(cmd), cmd))
+        out = []
+        for fut, cmd in sent:
+            try:
+                raw = await fut
+            except ResponseError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                await self.wire.call("SCRIPT", "LOAD", script.source)
+                raw = await self.wire.call(*cmd)
+            out.append(parse_enqueued(raw))
+        return out
 
     async def claim(self, name: str, instance: str, n: int, ack_wait_ms: int, max_deliver: int,
                     rate: int = 0, period_ms: int = 0) -> ClaimBatch:
@@ -375,9 +408,32 @@ class Broker:
         return [(eid, fields) for _stream, entries in rows for eid, fields in entries]
 
     async def close(self) -> None:
+        if self.wire is not None:
+            await self.wire.close()
         await self.redis.aclose()
         if self.blocking is not self.redis:
             await self.blocking.aclose()
+
+
+_PREFIXES: dict[str, tuple[str, str]] = {}
+
+
+def _prefixes(name: str) -> tuple[str, str]:
+    """(queue prefix, job-record prefix) of a type, memoized: they are on every script call."""
+    got = _PREFIXES.get(name)
+    if got is None:
+        if len(_PREFIXES) > 10_000:
+            _PREFIXES.clear()
+        got = _PREFIXES[name] = (keys.queue_prefix(name), f"{keys.PREFIX}:{{{keys.tag_for(name)}}}:j:")
+    return got
+
+
+def _enqueue_args(name: str, jobs: Sequence[NewJob]) -> list[Any]:
+    prefix, job_prefix = _prefixes(name)
+    args: list[Any] = [prefix, job_prefix, name, len(jobs)]
+    for j in jobs:
+        args += j.args()
+    return args
 
 
 def parse_enqueued(raw: list[str]) -> list[Enqueued]:

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from supervisor import keys, telemetry
-from supervisor.broker import Broker, Enqueued, NewJob, connect, dumps, parse_enqueued
+from supervisor.broker import Broker, Enqueued, NewJob, connect, dumps
 from supervisor.errors import (
     InvalidPayload,
     JobFailed,
@@ -267,21 +267,19 @@ class Client:
             for i, req in enumerate(reqs):
                 groups.setdefault(req.name, []).append(i)
             chunks: list[tuple[str, list[int]]] = []
-            async with self.broker.redis.pipeline(transaction=False) as pipe:
-                for name, idxs in groups.items():
-                    for start in range(0, len(idxs), 1000):  # bounded script argument lists
-                        part = idxs[start:start + 1000]
-                        await self.broker.enqueue_in(pipe, name, [prepared[i] for i in part])
-                        chunks.append((name, part))
-                replies = await pipe.execute()
+            for name, idxs in groups.items():
+                for start in range(0, len(idxs), 1000):  # bounded script argument lists
+                    chunks.append((name, idxs[start:start + 1000]))
+            replies = await self.broker.enqueue_stream(
+                (name, [prepared[i] for i in part]) for name, part in chunks)
         except BaseException as exc:
             for sp in spans or ():
                 if sp is not None:
                     telemetry.end_enqueue_span(sp, error=exc)
             raise
         outcomes: list[SubmitOutcome | None] = [None] * len(reqs)
-        for (name, part), raw in zip(chunks, replies, strict=True):
-            for done, i in zip(parse_enqueued(raw), part, strict=True):
+        for (name, part), done_list in zip(chunks, replies, strict=True):
+            for done, i in zip(done_list, part, strict=True):
                 outcomes[i] = _outcome(name, prepared[i], done)
         for sp, o in zip(spans or (), outcomes, strict=False):
             if sp is not None and o is not None:

@@ -1,0 +1,367 @@
+"""A lean Redis connection for the hot path: hiredis packs every command and parses every reply.
+
+redis-py stays the client for everything else (reads, admin, blocking waits, TLS). The
+transition scripts and enqueues, a few calls per job batch or one per `enqueue`, go through
+this module instead, because redis-py spends ~100 µs of Python per command on the asyncio
+path (a Task per send under a socket timeout, packing in Python, a pool checkout): measured
+on a 2-core box, 21-argument EVALSHA round trips ran at 5,500/s through redis-py and 15,900/s
+through an `asyncio.Protocol` fed to a `hiredis.Reader` (BENCHMARKS.md).
+
+- `AsyncWire`: one connection, shared by every coroutine of a process. Calls are pipelined
+  as they come (replies are matched in order), so a claim and a completion issued by two
+  loops travel together instead of taking turns.
+- `SyncWire`: a blocking socket for `SyncClient`, guarded by a lock (no event-loop thread hop).
+
+Both speak redis:// and unix:// with AUTH and SELECT taken from the redis-py client they
+are built from (`params_of`); for rediss:// (TLS) `params_of` returns None and the caller
+keeps using redis-py. A script is called by SHA and loaded on NOSCRIPT, which is safe to
+repeat: NOSCRIPT means it did not run. Errors are redis-py's exception types, so callers
+handle one family: `ConnectionError` when the link drops (every call in flight fails; the
+next call reconnects), `TimeoutError` when Redis does not answer within `timeout_s`
+(the connection is dropped: a late reply must never be read as another call's), and
+`ResponseError` for an error reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+@dataclass(frozen=True, slots=True)
+class WireParams:
+    """Where and how to connect: TCP host/port or a unix socket path, credentials, database."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    path: str | None = None
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    connect_timeout_s: float = 5.0
+    timeout_s: float = 30.0
+
+
+def params_of(client: Any, timeout_s: float = 30.0) -> WireParams | None:
+    """The connection parameters of a redis-py client, or None when the wire cannot speak them (TLS)."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is None or "SSL" in pool.connection_class.__name__:
+        return None
+    kw = pool.connection_kwargs
+    return WireParams(
+        host=kw.get("host") or "127.0.0.1", port=int(kw.get("port") or 6379), path=kw.get("path"),
+        username=kw.get("username"), password=kw.get("password"), db=int(kw.get("db") or 0),
+        connect_timeout_s=float(kw.get("socket_connect_timeout") or 5.0), timeout_s=timeout_s,
+    )
+
+
+class Script:
+    """A Lua script called by SHA (loaded on first NOSCRIPT)."""
+
+    __slots__ = ("source", "sha")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+def _hello(params: WireParams) -> list[tuple[Any, ...]]:
+    cmds: list[tuple[Any, ...]] = []
+    if params.password is not None:
+        cmds.append(("AUTH", params.username, params.password) if params.username else ("AUTH", params.password))
+    if params.db:
+        cmds.append(("SELECT", params.db))
+    return cmds
+
+
+def _error(reply: hiredis.ReplyError) -> ResponseError:
+    return ResponseError(str(reply))
+
+
+def _is_noscript(exc: BaseException) -> bool:
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOSCRIPT")
+
+
+class _Protocol(asyncio.Protocol):
+    """Feeds replies to the futures of the calls, oldest first."""
+
+    def __init__(self, wire: AsyncWire) -> None:
+        self.wire = wire
+        self.reader = hiredis.Reader(encoding="utf-8")
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        waiting = self.wire._waiting  # noqa: SLF001 (the protocol is the wire's other half)
+        while (reply := reader.gets()) is not False:
+            fut, _sent = waiting.popleft()
+            if fut.done():  # the caller was cancelled; its reply is read and dropped
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                fut.set_exception(_error(reply))
+            elif isinstance(reply, list) and any(isinstance(r, hiredis.ReplyError) for r in reply):
+                fut.set_result([_error(r) if isinstance(r, hiredis.ReplyError) else r for r in reply])
+            else:
+                fut.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.wire._lost(self, exc)  # noqa: SLF001
+
+
+class AsyncWire:
+    """One pipelined Redis connection for asyncio code (see the module docstring)."""
+
+    def __init__(self, params: WireParams) -> None:
+        self.params = params
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
+        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        p = self.params
+        try:
+            async with asyncio.timeout(p.connect_timeout_s):
+                if p.path:
+                    _, proto = await loop.create_unix_connection(lambda: _Protocol(self), p.path)
+                else:
+                    _, proto = await loop.create_connection(lambda: _Protocol(self), p.host, p.port)
+                    sock = proto.transport.get_extra_info("socket") if proto.transport else None
+                    if sock is not None:
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                self._protocol = proto
+                for cmd in _hello(p):
+                    await self._send(proto, cmd)
+        except TimeoutError:
+            self._drop(RedisTimeoutError(f"connecting to Redis took over {p.connect_timeout_s:g}s"))
+            raise RedisTimeoutError(f"connecting to Redis took over {p.connect_timeout_s:g}s") from None
+        except OSError as exc:
+            self._drop(None)
+            raise RedisConnectionError(f"cannot connect to Redis at {self._where()}: {exc}") from exc
+        except ResponseError:  # AUTH or SELECT refused: a settings problem, reported as Redis said it
+            self._drop(None)
+            raise
+        return proto
+
+    def _where(self) -> str:
+        return self.params.path or f"{self.params.host}:{self.params.port}"
+
+    async def _ready(self) -> _Protocol:
+        proto = self._protocol
+        if proto is not None:
+            return proto
+        if self._closed:
+            raise RedisConnectionError("the connection is closed")
+        if self._connecting is None:  # one connect for every caller that arrives meanwhile
+            self._connecting = asyncio.ensure_future(self._connect())
+            self._connecting.add_done_callback(self._connected)
+        return await asyncio.shield(self._connecting)
+
+    def _connected(self, fut: asyncio.Future[_Protocol]) -> None:
+        self._connecting = None
+        if not fut.cancelled():
+            fut.exception()  # retrieved here; every caller gets it from its own await
+
+    def _send(self, proto: _Protocol, cmd: tuple[Any, ...]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        assert proto.transport is not None
+        proto.transport.write(hiredis.pack_command(cmd))
+        self._waiting.append((fut, loop.time()))
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(min(self.params.timeout_s, 1.0), self._check_timeout)
+        return fut
+
+    async def call(self, *cmd: Any) -> Any:
+        """Send one command and return its reply."""
+        proto = self._protocol or await self._ready()
+        return await self._send(proto, cmd)
+
+    async def open(self) -> None:
+        """Connect now (before `send_nowait`)."""
+        await self._ready()
+
+    def send_nowait(self, cmd: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """Write one command now and return the future of its reply (after `open`).
+
+        For producers that prepare the next batch while Redis runs this one.
+        """
+        proto = self._protocol
+        if proto is None:
+            raise RedisConnectionError(f"not connected to Redis at {self._where()}")
+        return self._send(proto, cmd)
+
+    async def pipeline(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
+        """Send several commands in one write; their replies in order (error replies as ResponseError values)."""
+        proto = self._protocol or await self._ready()
+        loop = asyncio.get_running_loop()
+        assert proto.transport is not None
+        proto.transport.write(b"".join(hiredis.pack_command(c) for c in cmds))
+        now = loop.time()
+        futs = [loop.create_future() for _ in cmds]
+        self._waiting.extend((f, now) for f in futs)
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(min(self.params.timeout_s, 1.0), self._check_timeout)
+        out: list[Any] = []
+        for f in futs:
+            try:
+                out.append(await f)
+            except ResponseError as exc:
+                out.append(exc)
+        return out
+
+    async def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Run a script by SHA, loading it first if the server does not have it."""
+        try:
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not _is_noscript(exc):
+                raise
+        await self.call("SCRIPT", "LOAD", script.source)
+        return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def evalsha_many(self, script: Script, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Several calls of one script in one pipeline; each reply, or its ResponseError."""
+        cmds = [("EVALSHA", script.sha, len(k), *k, *a) for k, a in calls]
+        replies = await self.pipeline(cmds)
+        if any(_is_noscript(r) for r in replies):
+            await self.call("SCRIPT", "LOAD", script.source)
+            redo = [i for i, r in enumerate(replies) if _is_noscript(r)]
+            for i, r in zip(redo, await self.pipeline([cmds[i] for i in redo]), strict=True):
+                replies[i] = r
+        return replies
+
+    def _check_timeout(self) -> None:
+        self._watchdog = None
+        if not self._waiting:
+            return
+        loop = asyncio.get_running_loop()
+        oldest = self._waiting[0][1]
+        if loop.time() - oldest > self.params.timeout_s:
+            self._drop(RedisTimeoutError(f"Redis at {self._where()} did not answer within {self.params.timeout_s:g}s"))
+            return
+        self._watchdog = loop.call_later(min(self.params.timeout_s, 1.0), self._check_timeout)
+
+    def _drop(self, exc: Exception | None) -> None:
+        proto, self._protocol = self._protocol, None
+        if proto is not None and proto.transport is not None:
+            proto.transport.abort()
+        self._fail_waiting(exc or RedisConnectionError(f"lost the connection to Redis at {self._where()}"))
+
+    def _lost(self, proto: _Protocol, exc: Exception | None) -> None:
+        if self._protocol is proto:
+            self._protocol = None
+        self._fail_waiting(RedisConnectionError(
+            f"lost the connection to Redis at {self._where()}" + (f": {exc}" if exc else "")))
+
+    def _fail_waiting(self, exc: Exception) -> None:
+        waiting, self._waiting = self._waiting, deque()
+        for fut, _ in waiting:
+            if not fut.done():
+                fut.set_exception(exc)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    async def close(self) -> None:
+        self._closed = True
+        proto, self._protocol = self._protocol, None
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()
+
+
+class SyncWire:
+    """A blocking Redis connection for code without an event loop; safe to share between threads."""
+
+    def __init__(self, params: WireParams) -> None:
+        self.params = params
+        self._sock: socket.socket | None = None
+        self._reader = hiredis.Reader(encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def _connect(self) -> socket.socket:
+        p = self.params
+        try:
+            if p.path:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(p.connect_timeout_s)
+                sock.connect(p.path)
+            else:
+                sock = socket.create_connection((p.host, p.port), timeout=p.connect_timeout_s)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        except TimeoutError:
+            raise RedisTimeoutError(f"connecting to Redis took over {p.connect_timeout_s:g}s") from None
+        except OSError as exc:
+            raise RedisConnectionError(f"cannot connect to Redis at {p.path or f'{p.host}:{p.port}'}: {exc}") from exc
+        sock.settimeout(p.timeout_s)
+        self._sock, self._reader = sock, hiredis.Reader(encoding="utf-8")
+        for cmd in _hello(p):
+            self._roundtrip([cmd])
+        return sock
+
+    def _roundtrip(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
+        sock = self._sock or self._connect()
+        reader = self._reader
+        try:
+            sock.sendall(b"".join(hiredis.pack_command(c) for c in cmds))
+            out: list[Any] = []
+            while len(out) < len(cmds):
+                reply = reader.gets()
+                if reply is False:
+                    data = sock.recv(65536)
+                    if not data:
+                        raise OSError("Redis closed the connection")
+                    reader.feed(data)
+                    continue
+                out.append(_error(reply) if isinstance(reply, hiredis.ReplyError) else reply)
+            return out
+        except TimeoutError:
+            self._reset()
+            raise RedisTimeoutError(f"Redis did not answer within {self.params.timeout_s:g}s") from None
+        except OSError as exc:
+            self._reset()
+            raise RedisConnectionError(f"lost the connection to Redis: {exc}") from exc
+
+    def _reset(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def call(self, *cmd: Any) -> Any:
+        with self._lock:
+            (reply,) = self._roundtrip([cmd])
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not _is_noscript(exc):
+                raise
+        self.call("SCRIPT", "LOAD", script.source)
+        return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def close(self) -> None:
+        with self._lock:
+            self._reset()
+
