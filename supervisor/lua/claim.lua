@@ -75,13 +75,14 @@ if rate > 0 then
 end
 
 local out = {}
+local leased = {} -- score/member pairs for the active set, added in one call
 local popped = {}
 if n > 0 then popped = redis.call('ZPOPMIN', ready, n) end
 for i = 1, #popped, 2 do
   local id = popped[i]
   local jk = JP .. id
   local f = redis.call('HMGET', jk, 'state', 'payload', 'deliveries', 'deadline', 'ctx', 'created', 'idem',
-                       'ckey', 'kmax', 'kheld')
+                       'ckey', 'kmax', 'kheld', 'lease')
   local ckey = f[8]
   if f[1] == 'pending' or f[1] == 'retry' then
     local dl = tonumber(f[4])
@@ -104,10 +105,11 @@ for i = 1, #popped, 2 do
       end
     end
     if slot then
-      local d = tonumber(f[3]) + 1
-      local lease = redis.call('HINCRBY', jk, 'lease', 1)
-      redis.call('HSET', jk, 'state', 'active', 'deliveries', d, 'started', now, 'worker', inst)
-      redis.call('ZADD', active, now + ack, id)
+      local d = (tonumber(f[3]) or 0) + 1
+      local lease = (tonumber(f[11]) or 0) + 1
+      redis.call('HSET', jk, 'state', 'active', 'deliveries', d, 'started', now, 'worker', inst, 'lease', lease)
+      leased[#leased + 1] = now + ack
+      leased[#leased + 1] = id
       if rate > 0 then redis.call('ZADD', P .. 'rate', now, id .. ':' .. lease) end
       emit(P, 'started', id, 'active', d, 'instance', inst)
       out[#out + 1] = id
@@ -120,6 +122,7 @@ for i = 1, #popped, 2 do
     end
   end
 end
+if #leased > 0 then call_spread('ZADD', active, leased) end
 -- Wake another idle instance when work remains that it could start now (never while
 -- rate-limited: the waiters would only spin until the window opens).
 if rate_next == nil and redis.call('EXISTS', ready) == 1 then wake(P) end

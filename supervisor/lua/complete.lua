@@ -1,26 +1,44 @@
 -- active -> completed for a batch of jobs, fenced by lease token.
 -- ARGV: P, JP, count, then per job: id, lease, result JSON, last unsent progress JSON or ''
 -- Returns per job: 'ok' | 'fenced:<state>' (the lease was taken over or the job moved on).
+-- The index updates of every completed job are made once per batch (one ZREM, one ZADD).
 local P, JP, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local ret = retention_ms(P, 'completed')
 local out = {}
+local done, parked, deadlines = {}, {}, {}
 for i = 0, n - 1 do
   local b = 4 + i * 4
   local id, lease, result, progress = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local jk = JP .. id
-  local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'worker', 'idem', 'ckey')
+  local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'worker', 'idem', 'ckey',
+                       'history', 'deadline')
   if f[1] ~= 'active' or f[2] ~= lease then
     out[#out + 1] = 'fenced:' .. tostring(f[1] or 'gone')
   else
-    local hist = history_with(jk, f[3], f[4], now, 'completed', f[5], nil)
-    redis.call('HSET', jk, 'state', 'completed', 'result', result, 'finished', now, 'history', hist)
-    if progress ~= '' then redis.call('HSET', jk, 'progress', progress) end
-    redis.call('ZREM', P .. 'active', id)
-    park(P, jk, id, 'completed', now, ret, f[6])
+    local hist = history_with(jk, f[3], f[4], now, 'completed', f[5], nil, f[8])
+    if progress ~= '' then
+      redis.call('HSET', jk, 'state', 'completed', 'result', result, 'finished', now, 'history', hist,
+                 'progress', progress)
+    else
+      redis.call('HSET', jk, 'state', 'completed', 'result', result, 'finished', now, 'history', hist)
+    end
+    redis.call('PEXPIRE', jk, ret)
+    if f[6] then redis.call('PEXPIRE', P .. 'idem:' .. f[6], ret) end
+    if f[9] then deadlines[#deadlines + 1] = id end
+    done[#done + 1] = id
+    parked[#parked + 1] = now
+    parked[#parked + 1] = id
     key_leave(P, id, f[7], true)
     emit(P, 'completed', id, 'completed', f[3])
     out[#out + 1] = 'ok'
   end
+end
+if #done > 0 then
+  call_spread('ZREM', P .. 'active', done)
+  local idx = P .. 'st:completed'
+  call_spread('ZADD', idx, parked)
+  redis.call('ZREMRANGEBYSCORE', idx, '-inf', now - ret)
+  if #deadlines > 0 then call_spread('ZREM', P .. 'deadline', deadlines) end
 end
 return out

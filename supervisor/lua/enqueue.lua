@@ -45,6 +45,8 @@ local function admit(id, ckey, kmax, qmax, when_full)
   return 'rejected', oldest_queued or live[1], reason
 end
 
+-- Sequence numbers for the whole batch in one call (FIFO order within a priority).
+local seq = redis.call('INCRBY', P .. 'seq', n) - n
 for i = 0, n - 1 do
   local b = 5 + i * 13
   local id, payload, prio = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2])
@@ -67,9 +69,11 @@ for i = 0, n - 1 do
     out[#out + 1] = detail
   else
     local jk = JP .. id
-    local score = -prio * PRIORITY_SHIFT + redis.call('INCR', P .. 'seq')
-    local f = {'name', name, 'state', 'pending', 'payload', payload, 'priority', prio,
-               'score', score, 'created', now, 'deliveries', 0, 'ctx', ctx}
+    seq = seq + 1
+    local score = -prio * PRIORITY_SHIFT + seq
+    -- priority 0 and deliveries 0 are implied when absent: fewer fields, less memory per job
+    local f = {'name', name, 'state', 'pending', 'payload', payload, 'score', score, 'created', now, 'ctx', ctx}
+    if prio ~= 0 then f[#f + 1] = 'priority'; f[#f + 1] = prio end
     if dl > 0 then
       f[#f + 1] = 'deadline'; f[#f + 1] = now + dl
       redis.call('ZADD', P .. 'deadline', now + dl, id)

@@ -8,6 +8,14 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Run `cmd key` with the items of `list` as further arguments, in slices small enough for
+-- unpack (Lua's stack) and even-sized, so score/member pairs stay together.
+local function call_spread(cmd, key, list)
+  for i = 1, #list, 4000 do
+    redis.call(cmd, key, unpack(list, i, math.min(i + 3999, #list)))
+  end
+end
+
 local function legal(from, to)
   local allowed = LEGAL[from]
   return allowed ~= nil and allowed[to] == true
@@ -19,11 +27,15 @@ local function emit(P, event, id, state, attempt, ...)
     'event', event, 'id', id, 'state', state, 'attempt', attempt or 0, ...)
 end
 
--- The history field with one more attempt entry (a JSON array kept as text).
-local function history_with(jk, attempt, started, now, outcome, instance, err)
-  local entry = cjson.encode({attempt = tonumber(attempt), started = tonumber(started),
-    ended = now, outcome = outcome, instance = instance, error = err})
-  local h = redis.call('HGET', jk, 'history')
+-- The history field with one more attempt entry (a JSON array kept as text). `h` is the
+-- field's current value when the caller read it already (false: absent), nil to read it here.
+local function history_with(jk, attempt, started, now, outcome, instance, err, h)
+  local entry = '{"attempt":' .. (tonumber(attempt) or 0) .. ',"started":' .. (tonumber(started) or 'null')
+    .. ',"ended":' .. now .. ',"outcome":"' .. outcome .. '"'
+  if instance then entry = entry .. ',"instance":' .. cjson.encode(instance) end
+  if err then entry = entry .. ',"error":' .. cjson.encode(err) end
+  entry = entry .. '}'
+  if h == nil then h = redis.call('HGET', jk, 'history') end
   if h then return string.sub(h, 1, -2) .. ',' .. entry .. ']' end
   return '[' .. entry .. ']'
 end

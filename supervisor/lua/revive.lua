@@ -9,7 +9,7 @@ local st = f[1]
 if not st then return {'gone', ''} end
 if st ~= expected or not legal(st, 'pending') then return {'invalid', st} end
 unpark(P, jk, id, st, f[2])
-local score = -tonumber(f[3]) * PRIORITY_SHIFT + redis.call('INCR', P .. 'seq')
+local score = -(tonumber(f[3]) or 0) * PRIORITY_SHIFT + redis.call('INCR', P .. 'seq')
 redis.call('HSET', jk, 'state', 'pending', 'deliveries', 0, 'score', score)
 redis.call('HDEL', jk, 'finished', 'cancel', 'kheld')
 redis.call('ZADD', P .. 'ready', score, id)
