@@ -185,11 +185,10 @@ class Broker:
 
     async def enqueue(self, name: str, jobs: Sequence[NewJob]) -> list[Enqueued]:
         """Queue `jobs` of type `name`; says per job what happened (idempotency, key policy)."""
-        prefix, job_prefix = _prefixes(name)
-        args = _enqueue_args(name, jobs)
+        script_keys, args = enqueue_call(name, jobs)
         if self.wire is not None:
-            return parse_enqueued(await self.wire.evalsha(self._wire_scripts["enqueue"], [prefix + "ready"], args))
-        return parse_enqueued(await self._scripts["enqueue"](keys=[prefix + "ready"], args=args))
+            return parse_enqueued(await self.wire.evalsha(self._wire_scripts["enqueue"], script_keys, args))
+        return parse_enqueued(await self._scripts["enqueue"](keys=script_keys, args=args))
 
     async def enqueue_stream(self, chunks: Iterable[tuple[str, Sequence[NewJob]]]) -> list[list[Enqueued]]:
         """Queue chunks of jobs (one script call each), sending each chunk as soon as it is made.
@@ -436,6 +435,11 @@ def _enqueue_args(name: str, jobs: Sequence[NewJob]) -> list[Any]:
     return args
 
 
+def enqueue_call(name: str, jobs: Sequence[NewJob]) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of the enqueue script for `jobs` of type `name` (for any transport)."""
+    return [_prefixes(name)[0] + "ready"], _enqueue_args(name, jobs)
+
+
 def parse_enqueued(raw: list[str]) -> list[Enqueued]:
     return [Enqueued(raw[i], raw[i + 1], raw[i + 2]) for i in range(0, len(raw), 3)]
 
@@ -444,6 +448,9 @@ def _flat(items: Iterable[Sequence[Any]]) -> list[Any]:
     return [v for item in items for v in item]
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)  # one encoder, not one per call
+
+
 def dumps(value: Any) -> str:
     """Compact JSON (the only serialization job-supervisor uses)."""
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return _ENCODER.encode(value)

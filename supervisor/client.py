@@ -23,7 +23,8 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from supervisor import keys, telemetry
-from supervisor.broker import Broker, Enqueued, NewJob, connect, dumps
+from supervisor.broker import Broker, Enqueued, NewJob, connect, dumps, enqueue_call, parse_enqueued
+from supervisor.scripts import script_source
 from supervisor.errors import (
     InvalidPayload,
     JobFailed,
@@ -37,9 +38,11 @@ from supervisor.handler import schema_detail
 from supervisor.records import Job
 from supervisor.registry import Registry
 from supervisor.states import State
+from supervisor.wire import Script, SyncWire, params_of
 
 T = TypeVar("T")
 _META_TTL_S = 5.0
+_ENQUEUE = Script(script_source("enqueue"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,38 @@ class _TypeInfo:
         self.fetched = time.monotonic()
 
 
+class _TypeCache:
+    """Published type metadata per type name, re-read at most every 5 s."""
+
+    __slots__ = ("_types", "_listed")
+
+    def __init__(self) -> None:
+        self._types: dict[str, _TypeInfo] = {}
+        self._listed: set[str] = set()
+
+    def fresh(self, name: str) -> _TypeInfo | None:
+        cached = self._types.get(name)
+        if cached is not None and time.monotonic() - cached.fetched < _META_TTL_S:
+            return cached
+        return None
+
+    def store(self, name: str, meta: dict[str, str]) -> _TypeInfo | None:
+        if not meta:
+            self._types.pop(name, None)
+            return None
+        info = self._types[name] = _TypeInfo(meta)
+        return info
+
+    def unknown(self, name: str, allowed: bool) -> bool:
+        """An unpublished type: raises UnknownJobType unless allowed; True when it needs listing."""
+        if not allowed:
+            raise UnknownJobType(name)
+        if name in self._listed:
+            return False
+        self._listed.add(name)
+        return True
+
+
 class Client:
     """Asyncio producer and inspector of jobs.
 
@@ -111,8 +146,7 @@ class Client:
         self.broker = Broker(client)
         self.registry = registry
         self.allow_unknown = allow_unknown
-        self._types: dict[str, _TypeInfo | None] = {}
-        self._listed: set[str] = set()
+        self._types = _TypeCache()
 
     async def __aenter__(self) -> Client:
         return self
@@ -126,72 +160,22 @@ class Client:
 
     # --- enqueue ---------------------------------------------------------------------
 
-    async def _type_info(self, name: str) -> _TypeInfo | None:
-        cached = self._types.get(name)
-        if cached is not None and time.monotonic() - cached.fetched < _META_TTL_S:
+    async def _resolve(self, name: str, allow_unknown: bool | None) -> Any:
+        """What validates a job of `name`: the local JobType, the published _TypeInfo, or None
+        (unknown type, allowed); raises UnknownJobType. Reads Redis at most every 5 s per type."""
+        local = self.registry.get(name) if self.registry else None
+        if local is not None:
+            return local
+        cached = self._types.fresh(name)
+        if cached is not None:
             return cached
-        meta = await self.broker.type_meta(name)
-        info = _TypeInfo(meta) if meta else None
-        self._types[name] = info
+        info = self._types.store(name, await self.broker.type_meta(name))
+        if info is None and self._types.unknown(name, self.allow_unknown if allow_unknown is None else allow_unknown):
+            await self.broker.redis.sadd(keys.TYPES_KEY, name)  # so listings and the janitor see its jobs
         return info
 
     async def _prepare(self, req: EnqueueRequest, allow_unknown: bool | None, span: Any = None) -> NewJob:
-        payload = req.payload if req.payload is not None else {}
-        if isinstance(payload, BaseModel):
-            payload = payload.model_dump(mode="json")
-        priority, deadline_ms = req.priority, int(req.deadline * 1000) if req.deadline else 0
-        key_policy: KeyConcurrency | None = None
-        queue: QueuePolicy | None = None
-        local = self.registry.get(req.name) if self.registry else None
-        if local is not None:
-            payload = local.payload.check(payload)
-            if priority is None:
-                priority = local.options.priority
-            if not deadline_ms and local.options.deadline:
-                deadline_ms = int(local.options.deadline * 1000)
-            key_policy, queue = local.options.key_concurrency, local.options.queue
-        else:
-            info = await self._type_info(req.name)
-            if info is None:
-                if not (self.allow_unknown if allow_unknown is None else allow_unknown):
-                    raise UnknownJobType(req.name)
-                if req.name not in self._listed:  # so listings and the janitor see its jobs
-                    await self.broker.redis.sadd(keys.TYPES_KEY, req.name)
-                    self._listed.add(req.name)
-            else:
-                if info.validator is not None:
-                    error = jsonschema.exceptions.best_match(info.validator.iter_errors(payload))
-                    if error is not None:
-                        raise InvalidPayload(req.name, schema_detail(error))
-                if priority is None:
-                    priority = info.priority
-                deadline_ms = deadline_ms or info.deadline_ms
-                key_policy, queue = info.key_concurrency, info.queue
-        priority = priority or 0
-        if not -4000 <= priority <= 4000:
-            raise InvalidPayload(req.name, f"priority {priority} is outside -4000..4000")
-        try:
-            payload_json = dumps(payload) if not isinstance(payload, str) else _checked_json(payload)
-        except (TypeError, ValueError) as exc:
-            raise InvalidPayload(req.name, f"payload is not JSON: {exc}") from None
-        ckey = req.concurrency_key or ""
-        if not ckey and key_policy is not None:
-            ckey = derive_key(req.name, key_policy, payload)
-        key_policy = key_policy or KeyConcurrency(key=["-"])  # SPEC defaults for an enqueue-time key
-        queue = queue or QueuePolicy()
-        delay = req.delay or 0.0
-        if req.run_at is not None:
-            at = req.run_at if req.run_at.tzinfo else req.run_at.replace(tzinfo=UTC)
-            delay = max(delay, (at - datetime.now(UTC)).total_seconds())
-        return NewJob(
-            id=keys.new_job_id(req.name), payload_json=payload_json, priority=priority,
-            delay_ms=max(int(delay * 1000), 0), deadline_ms=deadline_ms,
-            idempotency_key=req.idempotency_key or "",
-            # telemetry: request id + trace context; traceparent = the enqueue span (`span`) when tracing
-            context_json=dumps(telemetry.job_context(req.context, span)), parent=req.parent or "",
-            concurrency_key=ckey, max_active=key_policy.max_active, max_queued=queue.max_queued_per_key,
-            when_full=queue.when_full, stale_policy=key_policy.stale_policy,
-        )
+        return build_job(req, await self._resolve(req.name, allow_unknown), span)
 
     async def enqueue(
         self,
@@ -350,6 +334,64 @@ class Client:
                     last_id = entries[-1][0]
 
 
+_DEFAULT_KEY_POLICY = KeyConcurrency(key=["-"])  # SPEC defaults for an enqueue-time key
+_DEFAULT_QUEUE = QueuePolicy()
+
+
+def build_job(req: EnqueueRequest, kind: Any, span: Any = None) -> NewJob:
+    """Validate one request against its type (`kind`: a local JobType, a published _TypeInfo,
+    or None for an allowed unknown type) and give it an id and a trace context. No I/O."""
+    payload = req.payload if req.payload is not None else {}
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump(mode="json")
+    priority, deadline_ms = req.priority, int(req.deadline * 1000) if req.deadline else 0
+    key_policy: KeyConcurrency | None = None
+    queue: QueuePolicy | None = None
+    if isinstance(kind, _TypeInfo):
+        if kind.validator is not None:
+            error = jsonschema.exceptions.best_match(kind.validator.iter_errors(payload))
+            if error is not None:
+                raise InvalidPayload(req.name, schema_detail(error))
+        if priority is None:
+            priority = kind.priority
+        deadline_ms = deadline_ms or kind.deadline_ms
+        key_policy, queue = kind.key_concurrency, kind.queue
+    elif kind is not None:  # the daemon's own JobType
+        payload = kind.payload.check(payload)
+        if priority is None:
+            priority = kind.options.priority
+        if not deadline_ms and kind.options.deadline:
+            deadline_ms = int(kind.options.deadline * 1000)
+        key_policy, queue = kind.options.key_concurrency, kind.options.queue
+    priority = priority or 0
+    if not -4000 <= priority <= 4000:
+        raise InvalidPayload(req.name, f"priority {priority} is outside -4000..4000")
+    try:
+        payload_json = dumps(payload) if not isinstance(payload, str) else _checked_json(payload)
+    except (TypeError, ValueError) as exc:
+        raise InvalidPayload(req.name, f"payload is not JSON: {exc}") from None
+    ckey = req.concurrency_key or ""
+    if not ckey and key_policy is not None:
+        ckey = derive_key(req.name, key_policy, payload)
+    key_policy = key_policy or _DEFAULT_KEY_POLICY
+    queue = queue or _DEFAULT_QUEUE
+    delay = req.delay or 0.0
+    if req.run_at is not None:
+        at = req.run_at if req.run_at.tzinfo else req.run_at.replace(tzinfo=UTC)
+        delay = max(delay, (at - datetime.now(UTC)).total_seconds())
+    return NewJob(
+        id=keys.new_job_id(req.name), payload_json=payload_json, priority=priority,
+        delay_ms=max(int(delay * 1000), 0), deadline_ms=deadline_ms,
+        idempotency_key=req.idempotency_key or "",
+        # telemetry: request id + trace context; traceparent = the enqueue span (`span`) when tracing
+        context_json=(dumps(telemetry.job_context(req.context, span)) if req.context or span is not None
+                      else telemetry.fresh_job_context_json()),
+        parent=req.parent or "",
+        concurrency_key=ckey, max_active=key_policy.max_active, max_queued=queue.max_queued_per_key,
+        when_full=queue.when_full, stale_policy=key_policy.stale_policy,
+    )
+
+
 def _outcome(name: str, new: NewJob, done: Enqueued) -> SubmitOutcome:
     key = new.concurrency_key or None
     if done.outcome == "new":
@@ -386,6 +428,10 @@ class SyncClient:
         self._thread = threading.Thread(target=self._loop.run_forever, name="job-supervisor-client", daemon=True)
         self._thread.start()
         self._client = self._call(self._make(redis, allow_unknown))
+        # enqueue and submit skip the loop thread: a blocking wire straight to Redis (not for TLS)
+        params = params_of(self._client.broker.redis)
+        self._wire = SyncWire(params) if params is not None else None
+        self._types = _TypeCache()
 
     @staticmethod
     async def _make(redis: str, allow_unknown: bool) -> Client:
@@ -395,10 +441,40 @@ class SyncClient:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def enqueue(self, name: str, payload: Any = None, **options: Any) -> JobRef:
-        return self._call(self._client.enqueue(name, payload, **options))
+        """Queue one job (see `Client.enqueue`)."""
+        return _ref_or_raise(self.submit(name, payload, **options))
 
     def submit(self, name: str, payload: Any = None, **options: Any) -> SubmitOutcome:
-        return self._call(self._client.submit(name, payload, **options))
+        """See `Client.submit`."""
+        wire = self._wire
+        if wire is None:
+            return self._call(self._client.submit(name, payload, **options))
+        allow_unknown = options.pop("allow_unknown", None)
+        req = EnqueueRequest(name, payload, **options)
+        span = telemetry.start_enqueue_span(name, req.context)  # producer span; None when tracing is off
+        try:
+            new = build_job(req, self._resolve(wire, name, allow_unknown), span)
+            script_keys, args = enqueue_call(name, [new])
+            (done,) = parse_enqueued(wire.evalsha(_ENQUEUE, script_keys, args))
+        except BaseException as exc:
+            if span is not None:
+                telemetry.end_enqueue_span(span, error=exc)
+            raise
+        outcome = _outcome(name, new, done)
+        if span is not None:
+            telemetry.end_enqueue_span(span, outcome.job_id, outcome.outcome)
+        return outcome
+
+    def _resolve(self, wire: SyncWire, name: str, allow_unknown: bool | None) -> _TypeInfo | None:
+        cached = self._types.fresh(name)
+        if cached is not None:
+            return cached
+        flat = wire.call("HGETALL", keys.meta_key(name))
+        info = self._types.store(name, dict(zip(flat[::2], flat[1::2], strict=True)))
+        allowed = self._client.allow_unknown if allow_unknown is None else allow_unknown
+        if info is None and self._types.unknown(name, allowed):
+            wire.call("SADD", keys.TYPES_KEY, name)
+        return info
 
     def key_status(self, name: str, key: str) -> dict[str, Any]:
         return self._call(self._client.key_status(name, key))
@@ -433,6 +509,8 @@ class SyncClient:
     def close(self) -> None:
         if self._loop.is_closed():
             return
+        if self._wire is not None:
+            self._wire.close()
         self._call(self._client.close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)

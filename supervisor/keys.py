@@ -18,6 +18,7 @@ the type name, so nothing else is shared.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 
@@ -26,6 +27,7 @@ TYPES_KEY = f"{PREFIX}:types"  # set of every type name any instance published
 TAG_LEN = 6
 
 
+@functools.lru_cache(maxsize=4096)
 def tag_for(name: str) -> str:
     """The hash tag of a job type's queue."""
     return hashlib.sha1(name.encode()).hexdigest()[:TAG_LEN]

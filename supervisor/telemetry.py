@@ -34,6 +34,7 @@ children are bound once per type and cached.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import socket
@@ -359,6 +360,16 @@ def job_context(given: dict[str, str] | None, span: Span | None) -> dict[str, st
     ctx["trace_id"] = trace_id
     ctx["traceparent"] = f"00-{trace_id}-{_hex(64, 16)}-{flags}"
     return ctx
+
+
+def fresh_job_context_json() -> str:
+    """`job_context(None, None)` as compact JSON, made directly (the hot path of a plain enqueue)."""
+    sc = trace.get_current_span().get_span_context()
+    if sc.is_valid:  # the caller's active span: continue its trace (the general path handles tracestate)
+        return json.dumps(job_context(None, None), separators=(",", ":"))
+    trace_id = _hex(128, 32)
+    return (f'{{"request_id":"{_hex(64, 16)}","trace_id":"{trace_id}",'
+            f'"traceparent":"00-{trace_id}-{_hex(64, 16)}-01"}}')
 
 
 def end_enqueue_span(span: Span, job_id: str | None = None, outcome: str | None = None,

@@ -72,7 +72,9 @@ for i = 0, n - 1 do
     seq = seq + 1
     local score = -prio * PRIORITY_SHIFT + seq
     -- priority 0 and deliveries 0 are implied when absent: fewer fields, less memory per job
-    local f = {'name', name, 'state', 'pending', 'payload', payload, 'score', score, 'created', now, 'ctx', ctx}
+    redis.call('HSET', jk, 'name', name, 'state', 'pending', 'payload', payload, 'score', score, 'created', now,
+               'ctx', ctx)
+    local f = {}
     if prio ~= 0 then f[#f + 1] = 'priority'; f[#f + 1] = prio end
     if dl > 0 then
       f[#f + 1] = 'deadline'; f[#f + 1] = now + dl
@@ -96,8 +98,9 @@ for i = 0, n - 1 do
     else
       redis.call('ZADD', P .. 'ready', score, id)
     end
-    redis.call('HSET', jk, unpack(f))
-    emit(P, 'enqueued', id, 'pending', 0)
+    if #f > 0 then redis.call('HSET', jk, unpack(f)) end
+    redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', 'enqueued', 'id', id,
+               'state', 'pending', 'attempt', 0)
     out[#out + 1] = id
     if detail == 'replaced' then
       out[#out + 1] = 'replaced'

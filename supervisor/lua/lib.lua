@@ -64,8 +64,11 @@ local function unpark(P, jk, id, state, idem)
   if idem then redis.call('PERSIST', P .. 'idem:' .. idem) end
 end
 
+-- Touch the queue's wake-up key. Skipped while the marker is still there: nobody consumed it
+-- since the last touch, so the next (or a now blocked) BZPOPMIN gets it anyway.
 local function wake(P)
-  redis.call('ZADD', P .. 'marker', 0, 'm')
+  local marker = P .. 'marker'
+  if redis.call('EXISTS', marker) == 0 then redis.call('ZADD', marker, 0, 'm') end
 end
 
 local PRIORITY_SHIFT = 1099511627776 -- 2^40: score = -priority * 2^40 + seq
