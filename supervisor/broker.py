@@ -32,7 +32,7 @@ LOG_LINES = 1000
 DEFAULT_LOG_RETENTION_S = 30 * 86_400.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewJob:
     """Arguments of one job to enqueue (the client fills them in)."""
 
@@ -54,6 +54,12 @@ class NewJob:
         return [self.id, self.payload_json, self.priority, self.delay_ms, self.deadline_ms,
                 self.idempotency_key, self.context_json, self.parent, self.concurrency_key,
                 self.max_active, self.max_queued, self.when_full, self.stale_policy]
+
+    @property
+    def plain(self) -> bool:
+        """Nothing but a payload: the enqueue script takes it in its short form."""
+        return not (self.priority or self.delay_ms or self.deadline_ms or self.idempotency_key or self.parent
+                    or self.concurrency_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,7 +435,12 @@ def _prefixes(name: str) -> tuple[str, str]:
 
 def _enqueue_args(name: str, jobs: Sequence[NewJob]) -> list[Any]:
     prefix, job_prefix = _prefixes(name)
-    args: list[Any] = [prefix, job_prefix, name, len(jobs)]
+    if all(j.plain for j in jobs):
+        args: list[Any] = [prefix, job_prefix, name, len(jobs), 3]
+        for j in jobs:
+            args += (j.id, j.payload_json, j.context_json)
+        return args
+    args = [prefix, job_prefix, name, len(jobs), 13]
     for j in jobs:
         args += j.args()
     return args

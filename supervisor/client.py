@@ -13,7 +13,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -43,6 +43,7 @@ from supervisor.wire import Script, SyncWire, params_of
 T = TypeVar("T")
 _META_TTL_S = 5.0
 _ENQUEUE = Script(script_source("enqueue"))
+_CHUNK = 200  # jobs per enqueue script call in enqueue_many
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,22 +241,26 @@ class Client:
     ) -> list[JobRef]:
         """Queue many jobs in one pipelined round trip (all validated before any is queued)."""
         reqs = [r if isinstance(r, EnqueueRequest) else EnqueueRequest(r[0], r[1]) for r in requests]
+        kinds = {name: await self._resolve(name, allow_unknown) for name in dict.fromkeys(r.name for r in reqs)}
+        checked = [_checked(r, kinds[r.name]) for r in reqs]  # every job validated before any is queued
         # telemetry: one producer span per job when tracing is on (None: off, nothing allocated)
         spans = [telemetry.start_enqueue_span(r.name, r.context) for r in reqs] if telemetry.tracing() else None
+        groups: dict[str, list[int]] = {}
+        for i, req in enumerate(reqs):
+            groups.setdefault(req.name, []).append(i)
+        chunks = [(name, idxs[start:start + _CHUNK]) for name, idxs in groups.items()
+                  for start in range(0, len(idxs), _CHUNK)]
+        prepared: list[NewJob] = [None] * len(reqs)  # type: ignore[list-item]
+
+        def made() -> Iterator[tuple[str, list[NewJob]]]:
+            # Each chunk is made while Redis runs the one before it.
+            for name, part in chunks:
+                for i in part:
+                    prepared[i] = _new_job(reqs[i], checked[i], spans[i] if spans else None)
+                yield name, [prepared[i] for i in part]
+
         try:
-            if spans is None:
-                prepared = [await self._prepare(r, allow_unknown) for r in reqs]
-            else:
-                prepared = [await self._prepare(r, allow_unknown, sp) for r, sp in zip(reqs, spans, strict=True)]
-            groups: dict[str, list[int]] = {}
-            for i, req in enumerate(reqs):
-                groups.setdefault(req.name, []).append(i)
-            chunks: list[tuple[str, list[int]]] = []
-            for name, idxs in groups.items():
-                for start in range(0, len(idxs), 1000):  # bounded script argument lists
-                    chunks.append((name, idxs[start:start + 1000]))
-            replies = await self.broker.enqueue_stream(
-                (name, [prepared[i] for i in part]) for name, part in chunks)
+            replies = await self.broker.enqueue_stream(made())
         except BaseException as exc:
             for sp in spans or ():
                 if sp is not None:
@@ -341,6 +346,24 @@ _DEFAULT_QUEUE = QueuePolicy()
 def build_job(req: EnqueueRequest, kind: Any, span: Any = None) -> NewJob:
     """Validate one request against its type (`kind`: a local JobType, a published _TypeInfo,
     or None for an allowed unknown type) and give it an id and a trace context. No I/O."""
+    return _new_job(req, _checked(req, kind), span)
+
+
+@dataclass(slots=True)
+class _Checked:
+    """A request that passed validation, with its type's defaults applied."""
+
+    payload_json: str
+    priority: int
+    deadline_ms: int
+    delay_ms: int
+    ckey: str
+    key_policy: KeyConcurrency
+    queue: QueuePolicy
+
+
+def _checked(req: EnqueueRequest, kind: Any) -> _Checked:
+    """Raises InvalidPayload for a request its type refuses (schema, priority, not JSON)."""
     payload = req.payload if req.payload is not None else {}
     if isinstance(payload, BaseModel):
         payload = payload.model_dump(mode="json")
@@ -373,22 +396,23 @@ def build_job(req: EnqueueRequest, kind: Any, span: Any = None) -> NewJob:
     ckey = req.concurrency_key or ""
     if not ckey and key_policy is not None:
         ckey = derive_key(req.name, key_policy, payload)
-    key_policy = key_policy or _DEFAULT_KEY_POLICY
-    queue = queue or _DEFAULT_QUEUE
     delay = req.delay or 0.0
     if req.run_at is not None:
         at = req.run_at if req.run_at.tzinfo else req.run_at.replace(tzinfo=UTC)
         delay = max(delay, (at - datetime.now(UTC)).total_seconds())
+    return _Checked(payload_json, priority, deadline_ms, max(int(delay * 1000), 0), ckey,
+                    key_policy or _DEFAULT_KEY_POLICY, queue or _DEFAULT_QUEUE)
+
+
+def _new_job(req: EnqueueRequest, c: _Checked, span: Any) -> NewJob:
+    """The job to queue: a fresh id and trace context (the enqueue span's when tracing)."""
     return NewJob(
-        id=keys.new_job_id(req.name), payload_json=payload_json, priority=priority,
-        delay_ms=max(int(delay * 1000), 0), deadline_ms=deadline_ms,
-        idempotency_key=req.idempotency_key or "",
-        # telemetry: request id + trace context; traceparent = the enqueue span (`span`) when tracing
+        id=keys.new_job_id(req.name), payload_json=c.payload_json, priority=c.priority, delay_ms=c.delay_ms,
+        deadline_ms=c.deadline_ms, idempotency_key=req.idempotency_key or "",
         context_json=(dumps(telemetry.job_context(req.context, span)) if req.context or span is not None
                       else telemetry.fresh_job_context_json()),
-        parent=req.parent or "",
-        concurrency_key=ckey, max_active=key_policy.max_active, max_queued=queue.max_queued_per_key,
-        when_full=queue.when_full, stale_policy=key_policy.stale_policy,
+        parent=req.parent or "", concurrency_key=c.ckey, max_active=c.key_policy.max_active,
+        max_queued=c.queue.max_queued_per_key, when_full=c.queue.when_full, stale_policy=c.key_policy.stale_policy,
     )
 
 

@@ -367,9 +367,12 @@ def fresh_job_context_json() -> str:
     sc = trace.get_current_span().get_span_context()
     if sc.is_valid:  # the caller's active span: continue its trace (the general path handles tracestate)
         return json.dumps(job_context(None, None), separators=(",", ":"))
-    trace_id = _hex(128, 32)
-    return (f'{{"request_id":"{_hex(64, 16)}","trace_id":"{trace_id}",'
-            f'"traceparent":"00-{trace_id}-{_hex(64, 16)}-01"}}')
+    bits = f"{random.getrandbits(256):064x}"  # request id, trace id and span id from one draw
+    request_id, trace_id, span_id = bits[:16], bits[16:48], bits[48:]
+    if trace_id == _INVALID_TRACE or span_id == "0" * 16:  # all-zero ids are invalid (p = 2^-64)
+        return fresh_job_context_json()
+    return (f'{{"request_id":"{request_id}","trace_id":"{trace_id}",'
+            f'"traceparent":"00-{trace_id}-{span_id}-01"}}')
 
 
 def end_enqueue_span(span: Span, job_id: str | None = None, outcome: str | None = None,

@@ -1,11 +1,13 @@
 -- (none) -> pending, for a batch of jobs of one type, with keyed admission control.
--- ARGV: P, JP, name, count, then per job 13 values:
---   id, payload, priority, delay_ms, deadline_ms (relative, 0 none), idempotency key, ctx, parent,
---   concurrency key ('' none), max_active, max_queued_per_key, when_full, stale_policy
+-- ARGV: P, JP, name, count, stride (13 or 3), then per job `stride` values:
+--   13: id, payload, priority, delay_ms, deadline_ms (relative, 0 none), idempotency key, ctx, parent,
+--       concurrency key ('' none), max_active, max_queued_per_key, when_full, stale_policy
+--   3 (plain jobs: priority 0, no delay, deadline, idempotency key, parent or concurrency key):
+--       id, payload, ctx
 -- Returns per job 3 values: id, outcome, detail. Outcomes: 'new' | 'existing' (idempotency key) |
 -- 'rejected' (detail: 'active-limit' or 'queue-depth'; id: a live job of the key) |
 -- 'coalesced' (id: the queued or running job it folded into) | 'replaced' (detail: the cancelled job).
-local P, JP, name, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local P, JP, name, n, stride = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local now = now_ms()
 local out = {}
 
@@ -47,8 +49,29 @@ end
 
 -- Sequence numbers for the whole batch in one call (FIFO order within a priority).
 local seq = redis.call('INCRBY', P .. 'seq', n) - n
+if stride == 3 then
+  -- Plain jobs: nothing to admit or look up, so the ready set takes the whole batch in one call.
+  local ready, events = {}, P .. 'events'
+  for i = 0, n - 1 do
+    local b = 6 + i * 3
+    local id = ARGV[b]
+    seq = seq + 1
+    redis.call('HSET', JP .. id, 'name', name, 'state', 'pending', 'payload', ARGV[b + 1], 'score', seq,
+               'created', now, 'ctx', ARGV[b + 2])
+    redis.call('XADD', events, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', 'enqueued', 'id', id,
+               'state', 'pending', 'attempt', 0)
+    ready[#ready + 1] = seq
+    ready[#ready + 1] = id
+    out[#out + 1] = id
+    out[#out + 1] = 'new'
+    out[#out + 1] = ''
+  end
+  call_spread('ZADD', P .. 'ready', ready)
+  wake(P)
+  return out
+end
 for i = 0, n - 1 do
-  local b = 5 + i * 13
+  local b = 6 + i * 13
   local id, payload, prio = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2])
   local delay, dl, idem, ctx, parent = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), ARGV[b + 5], ARGV[b + 6], ARGV[b + 7]
   local ckey, kmax, qmax, when_full, stale = ARGV[b + 8], tonumber(ARGV[b + 9]), tonumber(ARGV[b + 10]), ARGV[b + 11], ARGV[b + 12]
