@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -133,6 +133,7 @@ class Broker:
         # rest, and the scripts too when the wire cannot speak the URL (TLS).
         params = params_of(client)
         self.wire = AsyncWire(params) if params is not None else None
+        self._waiters: dict[str, AsyncWire] = {}  # one blocking connection per waiting queue
         self._wire_scripts = {name: Script(script_source(name)) for name in SCRIPT_NAMES}
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
@@ -350,8 +351,15 @@ class Broker:
 
     async def wait_for_work(self, name: str, timeout_s: float) -> bool:
         """Block until a producer wakes this type's queue or `timeout_s` passes."""
-        got = await self.blocking.bzpopmin(keys.index_key(name, "marker"), timeout=max(timeout_s, 0.001))
-        return got is not None
+        timeout_s = max(timeout_s, 0.001)
+        if self.wire is None:
+            return await self.blocking.bzpopmin(keys.index_key(name, "marker"), timeout=timeout_s) is not None
+        waiter = self._waiters.get(name)
+        if waiter is None:
+            waiter = self._waiters[name] = AsyncWire(self.wire.params)
+        if waiter.params.timeout_s < timeout_s + 10:  # the wire's own timeout must outlast the wait
+            waiter.params = replace(waiter.params, timeout_s=timeout_s + 10)
+        return await waiter.call("BZPOPMIN", keys.index_key(name, "marker"), timeout_s) is not None
 
     # --- reads -----------------------------------------------------------------------
 
@@ -415,6 +423,8 @@ class Broker:
     async def close(self) -> None:
         if self.wire is not None:
             await self.wire.close()
+        for waiter in self._waiters.values():
+            await waiter.close()
         await self.redis.aclose()
         if self.blocking is not self.redis:
             await self.blocking.aclose()
