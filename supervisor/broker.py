@@ -171,6 +171,14 @@ class Broker:
                 "Redis persistence is off (appendonly no, no RDB save points): a Redis restart "
                 "loses every queued job. Enable appendonly yes for durability."
             )
+        compact = await self.redis.config_get("hash-max-ziplist-value")  # Redis 7: alias of ...-listpack-value
+        limit = int(next(iter(compact.values()), 0) or 0)
+        if 0 < limit < 256:
+            warnings.append(
+                f"Redis hash-max-listpack-value is {limit}: job records with a payload over {limit} B use "
+                "Redis's large hash encoding (~1,060 B per queued 100 B job instead of ~710 B). "
+                "CONFIG SET hash-max-listpack-value 1024 (and set it in redis.conf) to save ~1/3 of the memory."
+            )
         return warnings
 
     # --- type metadata ---------------------------------------------------------------

@@ -19,6 +19,10 @@ from typing import Any
 from supervisor.errors import EmbeddedRedisError
 
 
+#: Largest hash value Redis keeps in the compact encoding (see `RedisServer._argv`).
+HASH_MAX_VALUE = 1024
+
+
 def find_redis_server() -> str:
     """Path of a redis-server binary, or raise EmbeddedRedisError saying how to get one."""
     found = shutil.which("redis-server")
@@ -84,6 +88,10 @@ class RedisServer:
             "--maxmemory-policy", "noeviction",
             "--bind", "127.0.0.1",
             "--protected-mode", "yes",
+            # Job records keep the compact listpack encoding with a 100 B payload and a trace
+            # context (both over the default 64 B): ~710 B per queued job instead of ~1,060 B.
+            # (`ziplist` is the name Redis 6 knows; Redis 7 takes it as an alias.)
+            "--hash-max-ziplist-value", str(HASH_MAX_VALUE),
         ]
         if self.unix_socket is not None:
             argv += ["--port", str(self.port or 0), "--unixsocket", str(self.unix_socket),
