@@ -1,0 +1,158 @@
+"""The lean hot-path connection (supervisor.wire) against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis as syncredis
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from supervisor.broker import Broker, connect
+from supervisor.redis_server import RedisServer
+from supervisor.wire import AsyncWire, Script, SyncWire, params_of
+
+
+def _wire(url: str, **overrides: object) -> AsyncWire:
+    params = params_of(aioredis.Redis.from_url(url))
+    assert params is not None
+    return AsyncWire(replace(params, **overrides))  # type: ignore[arg-type]
+
+
+async def test_replies_reach_their_callers_when_many_calls_are_in_flight(redis_url: str) -> None:
+    wire = _wire(redis_url)
+    try:
+        # 300 coroutines share one connection; each INCR's reply must come back to its own caller
+        got = await asyncio.gather(*(wire.call("INCR", "counter") for _ in range(300)))
+        assert sorted(got) == list(range(1, 301))
+        assert await wire.pipeline([("SET", "a", 1), ("GET", "a"), ("INCR", "missing")]) == ["OK", "1", 1]
+    finally:
+        await wire.close()
+
+
+async def test_error_replies_raise_and_the_connection_stays_usable(redis_url: str) -> None:
+    wire = _wire(redis_url)
+    try:
+        await wire.call("SET", "text", "abc")
+        with pytest.raises(ResponseError, match="not an integer"):
+            await wire.call("INCR", "text")
+        replies = await wire.pipeline([("INCR", "text"), ("PING",)])
+        assert isinstance(replies[0], ResponseError) and replies[1] == "PONG"
+        assert await wire.call("GET", "text") == "abc"
+    finally:
+        await wire.close()
+
+
+async def test_a_script_the_server_forgot_is_loaded_again(redis_url: str) -> None:
+    wire = _wire(redis_url)
+    script = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    try:
+        assert await wire.evalsha(script, ["n"], [2]) == 2
+        await wire.call("SCRIPT", "FLUSH")  # as after a Redis restart without persistence of scripts
+        assert await wire.evalsha(script, ["n"], [3]) == 5
+        await wire.call("SCRIPT", "FLUSH")
+        assert await wire.evalsha_many(script, [(["n"], [1]), (["m"], [7])]) == [6, 7]
+    finally:
+        await wire.close()
+
+
+async def test_a_dropped_connection_fails_the_calls_in_flight_and_the_next_call_reconnects(
+        redis_url: str, redis: aioredis.Redis) -> None:
+    wire = _wire(redis_url)
+    try:
+        await wire.call("CLIENT", "SETNAME", "wire-under-test")
+        blocked = asyncio.ensure_future(wire.call("BZPOPMIN", "nothing-comes", 10))
+        await asyncio.sleep(0)  # the blocking call is written before the connection is killed
+
+        async def killed() -> bool:
+            return await redis.client_kill_filter(skipme=True, _type="normal") >= 1
+
+        deadline = time.monotonic() + 5
+        while not await killed():
+            assert time.monotonic() < deadline, "the wire's connection never showed up"
+            await asyncio.sleep(0.01)
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(blocked, 5)
+        assert await wire.call("PING") == "PONG"
+    finally:
+        await wire.close()
+
+
+async def test_a_server_that_does_not_answer_times_out_and_the_wire_recovers(redis_url: str) -> None:
+    wire = _wire(redis_url, timeout_s=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RedisTimeoutError, match="did not answer"):
+            await wire.call("BZPOPMIN", "nothing-comes", 5)  # blocks longer than the wire waits
+        assert time.monotonic() - started < 3
+        assert await wire.call("PING") == "PONG"  # a fresh connection: the late reply is never misread
+    finally:
+        await wire.close()
+
+
+async def test_credentials_and_database_come_from_the_url(redis_url: str, redis: aioredis.Redis) -> None:
+    await redis.execute_command("ACL", "SETUSER", "wire-user", "on", ">s3cret", "~*", "+@all")
+    try:
+        url = redis_url.replace("redis://", "redis://wire-user:s3cret@").rsplit("/", 1)[0] + "/3"
+        broker = Broker(connect(url))
+        assert broker.wire is not None
+        await broker.wire.call("SET", "where", "db3")
+        await broker.close()
+        db3 = syncredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/3", decode_responses=True)
+        assert db3.get("where") == "db3"
+        db3.close()
+        bad = _wire(url.replace("s3cret", "wrong"))
+        with pytest.raises(ResponseError, match="WRONGPASS|invalid"):
+            await bad.call("PING")
+        await bad.close()
+    finally:
+        await redis.execute_command("ACL", "DELUSER", "wire-user")
+
+
+async def test_unix_socket_urls_work(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis", unix_socket=tmp_path / "r.sock", appendonly=False).start()
+    try:
+        wire = _wire(server.url)
+        assert await wire.call("PING") == "PONG"
+        await wire.close()
+    finally:
+        server.stop()
+
+
+def test_tls_urls_stay_on_redis_py() -> None:
+    # The wire speaks no TLS: a rediss:// broker keeps redis-py for its scripts
+    assert params_of(aioredis.Redis.from_url("rediss://localhost:6380/0")) is None
+    assert Broker(connect("rediss://localhost:6380/0")).wire is None
+
+
+def test_sync_wire_is_safe_to_share_between_threads(redis_url: str) -> None:
+    params = params_of(syncredis.Redis.from_url(redis_url))
+    assert params is not None
+    wire = SyncWire(params)
+    script = Script("return redis.call('INCR', KEYS[1])")
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        for _ in range(200):
+            value = wire.evalsha(script, ["shared"], [])
+            with lock:
+                got.append(value)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(got) == list(range(1, 801))
+    with pytest.raises(ResponseError):
+        wire.call("INCRBY", "shared", "x")
+    assert wire.call("GET", "shared") == "800"
+    wire.close()
