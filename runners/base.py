@@ -4,12 +4,14 @@ A Run is one attempt of a Job on a Runner. The dispatcher hands a runner a
 `RunRequest` and a `RunEvents` sink, and gets back a `RunResult`; a runner
 never touches Redis and never imports `supervisor.app`. Cancellation reaches
 the run through an `asyncio.Event` (cooperative first; runners that own a
-process signal it after `grace_s`).
+process signal it after `grace_s`); the dispatcher hands them a `CancelSignal`,
+which runners may also watch through a callback instead of a waiting task.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -24,6 +26,47 @@ class RunStatus(StrEnum):
     RETRY = "retry"  # retry after `retry_delay_s` (handler asked)
     CANCELLED = "cancelled"  # stopped because cancel was set
     TIMEOUT = "timeout"  # killed past `timeout_s` (retryable)
+
+
+class CancelSignal(asyncio.Event):
+    """An `asyncio.Event` that also calls back when set.
+
+    Runners that only `await cancel.wait()` need nothing more; a runner that watches
+    many runs at once registers a callback instead of keeping a task waiting on each.
+    Each callback is called once, inside the first `set()` after it was added (set it on
+    the loop, as any asyncio.Event); one that raises is reported to the loop's exception
+    handler, so the code that sets the signal never sees it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def add_callback(self, fn: Callable[[], None]) -> None:
+        """Call `fn()` when the signal is set (at once, here, if it already is)."""
+        if self.is_set():
+            fn()
+        else:
+            self._callbacks.append(fn)
+
+    def remove_callback(self, fn: Callable[[], None]) -> None:
+        """Forget `fn` (no error if it is not registered)."""
+        try:
+            self._callbacks.remove(fn)
+        except ValueError:
+            pass
+
+    def set(self) -> None:
+        if self.is_set():
+            return
+        super().set()
+        callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 (a runner's bug must not break whoever cancels)
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": "CancelSignal callback failed", "exception": exc})
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,47 @@ def child_context(parent: dict[str, str], parent_job: str) -> dict[str, str]:
     return ctx
 
 
+class _CancelFlag:
+    """A `threading.Event` that is only built when a handler waits on it.
+
+    Most runs only ever read `ctx.cancelled`, and an Event (a Condition and a lock) costs
+    more than the rest of the Context. `set` may come from any thread: it stores the flag
+    before it looks for the Event, and `event` stores the Event before it reads the flag,
+    so whichever comes second sees the other (the GIL orders them).
+    """
+
+    __slots__ = ("_event", "_flag")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._event: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+        event = self._event
+        if event is not None:
+            event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._flag or self.event().wait(timeout)
+
+    def event(self) -> threading.Event:
+        """The Event itself (built on first use; set if the flag already is)."""
+        if self._event is None:
+            with _EVENT_LOCK:  # two threads asking at once must get the same Event
+                if self._event is None:
+                    self._event = threading.Event()
+        if self._flag:
+            self._event.set()
+        return self._event
+
+
+_EVENT_LOCK = threading.Lock()
+
+
 class Context:
     """The run a handler is in: ids, attempt, payload, trace context, cancellation, and actions."""
 
@@ -88,7 +129,7 @@ class Context:
         self.deadline = deadline
         self._sink = sink
         self._is_async = is_async
-        self._cancel = cancel or threading.Event()
+        self._cancel: threading.Event | _CancelFlag = cancel if cancel is not None else _CancelFlag()
         self._async_cancel: asyncio.Event | None = None
         self._log: Any = None
 
@@ -103,7 +144,7 @@ class Context:
     def cancel_event(self) -> Any:
         """An `asyncio.Event` in async handlers, a `threading.Event` in sync ones."""
         if not self._is_async:
-            return self._cancel
+            return self._cancel.event() if isinstance(self._cancel, _CancelFlag) else self._cancel
         if self._async_cancel is None:
             self._async_cancel = asyncio.Event()
             if self._cancel.is_set():

@@ -28,7 +28,7 @@ import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runners.base import Runner, RunRequest, RunResult, RunStatus
+from runners.base import CancelSignal, Runner, RunRequest, RunResult, RunStatus
 from supervisor import telemetry
 from supervisor.broker import Broker, ClaimedJob, dumps
 from supervisor.handler import Backoff
@@ -297,7 +297,7 @@ class Dispatcher:
         return min(backoff * 2, 2.0)
 
     def _start(self, lane: _Lane, job: ClaimedJob) -> None:
-        inflight = InFlight(job, lane.served, asyncio.Event(), time.monotonic())
+        inflight = InFlight(job, lane.served, CancelSignal(), time.monotonic())
         lane.inflight[job.id] = inflight
         inflight.task = asyncio.create_task(self._run(lane, inflight))
 
