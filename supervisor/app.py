@@ -229,9 +229,10 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
         log.warning("redis.unavailable", op="presence", error=str(exc))
     janitor = Janitor(broker, interval_s=settings.janitor_interval, max_finished=settings.max_finished_per_type)
     background = [asyncio.create_task(presence.run(), name="presence"),
-                  asyncio.create_task(telemetry.run_gauges(  # queue_depth, worker_rss_bytes
-                      broker, pool.workers_info, min(settings.presence_interval, 5.0)), name="metrics"),
                   asyncio.create_task(janitor.run(), name="janitor")]
+    if settings.metrics_port is not None or settings.api_enabled:  # only when someone can scrape them
+        background.append(asyncio.create_task(telemetry.run_gauges(  # queue_depth, worker_rss_bytes
+            broker, pool.workers_info, min(settings.presence_interval, 5.0)), name="metrics"))
     for task in background:
         task.add_done_callback(_report_crash)
 

@@ -148,6 +148,7 @@ async def test_one_trace_from_request_through_three_runtimes(
     settings = load_settings(
         None, redis_url=redis_url, jobs_dir=jobs, tasks_dir=tmp_path / "tasks", state_dir=tmp_path / "state",
         instance_name="tele", workers_concurrency=1, presence_interval=0.3, otel_exporter="none",
+        metrics_port=free_port(),  # gauges are refreshed only when something can scrape them
         schedules={"traced-tick": {"job": "t.traced-tick", "cron": "* * * * * *"}},
     )
     before = {t: sample("jobs_total", {"type": t, "outcome": "completed"}) for t in ("t.traced-echo", "t.traced-parent")}
