@@ -1,34 +1,64 @@
 """job-supervisor: a Redis-backed job daemon.
 
 Handlers import what they need from here; this module's exports are the
-public API (SPEC §1).
+public API (SPEC §1). They are loaded on first use (PEP 562), so a handler
+file that only needs `job` does not pay for the Redis client: that keeps a
+`runtime="subprocess"` Python job, a fresh interpreter per run, quick to start.
 """
 
-from supervisor.client import Client, EnqueueRequest, JobRef, SyncClient
-from supervisor.context import Context
-from supervisor.errors import (
-    InvalidPayload,
-    InvalidTransition,
-    JobFailed,
-    JobNotFound,
-    JobRejected,
-    PermanentError,
-    Retry,
-    SupervisorError,
-    UnknownJobType,
-    WaitTimeout,
-)
-from supervisor.flow import SubmitOutcome
-from supervisor.handler import Backoff, Failure, job
-from supervisor.records import Attempt, Job
-from supervisor.shutdown import ShutdownManager, ShutdownReport
-from supervisor.states import State
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Attempt", "Backoff", "Client", "Context", "EnqueueRequest", "Failure", "InvalidPayload",
-    "InvalidTransition", "Job", "JobFailed", "JobNotFound", "JobRef", "JobRejected", "PermanentError", "Retry",
-    "ShutdownManager", "ShutdownReport", "State", "SubmitOutcome", "SupervisorError", "SyncClient", "UnknownJobType",
-    "WaitTimeout", "job",
-]
+_EXPORTS = {
+    "Client": "client", "EnqueueRequest": "client", "JobRef": "client", "SyncClient": "client",
+    "Context": "context",
+    "InvalidPayload": "errors", "InvalidTransition": "errors", "JobFailed": "errors", "JobNotFound": "errors",
+    "JobRejected": "errors", "PermanentError": "errors", "Retry": "errors", "SupervisorError": "errors",
+    "UnknownJobType": "errors", "WaitTimeout": "errors",
+    "SubmitOutcome": "flow",
+    "Backoff": "handler", "Failure": "handler", "job": "handler",
+    "Attempt": "records", "Job": "records",
+    "ShutdownManager": "shutdown", "ShutdownReport": "shutdown",
+    "State": "states",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'supervisor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"supervisor.{module}"), name)
+    globals()[name] = value  # next time, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from supervisor.client import Client, EnqueueRequest, JobRef, SyncClient
+    from supervisor.context import Context
+    from supervisor.errors import (
+        InvalidPayload,
+        InvalidTransition,
+        JobFailed,
+        JobNotFound,
+        JobRejected,
+        PermanentError,
+        Retry,
+        SupervisorError,
+        UnknownJobType,
+        WaitTimeout,
+    )
+    from supervisor.flow import SubmitOutcome
+    from supervisor.handler import Backoff, Failure, job
+    from supervisor.records import Attempt, Job
+    from supervisor.shutdown import ShutdownManager, ShutdownReport
+    from supervisor.states import State
