@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import threading
 import time
 from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, TypeVar
 
 import jsonschema
@@ -38,7 +40,7 @@ from supervisor.handler import schema_detail
 from supervisor.records import Job
 from supervisor.registry import Registry
 from supervisor.states import State
-from supervisor.wire import Script, SyncWire, params_of
+from supervisor.wire import PackedCall, Script, SyncWire, params_of
 
 T = TypeVar("T")
 _META_TTL_S = 5.0
@@ -82,7 +84,7 @@ def new_trace_context(request_id: str | None = None) -> dict[str, str]:
 
 
 class _TypeInfo:
-    __slots__ = ("validator", "priority", "deadline_ms", "fetched", "key_concurrency", "queue")
+    __slots__ = ("validator", "priority", "deadline_ms", "fetched", "key_concurrency", "queue", "plain")
 
     def __init__(self, meta: dict[str, str]) -> None:
         schema = json.loads(meta.get("schema") or "{}")
@@ -95,6 +97,8 @@ class _TypeInfo:
         kc, q = policy.get("key_concurrency"), policy.get("queue")
         self.key_concurrency = KeyConcurrency.model_validate(kc) if kc else None
         self.queue = QueuePolicy.model_validate(q) if q else None
+        # No default that needs the script's long form: a job without options is a plain one.
+        self.plain = not self.priority and not self.deadline_ms and self.key_concurrency is None
         self.fetched = time.monotonic()
 
 
@@ -112,6 +116,15 @@ class _TypeCache:
         if cached is not None and time.monotonic() - cached.fetched < _META_TTL_S:
             return cached
         return None
+
+    def plain(self, name: str) -> _TypeInfo | None:
+        """The type when a job of it without options may take the plain fast path: published,
+        cached, no default priority, deadline or key policy, and tracing off (no span to open)."""
+        cached = self._types.get(name)
+        if (cached is None or not cached.plain or time.monotonic() - cached.fetched >= _META_TTL_S
+                or telemetry.tracer() is not None):
+            return None
+        return cached
 
     def store(self, name: str, meta: dict[str, str]) -> _TypeInfo | None:
         if not meta:
@@ -175,6 +188,12 @@ class Client:
             await self.broker.redis.sadd(keys.TYPES_KEY, name)  # so listings and the janitor see its jobs
         return info
 
+    def _plain(self, name: str) -> _TypeInfo | None:
+        """The published type of `name` when a job without options takes the plain fast path."""
+        if self.registry is not None and name in self.registry:  # the daemon's own type validates locally
+            return None
+        return self._types.plain(name)
+
     async def _prepare(self, req: EnqueueRequest, allow_unknown: bool | None, span: Any = None) -> NewJob:
         return build_job(req, await self._resolve(req.name, allow_unknown), span)
 
@@ -209,6 +228,13 @@ class Client:
         Raises JobRejected when the key's queue policy refuses the job; a coalesced job
         returns the job it folded into (`existing=True`).
         """
+        if not (delay or priority or idempotency_key or deadline or context or parent or concurrency_key
+                or run_at is not None):
+            wire, info = self.broker.wire, self._plain(name)
+            if wire is not None and info is not None:
+                job_id, data = _plain_job(name, payload, info)
+                await wire.evalsha_packed(_ENQUEUE, data)
+                return JobRef(job_id, name)
         outcome = await self.submit(name, payload, delay=delay, run_at=run_at, priority=priority,
                                     idempotency_key=idempotency_key, deadline=deadline, context=context,
                                     parent=parent, allow_unknown=allow_unknown, concurrency_key=concurrency_key)
@@ -218,6 +244,12 @@ class Client:
         """Like `enqueue`, but returns the admission outcome instead of raising on rejection:
         accepted / rejected / coalesced / replaced, with the key and the existing job."""
         allow_unknown = options.pop("allow_unknown", None)
+        if not options:
+            wire, info = self.broker.wire, self._plain(name)
+            if wire is not None and info is not None:
+                job_id, data = _plain_job(name, payload, info)
+                await wire.evalsha_packed(_ENQUEUE, data)
+                return SubmitOutcome("accepted", job_id, name)
         req = EnqueueRequest(name, payload, **options)
         span = telemetry.start_enqueue_span(name, req.context)  # producer span; None when tracing is off
         try:
@@ -362,19 +394,50 @@ class _Checked:
     queue: QueuePolicy
 
 
+def _payload_value(payload: Any) -> Any:
+    """What is validated and sent: {} for None, a pydantic model's JSON-mode dump."""
+    if payload is None:
+        return {}
+    if isinstance(payload, BaseModel):
+        return payload.model_dump(mode="json")
+    return payload
+
+
+def _schema_check(name: str, info: _TypeInfo, payload: Any) -> None:
+    """Raises InvalidPayload when the payload breaks the schema an instance published."""
+    if info.validator is not None:
+        error = jsonschema.exceptions.best_match(info.validator.iter_errors(payload))
+        if error is not None:
+            raise InvalidPayload(name, schema_detail(error))
+
+
+# broker.dumps's output (compact, ASCII, default=str) from one reusable C encoder: `dumps`
+# makes a new encoder per call, which is half its cost on a small payload. It keeps no table of
+# the containers it is in (check_circular), so a cyclic payload ends in RecursionError instead.
+_ENCODE = c_make_encoder(None, str, encode_basestring_ascii, None, ":", ",", False, False, True) \
+    if c_make_encoder is not None else None
+
+
+def _payload_json(name: str, payload: Any) -> str:
+    """The payload as JSON text (a str payload must be JSON text already)."""
+    try:
+        if isinstance(payload, str):
+            return _checked_json(payload)
+        return "".join(_ENCODE(payload, 0)) if _ENCODE is not None else dumps(payload)
+    except RecursionError:
+        raise InvalidPayload(name, "payload is not JSON: it contains itself, or nests too deep") from None
+    except (TypeError, ValueError) as exc:
+        raise InvalidPayload(name, f"payload is not JSON: {exc}") from None
+
+
 def _checked(req: EnqueueRequest, kind: Any) -> _Checked:
     """Raises InvalidPayload for a request its type refuses (schema, priority, not JSON)."""
-    payload = req.payload if req.payload is not None else {}
-    if isinstance(payload, BaseModel):
-        payload = payload.model_dump(mode="json")
+    payload = _payload_value(req.payload)
     priority, deadline_ms = req.priority, int(req.deadline * 1000) if req.deadline else 0
     key_policy: KeyConcurrency | None = None
     queue: QueuePolicy | None = None
     if isinstance(kind, _TypeInfo):
-        if kind.validator is not None:
-            error = jsonschema.exceptions.best_match(kind.validator.iter_errors(payload))
-            if error is not None:
-                raise InvalidPayload(req.name, schema_detail(error))
+        _schema_check(req.name, kind, payload)
         if priority is None:
             priority = kind.priority
         deadline_ms = deadline_ms or kind.deadline_ms
@@ -389,10 +452,7 @@ def _checked(req: EnqueueRequest, kind: Any) -> _Checked:
     priority = priority or 0
     if not -4000 <= priority <= 4000:
         raise InvalidPayload(req.name, f"priority {priority} is outside -4000..4000")
-    try:
-        payload_json = dumps(payload) if not isinstance(payload, str) else _checked_json(payload)
-    except (TypeError, ValueError) as exc:
-        raise InvalidPayload(req.name, f"payload is not JSON: {exc}") from None
+    payload_json = _payload_json(req.name, payload)
     ckey = req.concurrency_key or ""
     if not ckey and key_policy is not None:
         ckey = derive_key(req.name, key_policy, payload)
@@ -414,6 +474,32 @@ def _new_job(req: EnqueueRequest, c: _Checked, span: Any) -> NewJob:
         parent=req.parent or "", concurrency_key=c.ckey, max_active=c.key_policy.max_active,
         max_queued=c.queue.max_queued_per_key, when_full=c.queue.when_full, stale_policy=c.key_policy.stale_policy,
     )
+
+
+_PLAIN_CALLS: dict[str, PackedCall] = {}
+
+
+def _plain_call(name: str) -> PackedCall:
+    """The enqueue script's call for one plain job of `name` (the short form: id, payload, ctx follow)."""
+    call = _PLAIN_CALLS.get(name)
+    if call is None:
+        if len(_PLAIN_CALLS) > 10_000:
+            _PLAIN_CALLS.clear()
+        prefix = keys.queue_prefix(name)
+        call = _PLAIN_CALLS[name] = PackedCall(
+            _ENQUEUE, [prefix + "ready"], [prefix, keys.job_prefix(name), name, 1, 3], tail=3)
+    return call
+
+
+def _plain_job(name: str, payload: Any, info: _TypeInfo) -> tuple[str, bytes]:
+    """A job without options of a plain type: its id and packed enqueue call. The hot path of
+    one-at-a-time enqueue: the same checks as `build_job`, none of its objects. No I/O."""
+    value = _payload_value(payload)
+    _schema_check(name, info, value)
+    bits = os.urandom(40).hex()  # one draw: the job id's 16 hex digits, then its trace context's 64
+    job_id = keys.new_job_id(name, bits[:16])
+    context_json = telemetry.fresh_job_context_json(bits[16:])
+    return job_id, _plain_call(name).pack(job_id, _payload_json(name, value), context_json)
 
 
 def _outcome(name: str, new: NewJob, done: Enqueued) -> SubmitOutcome:
@@ -466,6 +552,10 @@ class SyncClient:
 
     def enqueue(self, name: str, payload: Any = None, **options: Any) -> JobRef:
         """Queue one job (see `Client.enqueue`)."""
+        if not options and self._wire is not None and (info := self._types.plain(name)) is not None:
+            job_id, data = _plain_job(name, payload, info)
+            self._wire.evalsha_packed(_ENQUEUE, data)
+            return JobRef(job_id, name)
         return _ref_or_raise(self.submit(name, payload, **options))
 
     def submit(self, name: str, payload: Any = None, **options: Any) -> SubmitOutcome:
@@ -474,6 +564,10 @@ class SyncClient:
         if wire is None:
             return self._call(self._client.submit(name, payload, **options))
         allow_unknown = options.pop("allow_unknown", None)
+        if not options and (info := self._types.plain(name)) is not None:
+            job_id, data = _plain_job(name, payload, info)
+            wire.evalsha_packed(_ENQUEUE, data)
+            return SubmitOutcome("accepted", job_id, name)
         req = EnqueueRequest(name, payload, **options)
         span = telemetry.start_enqueue_span(name, req.context)  # producer span; None when tracing is off
         try:

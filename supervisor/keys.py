@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import secrets
+import os
 
 PREFIX = "js"
 TYPES_KEY = f"{PREFIX}:types"  # set of every type name any instance published
@@ -38,9 +38,15 @@ def queue_prefix(name: str) -> str:
     return f"{PREFIX}:{{{tag_for(name)}}}:{name}:"
 
 
-def new_job_id(name: str) -> str:
-    """A fresh job id: the type's tag, a dash, 16 random hex digits."""
-    return f"{tag_for(name)}-{secrets.token_hex(8)}"
+def new_job_id(name: str, random_hex: str | None = None) -> str:
+    """A fresh job id: the type's tag, a dash, 16 random hex digits (`random_hex` when the caller
+    drew them, else from os.urandom, as `secrets` does)."""
+    return f"{tag_for(name)}-{random_hex or os.urandom(8).hex()}"
+
+
+def job_prefix(name: str) -> str:
+    """What the keys of job records of a type start with (the Lua scripts append the id)."""
+    return f"{PREFIX}:{{{tag_for(name)}}}:j:"
 
 
 def job_key(job_id: str) -> str:

@@ -29,7 +29,9 @@ def _legal_table() -> str:
     for source, targets in TRANSITIONS.items():
         inner = ", ".join(f"['{t.value}'] = true" for t in sorted(targets))
         rows.append(f"  ['{source.value}'] = {{{inner}}},")
-    return "local LEGAL = {\n" + "\n".join(rows) + "\n}\n"
+    # Built on first use only: every call of a script runs its whole chunk, and the hot
+    # scripts (enqueue, claim, complete) check their one source state directly.
+    return "local function legal_table() return {\n" + "\n".join(rows) + "\n} end\n"
 
 
 def _read(name: str) -> str:

@@ -362,12 +362,17 @@ def job_context(given: dict[str, str] | None, span: Span | None) -> dict[str, st
     return ctx
 
 
-def fresh_job_context_json() -> str:
-    """`job_context(None, None)` as compact JSON, made directly (the hot path of a plain enqueue)."""
-    sc = trace.get_current_span().get_span_context()
-    if sc.is_valid:  # the caller's active span: continue its trace (the general path handles tracestate)
+def fresh_job_context_json(random_hex: str | None = None) -> str:
+    """`job_context(None, None)` as compact JSON, made directly (the hot path of a plain enqueue).
+
+    `random_hex`: 64 random hex digits for the request, trace and span ids, when the caller
+    drew them together with randomness of its own (one draw per job); else drawn here.
+    """
+    # The caller's active span: continue its trace (the general path handles tracestate). An empty
+    # context (nothing attached, the common case) has no span: skip the lookup.
+    if otel_context.get_current() and trace.get_current_span().get_span_context().is_valid:
         return json.dumps(job_context(None, None), separators=(",", ":"))
-    bits = f"{random.getrandbits(256):064x}"  # request id, trace id and span id from one draw
+    bits = random_hex or f"{random.getrandbits(256):064x}"  # request id, trace id and span id from one draw
     request_id, trace_id, span_id = bits[:16], bits[16:48], bits[48:]
     if trace_id == _INVALID_TRACE or span_id == "0" * 16:  # all-zero ids are invalid (p = 2^-64)
         return fresh_job_context_json()

@@ -1,5 +1,5 @@
 -- Shared by every transition script; supervisor/scripts.py prepends it and
--- generates LEGAL (the SPEC §3 table) from supervisor/states.py.
+-- generates legal_table() (the SPEC §3 table) from supervisor/states.py.
 -- Key names are built from ARGV prefixes that all carry one type's hash tag,
 -- so every key a script touches is in one Redis Cluster slot.
 
@@ -16,7 +16,9 @@ local function call_spread(cmd, key, list)
   end
 end
 
+local LEGAL = nil
 local function legal(from, to)
+  if LEGAL == nil then LEGAL = legal_table() end
   local allowed = LEGAL[from]
   return allowed ~= nil and allowed[to] == true
 end
