@@ -251,18 +251,10 @@ class Client:
                 await wire.evalsha_packed(_ENQUEUE, data)
                 return SubmitOutcome("accepted", job_id, name)
         req = EnqueueRequest(name, payload, **options)
-        span = telemetry.start_enqueue_span(name, req.context)  # producer span; None when tracing is off
-        try:
-            new = await self._prepare(req, allow_unknown, span)
+        with _EnqueueSpan(name, req.context) as tracked:
+            new = await self._prepare(req, allow_unknown, tracked.span)
             (done,) = await self.broker.enqueue(name, [new])
-        except BaseException as exc:
-            if span is not None:
-                telemetry.end_enqueue_span(span, error=exc)
-            raise
-        outcome = _outcome(name, new, done)
-        if span is not None:
-            telemetry.end_enqueue_span(span, outcome.job_id, outcome.outcome)
-        return outcome
+            return tracked.done(_outcome(name, new, done))
 
     async def key_status(self, name: str, key: str) -> dict[str, Any]:
         """Active jobs of a concurrency key, queued depth, stale takeovers, last decision."""
@@ -502,6 +494,28 @@ def _plain_job(name: str, payload: Any, info: _TypeInfo) -> tuple[str, bytes]:
     return job_id, _plain_call(name).pack(job_id, _payload_json(name, value), context_json)
 
 
+class _EnqueueSpan:
+    """The producer span of one enqueue (`span` is None when tracing is off), ended with the
+    enqueue's outcome (`done`) or with the error that left the block."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, name: str, context: dict[str, str] | None) -> None:
+        self.span = telemetry.start_enqueue_span(name, context)
+
+    def __enter__(self) -> _EnqueueSpan:
+        return self
+
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        if exc is not None and self.span is not None:
+            telemetry.end_enqueue_span(self.span, error=exc)
+
+    def done(self, outcome: SubmitOutcome) -> SubmitOutcome:
+        if self.span is not None:
+            telemetry.end_enqueue_span(self.span, outcome.job_id, outcome.outcome)
+        return outcome
+
+
 def _outcome(name: str, new: NewJob, done: Enqueued) -> SubmitOutcome:
     key = new.concurrency_key or None
     if done.outcome == "new":
@@ -569,19 +583,11 @@ class SyncClient:
             wire.evalsha_packed(_ENQUEUE, data)
             return SubmitOutcome("accepted", job_id, name)
         req = EnqueueRequest(name, payload, **options)
-        span = telemetry.start_enqueue_span(name, req.context)  # producer span; None when tracing is off
-        try:
-            new = build_job(req, self._resolve(wire, name, allow_unknown), span)
+        with _EnqueueSpan(name, req.context) as tracked:
+            new = build_job(req, self._resolve(wire, name, allow_unknown), tracked.span)
             script_keys, args = enqueue_call(name, [new])
             (done,) = parse_enqueued(wire.evalsha(_ENQUEUE, script_keys, args))
-        except BaseException as exc:
-            if span is not None:
-                telemetry.end_enqueue_span(span, error=exc)
-            raise
-        outcome = _outcome(name, new, done)
-        if span is not None:
-            telemetry.end_enqueue_span(span, outcome.job_id, outcome.outcome)
-        return outcome
+            return tracked.done(_outcome(name, new, done))
 
     def _resolve(self, wire: SyncWire, name: str, allow_unknown: bool | None) -> _TypeInfo | None:
         cached = self._types.fresh(name)
