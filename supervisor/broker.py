@@ -211,19 +211,20 @@ class Broker:
         `chunks` may be a generator that prepares the next chunk while Redis runs the last
         one. Returns what happened to each job, chunk by chunk.
         """
+        return await self.enqueue_calls((name, _enqueue_args(name, jobs)) for name, jobs in chunks)
+
+    async def enqueue_calls(self, calls: Iterable[tuple[str, list[Any]]]) -> list[list[Enqueued]]:
+        """`enqueue_stream` for callers that build the script's ARGV themselves (see enqueue.lua)."""
         script = self._wire_scripts["enqueue"]
         if self.wire is None:  # redis-py: one pipeline
             async with self.redis.pipeline(transaction=False) as pipe:
-                for name, jobs in chunks:
-                    prefix, job_prefix = _prefixes(name)
-                    await self._scripts["enqueue"](keys=[prefix + "ready"], args=_enqueue_args(name, jobs),
-                                                   client=pipe)
+                for name, args in calls:
+                    await self._scripts["enqueue"](keys=[_prefixes(name)[0] + "ready"], args=args, client=pipe)
                 return [parse_enqueued(raw) for raw in await pipe.execute()]
         await self.wire.open()
         sent: list[tuple[asyncio.Future[Any], tuple[Any, ...]]] = []
-        for name, jobs in chunks:
-            prefix, _ = _prefixes(name)
-            cmd = ("EVALSHA", script.sha, 1, prefix + "ready", *_enqueue_args(name, jobs))
+        for name, args in calls:
+            cmd = ("EVALSHA", script.sha, 1, _prefixes(name)[0] + "ready", *args)
             sent.append((self.wire.send_nowait(cmd), cmd))
         out = []
         for fut, cmd in sent:

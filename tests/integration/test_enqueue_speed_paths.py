@@ -374,3 +374,27 @@ def test_with_tracing_off_the_fast_path_continues_the_callers_trace(r: syncredis
     assert ctx_in["traceparent"].startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
     assert not ctx_in["traceparent"].startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7")
     assert ctx_out["trace_id"] != ctx_in["trace_id"]
+
+
+async def test_bulk_plain_jobs_are_stored_in_order_with_events_and_validated_first(
+        r: syncredis.Redis, redis_url: str) -> None:
+    # Given two published plain types, one with a schema
+    _publish(r, PLAIN, SCHEMA)
+    _publish(r, "speed.other")
+    before = int(time.time() * 1000)
+    async with Client(redis_url) as client:
+        # When 450 jobs of both types are queued in one call (more than one chunk per type)
+        reqs = [EnqueueRequest(PLAIN if i % 3 else "speed.other", {"n": i}) for i in range(450)]
+        refs = await client.enqueue_many(reqs)
+        # Then every job is queued once, in the order given per type, with its record and event
+        assert [ref.name for ref in refs] == [q.name for q in reqs] and len({ref.id for ref in refs}) == 450
+        for name in (PLAIN, "speed.other"):
+            mine = [ref.id for ref in refs if ref.name == name]
+            assert r.zrange(keys.index_key(name, "ready"), 0, -1) == mine
+            assert [f["id"] for _, f in _events(r, name)] == mine
+        for ref, req in zip(refs[:5], reqs, strict=False):
+            _assert_fresh_record(r, ref.id, ref.name, req.payload, before)
+        # And one bad payload refuses the whole call before anything is queued
+        with pytest.raises(InvalidPayload, match="'n'"):
+            await client.enqueue_many([EnqueueRequest(PLAIN, {"n": 1}), EnqueueRequest(PLAIN, {"m": 2})])
+        assert r.zcard(keys.index_key(PLAIN, "ready")) == 300
