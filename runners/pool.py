@@ -2,8 +2,9 @@
 
 This module owns the worker processes of one daemon (start, replace, recycle,
 stop), the protocol between the daemon and its workers, and the code a worker
-runs. The dispatcher sees an ordinary `Runner`; the pool caps the total number
-of runs at its size (the dispatcher caps each type).
+runs. The dispatcher sees an ordinary `Runner`; the pool caps the number of
+runs *running* at once at its size (one per worker; the dispatcher caps each
+type), and may hold a few more queued ahead in each worker.
 
 Design, and why:
 
@@ -17,39 +18,64 @@ Design, and why:
   `if __name__ == "__main__":` (`python -m supervisor` and the console script do).
   The fork server keeps the stdout and environment the daemon had when the first
   pool started; workers log JSON lines to that stdout.
-- IPC: one duplex `multiprocessing.Pipe` per worker carrying JSON text only (no
-  pickled user objects cross it, in either direction). The daemon reads each
-  pipe with `loop.add_reader`, one message per readiness callback, so it never
-  blocks its loop waiting for a worker; a worker's death is seen as EOF on the
-  pipe and on the process sentinel.
-- Inside a worker, the main thread runs the handler (sync handlers directly,
-  async ones on one persistent event loop per worker, which is much cheaper than
-  `asyncio.run` per job). A daemon listener thread owns the receiving end: it
-  hands `run`/`stop` to the main thread and acts on `cancel` and child-enqueue
-  replies at once, so a busy handler can still be cancelled.
+- Queue-ahead: a no-op job is far shorter than a round trip between two
+  processes, so a worker that waited for its next job after each result would
+  sit idle most of the time. Each worker therefore holds up to `queue_depth`
+  jobs queued ahead of the one it runs; the daemon sends new jobs to the
+  least-loaded worker. Jobs are only queued behind jobs of types that usually
+  run short (the pool keeps an average run time per type): long ones gain
+  nothing from it and would hold the jobs behind them. A queued job has not
+  started. A worker reports `started` (in the same write as the previous job's
+  result) *before* it calls the handler, so the daemon always knows which job
+  a worker runs; the timeout counts from that report. A cancelled queued job
+  is dropped by its worker and never starts. A worker that is stopped or
+  recycled hands its queued jobs back, and those of a worker that dies are
+  taken back: either way they run on another worker, and only the job it was
+  running can fail with it. Nothing is queued behind a job that has run for
+  `reclaim_after_s`, and what is queued behind it is taken back, so one long
+  run does not hold short ones while another worker is free.
+- IPC: one socket pair per worker (`multiprocessing.Pipe`), carrying JSON text
+  only (no pickled user objects cross it, in either direction): one message per
+  line, several lines per write when they are ready together. The daemon's end
+  is non-blocking: it reads with `loop.add_reader` (every readable message in
+  one callback) and writes every message it made in one loop iteration in one
+  write, buffering with `loop.add_writer` rather than blocking its loop. A
+  worker's death is seen as EOF on the pipe and on the process sentinel; what
+  it wrote before dying is still read.
+- Inside a worker, the main thread runs the handlers, one at a time in the
+  order they were sent (sync handlers directly, async ones on one persistent
+  event loop per worker, which is much cheaper than `asyncio.run` per job). A
+  daemon listener thread owns the receiving end: it queues `run`s for the main
+  thread and acts on `cancel`, `reclaim`, `stop` and child-enqueue replies at
+  once, so a busy handler can still be cancelled and queued jobs handed back.
 
-Protocol (one JSON object per message, `op` names it):
+Protocol (one JSON array per line, its first item names the message):
 
-    daemon -> worker   run {job_id, name, attempt, payload_json, context, deadline}
-                       cancel {job_id} | enqueued {req, ok, value | error} | stop
-    worker -> daemon   ready {pid, types, errors}
-                       progress {job_id, percent, message, step} | heartbeat {job_id}
-                       enqueue {job_id, req, name, payload, options, submit}
-                       result {job_id, status, result (JSON text or null), error, retry_delay_s, rss?}
+    daemon -> worker   run job_id name attempt payload_json context deadline
+                       cancel job_id | reclaim [job_id...] | stop
+                       enqueued req ok value|error
+    worker -> daemon   ready pid types errors
+                       started job_id
+                       result job_id status result error retry_delay_s rss
+                       dropped job_id (a cancelled queued job: never started)
+                       returned [job_id...] (queued jobs handed back: never started)
+                       progress job_id percent message step | heartbeat job_id
+                       enqueue job_id req name payload options submit
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import json
 import multiprocessing
 import os
-import queue
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,6 +96,7 @@ from supervisor import telemetry
 from supervisor.client import JobRef
 from supervisor.context import Context
 from supervisor.errors import InvalidPayload, SupervisorError
+from supervisor.handler import JobType
 from supervisor.registry import Registry, load_jobs
 
 log = structlog.get_logger(__name__)
@@ -79,6 +106,8 @@ ChildEnqueue = Callable[[str, Any, dict[str, Any], bool], Awaitable[Any]]
 _EXIT_WAIT_S = 5.0  # after SIGKILL: how long a process may take to be reaped before we stop waiting
 _EOF_WAIT_S = 2.0  # pipe closed but process still there: how long before we kill it
 _BACKOFF_MAX_S = 30.0  # between replacements of workers that keep dying before they are ready
+_READ_SIZE = 1 << 18  # bytes per read of a worker's pipe (far more than a burst of messages)
+_STATUS = {s.value: s for s in RunStatus}
 
 
 def default_start_method() -> str:
@@ -108,6 +137,30 @@ def _encode_extra(value: Any) -> Any:
     if isinstance(value, datetime):
         return {"$datetime": value.isoformat()}
     raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_encode_with_extra = json.JSONEncoder(separators=(",", ":"), default=_encode_extra).encode
+
+
+def _line(msg: list[Any]) -> bytes:
+    """One message as one line (JSON text never holds a raw newline)."""
+    return (_encode(msg) + "\n").encode()
+
+
+def _decode(chunk: bytes) -> list[Any]:
+    """The messages in `chunk`: complete lines, without the last newline."""
+    try:
+        # One parse for the whole burst: lines are JSON values, so commas make them one array.
+        messages: list[Any] = json.loads(b"[" + chunk.replace(b"\n", b",") + b"]")
+    except ValueError:
+        messages = []
+        for line in chunk.split(b"\n"):  # find the bad line; keep the others
+            try:
+                messages.append(json.loads(line))
+            except ValueError as exc:
+                log.error("pool.bad_message", error=f"{type(exc).__name__}: {exc}", size=len(line))
+    return messages
 
 
 def _revive(value: Any) -> Any:
@@ -150,13 +203,19 @@ def _rebuild_error(err: dict[str, Any]) -> Exception:
     return SupervisorError(f"enqueue failed in the daemon: {err['type']}: {err['message']}")
 
 
-def _decode_reply(reply: dict[str, Any]) -> Any:
-    if not reply.get("ok"):
-        raise _rebuild_error(reply["error"])
-    value = reply.get("value")
+def _decode_reply(reply: list[Any]) -> Any:
+    """An `enqueued` message: the value `ctx.enqueue` returns, or the error it raises."""
+    _, _, ok, value = reply
+    if not ok:
+        raise _rebuild_error(value)
     if isinstance(value, dict) and "$jobref" in value:
         return JobRef(**value["$jobref"])
     return value
+
+
+_STOP = _line(["stop"])
+_NOT_STARTED = "cancelled before it started"
+_CLOSED = "the process pool is closed"
 
 
 # --- the daemon's side ---------------------------------------------------------------------
@@ -164,13 +223,19 @@ def _decode_reply(reply: dict[str, Any]) -> Any:
 
 @dataclass(eq=False, slots=True)
 class _Job:
-    """One run in flight on a worker."""
+    """One run handed to the pool: pending (no worker), queued in a worker, or running in it."""
 
     request: RunRequest
     events: RunEvents
     fut: asyncio.Future[RunResult]
+    worker: _Worker | None = None  # the worker it was sent to (None while pending in the pool)
+    started_at: float | None = None  # loop time the worker reported it started
+    timer: asyncio.TimerHandle | None = None  # its timeout, from the start
     cancel_requested: bool = False
     stopped_with: str | None = None  # the signal the pool used on a worker that ignored cancel
+    abandoned: bool = False  # nobody waits for it: a worker that starts it is killed
+    reclaiming: bool = False  # asked its worker to hand it back
+    left_queue: asyncio.Future[None] | None = None  # made by a cancel of a queued job: started or dropped
 
 
 @dataclass(eq=False)
@@ -179,29 +244,64 @@ class _Worker:
 
     proc: BaseProcess
     conn: Connection
+    fd: int
     pid: int
     generation: int
     ready: asyncio.Future[bool]
     exited: asyncio.Future[int | None]
     started_at: float = field(default_factory=time.time)
-    state: str = "starting"  # starting -> idle <-> busy -> retiring -> dead
+    state: str = "starting"  # starting -> ready -> retiring -> dead
     jobs_run: int = 0
-    job: _Job | None = None
+    job: _Job | None = None  # the job it is running
+    queued: dict[str, _Job] = field(default_factory=dict)  # sent, not started, in order
     rss: int | None = None
     replaced: bool = False
+    replace_after_job: bool = False  # retired while running: its replacement starts when the job ends
     reading: bool = True
+    rbuf: bytes = b""  # the start of a line not yet complete
+    out: list[bytes] = field(default_factory=list)  # messages to write at the end of this loop iteration
+    wbuf: bytearray = field(default_factory=bytearray)  # written when the pipe accepts more
     types: list[str] = field(default_factory=list)
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+    @property
+    def load(self) -> int:
+        """Jobs it holds: the one it runs and those queued ahead of it."""
+        return len(self.queued) + (self.job is not None)
 
 
 class ProcessPoolRunner:
     """Runs jobs on a pool of long-lived worker processes (the `process` runtime).
 
+    Each worker runs one job at a time and holds up to `queue_depth` more queued
+    ahead of it, so it starts the next job as soon as one ends instead of waiting
+    a round trip to the daemon. New jobs go to the least-loaded worker; jobs wait
+    in the pool when every worker is full. Jobs are queued only behind jobs of
+    types whose average run time (measured per type) is under
+    `reclaim_after_s / (queue_depth + 1)`, so a queued job waits about
+    `reclaim_after_s` at most; a type not measured yet counts as long. A queued
+    job has not started: its timeout counts from its start, cancelling it drops
+    it at once, and it moves to another worker when its worker is recycled,
+    stopped or dies (only the job a worker was running can fail with it). No job
+    is queued behind one that has run `reclaim_after_s` (a short type can have
+    long runs), and jobs already queued behind such a job are taken back for
+    other workers.
+
     Args:
         jobs_dir: the handler folder every worker loads (`supervisor.registry.load_jobs`).
         workers: pool size (settings.workers_concurrency): at most this many runs at once.
-        max_jobs_per_worker: replace a worker after it ran this many jobs.
-        max_worker_rss_mb: replace a worker whose RSS, measured after each job, exceeds this.
+        queue_depth: jobs a worker may hold queued ahead of the one it runs (0: none, a
+            worker gets its next job only after it reported the previous result). The
+            default, 3, lets the pool hold 4 runs per worker, so every worker stays busy
+            with a per-type concurrency of 4 x workers (measured on 2 cores: depths 2 to 4
+            drain no-op jobs about equally fast, all about twice as fast as 0).
+        reclaim_after_s: about the longest a job should wait queued in a worker (default
+            50 ms). A job running this long is deemed long: nothing more is queued behind
+            it, and what is queued behind it is handed to other workers.
+        max_jobs_per_worker: replace a worker after it ran this many jobs (never more are
+            sent to it than it may still run).
+        max_worker_rss_mb: replace a worker whose RSS, measured after each job, exceeds this
+            (it starts none of its queued jobs; they move to other workers).
         cancel_grace_s: how long a cancelled job may take to return before its worker gets SIGTERM.
         kill_grace_s: how long after SIGTERM (or a stop message) before SIGKILL.
         child_enqueue: performs `ctx.enqueue`/`ctx.submit` of handlers, in the daemon.
@@ -217,6 +317,8 @@ class ProcessPoolRunner:
         jobs_dir: Path,
         workers: int,
         *,
+        queue_depth: int = 3,
+        reclaim_after_s: float = 0.05,
         max_jobs_per_worker: int | None = None,
         max_worker_rss_mb: float | None = None,
         cancel_grace_s: float = 10.0,
@@ -228,11 +330,17 @@ class ProcessPoolRunner:
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers={workers!r} must be at least 1")
+        if queue_depth < 0:
+            raise ValueError(f"queue_depth={queue_depth!r} must be at least 0")
         method = start_method or default_start_method()
         if method == "fork":
             raise ValueError("start_method='fork' is unsafe in the threaded daemon; use 'forkserver' or 'spawn'")
         self.jobs_dir = Path(jobs_dir).resolve()
         self.size = workers
+        self.queue_depth = queue_depth
+        self.reclaim_after_s = reclaim_after_s
+        self._short_s = reclaim_after_s / (queue_depth + 1)  # types that run shorter may have jobs queued behind
+        self._avg_run_s: dict[str, float] = {}  # job type -> recent mean run time (EWMA), start to result
         self.max_jobs_per_worker = max_jobs_per_worker
         self.max_worker_rss_bytes = None if max_worker_rss_mb is None else int(max_worker_rss_mb * 1024 * 1024)
         self.cancel_grace_s = cancel_grace_s
@@ -245,13 +353,15 @@ class ProcessPoolRunner:
         self._child_enqueue = child_enqueue
         self._mp = multiprocessing.get_context(method)
         self._workers: dict[int, _Worker] = {}
-        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._pending: deque[_Job] = deque()  # runs no worker has room for yet, oldest first
         self._generation = 0
         self._closing = False
-        self._closed = asyncio.Event()
         self._early_deaths = 0  # consecutive workers that died before ready (crash-loop backoff)
         self._spawns: set[asyncio.Future[None]] = set()  # delayed replacements (crash-loop backoff)
         self._tasks: set[asyncio.Future[None]] = set()  # child enqueues in flight
+        self._dirty: list[_Worker] = []  # workers with messages to write at the end of this iteration
+        self._flush_handle: asyncio.Handle | None = None
+        self._long_timer: asyncio.TimerHandle | None = None  # next check for long-running jobs
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -275,21 +385,31 @@ class ProcessPoolRunner:
             self._after_early_death()
         ready = await asyncio.gather(*(w.ready for w in started))
         log.info("pool.started", workers=self.size, ready=sum(ready), start_method=self.start_method,
-                 pids=[w.pid for w in started], types=self.types, load_errors=self.load_errors)
+                 queue_depth=self.queue_depth, pids=[w.pid for w in started], types=self.types,
+                 load_errors=self.load_errors)
 
     async def close(self) -> None:
-        """Stop every worker: a stop message, then SIGTERM and SIGKILL after `kill_grace_s` each."""
+        """Stop every worker: a stop message, then SIGTERM and SIGKILL after `kill_grace_s` each.
+
+        A worker finishes the job it is running; runs that had not started (waiting in the
+        pool, or queued in a worker, which hands them back) end FAILED: the pool is closed.
+        The daemon closes the pool after its drain, so normally none are left by then.
+        """
         if self._closing:
             return
         self._closing = True
-        self._closed.set()
         for spawn in list(self._spawns):
             spawn.cancel()
+        if self._long_timer is not None:
+            self._long_timer.cancel()
+        pending, self._pending = list(self._pending), deque()
+        for job in pending:
+            self._resolve(job, RunResult(RunStatus.FAILED, error=_CLOSED))
         workers = list(self._workers.values())
         for w in workers:
             if w.state != "dead":
                 w.state = "retiring"
-                self._send(w, {"op": "stop"})  # a busy worker stops after its current job
+                self._post(w, _STOP)  # a busy worker stops after its current job
         for sig, wait_s in ((None, self.kill_grace_s), (signal.SIGTERM, self.kill_grace_s),
                             (signal.SIGKILL, _EXIT_WAIT_S)):
             alive = [w for w in workers if not w.exited.done()]
@@ -306,115 +426,188 @@ class ProcessPoolRunner:
         log.info("pool.closed", workers=len(workers))
 
     def recycle(self) -> None:
-        """Replace every worker between jobs (idle ones now, busy ones when their job ends)."""
+        """Replace every worker between jobs (hot reload).
+
+        Idle workers are replaced now. A busy one finishes the job it runs and hands back
+        the jobs queued in it, which run on the new workers; its replacement starts when
+        its job ends, so no more than `workers` runs are ever running.
+        """
         self._generation += 1
-        while not self._idle.empty():
-            w = self._idle.get_nowait()
-            if w.state == "idle":
+        for w in list(self._workers.values()):
+            if w.state == "ready":
                 self._retire(w, "recycle")
         log.info("pool.recycle", generation=self._generation, workers=len(self._workers))
 
     def workers_info(self) -> list[dict[str, Any]]:
-        """One entry per live worker: pid, state, jobs run, RSS bytes, the job it is running."""
+        """One entry per live worker: pid, state, jobs run, RSS bytes, the job it runs, the jobs queued."""
         info = []
         for w in self._workers.values():
             try:
                 rss: int | None = psutil.Process(w.pid).memory_info().rss
             except psutil.Error:
                 rss = None
+            state = w.state
+            if state == "ready":
+                state = "busy" if w.load else "idle"
             info.append({
-                "pid": w.pid, "state": w.state, "jobs_run": w.jobs_run, "rss_bytes": rss,
-                "busy_job": w.job.request.job_id if w.job is not None else None, "started_at": w.started_at,
+                "pid": w.pid, "state": state, "jobs_run": w.jobs_run, "rss_bytes": rss,
+                "busy_job": w.job.request.job_id if w.job is not None else None,
+                "queued_jobs": list(w.queued), "started_at": w.started_at,
             })
         return info
 
     # --- running -------------------------------------------------------------------------
 
     async def run(self, request: RunRequest, events: RunEvents, cancel: asyncio.Event) -> RunResult:
-        """Run one attempt on a free worker (waiting for one if all are busy)."""
+        """Run one attempt on the least-loaded worker (waiting in the pool if every one is full)."""
         if cancel.is_set():
-            return RunResult(RunStatus.CANCELLED, error="cancelled before it started")
-        w = await self._acquire(cancel)
-        if w is None:
-            if cancel.is_set():
-                return RunResult(RunStatus.CANCELLED, error="cancelled while waiting for a worker")
-            return RunResult(RunStatus.FAILED, error="the process pool is closed")
+            return RunResult(RunStatus.CANCELLED, error=_NOT_STARTED)
+        if self._closing:
+            return RunResult(RunStatus.FAILED, error=_CLOSED)
         loop = asyncio.get_running_loop()
         job = _Job(request, events, loop.create_future())
-        w.job = job
-        w.state = "busy"
-        # If the send fails the worker is dying; its death resolves the job.
-        self._send(w, {
-            "op": "run", "job_id": request.job_id, "name": request.name, "attempt": request.attempt,
-            "payload_json": request.payload_json, "context": request.context, "deadline": request.deadline,
-        })
-        timer = None if request.timeout_s is None else loop.call_later(
-            max(request.timeout_s, 0.0), self._on_timeout, w, job)
-        watcher = loop.create_task(self._watch_cancel(w, job, cancel))
+        self._pending.append(job)
+        self._pump()
+        watcher = loop.create_task(self._watch_cancel(job, cancel))
         try:
             result = await job.fut
         except asyncio.CancelledError:
-            # The dispatcher gave up on the run (shutdown): its worker cannot be trusted to stop.
-            if w.job is job:
-                w.job = None
-                self._retire(w, "abandoned", signal.SIGKILL)
+            # The dispatcher gave up on the run (shutdown).
+            self._abandon(job)
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
             watcher.cancel()
-        if w.job is job:  # ended on a live worker (not killed for a timeout or a cancel)
-            w.job = None
-            w.jobs_run += 1
-            self._after_job(w)
-        if job.cancel_requested:
+        if job.cancel_requested and job.started_at is not None:
             error = "cancelled"
             if job.stopped_with is not None:
                 error = (f"cancelled; the handler ignored it for {self.cancel_grace_s:g}s, "
-                         f"worker {w.pid} stopped with {job.stopped_with}")
-            return RunResult(RunStatus.CANCELLED, result=result.result, error=error, pid=w.pid)
+                         f"worker {result.pid} stopped with {job.stopped_with}")
+            return RunResult(RunStatus.CANCELLED, result=result.result, error=error, pid=result.pid)
         return result
 
-    async def _acquire(self, cancel: asyncio.Event) -> _Worker | None:
-        """A ready worker of the current generation; None when cancelled or closing first."""
-        while not self._closing:
-            if not self._idle.empty():
-                w = self._idle.get_nowait()  # fast path: no tasks created
-            else:
-                getter = asyncio.ensure_future(self._idle.get())
-                stops = [asyncio.ensure_future(self._closed.wait()), asyncio.ensure_future(cancel.wait())]
-                try:
-                    await asyncio.wait([getter, *stops], return_when=asyncio.FIRST_COMPLETED)
-                except asyncio.CancelledError:
-                    if getter.done() and not getter.cancelled():
-                        self._idle.put_nowait(getter.result())  # taken just as we were cancelled
-                    raise
-                finally:
-                    for t in stops:
-                        t.cancel()
-                    if not getter.done():
-                        getter.cancel()
-                if not getter.done() or getter.cancelled():
-                    return None
-                w = getter.result()
-                if self._closing or cancel.is_set():
-                    self._idle.put_nowait(w)  # keep it for another run
-                    return None
-            if w.state != "idle":
-                continue  # died or retired while it waited in the queue
-            if w.generation != self._generation:
-                self._retire(w, "recycle")
+    def _pump(self) -> None:
+        """Send pending runs, oldest first, to the least-loaded workers that have room."""
+        pending = self._pending
+        if not pending:
+            return
+        assert self._loop is not None
+        now = self._loop.time()
+        while pending:
+            w = self._pick(now)
+            if w is None:
+                return
+            job = pending.popleft()
+            if job.fut.done():
                 continue
-            return w
-        return None
+            req = job.request
+            job.worker = w
+            w.queued[req.job_id] = job
+            self._post(w, _line(["run", req.job_id, req.name, req.attempt, req.payload_json, req.context,
+                                 req.deadline]))
 
-    async def _watch_cancel(self, w: _Worker, job: _Job, cancel: asyncio.Event) -> None:
-        """Pass a cancel request to the worker; stop the worker if the handler ignores it."""
+    def _pick(self, now: float) -> _Worker | None:
+        """The ready worker of the current generation with the fewest jobs, if one has room."""
+        best, best_load = None, self.queue_depth + 1
+        for w in self._workers.values():
+            if w.state != "ready" or w.generation != self._generation:
+                continue
+            load = w.load
+            if load >= best_load:
+                continue
+            if load and not self._short_ahead(w, now):
+                continue  # never queue behind a long job
+            if self.max_jobs_per_worker is not None and w.jobs_run + load >= self.max_jobs_per_worker:
+                continue  # it may not run more than it holds already
+            best, best_load = w, load
+            if load == 0:
+                break
+        return best
+
+    def _short_ahead(self, w: _Worker, now: float) -> bool:
+        """Every job `w` holds is of a short type, and the one it runs has not run long."""
+        avg, short = self._avg_run_s, self._short_s
+        running = w.job
+        if running is not None:
+            if avg.get(running.request.name, short) >= short:
+                return False
+            if running.started_at is not None and now - running.started_at >= self.reclaim_after_s:
+                return False
+        return all(avg.get(q.request.name, short) < short for q in w.queued.values())
+
+    def _ran(self, job: _Job) -> None:
+        """Fold a run's time (so far) into its type's average."""
+        assert self._loop is not None and job.started_at is not None
+        took = self._loop.time() - job.started_at
+        name = job.request.name
+        prev = self._avg_run_s.get(name)
+        self._avg_run_s[name] = took if prev is None else prev + 0.2 * (took - prev)
+
+    def _resolve(self, job: _Job, result: RunResult) -> None:
+        if job.timer is not None:
+            job.timer.cancel()
+        if not job.fut.done():
+            job.fut.set_result(result)
+        if job.left_queue is not None and not job.left_queue.done():
+            job.left_queue.set_result(None)
+
+    def _give_back(self, jobs: list[_Job]) -> None:
+        """Jobs that left a worker without starting: run them elsewhere, first in line."""
+        again = []
+        for job in jobs:
+            job.worker = None
+            job.reclaiming = False
+            if job.fut.done() or job.abandoned:
+                continue
+            if job.cancel_requested:
+                self._resolve(job, RunResult(RunStatus.CANCELLED, error=_NOT_STARTED))
+            elif self._closing:
+                self._resolve(job, RunResult(RunStatus.FAILED, error=_CLOSED))
+            else:
+                again.append(job)
+        self._pending.extendleft(reversed(again))
+
+    def _abandon(self, job: _Job) -> None:
+        """The caller stopped waiting for `job`: take it out of the pool."""
+        job.abandoned = True
+        w = job.worker
+        if w is None:
+            with contextlib.suppress(ValueError):
+                self._pending.remove(job)
+        elif job.started_at is None:
+            self._post(w, _line(["cancel", job.request.job_id]))  # dropped, or its worker killed on start
+        elif w.job is job:
+            # It is running, and its worker cannot be trusted to stop it.
+            w.job = None
+            if job.timer is not None:
+                job.timer.cancel()
+            self._retire(w, "abandoned", signal.SIGKILL)
+
+    async def _watch_cancel(self, job: _Job, cancel: asyncio.Event) -> None:
+        """Pass a cancel request to the run; stop its worker if the handler ignores it."""
         await cancel.wait()
         if job.fut.done():
             return
         job.cancel_requested = True
-        self._send(w, {"op": "cancel", "job_id": job.request.job_id})
+        w = job.worker
+        if w is None:
+            with contextlib.suppress(ValueError):
+                self._pending.remove(job)
+            self._resolve(job, RunResult(RunStatus.CANCELLED, error="cancelled while waiting for a worker"))
+            return
+        self._post(w, _line(["cancel", job.request.job_id]))
+        if job.started_at is None:
+            # Queued: the worker drops it (`dropped`), or reports that it had just started it.
+            job.left_queue = asyncio.get_running_loop().create_future()
+            either: list[asyncio.Future[Any]] = [job.fut, job.left_queue]
+            await asyncio.wait(either, timeout=self.cancel_grace_s, return_when=asyncio.FIRST_COMPLETED)
+            if job.fut.done():
+                return
+            if job.started_at is None:
+                log.warning("pool.cancel_unanswered", pid=w.pid, job_id=job.request.job_id,
+                            grace_s=self.cancel_grace_s)
+                job.abandoned = True  # should the worker start it after all, it is killed
+                self._resolve(job, RunResult(RunStatus.CANCELLED, error=_NOT_STARTED))
+                return
         done, _ = await asyncio.wait([job.fut], timeout=self.cancel_grace_s)
         if done or w.job is not job:
             return
@@ -430,21 +623,50 @@ class ProcessPoolRunner:
         if not job.fut.done():
             if w.job is job:
                 w.job = None
-            job.fut.set_result(RunResult(RunStatus.CANCELLED, pid=w.pid))
+            self._resolve(job, RunResult(RunStatus.CANCELLED, pid=w.pid))
 
     def _on_timeout(self, w: _Worker, job: _Job) -> None:
         if job.fut.done() or w.job is not job:
             return
         w.job = None  # detach first: the worker's death must not report this job as a crash
+        self._ran(job)
         timeout = job.request.timeout_s or 0.0
         log.warning("pool.timeout", pid=w.pid, job_id=job.request.job_id, timeout_s=timeout)
-        self._retire(w, "timeout", signal.SIGKILL)
-        job.fut.set_result(RunResult(
+        self._retire(w, "timeout", signal.SIGKILL)  # its queued jobs move on when it is gone
+        self._resolve(job, RunResult(
             RunStatus.TIMEOUT, error=f"timed out after {timeout:g}s; worker {w.pid} killed", pid=w.pid))
 
+    def _check_long(self) -> None:
+        """Take back the jobs queued behind jobs that have run `reclaim_after_s` (for other workers)."""
+        assert self._loop is not None
+        self._long_timer = None
+        now = self._loop.time()
+        due = None
+        for w in self._workers.values():
+            job = w.job
+            if job is None or job.started_at is None or w.state != "ready":
+                continue
+            at = job.started_at + self.reclaim_after_s
+            if at > now:
+                due = at if due is None else min(due, at)
+                continue
+            ids = [i for i, q in w.queued.items() if not q.reclaiming and not q.abandoned]
+            if ids:
+                for i in ids:
+                    w.queued[i].reclaiming = True
+                self._post(w, _line(["reclaim", ids]))
+        if due is not None:
+            self._long_timer = self._loop.call_at(due, self._check_long)
+
     def _after_job(self, w: _Worker) -> None:
-        """Put the worker back in the pool, or replace it if it is due for recycling."""
-        if w.state != "busy":
+        """A worker's job ended: replace it if it is due for recycling."""
+        if w.state == "retiring":
+            if w.replace_after_job:  # retired while it ran: it exits now, its replacement starts
+                w.replace_after_job = False
+                self._replace(w)
+                self._arm_escalation(w)
+            return
+        if w.state != "ready":
             return
         reason = None
         if self._closing:
@@ -454,20 +676,18 @@ class ProcessPoolRunner:
         elif self.max_jobs_per_worker is not None and w.jobs_run >= self.max_jobs_per_worker:
             reason = "max_jobs"
         elif self.max_worker_rss_bytes is not None and w.rss is not None and w.rss > self.max_worker_rss_bytes:
-            reason = "max_rss"
-        if reason is None:
-            w.state = "idle"
-            self._idle.put_nowait(w)
-            return
-        log.info("pool.worker_recycled", pid=w.pid, reason=reason, jobs_run=w.jobs_run, rss_bytes=w.rss)
-        self._retire(w, reason)
+            reason = "max_rss"  # the worker saw it too, and starts none of its queued jobs
+        if reason is not None:
+            log.info("pool.worker_recycled", pid=w.pid, reason=reason, jobs_run=w.jobs_run, rss_bytes=w.rss)
+            self._retire(w, reason)
 
     # --- workers ---------------------------------------------------------------------------
 
     def _launch(self) -> tuple[BaseProcess, Connection] | None:
         """Start one worker process (blocking: a few ms with the fork server running)."""
         parent_conn, child_conn = self._mp.Pipe(duplex=True)
-        options = {"log_level": self.log_level, "measure_rss": self.max_worker_rss_bytes is not None}
+        options = {"log_level": self.log_level, "measure_rss": self.max_worker_rss_bytes is not None,
+                   "max_rss_bytes": self.max_worker_rss_bytes}
         proc = self._mp.Process(  # type: ignore[attr-defined]
             target=worker_main, args=(child_conn, str(self.jobs_dir), options), name="job-supervisor-worker",
             daemon=True,  # if the daemon exits without close(), multiprocessing still ends them
@@ -492,14 +712,16 @@ class ProcessPoolRunner:
     def _register(self, proc: BaseProcess, conn: Connection) -> _Worker:
         loop = self._loop
         assert loop is not None and proc.pid is not None
-        w = _Worker(proc, conn, proc.pid, self._generation, loop.create_future(), loop.create_future())
+        fd = conn.fileno()
+        os.set_blocking(fd, False)  # the loop never waits on a worker
+        w = _Worker(proc, conn, fd, proc.pid, self._generation, loop.create_future(), loop.create_future())
         self._workers[w.pid] = w
-        loop.add_reader(conn.fileno(), self._on_readable, w)
+        loop.add_reader(fd, self._on_readable, w)
         loop.add_reader(proc.sentinel, self._on_sentinel, w, 0)
         w.timers.append(loop.call_later(self.ready_timeout_s, self._on_ready_timeout, w))
         if self._closing:
             w.state = "retiring"
-            self._send(w, {"op": "stop"})
+            self._post(w, _STOP)
         return w
 
     def _replace(self, w: _Worker) -> None:
@@ -532,23 +754,33 @@ class ProcessPoolRunner:
             self._start_replacement()
 
     def _retire(self, w: _Worker, reason: str, sig: signal.Signals | None = None) -> None:
-        """Take a worker out of service and start its replacement now.
+        """Take a worker out of service.
 
-        Without `sig` the worker gets a stop message (it exits when idle), escalating to
-        SIGTERM and SIGKILL after `kill_grace_s` each; with `sig` it is signalled at once
-        (the cancel path escalates on its own schedule).
+        Without `sig` the worker gets a stop message: it hands back the jobs queued in it,
+        finishes the one it runs, and exits, escalating to SIGTERM and SIGKILL after
+        `kill_grace_s` each once it has no job; its replacement starts when it has no job
+        (so at most `workers` runs are running). With `sig` it is signalled at once and
+        replaced now (the cancel path escalates on its own schedule); its queued jobs move
+        on when it is gone.
         """
         if w.state == "dead":
             return
         w.state = "retiring"
-        self._replace(w)
         if sig is None:
-            self._send(w, {"op": "stop"})
-            assert self._loop is not None
-            w.timers.append(self._loop.call_later(self.kill_grace_s, self._escalate, w, signal.SIGTERM))
+            self._post(w, _STOP)
+            if w.job is not None:
+                w.replace_after_job = True
+            else:
+                self._replace(w)
+                self._arm_escalation(w)
         else:
             log.info("pool.worker_stopping", pid=w.pid, reason=reason, signal=sig.name)
+            self._replace(w)
             self._signal(w, sig)
+
+    def _arm_escalation(self, w: _Worker) -> None:
+        assert self._loop is not None
+        w.timers.append(self._loop.call_later(self.kill_grace_s, self._escalate, w, signal.SIGTERM))
 
     def _escalate(self, w: _Worker, sig: signal.Signals) -> None:
         """A retired worker did not exit in time (a stuck non-daemon thread, a signal handler)."""
@@ -566,96 +798,194 @@ class ProcessPoolRunner:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(w.pid, sig)
 
-    def _send(self, w: _Worker, msg: dict[str, Any]) -> bool:
-        if w.state == "dead":
-            return False
-        try:
-            w.conn.send_bytes(json.dumps(msg).encode())
-        except (OSError, ValueError):
-            return False  # the worker is gone; its sentinel reports it
-        return True
+    # --- the pipe ----------------------------------------------------------------------------
 
-    # --- messages and deaths ---------------------------------------------------------------
+    def _post(self, w: _Worker, line: bytes) -> None:
+        """Queue a message for `w`; everything queued in one loop iteration goes in one write."""
+        if w.state == "dead":
+            return
+        if not w.out:
+            self._dirty.append(w)
+        w.out.append(line)
+        if self._flush_handle is None:
+            assert self._loop is not None
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        dirty, self._dirty = self._dirty, []
+        for w in dirty:
+            data = b"".join(w.out)
+            w.out.clear()
+            self._write(w, data)
+
+    def _write(self, w: _Worker, data: bytes) -> None:
+        if w.state == "dead":
+            return
+        if w.wbuf:  # earlier bytes still wait for room: keep the order
+            w.wbuf += data
+            return
+        try:
+            n = os.write(w.fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            return  # the worker is gone; its sentinel reports it
+        if n < len(data):
+            w.wbuf += data[n:]
+            assert self._loop is not None
+            self._loop.add_writer(w.fd, self._on_writable, w)
+
+    def _on_writable(self, w: _Worker) -> None:
+        try:
+            n = os.write(w.fd, w.wbuf)
+        except BlockingIOError:
+            return
+        except OSError:
+            n = len(w.wbuf)  # gone: drop what is left
+        del w.wbuf[:n]
+        if not w.wbuf:
+            assert self._loop is not None
+            self._loop.remove_writer(w.fd)
 
     def _on_readable(self, w: _Worker) -> None:
         try:
-            # One message per callback: the fd stays readable while more are queued, and
-            # Connection does no buffering of its own, so nothing is left unseen.
-            data = w.conn.recv_bytes()
-        except (EOFError, OSError):
+            data = os.read(w.fd, _READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
             self._stop_reading(w)
             if w.state != "dead":
                 # The worker closed its end: it is exiting. If it somehow is not, make it.
                 assert self._loop is not None
                 w.timers.append(self._loop.call_later(_EOF_WAIT_S, self._signal, w, signal.SIGKILL))
             return
-        try:
-            self._dispatch(w, json.loads(data))
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error("pool.bad_message", pid=w.pid, error=f"{type(exc).__name__}: {exc}", size=len(data))
+        self._feed(w, data)
+        self._pump()
 
-    def _dispatch(self, w: _Worker, msg: dict[str, Any]) -> None:
-        op = msg["op"]
-        if op == "ready":
-            self._on_ready(w, msg)
-            return
-        job = w.job
-        if job is None or msg.get("job_id") != job.request.job_id:
-            return  # about a job this worker no longer runs for us (timed out, cancelled)
-        if op == "result":
-            if job.fut.done():
+    def _drain(self, w: _Worker) -> None:
+        """Read what a dead worker wrote before it died (a result, a start, handed-back jobs)."""
+        while w.reading:
+            try:
+                data = os.read(w.fd, _READ_SIZE)
+            except OSError:
                 return
-            w.rss = msg.get("rss")
-            text = msg.get("result")
-            job.fut.set_result(RunResult(
-                RunStatus(msg["status"]), result=None if text is None else json.loads(text),
-                error=msg.get("error"), retry_delay_s=msg.get("retry_delay_s"), pid=w.pid,
-            ))
-        elif op == "progress":
-            job.events.progress(msg["percent"], msg.get("message"), msg.get("step"))
-        elif op == "heartbeat":
-            job.events.heartbeat()
-        elif op == "enqueue":
-            task = asyncio.ensure_future(self._enqueue_for(w, msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            if not data:
+                return
+            self._feed(w, data)
+
+    def _feed(self, w: _Worker, data: bytes) -> None:
+        if w.rbuf:
+            data = w.rbuf + data
+        end = data.rfind(b"\n") + 1
+        w.rbuf = data[end:]
+        if not end:
+            return
+        for msg in _decode(data[:end - 1]):
+            try:
+                self._dispatch(w, msg)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                log.error("pool.bad_message", pid=w.pid, error=f"{type(exc).__name__}: {exc}")
+
+    # --- messages and deaths ---------------------------------------------------------------
+
+    def _dispatch(self, w: _Worker, msg: list[Any]) -> None:
+        op = msg[0]
+        if op == "result":
+            self._on_result(w, msg)
+        elif op == "started":
+            self._on_started(w, msg[1])
+        elif op == "dropped":
+            self._give_back([j for j in (w.queued.pop(msg[1], None),) if j is not None])
+        elif op == "returned":
+            self._give_back([j for j in (w.queued.pop(i, None) for i in msg[1]) if j is not None])
+        elif op == "ready":
+            self._on_ready(w, msg)
+        elif op in ("progress", "heartbeat", "enqueue"):
+            job = w.job
+            if job is None or msg[1] != job.request.job_id:
+                return  # about a job this worker no longer runs for us (timed out, cancelled)
+            if op == "progress":
+                job.events.progress(msg[2], msg[3], msg[4])
+            elif op == "heartbeat":
+                job.events.heartbeat()
+            else:
+                task = asyncio.ensure_future(self._enqueue_for(w, msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         else:
             log.warning("pool.unknown_message", pid=w.pid, op=op)
 
-    def _on_ready(self, w: _Worker, msg: dict[str, Any]) -> None:
+    def _on_started(self, w: _Worker, job_id: str) -> None:
+        job = w.queued.pop(job_id, None)
+        if job is None:
+            log.error("pool.unknown_job_started", pid=w.pid, job_id=job_id)
+            return
+        if job.abandoned:
+            # Nobody waits for it any more (and it may have been reported cancelled): stop it.
+            job.worker = None
+            self._retire(w, "abandoned", signal.SIGKILL)
+            return
+        if w.job is not None:  # one job at a time: a worker that says otherwise is broken
+            log.error("pool.overlapping_jobs", pid=w.pid, running=w.job.request.job_id, job_id=job_id)
+        assert self._loop is not None
+        w.job = job
+        now = job.started_at = self._loop.time()
+        timeout = job.request.timeout_s
+        if timeout is not None:
+            job.timer = self._loop.call_at(now + max(timeout, 0.0), self._on_timeout, w, job)
+        if job.left_queue is not None and not job.left_queue.done():
+            job.left_queue.set_result(None)
+        if self._long_timer is None:
+            self._long_timer = self._loop.call_at(now + self.reclaim_after_s, self._check_long)
+
+    def _on_result(self, w: _Worker, msg: list[Any]) -> None:
+        _, job_id, status, result, error, retry_delay_s, rss = msg
+        job = w.job
+        if job is None or job.request.job_id != job_id:
+            return  # a job this worker no longer runs for us (timed out, cancelled)
+        w.job = None
+        w.jobs_run += 1
+        w.rss = rss
+        self._ran(job)
+        self._resolve(job, RunResult(_STATUS[status], result, error, retry_delay_s, w.pid))
+        self._after_job(w)
+
+    def _on_ready(self, w: _Worker, msg: list[Any]) -> None:
+        if w.state == "dead":
+            return  # read from a worker that died right after: it counts as failed to start
+        _, _, types, errors = msg
         for timer in w.timers:
             timer.cancel()
         w.timers.clear()
         self._early_deaths = 0
-        w.types = list(msg.get("types") or [])
+        w.types = list(types or [])
         self.types = w.types
-        self.load_errors = dict(msg.get("errors") or {})
+        self.load_errors = dict(errors or {})
         if not w.ready.done():
             w.ready.set_result(True)
         if w.state != "starting":
             return  # retired (closing) before it was ready: it has its stop message
-        w.state = "idle"
+        w.state = "ready"
         if w.generation != self._generation:
             self._retire(w, "recycle")
-        else:
-            self._idle.put_nowait(w)
 
-    async def _enqueue_for(self, w: _Worker, msg: dict[str, Any]) -> None:
+    async def _enqueue_for(self, w: _Worker, msg: list[Any]) -> None:
         """Perform a handler's `ctx.enqueue` in the daemon and reply to the waiting worker."""
-        reply: dict[str, Any] = {"op": "enqueued", "req": msg["req"]}
+        _, _, req, name, payload, options, submit = msg
         if self._child_enqueue is None:
-            reply.update(ok=False, error={"type": "SupervisorError", "module": "supervisor.errors",
-                                          "message": "child jobs cannot be enqueued from this runner",
-                                          "attrs": {}})
+            reply = [False, {"type": "SupervisorError", "module": "supervisor.errors",
+                             "message": "child jobs cannot be enqueued from this runner", "attrs": {}}]
         else:
             try:
-                options = _revive(msg.get("options") or {})
-                value = await self._child_enqueue(msg["name"], msg.get("payload"), options, bool(msg.get("submit")))
+                value = await self._child_enqueue(name, payload, _revive(options or {}), bool(submit))
             except Exception as exc:  # noqa: BLE001 (the handler gets the error, not the daemon)
-                reply.update(ok=False, error=_encode_error(exc))
+                reply = [False, _encode_error(exc)]
             else:
-                reply.update(ok=True, value=_encode_enqueue_value(value))
-        self._send(w, reply)
+                reply = [True, _encode_enqueue_value(value)]
+        self._post(w, _line(["enqueued", req, *reply]))
 
     def _on_ready_timeout(self, w: _Worker) -> None:
         if w.state == "starting":
@@ -666,7 +996,7 @@ class ProcessPoolRunner:
         if w.reading:
             w.reading = False
             assert self._loop is not None
-            self._loop.remove_reader(w.conn.fileno())
+            self._loop.remove_reader(w.fd)
 
     def _on_sentinel(self, w: _Worker, tries: int) -> None:
         assert self._loop is not None
@@ -682,16 +1012,23 @@ class ProcessPoolRunner:
     def _dead(self, w: _Worker, code: int | None) -> None:
         early = w.state == "starting"
         expected = w.state == "retiring"
-        w.state = "dead"
+        w.state = "dead"  # first: nothing read below may signal its (reaped, reusable) pid
+        self._drain(w)  # a result or start it reported before it died still counts
         for timer in w.timers:
             timer.cancel()
         w.timers.clear()
         self._stop_reading(w)
+        if w.wbuf:
+            assert self._loop is not None
+            self._loop.remove_writer(w.fd)
+            w.wbuf.clear()
+        w.out.clear()
         w.conn.close()
         with contextlib.suppress(ValueError):
             w.proc.close()
         self._workers.pop(w.pid, None)
         job, w.job = w.job, None
+        queued, w.queued = list(w.queued.values()), {}
         if not w.ready.done():
             w.ready.set_result(False)
         if not w.exited.done():
@@ -699,17 +1036,19 @@ class ProcessPoolRunner:
         how = describe_exit(code)
         if job is not None and not job.fut.done():
             log.warning("pool.worker_died", pid=w.pid, exit=how, job_id=job.request.job_id,
-                        job_name=job.request.name)
-            job.fut.set_result(RunResult(RunStatus.FAILED, error=f"worker {w.pid} died: {how}", pid=w.pid))
+                        job_name=job.request.name, queued=len(queued))
+            self._resolve(job, RunResult(RunStatus.FAILED, error=f"worker {w.pid} died: {how}", pid=w.pid))
         elif early and not self._closing:
             log.error("pool.worker_start_failed", pid=w.pid, exit=how)
         elif not expected and not self._closing:
-            log.warning("pool.worker_died", pid=w.pid, exit=how, job_id=None)
+            log.warning("pool.worker_died", pid=w.pid, exit=how, job_id=None, queued=len(queued))
         else:
             log.debug("pool.worker_exited", pid=w.pid, exit=how)
+        self._give_back(queued)  # never started there: they run on another worker
         if early:
             self._early_deaths += 1
         self._replace(w)
+        self._pump()
 
 
 # --- the worker's side ---------------------------------------------------------------------
@@ -737,26 +1076,27 @@ class _ChildSink:
         self._job_id = job_id
 
     def progress(self, percent: float, message: str | None, step: str | None) -> None:
-        self._child.send({
-            "op": "progress", "job_id": self._job_id, "percent": percent,
-            "message": None if message is None else str(message), "step": None if step is None else str(step),
-        })
+        self._child.write(_line([
+            "progress", self._job_id, percent, None if message is None else str(message),
+            None if step is None else str(step),
+        ]))
 
     def heartbeat(self) -> None:
-        self._child.send({"op": "heartbeat", "job_id": self._job_id})
+        self._child.write(_line(["heartbeat", self._job_id]))
 
     def enqueue(self, name: str, payload: Any, options: dict[str, Any], submit: bool) -> Any:
         return self._child.enqueue(self._job_id, name, payload, options, submit)
 
 
 class _Child:
-    """One worker process: the main thread runs jobs, a listener thread reads the pipe."""
+    """One worker process: the main thread runs jobs in order, a listener thread reads the pipe."""
 
     def __init__(self, conn: Connection, jobs_dir: Path, options: dict[str, Any]) -> None:
         # Ctrl-C on a terminal reaches the whole process group: the daemon decides when we stop.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         log_setup.configure(options.get("log_level", "info"), "json")
-        self.conn = conn
+        self.conn = conn  # owns the socket; both threads use its descriptor directly
+        self.fd = conn.fileno()
         self.jobs_dir = jobs_dir
         self.pid = os.getpid()
         structlog.contextvars.bind_contextvars(worker_pid=self.pid)  # on every line this worker logs
@@ -765,61 +1105,133 @@ class _Child:
         self.loop = asyncio.new_event_loop()  # persistent: one loop for every async job of this worker
         asyncio.set_event_loop(self.loop)
         self._proc = psutil.Process() if options.get("measure_rss") else None
-        self._send_lock = threading.Lock()  # the main thread and handler threads may all send
-        self._inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._max_rss: int | None = options.get("max_rss_bytes")
+        self._send_lock = threading.Lock()  # the main thread, the listener and handler threads all write
+        # Guards the queue and the current job, shared by the main thread and the listener.
+        self._cv = threading.Condition(threading.Lock())
+        self._queue: deque[list[Any]] = deque()  # `run` messages not started, in order
+        self._stopping = False
+        self._held = False  # over max RSS: start nothing more, the daemon replaces us
+        self._current_id: str | None = None  # taken from the queue (its Context may not exist yet)
         self._current: _ChildJob | None = None
-        self._early_cancels: set[str] = set()
-        self._replies: dict[int, Callable[[dict[str, Any]], None]] = {}
+        self._cancel_early = False  # a cancel for `_current_id` came before its Context
+        self._replies: dict[int, Callable[[list[Any]], None]] = {}
         self._req = itertools.count(1)
 
     def serve(self) -> None:
         threading.Thread(target=self._listen, name="pool-listener", daemon=True).start()
         self.registry = load_jobs(self.jobs_dir)
         errors = {path: exc.cause for path, exc in self.registry.errors.items()}
-        self.send({"op": "ready", "pid": self.pid, "types": sorted(self.registry.types), "errors": errors})
+        self.write(_line(["ready", self.pid, sorted(self.registry.types), errors]))
         self.log.debug("pool.worker_ready", pid=self.pid, types=sorted(self.registry.types))
+        cv = self._cv
+        out = b""  # the last job's result: written with the next job's start if one is waiting
         while True:
-            msg = self._inbox.get()
-            if msg["op"] == "stop":
-                return
-            self._run(msg)
+            with cv:
+                msg = self._take()
+                while msg is None and not out and not self._stopping:
+                    cv.wait()
+                    msg = self._take()
+            if msg is None:
+                if not out:
+                    return  # stopped, with nothing left to say
+                self.write(out)
+                out = b""
+                continue
+            # Reported before the handler runs: if we die from here on, the daemon knows it started.
+            self.write(out + _line(["started", msg[1]]))
+            try:
+                out = self._run(msg)
+            finally:
+                with cv:
+                    self._current = None
+                    self._current_id = None
+
+    def _take(self) -> list[Any] | None:
+        """The next job to run, if we may start one (call with `_cv` held)."""
+        if not self._queue or self._stopping or self._held:
+            return None
+        msg = self._queue.popleft()
+        self._current_id = msg[1]
+        self._cancel_early = False
+        return msg
 
     # --- pipe ------------------------------------------------------------------------------
 
-    def send(self, msg: dict[str, Any]) -> None:
-        self._send_raw(json.dumps(msg, default=_encode_extra).encode())
-
-    def _send_raw(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
         try:
             with self._send_lock:
-                self.conn.send_bytes(data)
+                while data:
+                    data = data[os.write(self.fd, data):]
         except OSError:
             os._exit(0)  # the daemon is gone: nobody can take our results
 
     def _listen(self) -> None:
+        buf = b""
         while True:
             try:
-                data = self.conn.recv_bytes()
-            except (EOFError, OSError):
+                data = os.read(self.fd, 65536)
+            except OSError:
+                data = b""
+            if not data:
                 os._exit(0)  # the daemon closed our pipe or died: do not outlive it
-            msg = json.loads(data)
-            op = msg.get("op")
-            if op in ("run", "stop"):
-                self._inbox.put(msg)
-            elif op == "cancel":
-                self._cancel(msg["job_id"])
-            elif op == "enqueued":
-                deliver = self._replies.pop(msg["req"], None)
-                if deliver is not None:
-                    deliver(msg)
+            if buf:
+                data = buf + data
+            end = data.rfind(b"\n") + 1
+            buf = data[end:]
+            if end:
+                for msg in _decode(data[:end - 1]):
+                    self._on_message(msg)
+
+    def _on_message(self, msg: list[Any]) -> None:
+        op = msg[0]
+        if op == "run":
+            with self._cv:
+                self._queue.append(msg)
+                self._cv.notify()
+        elif op == "cancel":
+            self._cancel(msg[1])
+        elif op == "enqueued":
+            deliver = self._replies.pop(msg[1], None)
+            if deliver is not None:
+                deliver(msg)
+        elif op == "reclaim":
+            self._hand_back(set(msg[1]))
+        elif op == "stop":
+            self._hand_back(None)
+
+    def _hand_back(self, ids: set[str] | None) -> None:
+        """Give queued jobs back to the daemon (`ids`, or all of them and stop)."""
+        with self._cv:
+            if ids is None:
+                back = [m[1] for m in self._queue]
+                self._queue.clear()
+                self._stopping = True
+                self._cv.notify()
+            else:
+                back = [m[1] for m in self._queue if m[1] in ids]
+                if back:
+                    self._queue = deque(m for m in self._queue if m[1] not in ids)
+        if back:
+            self.write(_line(["returned", back]))
 
     def _cancel(self, job_id: str) -> None:
-        with self._lock:
-            job = self._current
-            if job is None or job.job_id != job_id:
-                self._early_cancels.add(job_id)  # it may not have started yet
-                return
+        job = None
+        with self._cv:
+            for i, m in enumerate(self._queue):
+                if m[1] == job_id:
+                    del self._queue[i]
+                    break
+            else:
+                if self._current_id != job_id:
+                    return  # already finished
+                job = self._current
+                if job is None:
+                    self._cancel_early = True  # taken from the queue, its Context not made yet
+                    return
+        if job is None:
+            self.write(_line(["dropped", job_id]))  # never started
+            return
         # Set the threading.Event now, so `ctx.cancelled` is true even for code that never yields;
         # an async handler's asyncio.Event must be set on its own loop.
         job.ctx._cancel.set()  # noqa: SLF001 (the runner owns the context)
@@ -828,83 +1240,75 @@ class _Child:
 
     # --- jobs ------------------------------------------------------------------------------
 
-    def _run(self, msg: dict[str, Any]) -> None:
-        job_id, name = msg["job_id"], msg["name"]
+    def _run(self, msg: list[Any]) -> bytes:
+        """Run one job; returns its `result` message."""
+        _, job_id, name, attempt, payload_json, context, deadline = msg
         jt = self.registry.get(name)
         if jt is None:
             error = f"no handler for {name!r} in worker {self.pid}"
             if self.registry.errors:
                 error += "; files that failed to load: " + "; ".join(
                     f"{p}: {e.cause}" for p, e in self.registry.errors.items())
-            self._result(job_id, RunResult(RunStatus.FAILED, error=error))
-            return
+            return self._result(job_id, RunResult(RunStatus.FAILED, error=error))
         try:
-            payload = jt.payload.from_json(msg["payload_json"])
+            payload = jt.payload.from_json(payload_json)
         except InvalidPayload as exc:
-            self._result(job_id, RunResult(RunStatus.PERMANENT, error=str(exc)))
-            return
-        context: dict[str, str] = msg.get("context") or {}
-        deadline = msg.get("deadline")
+            return self._result(job_id, RunResult(RunStatus.PERMANENT, error=str(exc)))
+        context = context or {}
         ctx = Context(
-            job_id=job_id, job_name=name, attempt=msg["attempt"], payload=payload, context=context,
+            job_id=job_id, job_name=name, attempt=attempt, payload=payload, context=context,
             deadline=datetime.fromtimestamp(deadline, tz=UTC) if deadline else None,
             sink=_ChildSink(self, job_id), is_async=jt.is_async,
         )
-        with self._lock:
+        with self._cv:
             self._current = _ChildJob(job_id, ctx, jt.is_async)
-            cancelled_early = job_id in self._early_cancels
-            self._early_cancels.clear()
+            cancelled_early = self._cancel_early
         if cancelled_early:
             ctx._set_cancelled()  # noqa: SLF001
         args = (payload, ctx) if jt.takes_context else (payload,)
         bound = {
-            "job_id": job_id, "job_name": name, "attempt": msg["attempt"],
+            "job_id": job_id, "job_name": name, "attempt": attempt,
             "trace_id": context.get("trace_id"), "request_id": context.get("request_id"),
         }
         try:
-            # telemetry.remote_parent: handler spans join the job's trace (no-op without a tracer provider)
-            with structlog.contextvars.bound_contextvars(**bound), telemetry.remote_parent(context):
-                try:
-                    if jt.is_async:
-                        value = self.loop.run_until_complete(jt.handler(*args))
-                    else:
-                        value = jt.handler(*args)
-                except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 (the handler's failure)
-                    # SystemExit and KeyboardInterrupt are not caught: they end the worker,
-                    # and the daemon reports the job as a crash and replaces the worker.
-                    outcome = outcome_of_exception(exc)
-                else:
-                    outcome = outcome_of(value)
-        finally:
-            with self._lock:
-                self._current = None
-        self._result(job_id, outcome)
+            # Each job runs in its own copy of the context: what it binds vanishes with it.
+            value = contextvars.copy_context().run(self._call, jt, args, bound, context)
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 (the handler's failure)
+            # SystemExit and KeyboardInterrupt are not caught: they end the worker,
+            # and the daemon reports the job as a crash and replaces the worker.
+            outcome = outcome_of_exception(exc)
+        else:
+            outcome = outcome_of(value)
+        return self._result(job_id, outcome)
 
-    def _result(self, job_id: str, outcome: RunResult) -> None:
-        text = None
-        error = outcome.error
-        if outcome.result is not None:
-            try:
-                text = json.dumps(outcome.result)
-            except (TypeError, ValueError) as exc:  # a Failure(result=...) that JSON cannot hold
-                error = f"{error}; result dropped, not JSON-serializable: {exc}"
-        msg: dict[str, Any] = {
-            "op": "result", "job_id": job_id, "status": outcome.status.value, "result": text,
-            "error": error, "retry_delay_s": outcome.retry_delay_s,
-        }
+    def _call(self, jt: JobType, args: tuple[Any, ...], bound: dict[str, Any], context: dict[str, str]) -> Any:
+        structlog.contextvars.bind_contextvars(**bound)
+        # telemetry.remote_parent: handler spans join the job's trace (no-op without a tracer provider)
+        with telemetry.remote_parent(context):
+            if jt.is_async:
+                return self.loop.run_until_complete(jt.handler(*args))
+            return jt.handler(*args)
+
+    def _result(self, job_id: str, outcome: RunResult) -> bytes:
+        rss = None
         if self._proc is not None:
-            msg["rss"] = self._proc.memory_info().rss
-        self.send(msg)
+            rss = self._proc.memory_info().rss
+            if self._max_rss is not None and rss > self._max_rss:
+                self._held = True  # the daemon sees the same figure and replaces this worker
+        msg = ["result", job_id, outcome.status.value, outcome.result, outcome.error, outcome.retry_delay_s, rss]
+        try:
+            return _line(msg)
+        except (TypeError, ValueError) as exc:  # a Failure(result=...) that JSON cannot hold
+            msg[3] = None
+            msg[4] = f"{outcome.error}; result dropped, not JSON-serializable: {exc}"
+            return _line(msg)
 
     # --- child jobs ------------------------------------------------------------------------
 
     def enqueue(self, job_id: str, name: str, payload: Any, options: dict[str, Any], submit: bool) -> Any:
         """Ask the daemon to enqueue a child job: a future on the job's loop, else block for the reply."""
         req = next(self._req)
-        data = json.dumps({
-            "op": "enqueue", "job_id": job_id, "req": req, "name": name, "payload": payload,
-            "options": options, "submit": submit,
-        }, default=_encode_extra).encode()
+        data = (_encode_with_extra(["enqueue", job_id, req, name, payload, options, submit]) + "\n").encode()
         try:
             on_loop = asyncio.get_running_loop() is self.loop
         except RuntimeError:
@@ -912,26 +1316,26 @@ class _Child:
         if on_loop:
             fut: asyncio.Future[Any] = self.loop.create_future()
 
-            def reply_on_loop(reply: dict[str, Any]) -> None:
+            def reply_on_loop(reply: list[Any]) -> None:
                 self.loop.call_soon_threadsafe(_settle, fut, reply)  # the future belongs to the job's loop
 
             self._replies[req] = reply_on_loop
-            self._send_raw(data)
+            self.write(data)
             return fut
-        box: list[dict[str, Any]] = []
+        box: list[list[Any]] = []
         got = threading.Event()
 
-        def deliver(reply: dict[str, Any]) -> None:
+        def deliver(reply: list[Any]) -> None:
             box.append(reply)
             got.set()
 
         self._replies[req] = deliver
-        self._send_raw(data)
+        self.write(data)
         got.wait()
         return _decode_reply(box[0])
 
 
-def _settle(fut: asyncio.Future[Any], reply: dict[str, Any]) -> None:
+def _settle(fut: asyncio.Future[Any], reply: list[Any]) -> None:
     if fut.done():
         return
     try:

@@ -441,7 +441,7 @@ async def test_cancel_while_waiting_for_a_worker(pool: MakePool) -> None:
     await asyncio.wait_for(busy_events.started.wait(), 10)
     cancel = asyncio.Event()
     waiting = asyncio.ensure_future(run(runner, request("t.pid"), cancel=cancel))
-    await asyncio.sleep(0.05)  # let it block on the idle queue; the assertion below does not rely on it
+    await asyncio.sleep(0.05)  # let it wait for the busy worker; the assertion below does not rely on it
     cancel.set()
     res = await waiting
     assert res.status is RunStatus.CANCELLED and res.pid is None
