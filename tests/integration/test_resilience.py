@@ -166,6 +166,24 @@ async def test_drain_timeout_releases_jobs_to_another_instance(redis_url: str, u
     assert report and report[0]["job_id"] == ref.id and report[0]["outcome"] == "released"
 
 
+async def test_drain_timeout_releases_a_job_that_stops_when_asked(redis_url: str, use_handlers: Any,
+                                                                  daemon: Any) -> None:
+    # Given a job that returns as soon as it is asked to stop, running past a 0.5 s drain timeout
+    use_handlers("basic")
+    first = daemon(env={"JOB_SUPERVISOR_DRAIN_TIMEOUT": "0.5"})
+    async with Client(redis_url) as client:
+        ref = await client.enqueue("t.cooperative", {})
+        await _until(lambda: _state_is(client, ref.id, State.ACTIVE), what="active")
+        # When the daemon is stopped
+        assert first.stop() == 0
+        # Then the job went back to the queue: stopping it was the daemon's doing, not a cancellation
+        job = await client.get(ref.id)
+    assert job.state is State.PENDING and job.deliveries == 0
+    assert [a.outcome for a in job.attempts] == ["released"]
+    report = first.events("shutdown.job")
+    assert report and report[0]["job_id"] == ref.id and report[0]["outcome"] == "released"
+
+
 async def test_second_signal_stops_fast(redis_url: str, use_handlers: Any, daemon: Any) -> None:
     use_handlers("basic")
     d = daemon(env={"JOB_SUPERVISOR_DRAIN_TIMEOUT": "60"})
