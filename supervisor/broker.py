@@ -176,7 +176,7 @@ class Broker:
         if 0 < limit < 256:
             warnings.append(
                 f"Redis hash-max-listpack-value is {limit}: job records with a payload over {limit} B use "
-                "Redis's large hash encoding (~1,060 B per queued 100 B job instead of ~710 B). "
+                "Redis's large hash encoding (~1,060 B per queued 100 B job instead of ~690 B). "
                 "CONFIG SET hash-max-listpack-value 1024 (and set it in redis.conf) to save ~1/3 of the memory."
             )
         return warnings

@@ -89,7 +89,7 @@ class RedisServer:
             "--bind", "127.0.0.1",
             "--protected-mode", "yes",
             # Job records keep the compact listpack encoding with a 100 B payload and a trace
-            # context (both over the default 64 B): ~710 B per queued job instead of ~1,060 B.
+            # context (both over the default 64 B): ~690 B per queued job instead of ~1,060 B.
             # (`ziplist` is the name Redis 6 knows; Redis 7 takes it as an alias.)
             "--hash-max-ziplist-value", str(HASH_MAX_VALUE),
         ]
