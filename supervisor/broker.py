@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -478,9 +479,24 @@ def _flat(items: Iterable[Sequence[Any]]) -> list[Any]:
     return [v for item in items for v in item]
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)  # one encoder, not one per call
+# One reusable C encoder (compact, ASCII, default=str): `json.dumps` and `JSONEncoder.encode`
+# make a new one per call, half the cost of encoding a small value. It keeps no table of the
+# containers it is in (check_circular), so a value that contains itself ends in RecursionError,
+# reported as the ValueError `json.dumps` would raise.
+_ENCODE = (c_make_encoder(None, str, encode_basestring_ascii, None, ":", ",", False, False, True)
+           if c_make_encoder is not None else None)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON (the only serialization job-supervisor uses)."""
-    return _ENCODER.encode(value)
+    """Compact JSON (the only serialization job-supervisor uses).
+
+    Raises TypeError/ValueError for what JSON cannot hold, ValueError for a value that contains
+    itself (or nests too deep).
+    """
+    if _ENCODE is None:
+        return _ENCODER.encode(value)
+    try:
+        return "".join(_ENCODE(value, 0))
+    except RecursionError:
+        raise ValueError("it contains itself, or nests too deep") from None

@@ -17,7 +17,6 @@ import time
 from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, TypeVar
 
 import jsonschema
@@ -437,21 +436,10 @@ def _schema_check(name: str, info: _TypeInfo, payload: Any) -> None:
             raise InvalidPayload(name, schema_detail(error))
 
 
-# broker.dumps's output (compact, ASCII, default=str) from one reusable C encoder: `dumps`
-# makes a new encoder per call, which is half its cost on a small payload. It keeps no table of
-# the containers it is in (check_circular), so a cyclic payload ends in RecursionError instead.
-_ENCODE = c_make_encoder(None, str, encode_basestring_ascii, None, ":", ",", False, False, True) \
-    if c_make_encoder is not None else None
-
-
 def _payload_json(name: str, payload: Any) -> str:
     """The payload as JSON text (a str payload must be JSON text already)."""
     try:
-        if isinstance(payload, str):
-            return _checked_json(payload)
-        return "".join(_ENCODE(payload, 0)) if _ENCODE is not None else dumps(payload)
-    except RecursionError:
-        raise InvalidPayload(name, "payload is not JSON: it contains itself, or nests too deep") from None
+        return _checked_json(payload) if isinstance(payload, str) else dumps(payload)
     except (TypeError, ValueError) as exc:
         raise InvalidPayload(name, f"payload is not JSON: {exc}") from None
 
