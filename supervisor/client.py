@@ -227,13 +227,6 @@ class Client:
         Raises JobRejected when the key's queue policy refuses the job; a coalesced job
         returns the job it folded into (`existing=True`).
         """
-        if not (delay or priority or idempotency_key or deadline or context or parent or concurrency_key
-                or run_at is not None):
-            wire, info = self.broker.wire, self._plain(name)
-            if wire is not None and info is not None:
-                job_id, data = _plain_job(name, payload, info)
-                await wire.evalsha_packed(_ENQUEUE, data)
-                return JobRef(job_id, name)
         outcome = await self.submit(name, payload, delay=delay, run_at=run_at, priority=priority,
                                     idempotency_key=idempotency_key, deadline=deadline, context=context,
                                     parent=parent, allow_unknown=allow_unknown, concurrency_key=concurrency_key)
@@ -243,7 +236,7 @@ class Client:
         """Like `enqueue`, but returns the admission outcome instead of raising on rejection:
         accepted / rejected / coalesced / replaced, with the key and the existing job."""
         allow_unknown = options.pop("allow_unknown", None)
-        if not options:
+        if _no_options(options):
             wire, info = self.broker.wire, self._plain(name)
             if wire is not None and info is not None:
                 job_id, data = _plain_job(name, payload, info)
@@ -505,6 +498,14 @@ def _plain_call(name: str) -> PackedCall:
     return call
 
 
+_OPTION_NAMES = frozenset(EnqueueRequest.__dataclass_fields__) - {"name", "payload"}
+
+
+def _no_options(options: dict[str, Any]) -> bool:
+    """`submit`'s keyword options set nothing (none given, or all None/0/empty)."""
+    return not any(options.values()) and options.keys() <= _OPTION_NAMES
+
+
 def _plain_request(r: EnqueueRequest) -> bool:
     """No option set: the job takes its type's defaults."""
     return not (r.delay or r.run_at is not None or r.priority or r.idempotency_key or r.deadline or r.context
@@ -594,10 +595,6 @@ class SyncClient:
 
     def enqueue(self, name: str, payload: Any = None, **options: Any) -> JobRef:
         """Queue one job (see `Client.enqueue`)."""
-        if not options and self._wire is not None and (info := self._types.plain(name)) is not None:
-            job_id, data = _plain_job(name, payload, info)
-            self._wire.evalsha_packed(_ENQUEUE, data)
-            return JobRef(job_id, name)
         return _ref_or_raise(self.submit(name, payload, **options))
 
     def submit(self, name: str, payload: Any = None, **options: Any) -> SubmitOutcome:
@@ -606,7 +603,7 @@ class SyncClient:
         if wire is None:
             return self._call(self._client.submit(name, payload, **options))
         allow_unknown = options.pop("allow_unknown", None)
-        if not options and (info := self._types.plain(name)) is not None:
+        if _no_options(options) and (info := self._types.plain(name)) is not None:
             job_id, data = _plain_job(name, payload, info)
             wire.evalsha_packed(_ENQUEUE, data)
             return SubmitOutcome("accepted", job_id, name)
