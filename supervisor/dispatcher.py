@@ -72,8 +72,7 @@ class InFlight:
     request_id: str | None = None  # telemetry: on every line logged for the job (job.output, run.finished)
     log_lines: list[str] = field(default_factory=list)
     lease_lost: bool = False
-    releasing: bool = False  # stopped by the drain timeout: handed back to the queue, not cancelled
-    outcome: str = "running"
+    outcome: str = "running"  # or "releasing": stopped by the drain timeout, handed back to the queue
 
 
 class _Events:
@@ -229,7 +228,7 @@ class Dispatcher:
         without waiting out `ack_wait`. Any outcome they report later is refused (fenced).
         """
         for f in jobs:
-            f.releasing = True
+            f.outcome = "releasing"
             f.cancel.set()
         tasks = [f.task for f in jobs if f.task is not None]
         if tasks:
@@ -237,7 +236,7 @@ class Dispatcher:
         await self.flush(grace)  # the runs that ended otherwise (completed, failed) are written as such
         by_type: dict[str, list[InFlight]] = {}
         for f in jobs:  # stopped for the release, or still running after the grace period
-            if f.outcome in ("running", "releasing"):
+            if f.outcome == "releasing":
                 by_type.setdefault(f.job.name, []).append(f)
         for name, group in by_type.items():
             try:
@@ -363,9 +362,8 @@ class Dispatcher:
 
     def _settle(self, lane: _Lane, f: InFlight, result: RunResult) -> None:
         job, served = f.job, lane.served
-        if f.releasing and result.status is RunStatus.CANCELLED:
-            f.outcome = "releasing"  # `release` hands it back to the queue (not a cancellation)
-            return
+        if f.outcome == "releasing" and result.status is RunStatus.CANCELLED:
+            return  # `release` hands it back to the queue (not a cancellation)
         if f.log_lines:  # the job's output is written before its outcome
             lane.logs.setdefault(job.id, []).extend(f.log_lines)
             f.log_lines = []
