@@ -28,6 +28,9 @@ from supervisor.states import FINISHED, State
 from supervisor.wire import AsyncWire, Script, params_of
 
 
+#: The transition scripts, by name, as the wire calls them (by SHA; the same sources as redis-py's).
+SCRIPTS = {name: Script(script_source(name)) for name in SCRIPT_NAMES}
+
 #: Output lines kept per job, and how long when the type's retention is unknown.
 LOG_LINES = 1000
 DEFAULT_LOG_RETENTION_S = 30 * 86_400.0
@@ -135,7 +138,6 @@ class Broker:
         params = params_of(client)
         self.wire = AsyncWire(params) if params is not None else None
         self._waiters: dict[str, AsyncWire] = {}  # one blocking connection per waiting queue
-        self._wire_scripts = {name: Script(script_source(name)) for name in SCRIPT_NAMES}
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
@@ -145,7 +147,7 @@ class Broker:
         # KEYS[1] routes the call to the queue's slot; the script builds its other keys
         # from the same prefix, which carries the same hash tag.
         if self.wire is not None:
-            return await self.wire.evalsha(self._wire_scripts[script], [prefix + "ready"], [prefix, job_prefix, *args])
+            return await self.wire.evalsha(SCRIPTS[script], [prefix + "ready"], [prefix, job_prefix, *args])
         return await self._scripts[script](keys=[prefix + "ready"], args=[prefix, job_prefix, *args])
 
     async def _run_for_job(self, script: str, job_id: str, args: Sequence[Any]) -> Any:
@@ -203,7 +205,7 @@ class Broker:
         """Queue `jobs` of type `name`; says per job what happened (idempotency, key policy)."""
         script_keys, args = enqueue_call(name, jobs)
         if self.wire is not None:
-            return parse_enqueued(await self.wire.evalsha(self._wire_scripts["enqueue"], script_keys, args))
+            return parse_enqueued(await self.wire.evalsha(SCRIPTS["enqueue"], script_keys, args))
         return parse_enqueued(await self._scripts["enqueue"](keys=script_keys, args=args))
 
     async def enqueue_stream(self, chunks: Iterable[tuple[str, Sequence[NewJob]]]) -> list[list[Enqueued]]:
@@ -216,7 +218,7 @@ class Broker:
 
     async def enqueue_calls(self, calls: Iterable[tuple[str, list[Any]]]) -> list[list[Enqueued]]:
         """`enqueue_stream` for callers that build the script's ARGV themselves (see enqueue.lua)."""
-        script = self._wire_scripts["enqueue"]
+        script = SCRIPTS["enqueue"]
         if self.wire is None:  # redis-py: one pipeline
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name, args in calls:

@@ -24,8 +24,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from supervisor import keys, telemetry
-from supervisor.broker import Broker, Enqueued, NewJob, connect, dumps, enqueue_call, parse_enqueued
-from supervisor.scripts import script_source
+from supervisor.broker import SCRIPTS, Broker, Enqueued, NewJob, connect, dumps, enqueue_call, parse_enqueued
 from supervisor.errors import (
     InvalidPayload,
     JobFailed,
@@ -39,11 +38,11 @@ from supervisor.handler import schema_detail
 from supervisor.records import Job
 from supervisor.registry import Registry
 from supervisor.states import State
-from supervisor.wire import PackedCall, Script, SyncWire, params_of
+from supervisor.wire import PackedCall, SyncWire, params_of
 
 T = TypeVar("T")
 _META_TTL_S = 5.0
-_ENQUEUE = Script(script_source("enqueue"))
+_ENQUEUE = SCRIPTS["enqueue"]
 _CHUNK = 200  # jobs per enqueue script call in enqueue_many
 
 

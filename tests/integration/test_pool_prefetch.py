@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import signal
-import textwrap
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from runners.pool import ProcessPoolRunner
 from supervisor.client import JobRef
 from supervisor.errors import UnknownJobType
 from tests.conftest import await_until
-from tests.integration.test_pool_runner import HANDLERS, MakePool, Recorder, gone, pids_settle, request, run
+from tests.integration.test_pool_runner import HANDLERS, MakePool, Recorder, gone, pids_settle, pools, request, run
 
 GATED = '''
 """Handlers that let a test decide when a job ends, and record when jobs start."""
@@ -101,21 +100,8 @@ def gates(tmp_path: Path) -> Gates:
 @pytest.fixture
 async def pool(tmp_path: Path) -> AsyncIterator[MakePool]:
     """Start pools on FILES written into tmp_path/jobs (closed after the test)."""
-    made: list[ProcessPoolRunner] = []
-
-    async def make(workers: int = 1, **options: Any) -> ProcessPoolRunner:
-        jobs = tmp_path / "jobs"
-        jobs.mkdir(exist_ok=True)
-        for stem, source in FILES.items():
-            (jobs / f"{stem}.py").write_text(textwrap.dedent(source))
-        runner = ProcessPoolRunner(jobs, workers, **options)
-        made.append(runner)
-        await asyncio.wait_for(runner.start(), 60)
-        return runner
-
-    yield make
-    for runner in made:
-        await asyncio.wait_for(runner.close(), 60)
+    async with pools(tmp_path, FILES) as make:
+        yield make
 
 
 async def warm(runner: ProcessPoolRunner, gates: Gates, *extra: tuple[str, str]) -> None:

@@ -8,6 +8,7 @@ for cancel, and checks processes by pid with psutil. Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import textwrap
@@ -226,24 +227,33 @@ def gone(pid: int | None) -> bool:
 MakePool = Callable[..., Awaitable[ProcessPoolRunner]]
 
 
-@pytest.fixture
-async def pool(tmp_path: Path) -> AsyncIterator[MakePool]:
-    """Write handler files into tmp_path/jobs and start a pool on them (closed after the test)."""
+@contextlib.asynccontextmanager
+async def pools(tmp_path: Path, default_files: dict[str, str]) -> AsyncIterator[MakePool]:
+    """Write handler files into tmp_path/jobs and start pools on them (all closed on exit)."""
     made: list[ProcessPoolRunner] = []
 
     async def make(workers: int = 1, files: dict[str, str] | None = None, **options: Any) -> ProcessPoolRunner:
         jobs = tmp_path / "jobs"
         jobs.mkdir(exist_ok=True)
-        for stem, source in (files or {"handlers": HANDLERS}).items():
+        for stem, source in (files or default_files).items():
             (jobs / f"{stem}.py").write_text(textwrap.dedent(source))
         runner = ProcessPoolRunner(jobs, workers, **options)
         made.append(runner)
         await asyncio.wait_for(runner.start(), 60)
         return runner
 
-    yield make
-    for runner in made:
-        await asyncio.wait_for(runner.close(), 60)
+    try:
+        yield make
+    finally:
+        for runner in made:
+            await asyncio.wait_for(runner.close(), 60)
+
+
+@pytest.fixture
+async def pool(tmp_path: Path) -> AsyncIterator[MakePool]:
+    """Start pools on the HANDLERS file (closed after the test)."""
+    async with pools(tmp_path, {"handlers": HANDLERS}) as make:
+        yield make
 
 
 async def pids_settle(runner: ProcessPoolRunner, n: int) -> set[int]:
