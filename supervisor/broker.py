@@ -427,11 +427,6 @@ class Broker:
             sizes = await pipe.execute()
         return {p.removeprefix("st:"): int(n) for p, n in zip(parts, sizes, strict=True)}
 
-    async def read_events(self, name: str, last_id: str, block_ms: int | None, count: int = 100) -> list[tuple[str, dict[str, str]]]:
-        """Lifecycle events of a type after `last_id` ('$' = only new ones)."""
-        rows = await self.blocking.xread({keys.events_key(name): last_id}, count=count, block=block_ms)
-        return [(eid, fields) for _stream, entries in rows for eid, fields in entries]
-
     async def close(self) -> None:
         if self.wire is not None:
             await self.wire.close()

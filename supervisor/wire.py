@@ -254,25 +254,6 @@ class AsyncWire:
             raise RedisConnectionError(f"not connected to Redis at {self._where()}")
         return self._send(proto, cmd)
 
-    async def pipeline(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
-        """Send several commands in one write; their replies in order (error replies as ResponseError values)."""
-        proto = self._protocol or await self._ready()
-        loop = asyncio.get_running_loop()
-        assert proto.transport is not None
-        proto.transport.write(b"".join(hiredis.pack_command(c) for c in cmds))
-        now = loop.time()
-        futs = [loop.create_future() for _ in cmds]
-        self._waiting.extend((f, now) for f in futs)
-        if self._watchdog is None:
-            self._watchdog = loop.call_later(min(self.params.timeout_s, 1.0), self._check_timeout)
-        out: list[Any] = []
-        for f in futs:
-            try:
-                out.append(await f)
-            except ResponseError as exc:
-                out.append(exc)
-        return out
-
     async def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """Run a script by SHA, loading it first if the server does not have it."""
         try:
@@ -282,17 +263,6 @@ class AsyncWire:
                 raise
         await self.call("SCRIPT", "LOAD", script.source)
         return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
-
-    async def evalsha_many(self, script: Script, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """Several calls of one script in one pipeline; each reply, or its ResponseError."""
-        cmds = [("EVALSHA", script.sha, len(k), *k, *a) for k, a in calls]
-        replies = await self.pipeline(cmds)
-        if any(_is_noscript(r) for r in replies):
-            await self.call("SCRIPT", "LOAD", script.source)
-            redo = [i for i, r in enumerate(replies) if _is_noscript(r)]
-            for i, r in zip(redo, await self.pipeline([cmds[i] for i in redo]), strict=True):
-                replies[i] = r
-        return replies
 
     def _check_timeout(self) -> None:
         self._watchdog = None
