@@ -446,7 +446,7 @@ def _prefixes(name: str) -> tuple[str, str]:
     if got is None:
         if len(_PREFIXES) > 10_000:
             _PREFIXES.clear()
-        got = _PREFIXES[name] = (keys.queue_prefix(name), f"{keys.PREFIX}:{{{keys.tag_for(name)}}}:j:")
+        got = _PREFIXES[name] = (keys.queue_prefix(name), keys.job_prefix(name))
     return got
 
 
