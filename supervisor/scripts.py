@@ -43,7 +43,7 @@ def script_source(name: str) -> str:
     """The full source of one transition script, ready for EVAL."""
     header = (
         _legal_table()
-        + f"local EVENTS_MAXLEN = {EVENTS_MAXLEN}\n"
+        + f"local EVENTS_MAXLEN = '{EVENTS_MAXLEN}'\n"  # text: see int_s in lib.lua
         + "local DEFAULT_RETENTION = {retention_ms = "
         + f"{DEFAULT_RETENTION_MS}, dead_retention_ms = {DEFAULT_DEAD_RETENTION_MS}}}\n"
     )

@@ -76,6 +76,7 @@ end
 
 local out = {}
 local leased = {} -- score/member pairs for the active set, added in one call
+local started, lease_until = int_s(now), int_s(now + ack) -- formatted once for the batch
 local popped = {}
 if n > 0 then popped = redis.call('ZPOPMIN', ready, n) end
 for i = 1, #popped, 2 do
@@ -107,11 +108,13 @@ for i = 1, #popped, 2 do
     if slot then
       local d = (tonumber(f[3]) or 0) + 1
       local lease = (tonumber(f[11]) or 0) + 1
-      redis.call('HSET', jk, 'state', 'active', 'deliveries', d, 'started', now, 'worker', inst, 'lease', lease)
-      leased[#leased + 1] = now + ack
+      local d_s = int_s(d)
+      redis.call('HSET', jk, 'state', 'active', 'deliveries', d_s, 'started', started, 'worker', inst,
+                 'lease', int_s(lease))
+      leased[#leased + 1] = lease_until
       leased[#leased + 1] = id
       if rate > 0 then redis.call('ZADD', P .. 'rate', now, id .. ':' .. lease) end
-      emit(P, 'started', id, 'active', d, 'instance', inst)
+      emit(P, 'started', id, 'active', d_s, 'instance', inst)
       out[#out + 1] = id
       out[#out + 1] = f[2]
       out[#out + 1] = d

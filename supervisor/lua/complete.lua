@@ -5,6 +5,7 @@
 local P, JP, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local ret = retention_ms(P, 'completed')
+local now_s, ret_s = int_s(now), int_s(ret) -- formatted once for the batch
 local out = {}
 local done, parked, deadlines = {}, {}, {}
 for i = 0, n - 1 do
@@ -16,18 +17,18 @@ for i = 0, n - 1 do
   if f[1] ~= 'active' or f[2] ~= lease then
     out[#out + 1] = 'fenced:' .. tostring(f[1] or 'gone')
   else
-    local hist = history_with(jk, f[3], f[4], now, 'completed', f[5], nil, f[8])
+    local hist = history_with(jk, f[3], f[4], now_s, 'completed', f[5], nil, f[8])
     if progress ~= '' then
-      redis.call('HSET', jk, 'state', 'completed', 'result', result, 'finished', now, 'history', hist,
+      redis.call('HSET', jk, 'state', 'completed', 'result', result, 'finished', now_s, 'history', hist,
                  'progress', progress)
     else
-      redis.call('HSET', jk, 'state', 'completed', 'result', result, 'finished', now, 'history', hist)
+      redis.call('HSET', jk, 'state', 'completed', 'result', result, 'finished', now_s, 'history', hist)
     end
-    redis.call('PEXPIRE', jk, ret)
-    if f[6] then redis.call('PEXPIRE', P .. 'idem:' .. f[6], ret) end
+    redis.call('PEXPIRE', jk, ret_s)
+    if f[6] then redis.call('PEXPIRE', P .. 'idem:' .. f[6], ret_s) end
     if f[9] then deadlines[#deadlines + 1] = id end
     done[#done + 1] = id
-    parked[#parked + 1] = now
+    parked[#parked + 1] = now_s
     parked[#parked + 1] = id
     key_leave(P, id, f[7], true)
     emit(P, 'completed', id, 'completed', f[3])

@@ -14,15 +14,15 @@ if n == 1 and stride == 3 then
   -- batch path's setup (TIME, the admit closure, the reply table), and takes `created` from the
   -- event's stream id, whose first part is the server's clock in ms (never behind the last event).
   local id = ARGV[6]
-  local seq = redis.call('INCR', P .. 'seq')
+  local seq = int_s(redis.call('INCR', P .. 'seq'))
   local eid = redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', 'enqueued', 'id', id,
-                         'state', 'pending', 'attempt', 0)
+                         'state', 'pending', 'attempt', '0')
   redis.call('HSET', JP .. id, 'name', name, 'state', 'pending', 'payload', ARGV[7], 'score', seq,
              'created', string.match(eid, '^%d+'), 'ctx', ARGV[8])
   redis.call('ZADD', P .. 'ready', seq, id)
   -- wake(P) in one call: adding the marker when it is there already changes nothing, so Redis
   -- neither propagates it nor wakes anyone (the same effect as EXISTS first, one call fewer).
-  redis.call('ZADD', P .. 'marker', 0, 'm')
+  redis.call('ZADD', P .. 'marker', '0', 'm')
   return {id, 'new', ''}
 end
 
@@ -69,16 +69,17 @@ end
 local seq = redis.call('INCRBY', P .. 'seq', n) - n
 if stride == 3 then
   -- Plain jobs: nothing to admit or look up, so the ready set takes the whole batch in one call.
-  local ready, events = {}, P .. 'events'
+  local ready, events, created = {}, P .. 'events', int_s(now)
   for i = 0, n - 1 do
     local b = 6 + i * 3
     local id = ARGV[b]
     seq = seq + 1
-    redis.call('HSET', JP .. id, 'name', name, 'state', 'pending', 'payload', ARGV[b + 1], 'score', seq,
-               'created', now, 'ctx', ARGV[b + 2])
+    local score = int_s(seq)
+    redis.call('HSET', JP .. id, 'name', name, 'state', 'pending', 'payload', ARGV[b + 1], 'score', score,
+               'created', created, 'ctx', ARGV[b + 2])
     redis.call('XADD', events, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', 'enqueued', 'id', id,
-               'state', 'pending', 'attempt', 0)
-    ready[#ready + 1] = seq
+               'state', 'pending', 'attempt', '0')
+    ready[#ready + 1] = score
     ready[#ready + 1] = id
     out[#out + 1] = id
     out[#out + 1] = 'new'

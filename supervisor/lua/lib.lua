@@ -8,6 +8,13 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- An integer as Redis will store it. redis.call formats every Lua number it is given with
+-- printf("%.17g"), a slow path of libc; the hot scripts format a value used per job once,
+-- with this integer format, and pass text (constants are written as text for the same reason).
+local function int_s(x)
+  return string.format('%d', x)
+end
+
 -- Run `cmd key` with the items of `list` as further arguments, in slices small enough for
 -- unpack (Lua's stack) and even-sized, so score/member pairs stay together.
 local function call_spread(cmd, key, list)
@@ -26,13 +33,14 @@ end
 -- Append one lifecycle event to the type's stream (bounded, approximate trim).
 local function emit(P, event, id, state, attempt, ...)
   redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*',
-    'event', event, 'id', id, 'state', state, 'attempt', attempt or 0, ...)
+    'event', event, 'id', id, 'state', state, 'attempt', attempt or '0', ...)
 end
 
 -- The history field with one more attempt entry (a JSON array kept as text). `h` is the
 -- field's current value when the caller read it already (false: absent), nil to read it here.
+-- `attempt` and `started` are the record's own integer fields (text or number; false: absent).
 local function history_with(jk, attempt, started, now, outcome, instance, err, h)
-  local entry = '{"attempt":' .. (tonumber(attempt) or 0) .. ',"started":' .. (tonumber(started) or 'null')
+  local entry = '{"attempt":' .. (attempt or '0') .. ',"started":' .. (started or 'null')
     .. ',"ended":' .. now .. ',"outcome":"' .. outcome .. '"'
   if instance then entry = entry .. ',"instance":' .. cjson.encode(instance) end
   if err then entry = entry .. ',"error":' .. cjson.encode(err) end
