@@ -6,7 +6,8 @@ What it measures, each a median of `repeat` runs (see BENCHMARKS.md for the meth
   in chunks of 1000), with no daemon running;
 - drain rate of N already-queued no-op jobs per runtime: N jobs are queued with
   `enqueue_many` while no daemon runs, then a real daemon subprocess (`python -m supervisor
-  run`) is started and timed from its READY=1 until the type's `completed` count reaches N;
+  run`) is started and timed from its READY=1 until the type's `completed` count reaches N
+  (it starts once Redis has finished the AOF rewrites the fill set off: `Bench.settle`);
 - enqueue-to-start latency (p50/p99) against an idle daemon: jobs enqueued one by one with a
   pause between them; the handler returns `time.time()` as its first act, compared with a
   client timestamp taken just before `enqueue` (the records' `created`/`started` are kept in ms,
@@ -632,6 +633,28 @@ class Bench:
         finally:
             d.stop()
 
+    def settle(self) -> float:
+        """Wait until Redis has finished the persistence work the fill started; returns the seconds.
+
+        Queueing a million jobs makes Redis rewrite its AOF several times, and the last rewrite
+        (with the kernel's write-back of hundreds of MB) can still be running when the drain
+        starts: the drain would then measure the fill's aftermath, not the queue's depth. So a
+        drain starts once no AOF rewrite or RDB save is running or scheduled, and, for the
+        private Redis (same machine), after `sync`. Write-back during a drain is still measured.
+        """
+        assert self.r is not None
+        started = time.monotonic()
+        deadline = started + 300.0
+        while time.monotonic() < deadline:
+            p = self.r.info("persistence")
+            busy = ("aof_rewrite_in_progress", "aof_rewrite_scheduled", "rdb_bgsave_in_progress")
+            if not any(int(p.get(k) or 0) for k in busy):
+                break
+            time.sleep(0.05)
+        if self.owns_redis:
+            os.sync()
+        return time.monotonic() - started
+
     def drain_once(self, name: str, n: int, sample: int | None = None,
                    enqueue_chunk: int = 1000) -> dict[str, Any]:
         """Queue `n` jobs, start a daemon, time READY -> `sample` (default n) completed, stop it."""
@@ -640,6 +663,7 @@ class Bench:
         before = self.stats()
         t_enq = self.enqueue_bulk(name, n, enqueue_chunk)
         time.sleep(0.2)
+        settle_s = self.settle()
         mid = self.stats()
         jobs_dir, tasks_dir = self.dirs_for(name)
         d = self.start_daemon(name.removeprefix("bench."), jobs_dir, tasks_dir)
@@ -672,6 +696,7 @@ class Bench:
             out = {
                 "jobs": target, "queued": n, "seconds": elapsed, "rate": target / elapsed,
                 "enqueue_rate": n / t_enq, "start_to_ready_s": round(ready - d.spawned, 3),
+                "settle_s": round(settle_s, 3),
                 "rss": rss.result(),
                 "cpu_percent": {"daemon_and_workers": round(daemon_cpu / elapsed * 100, 1),
                                 "redis": round(cpu_delta(rcpu0, rcpu1) / elapsed * 100, 1) if redis_ps else None},
@@ -839,6 +864,7 @@ class Bench:
                 "memory_per_job_bytes": statistics.median(r["memory_per_job_bytes"] for r in runs),
                 "dataset_per_job_bytes": statistics.median(r["dataset_per_job_bytes"] for r in runs),
                 "drain_commands_per_job": statistics.median(r["commands"]["drain_per_job"] for r in runs),
+                "settle_s": max(r["settle_s"] for r in runs),
                 "rss": {k: max(r["rss"][k] for r in runs) for k in runs[0]["rss"]},
             }
         small = out["depths"][str(self.o.backlog_small)]["rate"]["median"]
