@@ -38,7 +38,7 @@ from supervisor.handler import schema_detail
 from supervisor.records import Job
 from supervisor.registry import Registry
 from supervisor.states import State
-from supervisor.wire import PackedCall, SyncWire, params_of
+from supervisor.wire import DEFAULT_SPIN_US, PackedCall, SyncWire, params_of
 
 T = TypeVar("T")
 _META_TTL_S = 5.0
@@ -572,17 +572,22 @@ def _checked_json(text: str) -> str:
 class SyncClient:
     """The blocking twin of `Client`, for code without an event loop (web views, scripts).
 
-    Runs a private event loop in a daemon thread; safe to share between threads.
+    Runs a private event loop in a daemon thread; safe to share between threads. `enqueue` and
+    `submit` skip that thread: they use a blocking connection of their own, which polls for
+    Redis's reply for up to `reply_spin_us` before it sleeps, when that slows nobody down
+    (see `supervisor.wire.SyncWire`; 0 turns it off).
     """
 
-    def __init__(self, redis: str, *, allow_unknown: bool = False) -> None:
+    def __init__(self, redis: str, *, allow_unknown: bool = False,
+                 reply_spin_us: float = DEFAULT_SPIN_US) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="job-supervisor-client", daemon=True)
         self._thread.start()
         self._client = self._call(self._make(redis, allow_unknown))
         # enqueue and submit skip the loop thread: a blocking wire straight to Redis (not for TLS)
         params = params_of(self._client.broker.redis)
-        self._wire = SyncWire(params) if params is not None else None
+        # quiet_threads=2: the caller and this client's loop thread
+        self._wire = SyncWire(params, reply_spin_us, quiet_threads=2) if params is not None else None
         self._types = _TypeCache()
 
     @staticmethod

@@ -151,3 +151,66 @@ def test_sync_wire_is_safe_to_share_between_threads(redis_url: str) -> None:
         wire.call("INCRBY", "shared", "x")
     assert wire.call("GET", "shared") == "800"
     wire.close()
+
+
+def _sync_wire(url: str, spin_us: float = 200.0, **overrides: object) -> SyncWire:
+    params = params_of(syncredis.Redis.from_url(url))
+    assert params is not None
+    # quiet_threads: the threads alive now (pytest-xdist's among them) do not stop the spinning
+    return SyncWire(replace(params, **overrides), spin_us=spin_us,  # type: ignore[arg-type]
+                    quiet_threads=threading.active_count())
+
+
+def test_sync_wire_times_out_on_a_silent_server_and_recovers(redis_url: str) -> None:
+    wire = _sync_wire(redis_url, timeout_s=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RedisTimeoutError, match="did not answer"):
+            wire.call("BZPOPMIN", "nothing-comes", 5)  # blocks longer than the wire waits
+        assert time.monotonic() - started < 3
+        assert wire.call("PING") == "PONG"  # a fresh connection: the late reply is never misread
+    finally:
+        wire.close()
+
+
+@pytest.mark.parametrize("spin_us", [0.0, 200.0, 1e6])
+def test_sync_wire_reads_every_reply_whether_it_spins_or_sleeps(redis_url: str, spin_us: float) -> None:
+    # 1e6: every reply is caught while spinning; 0: every reply after sleeping in recv
+    wire = _sync_wire(redis_url, spin_us=spin_us)
+    caught: list[object] = []
+    spin = wire._spin
+
+    def counted(sock: object) -> object:
+        reply = spin(sock)  # type: ignore[arg-type]
+        caught.append(reply)
+        return reply
+
+    wire._spin = counted  # type: ignore[method-assign]
+    try:
+        big = "x" * 300_000  # a reply spread over many receives
+        wire.call("SET", "spin:big", big)
+        for i in range(300):
+            assert wire.call("ECHO", f"reply {i}") == f"reply {i}"
+        assert wire.call("GET", "spin:big") == big
+        with pytest.raises(ResponseError):
+            wire.call("INCR", "spin:big")
+        assert wire.call("BZPOPMIN", "spin:nothing", 0.05) is None  # slower than the 200 µs window
+        assert wire.call("PING") == "PONG"
+        if spin_us == 0:
+            assert caught == []
+        elif spin_us == 1e6 and wire._spin_s:
+            assert len(caught) >= 300 and all(r is not False for r in caught)
+    finally:
+        wire.close()
+
+
+def test_sync_wire_stops_spinning_while_replies_come_later_than_its_window(redis_url: str) -> None:
+    wire = _sync_wire(redis_url, spin_us=50.0)
+    try:
+        assert wire._spin_s > 0, "this test needs 2 or more CPUs"
+        for _ in range(8):  # replies that take 20 ms: every spin ends without them
+            assert wire.call("BZPOPMIN", "spin:never", 0.02) is None
+        assert wire._paused > 0  # a slow or remote Redis: no CPU burnt on hopeless spins
+        assert wire.call("PING") == "PONG"
+    finally:
+        wire.close()
