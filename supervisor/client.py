@@ -101,13 +101,15 @@ class _TypeInfo:
 
 
 class _TypeCache:
-    """Published type metadata per type name, re-read at most every 5 s."""
+    """Published type metadata per type name, re-read at most every 5 s; so is the absence of
+    metadata (an enqueue with `allow_unknown` of a type no daemon published yet)."""
 
-    __slots__ = ("_types", "_listed")
+    __slots__ = ("_types", "_listed", "_absent")
 
     def __init__(self) -> None:
         self._types: dict[str, _TypeInfo] = {}
         self._listed: set[str] = set()
+        self._absent: dict[str, float] = {}  # type name -> when it was found unpublished
 
     def fresh(self, name: str) -> _TypeInfo | None:
         cached = self._types.get(name)
@@ -124,10 +126,19 @@ class _TypeCache:
             return None
         return cached
 
+    def absent(self, name: str) -> bool:
+        """True when the last read of `name`, under 5 s ago, found it unpublished."""
+        at = self._absent.get(name)
+        return at is not None and time.monotonic() - at < _META_TTL_S
+
     def store(self, name: str, meta: dict[str, str]) -> _TypeInfo | None:
         if not meta:
             self._types.pop(name, None)
+            if len(self._absent) > 10_000:
+                self._absent.clear()
+            self._absent[name] = time.monotonic()
             return None
+        self._absent.pop(name, None)
         info = self._types[name] = _TypeInfo(meta)
         return info
 
@@ -181,8 +192,12 @@ class Client:
         cached = self._types.fresh(name)
         if cached is not None:
             return cached
+        allowed = self.allow_unknown if allow_unknown is None else allow_unknown
+        if self._types.absent(name):
+            self._types.unknown(name, allowed)  # raises unless allowed (listed already)
+            return None
         info = self._types.store(name, await self.broker.type_meta(name))
-        if info is None and self._types.unknown(name, self.allow_unknown if allow_unknown is None else allow_unknown):
+        if info is None and self._types.unknown(name, allowed):
             await self.broker.redis.sadd(keys.TYPES_KEY, name)  # so listings and the janitor see its jobs
         return info
 
@@ -622,9 +637,12 @@ class SyncClient:
         cached = self._types.fresh(name)
         if cached is not None:
             return cached
+        allowed = self._client.allow_unknown if allow_unknown is None else allow_unknown
+        if self._types.absent(name):
+            self._types.unknown(name, allowed)  # raises unless allowed (listed already)
+            return None
         flat = wire.call("HGETALL", keys.meta_key(name))
         info = self._types.store(name, dict(zip(flat[::2], flat[1::2], strict=True)))
-        allowed = self._client.allow_unknown if allow_unknown is None else allow_unknown
         if info is None and self._types.unknown(name, allowed):
             wire.call("SADD", keys.TYPES_KEY, name)
         return info

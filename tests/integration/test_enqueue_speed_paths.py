@@ -199,6 +199,30 @@ def test_unknown_types_are_refused_or_listed_by_the_sync_client(r: syncredis.Red
     assert r.sismember(keys.TYPES_KEY, "speed.nobody")
 
 
+
+def _meta_reads(r: syncredis.Redis) -> int:
+    return int(r.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0))
+
+
+async def test_an_unpublished_type_is_looked_up_once_per_five_seconds_not_per_job(
+        r: syncredis.Redis, redis_url: str) -> None:
+    # Given a type no instance published, queued with allow_unknown by both clients
+    before = _meta_reads(r)
+    with SyncClient(redis_url, allow_unknown=True) as sync:
+        sync_refs = [sync.enqueue("speed.unpublished", {"i": i}) for i in range(20)]
+        # Then its metadata was read once, not once per job, and every job is queued
+        assert _meta_reads(r) - before == 1
+        # And without allow_unknown it is still refused from the cached answer
+        with pytest.raises(UnknownJobType, match="speed.unpublished"):
+            sync.enqueue("speed.unpublished", {}, allow_unknown=False)
+    async with Client(redis_url, allow_unknown=True) as client:
+        refs = [await client.enqueue("speed.unpublished", {"i": i}) for i in range(20)]
+        with pytest.raises(UnknownJobType, match="speed.unpublished"):
+            await client.enqueue("speed.unpublished", {}, allow_unknown=False)
+    assert _meta_reads(r) - before == 2
+    queued = r.zrange(keys.index_key("speed.unpublished", "ready"), 0, -1)
+    assert queued == [ref.id for ref in sync_refs + refs]
+
 class Order(BaseModel):
     n: int
 
