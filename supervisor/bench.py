@@ -110,7 +110,7 @@ class BenchOptions:
     runtimes: tuple[str, ...] = RUNTIMES
     workers: int = 2  # WORKERS_CONCURRENCY of the process runtime
     concurrency: int = 200  # per-type concurrency of the inprocess no-op
-    process_concurrency: int | None = None  # per-type concurrency of the process no-op (default 4 x workers)
+    process_concurrency: int | None = None  # per-type concurrency of the process no-op (default 16 x workers: the knee of the sweep in BENCHMARKS.md)
     subprocess_jobs: int = 200  # N for the subprocess runtimes (a fork per job)
     subprocess_concurrency: int = 8
     payload_bytes: int = 100
@@ -139,7 +139,7 @@ class BenchOptions:
 
     @property
     def process_type_concurrency(self) -> int:
-        return self.process_concurrency or 4 * self.workers
+        return self.process_concurrency or 16 * self.workers
 
 
 class BenchError(Exception):

@@ -37,7 +37,7 @@ _err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 @click.option("--concurrency", type=click.IntRange(min=1), default=200, show_default=True,
               help="Per-type concurrency of the inprocess no-op.")
 @click.option("--process-concurrency", type=click.IntRange(min=1), default=None,
-              help="Per-type concurrency of the process no-op [default: 4 x workers].")
+              help="Per-type concurrency of the process no-op [default: 16 x workers].")
 @click.option("--subprocess-jobs", type=click.IntRange(min=1), default=200, show_default=True,
               help="N for the subprocess runtimes (one fork per job).")
 @click.option("--subprocess-concurrency", type=click.IntRange(min=1), default=8, show_default=True)
