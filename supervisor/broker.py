@@ -247,17 +247,40 @@ class Broker:
 
         With `rate`, at most that many jobs of the type start per `period_ms` across all instances.
         """
-        now, next_due, flat = await self._run("claim", name, [instance, n, ack_wait_ms, max_deliver,
-                                                               rate, period_ms])
-        jobs = [
-            ClaimedJob(
-                id=flat[i], name=name, payload_json=flat[i + 1], attempt=int(flat[i + 2]),
-                lease=str(flat[i + 3]), deadline_ms=int(flat[i + 4]) if flat[i + 4] else None,
-                context_json=flat[i + 5] or "{}", created_ms=int(flat[i + 6] or 0),
-            )
-            for i in range(0, len(flat), 7)
-        ]
-        return ClaimBatch(int(now), int(next_due) if int(next_due) >= 0 else None, jobs)
+        reply = await self._run("claim", name, [instance, n, ack_wait_ms, max_deliver, rate, period_ms])
+        return _claim_batch(name, reply)
+
+    async def wait_then_claim(self, name: str, timeout_s: float, halt_token: str, instance: str, n: int,
+                              ack_wait_ms: int, max_deliver: int, rate: int = 0, period_ms: int = 0) -> ClaimBatch:
+        """Block until a producer wakes this type's queue or `timeout_s` passes, then claim as
+        `claim` does, in one round trip: the claim travels right behind the blocking wait on the
+        waiter's connection, so Redis runs it the moment the wait ends. It claims nothing once
+        `halt(name, halt_token)` ran (a fetch loop told to stop while it waited).
+        """
+        if self.wire is None:  # redis-py (TLS): wait, then claim (still halted by the token)
+            await self.wait_for_work(name, timeout_s)
+            return _claim_batch(name, await self._run("claim", name, [instance, n, ack_wait_ms, max_deliver,
+                                                                    rate, period_ms, halt_token]))
+        timeout_s = max(timeout_s, 0.001)
+        prefix, job_prefix = _prefixes(name)
+        claim = ("EVALSHA", SCRIPTS["claim"].sha, 1, prefix + "ready", prefix, job_prefix, instance, n,
+                 ack_wait_ms, max_deliver, rate, period_ms, halt_token)
+        _, reply = await self._waiter(name, timeout_s).call_pipelined(
+            ("BZPOPMIN", prefix + "marker", timeout_s), claim)
+        if isinstance(reply, ResponseError):
+            if "NOSCRIPT" not in str(reply):
+                raise reply
+            reply = await self.wire.evalsha(SCRIPTS["claim"], [prefix + "ready"], list(claim[4:]))
+        return _claim_batch(name, reply)
+
+    async def halt(self, names: Iterable[str], halt_token: str, ttl_ms: int) -> None:
+        """Tell the claims a fetch loop sent behind its waits (`wait_then_claim` with
+        `halt_token`) to claim nothing, then wake the loop's queues so its waits end."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:  # the halt key first: Redis runs the claim after the wake-up
+                pipe.set(keys.index_key(name, f"halt:{halt_token}"), 1, px=ttl_ms)
+                pipe.zadd(keys.index_key(name, "marker"), {"m": 0})
+            await pipe.execute()
 
     async def key_status(self, name: str, key: str) -> dict[str, Any]:
         """The state of one concurrency key: active jobs, queued depth, last decision, takeovers."""
@@ -366,12 +389,18 @@ class Broker:
         timeout_s = max(timeout_s, 0.001)
         if self.wire is None:
             return await self.blocking.bzpopmin(keys.index_key(name, "marker"), timeout=timeout_s) is not None
+        return await self._waiter(name, timeout_s).call("BZPOPMIN", keys.index_key(name, "marker"),
+                                                        timeout_s) is not None
+
+    def _waiter(self, name: str, timeout_s: float) -> AsyncWire:
+        """The connection this type's blocking waits use (one per waiting queue)."""
+        assert self.wire is not None
         waiter = self._waiters.get(name)
         if waiter is None:
             waiter = self._waiters[name] = AsyncWire(self.wire.params)
         if waiter.params.timeout_s < timeout_s + 10:  # the wire's own timeout must outlast the wait
             waiter.params = replace(waiter.params, timeout_s=timeout_s + 10)
-        return await waiter.call("BZPOPMIN", keys.index_key(name, "marker"), timeout_s) is not None
+        return waiter
 
     # --- reads -----------------------------------------------------------------------
 
@@ -438,6 +467,20 @@ class Broker:
 
 
 _PREFIXES: dict[str, tuple[str, str]] = {}
+
+
+def _claim_batch(name: str, reply: list[Any]) -> ClaimBatch:
+    """The claim script's reply as a ClaimBatch."""
+    now, next_due, flat = reply
+    jobs = [
+        ClaimedJob(
+            id=flat[i], name=name, payload_json=flat[i + 1], attempt=int(flat[i + 2]),
+            lease=str(flat[i + 3]), deadline_ms=int(flat[i + 4]) if flat[i + 4] else None,
+            context_json=flat[i + 5] or "{}", created_ms=int(flat[i + 6] or 0),
+        )
+        for i in range(0, len(flat), 7)
+    ]
+    return ClaimBatch(int(now), int(next_due) if int(next_due) >= 0 else None, jobs)
 
 
 def _prefixes(name: str) -> tuple[str, str]:

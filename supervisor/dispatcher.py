@@ -17,6 +17,7 @@ its level is off.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -108,6 +109,7 @@ class _Lane:
     fetch: asyncio.Task[None] | None = None
     waiting: bool = False
     retired: bool = False  # removed by a reload: claims nothing more, finishes what it runs
+    halt_token: str = ""  # names the claims sent behind this lane's waits (Broker.wait_then_claim)
     completes: list[tuple[str, str, str, str]] = field(default_factory=list)
     fails: list[tuple[str, str, str, str, int, str]] = field(default_factory=list)
     cancels: list[tuple[str, str, str]] = field(default_factory=list)
@@ -130,6 +132,8 @@ class Dispatcher:
         self._settled = asyncio.Event()
         self._beat_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._halts: set[asyncio.Task[None]] = set()
+        self._tokens = itertools.count(1)
         self.finished_counts: dict[str, int] = {}
         self._log_runs = log.is_enabled_for(logging.INFO)  # run.finished lines (per job)
 
@@ -154,7 +158,11 @@ class Dispatcher:
                 removed.append(name)
                 lane.slot_freed.set()
                 if lane.fetch is not None and lane.waiting:
-                    lane.fetch.cancel()
+                    # not cancelled: the claim behind its wait would still run; halted, it claims
+                    # nothing, and the loop ends (or goes on, should the type come back meanwhile)
+                    task = asyncio.create_task(self._halt([lane]), name=f"halt:{name}")
+                    self._halts.add(task)
+                    task.add_done_callback(self._halts.discard)
         for name, served in wanted.items():
             lane = self.lanes.get(name)
             if lane is None:
@@ -192,17 +200,14 @@ class Dispatcher:
         self.fetching = False
         for lane in self.lanes.values():
             lane.slot_freed.set()
-        waiting = [name for name, lane in self.lanes.items() if lane.waiting]
+        waiting = [lane for lane in self.lanes.values() if lane.waiting]
         if waiting:
-            try:
-                await self.broker.wake(waiting)
-            except REDIS_DOWN:
-                pass
+            await self._halt(waiting)
         fetches = [lane.fetch for lane in self.lanes.values() if lane.fetch is not None and not lane.fetch.done()]
         if not fetches:
             return
         _, pending = await asyncio.wait(fetches, timeout=1.0)
-        for task in pending:  # only ever blocked waits: nothing was claimed, safe to cancel
+        for task in pending:  # only waits another instance's wake-up took: their claims are halted
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=1.0)
@@ -259,39 +264,67 @@ class Dispatcher:
     # --- fetching --------------------------------------------------------------------
 
     async def _fetch_loop(self, lane: _Lane) -> None:
+        """Claim while there is work; when a claim comes back empty, block on the queue's
+        wake-up key with the next claim queued right behind the wait (one round trip from a
+        producer's wake-up to claimed jobs; `_halt` keeps that claim from claiming on stop)."""
         backoff = 0.05
+        wait: float | None = None  # None: claim now; else block up to `wait` seconds first
+        if not lane.halt_token:
+            lane.halt_token = self._new_token()
         while self.fetching and not lane.retired:
             served = lane.served
             free = served.concurrency - len(lane.inflight)
             if free <= 0:
                 lane.slot_freed.clear()
                 await lane.slot_freed.wait()
+                wait = None
                 continue
             # at most half the slots per claim: the next claim is in flight while these jobs run
             n = min(free, (served.concurrency + 1) // 2)
+            lane.waiting = wait is not None
             try:
-                batch = await self.broker.claim(
-                    served.name, self.instance_id, n, served.ack_wait_ms, served.max_deliver,
-                    served.rate, served.rate_period_ms,
-                )
+                if wait is None:
+                    batch = await self.broker.claim(
+                        served.name, self.instance_id, n, served.ack_wait_ms, served.max_deliver,
+                        served.rate, served.rate_period_ms,
+                    )
+                else:
+                    batch = await self.broker.wait_then_claim(
+                        served.name, wait, lane.halt_token, self.instance_id, n, served.ack_wait_ms,
+                        served.max_deliver, served.rate, served.rate_period_ms,
+                    )
             except REDIS_DOWN as exc:
-                backoff = await self._redis_down("claim", served.name, exc, backoff)
+                backoff = await self._redis_down("claim" if wait is None else "wait", served.name, exc, backoff)
+                wait = None
                 continue
+            finally:
+                lane.waiting = False
             backoff = 0.05
-            for job in batch.jobs:
+            for job in batch.jobs:  # claimed is claimed: started even if the loop was told to stop
                 self._start(lane, job)
+            wait = None
             if batch.jobs or not self.fetching or lane.retired:
                 continue
             wait = self.max_idle_wait
             if batch.next_due_ms is not None:
                 wait = min(wait, max((batch.next_due_ms - batch.now_ms) / 1000, 0.001))
-            lane.waiting = True
-            try:
-                await self.broker.wait_for_work(served.name, wait)
-            except REDIS_DOWN as exc:
-                backoff = await self._redis_down("wait", served.name, exc, backoff)
-            finally:
-                lane.waiting = False
+
+    async def _halt(self, lanes: list[_Lane]) -> None:
+        """End the waits of `lanes` with the claims queued behind them claiming nothing; each
+        lane takes a fresh token for the waits it may still make."""
+        by_token: dict[str, list[str]] = {}
+        for lane in lanes:
+            by_token.setdefault(lane.halt_token, []).append(lane.served.name)
+            lane.halt_token = self._new_token()
+        ttl_ms = int((self.max_idle_wait + 60) * 1000)  # outlasts any wait the halted claim sits behind
+        try:
+            for token, names in by_token.items():
+                await self.broker.halt(names, token, ttl_ms)
+        except REDIS_DOWN:
+            pass  # the waits' connections are down too: the claims behind them never run
+
+    def _new_token(self) -> str:
+        return f"{self.instance_id}:{next(self._tokens)}"
 
     async def _redis_down(self, op: str, name: str, exc: BaseException, backoff: float) -> float:
         log.warning("redis.unavailable", op=op, job_type=name, error=str(exc), retry_in_s=round(backoff, 2))

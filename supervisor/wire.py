@@ -244,6 +244,18 @@ class AsyncWire:
         proto = self._protocol or await self._ready()
         return await self._send_packed(proto, data)
 
+    async def call_pipelined(self, *cmds: tuple[Any, ...]) -> list[Any]:
+        """Send `cmds` back to back and return their replies in order; an error reply is
+        returned as its exception (a dropped connection raises). Redis runs a command queued
+        behind a blocking one as soon as that one returns, without waiting for us."""
+        proto = self._protocol or await self._ready()
+        futures = [self._send(proto, cmd) for cmd in cmds]
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
     async def open(self) -> None:
         """Connect now (before `send_nowait`)."""
         await self._ready()

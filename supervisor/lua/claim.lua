@@ -4,12 +4,19 @@
 -- lease lapsed follows its key's stale policy (fail-stale: failed, slot freed; requeue-stale:
 -- delivered again, keeping the slot). A keyed job whose key is at max_active waits in kw:K
 -- until a slot frees. With a rate limit, at most `rate` jobs start per `period` (sliding).
--- ARGV: P, JP, instance, n, ack_wait_ms, max_deliver, rate (0 none), period_ms
+-- ARGV: P, JP, instance, n, ack_wait_ms, max_deliver, rate (0 none), period_ms[, halt token]
 -- Returns {now, next_due_ms or -1, {id, payload, deliveries, lease, deadline, ctx, created, ...}}
 local P, JP, inst = ARGV[1], ARGV[2], ARGV[3]
 local n, ack, max_deliver = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local rate, period = tonumber(ARGV[7]), tonumber(ARGV[8])
 local now = now_ms()
+
+-- A claim sent right behind a blocking wait (Broker.wait_then_claim) runs when the wait ends,
+-- also when its fetch loop was told to stop meanwhile: the loop's halt key says so, and then
+-- nothing is claimed.
+if ARGV[9] and redis.call('EXISTS', P .. 'halt:' .. ARGV[9]) == 1 then
+  return {now, -1, {}}
+end
 local ready, active = P .. 'ready', P .. 'active'
 
 local due = redis.call('ZRANGEBYSCORE', P .. 'sched', '-inf', now, 'LIMIT', 0, 1000)
