@@ -292,9 +292,11 @@ class ProcessPoolRunner:
         workers: pool size (settings.workers_concurrency): at most this many runs at once.
         queue_depth: jobs a worker may hold queued ahead of the one it runs (0: none, a
             worker gets its next job only after it reported the previous result). The
-            default, 3, lets the pool hold 4 runs per worker, so every worker stays busy
-            with a per-type concurrency of 4 x workers (measured on 2 cores: depths 2 to 4
-            drain no-op jobs about equally fast, all about twice as fast as 0).
+            default, 8, lets the pool hold 9 runs per worker, so one write to a worker
+            carries several jobs. Measured on 2 cores, 2 workers draining no-op jobs at a
+            type concurrency of 32, in alternating runs: depth 3 4,642-5,440 jobs/s,
+            depth 8 4,929-6,120 (+10-15 %), depth 15 5,922; at a type concurrency of 8,
+            depths 2 to 4 drain about equally fast, all about twice as fast as 0.
         reclaim_after_s: about the longest a job should wait queued in a worker (default
             50 ms). A job running this long is deemed long: nothing more is queued behind
             it, and what is queued behind it is handed to other workers.
@@ -317,7 +319,7 @@ class ProcessPoolRunner:
         jobs_dir: Path,
         workers: int,
         *,
-        queue_depth: int = 3,
+        queue_depth: int = 8,
         reclaim_after_s: float = 0.05,
         max_jobs_per_worker: int | None = None,
         max_worker_rss_mb: float | None = None,
