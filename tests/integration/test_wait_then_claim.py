@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
+import pytest
 import redis.asyncio as aioredis
 
 from supervisor import Client, State, keys
@@ -13,6 +15,13 @@ from supervisor.broker import Broker, connect
 from tests.conftest import await_until
 
 NAME = "t.waiting"
+
+
+@pytest.fixture
+async def broker(redis_url: str) -> AsyncIterator[Broker]:
+    b = Broker(connect(redis_url))
+    yield b
+    await b.close()
 
 
 async def _blocked_waiters(redis: aioredis.Redis) -> int:
@@ -33,69 +42,57 @@ async def _more_waiters(redis: aioredis.Redis, before: int) -> bool:
     return await _blocked_waiters(redis) > before
 
 
-async def test_a_job_queued_during_the_wait_comes_back_claimed(redis_url: str, redis: aioredis.Redis) -> None:
-    broker = Broker(connect(redis_url))
-    try:
-        # Given an idle loop blocked on the queue with its next claim queued behind the wait
-        waiting = await _wait_in_background(broker, redis, "tok-1")
-        started = time.monotonic()
-        # When a producer queues a job
-        async with Client(redis_url, allow_unknown=True) as client:
-            ref = await client.enqueue(NAME, {"n": 1})
-            # Then the wait returns that job already claimed by instance A, long before its timeout
-            batch = await asyncio.wait_for(waiting, 5)
-            assert time.monotonic() - started < 5
-            assert [job.id for job in batch.jobs] == [ref.id]
-            job = await client.get(ref.id)
-            assert job.state is State.ACTIVE and job.instance == "A" and job.deliveries == 1
-    finally:
-        await broker.close()
-
-
-async def test_a_halted_claim_leaves_the_job_queued(redis_url: str, redis: aioredis.Redis) -> None:
-    broker = Broker(connect(redis_url))
-    try:
-        # Given an idle loop blocked on the queue, and its token halted (as on SIGTERM)
-        waiting = await _wait_in_background(broker, redis, "tok-2")
-        await redis.set(keys.index_key(NAME, "halt:tok-2"), 1, px=60_000)
-        # When a job arrives and ends the wait
-        async with Client(redis_url, allow_unknown=True) as client:
-            ref = await client.enqueue(NAME, {"n": 2})
-            batch = await asyncio.wait_for(waiting, 5)
-            # Then the claim behind the wait took nothing: the job is still queued for others
-            assert batch.jobs == []
-            assert (await client.get(ref.id)).state is State.PENDING
-            other = await broker.claim(NAME, "B", 5, 30_000, 5)
-            assert [job.id for job in other.jobs] == [ref.id]
-    finally:
-        await broker.close()
-
-
-async def test_halt_ends_the_wait_and_the_loop_claims_nothing(redis_url: str, redis: aioredis.Redis) -> None:
-    broker = Broker(connect(redis_url))
-    try:
-        async with Client(redis_url, allow_unknown=True) as client:
-            await client.enqueue(f"{NAME}.other", {})  # another type's job is not this wait's business
-        waiting = await _wait_in_background(broker, redis, "tok-3")
-        await broker.halt([NAME], "tok-3", 60_000)
+async def test_a_job_queued_during_the_wait_comes_back_claimed(
+        broker: Broker, redis_url: str, redis: aioredis.Redis) -> None:
+    # Given an idle loop blocked on the queue with its next claim queued behind the wait
+    waiting = await _wait_in_background(broker, redis, "tok-1")
+    started = time.monotonic()
+    # When a producer queues a job
+    async with Client(redis_url, allow_unknown=True) as client:
+        ref = await client.enqueue(NAME, {"n": 1})
+        # Then the wait returns that job already claimed by instance A, long before its timeout
         batch = await asyncio.wait_for(waiting, 5)
+        assert time.monotonic() - started < 5
+        assert [job.id for job in batch.jobs] == [ref.id]
+        job = await client.get(ref.id)
+        assert job.state is State.ACTIVE and job.instance == "A" and job.deliveries == 1
+
+
+async def test_a_halted_claim_leaves_the_job_queued(
+        broker: Broker, redis_url: str, redis: aioredis.Redis) -> None:
+    # Given an idle loop blocked on the queue, and its token halted (as on SIGTERM)
+    waiting = await _wait_in_background(broker, redis, "tok-2")
+    await redis.set(keys.index_key(NAME, "halt:tok-2"), 1, px=60_000)
+    # When a job arrives and ends the wait
+    async with Client(redis_url, allow_unknown=True) as client:
+        ref = await client.enqueue(NAME, {"n": 2})
+        batch = await asyncio.wait_for(waiting, 5)
+        # Then the claim behind the wait took nothing: the job is still queued for others
         assert batch.jobs == []
-        assert 0 < await redis.pttl(keys.index_key(NAME, "halt:tok-3")) <= 60_000  # it does not linger
-    finally:
-        await broker.close()
+        assert (await client.get(ref.id)).state is State.PENDING
+        other = await broker.claim(NAME, "B", 5, 30_000, 5)
+        assert [job.id for job in other.jobs] == [ref.id]
 
 
-async def test_a_claim_script_redis_forgot_is_loaded_again(redis_url: str, redis: aioredis.Redis) -> None:
-    broker = Broker(connect(redis_url))
-    try:
-        async with Client(redis_url, allow_unknown=True) as client:
-            await client.enqueue(NAME, {"warm": 1})  # loads the scripts; then an empty queue again
-            await broker.claim(NAME, "A", 5, 30_000, 5)
-            await redis.delete(keys.index_key(NAME, "marker"))
-            await redis.script_flush()
-            waiting = await _wait_in_background(broker, redis, "tok-4")
-            ref = await client.enqueue(NAME, {"n": 4})
-            batch = await asyncio.wait_for(waiting, 5)
-            assert [job.id for job in batch.jobs] == [ref.id]
-    finally:
-        await broker.close()
+async def test_halt_ends_the_wait_and_the_loop_claims_nothing(
+        broker: Broker, redis_url: str, redis: aioredis.Redis) -> None:
+    async with Client(redis_url, allow_unknown=True) as client:
+        await client.enqueue(f"{NAME}.other", {})  # another type's job is not this wait's business
+    waiting = await _wait_in_background(broker, redis, "tok-3")
+    await broker.halt([NAME], "tok-3", 60_000)
+    batch = await asyncio.wait_for(waiting, 5)
+    assert batch.jobs == []
+    assert 0 < await redis.pttl(keys.index_key(NAME, "halt:tok-3")) <= 60_000  # it does not linger
+
+
+async def test_a_claim_script_redis_forgot_is_loaded_again(
+        broker: Broker, redis_url: str, redis: aioredis.Redis) -> None:
+    async with Client(redis_url, allow_unknown=True) as client:
+        await client.enqueue(NAME, {"warm": 1})  # loads the scripts; then an empty queue again
+        await broker.claim(NAME, "A", 5, 30_000, 5)
+        await redis.delete(keys.index_key(NAME, "marker"))
+        await redis.script_flush()
+        waiting = await _wait_in_background(broker, redis, "tok-4")
+        ref = await client.enqueue(NAME, {"n": 4})
+        batch = await asyncio.wait_for(waiting, 5)
+        assert [job.id for job in batch.jobs] == [ref.id]
