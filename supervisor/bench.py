@@ -110,7 +110,8 @@ class BenchOptions:
     runtimes: tuple[str, ...] = RUNTIMES
     workers: int = 2  # WORKERS_CONCURRENCY of the process runtime
     concurrency: int = 200  # per-type concurrency of the inprocess no-op
-    process_concurrency: int | None = None  # per-type concurrency of the process no-op (default 16 x workers: the knee of the sweep in BENCHMARKS.md)
+    # per-type concurrency of the process no-op (default 16 x workers: the knee of BENCHMARKS.md's sweep)
+    process_concurrency: int | None = None
     subprocess_jobs: int = 200  # N for the subprocess runtimes (a fork per job)
     subprocess_concurrency: int = 8
     payload_bytes: int = 100
