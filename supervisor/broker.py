@@ -377,13 +377,6 @@ class Broker:
 
     # --- waiting ---------------------------------------------------------------------
 
-    async def wake(self, names: Iterable[str]) -> None:
-        """Touch the wake-up key of each queue, as an enqueue does (ends blocking waits)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.zadd(keys.index_key(name, "marker"), {"m": 0})
-            await pipe.execute()
-
     async def wait_for_work(self, name: str, timeout_s: float) -> bool:
         """Block until a producer wakes this type's queue or `timeout_s` passes."""
         timeout_s = max(timeout_s, 0.001)

@@ -342,7 +342,7 @@ class SyncWire:
     **Reply spinning.** A local Redis answers an enqueue in tens of microseconds, about what
     it costs the kernel to put a sleeping thread to sleep and wake it again. So after a send the
     wire polls the socket (non-blocking receives) for up to `spin_us` before it sleeps in a
-    blocking receive; one-at-a-time enqueue runs ~30 % faster that way on a 2-core machine
+    blocking receive; one-at-a-time enqueue ran 15-35 % faster that way on a 2-core VM
     (BENCHMARKS.md). It spins only when it cannot slow anyone down: the machine gives the
     process 2 or more CPUs (on one, the spinning would take the CPU Redis needs), and no other
     Python thread is alive besides the caller and `SyncClient`'s own loop thread (a spinning
