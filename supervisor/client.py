@@ -111,11 +111,19 @@ class _TypeCache:
         self._listed: set[str] = set()
         self._absent: dict[str, float] = {}  # type name -> when it was found unpublished
 
-    def fresh(self, name: str) -> _TypeInfo | None:
-        cached = self._types.get(name)
-        if cached is not None and time.monotonic() - cached.fetched < _META_TTL_S:
-            return cached
-        return None
+    def cached(self, name: str, allowed: bool) -> tuple[bool, _TypeInfo | None]:
+        """(True, what validates `name`) when a read under 5 s old answers it: its metadata, or
+        None for a type found unpublished (UnknownJobType unless `allowed`); (False, None) when
+        Redis must be read."""
+        now = time.monotonic()
+        info = self._types.get(name)
+        if info is not None and now - info.fetched < _META_TTL_S:
+            return True, info
+        at = self._absent.get(name)
+        if at is not None and now - at < _META_TTL_S:
+            self.unknown(name, allowed)  # raises unless allowed (listed already)
+            return True, None
+        return False, None
 
     def plain(self, name: str) -> _TypeInfo | None:
         """The type when a job of it without options may take the plain fast path: published,
@@ -125,11 +133,6 @@ class _TypeCache:
                 or telemetry.tracer() is not None):
             return None
         return cached
-
-    def absent(self, name: str) -> bool:
-        """True when the last read of `name`, under 5 s ago, found it unpublished."""
-        at = self._absent.get(name)
-        return at is not None and time.monotonic() - at < _META_TTL_S
 
     def store(self, name: str, meta: dict[str, str]) -> _TypeInfo | None:
         if not meta:
@@ -189,13 +192,10 @@ class Client:
         local = self.registry.get(name) if self.registry else None
         if local is not None:
             return local
-        cached = self._types.fresh(name)
-        if cached is not None:
-            return cached
         allowed = self.allow_unknown if allow_unknown is None else allow_unknown
-        if self._types.absent(name):
-            self._types.unknown(name, allowed)  # raises unless allowed (listed already)
-            return None
+        known, info = self._types.cached(name, allowed)
+        if known:
+            return info
         info = self._types.store(name, await self.broker.type_meta(name))
         if info is None and self._types.unknown(name, allowed):
             await self.broker.redis.sadd(keys.TYPES_KEY, name)  # so listings and the janitor see its jobs
@@ -634,13 +634,10 @@ class SyncClient:
             return tracked.done(_outcome(name, new, done))
 
     def _resolve(self, wire: SyncWire, name: str, allow_unknown: bool | None) -> _TypeInfo | None:
-        cached = self._types.fresh(name)
-        if cached is not None:
-            return cached
         allowed = self._client.allow_unknown if allow_unknown is None else allow_unknown
-        if self._types.absent(name):
-            self._types.unknown(name, allowed)  # raises unless allowed (listed already)
-            return None
+        known, info = self._types.cached(name, allowed)
+        if known:
+            return info
         flat = wire.call("HGETALL", keys.meta_key(name))
         info = self._types.store(name, dict(zip(flat[::2], flat[1::2], strict=True)))
         if info is None and self._types.unknown(name, allowed):
