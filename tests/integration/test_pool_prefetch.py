@@ -21,12 +21,11 @@ from typing import Any
 
 import pytest
 
-from runners.base import RunStatus
+from runners.base import RunResult, RunStatus
 from runners.pool import ProcessPoolRunner
-from supervisor.client import JobRef
-from supervisor.errors import UnknownJobType
 from tests.conftest import await_until
-from tests.integration.test_pool_runner import HANDLERS, MakePool, Recorder, gone, pids_settle, pools, request, run
+from tests.integration.test_pool_runner import (
+    HANDLERS, ChildEnqueues, MakePool, Recorder, gone, pids_settle, pools, request, run)
 
 GATED = '''
 """Handlers that let a test decide when a job ends, and record when jobs start."""
@@ -121,6 +120,14 @@ async def start_gate(runner: ProcessPoolRunner, gates: Gates, **kw: Any) -> tupl
     return fut, payload, req.job_id
 
 
+async def submit_mark(runner: ProcessPoolRunner, gates: Gates) -> asyncio.Future[RunResult]:
+    """Submit a "t.mark" job; returns once the pool has placed it (in a worker or in the pool)."""
+    req = request("t.mark", gates.mark())
+    waiting = asyncio.ensure_future(runner.run(req, Recorder(), asyncio.Event()))
+    await asyncio.sleep(0)  # its first step: the pool places a run (worker or pool) before it awaits
+    return waiting
+
+
 def queued(runner: ProcessPoolRunner) -> dict[int, list[str]]:
     return {w["pid"]: w["queued_jobs"] for w in runner.workers_info()}
 
@@ -167,9 +174,7 @@ async def test_nothing_is_queued_behind_a_type_not_measured_yet(pool: MakePool, 
     runner = await pool(1, queue_depth=3, reclaim_after_s=HOLD)
     g, gate, _ = await start_gate(runner, gates)
     # When another job is submitted
-    req = request("t.mark", gates.mark())
-    waiting = asyncio.ensure_future(runner.run(req, Recorder(), asyncio.Event()))
-    await asyncio.sleep(0)  # its first step: the pool places a run (worker or pool) before it awaits
+    waiting = await submit_mark(runner, gates)
     # Then it waits in the pool, not in the worker, and runs once the gate job ended
     assert list(queued(runner).values()) == [[]]
     gates.open(gate)
@@ -433,14 +438,8 @@ async def test_a_worker_over_max_rss_starts_none_of_its_queued_jobs(pool: MakePo
 
 
 async def test_progress_and_child_enqueue_reach_the_run_they_belong_to(pool: MakePool, gates: Gates) -> None:
-    calls: list[tuple[str, Any, dict[str, Any], bool]] = []
-
-    async def child_enqueue(name: str, payload: Any, options: dict[str, Any], submit: bool) -> JobRef:
-        calls.append((name, payload, options, submit))
-        if name == "t.nope":
-            raise UnknownJobType(name)
-        return JobRef(id=f"child-{len(calls)}", name=name, existing=False)
-
+    child_enqueue = ChildEnqueues()
+    calls = child_enqueue.calls
     # Given one worker, the types measured, and four runs queued at once
     runner = await pool(1, queue_depth=3, reclaim_after_s=HOLD, child_enqueue=child_enqueue)
     await warm(runner, gates, ("t.family", "{}"), ("t.afamily", "{}"))
@@ -499,9 +498,7 @@ async def test_queue_depth_zero_sends_a_worker_one_job_at_a_time(pool: MakePool,
     await warm(runner, gates)
     g, gate, _ = await start_gate(runner, gates)
     # When another job is submitted
-    req = request("t.mark", gates.mark())
-    waiting = asyncio.ensure_future(runner.run(req, Recorder(), asyncio.Event()))
-    await asyncio.sleep(0)  # its first step: the pool places a run (worker or pool) before it awaits
+    waiting = await submit_mark(runner, gates)
     # Then it waits in the pool until the running job ended
     assert list(queued(runner).values()) == [[]]
     gates.open(gate)

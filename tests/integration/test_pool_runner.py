@@ -198,6 +198,19 @@ class Recorder:
         self.lines.append((stream, line))
 
 
+class ChildEnqueues:
+    """The pool's `child_enqueue`: keeps every call; "t.nope" is an unknown type."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, dict[str, Any], bool]] = []
+
+    async def __call__(self, name: str, payload: Any, options: dict[str, Any], submit: bool) -> JobRef:
+        self.calls.append((name, payload, options, submit))
+        if name == "t.nope":
+            raise UnknownJobType(name)
+        return JobRef(id=f"child-{len(self.calls)}", name=name, existing=False)
+
+
 _ids = iter(range(1, 1_000_000))
 
 
@@ -507,14 +520,8 @@ async def test_recycle_replaces_every_worker_and_reloads_handler_files(pool: Mak
 
 
 async def test_progress_heartbeat_and_child_enqueue_reach_the_daemon(pool: MakePool) -> None:
-    calls: list[tuple[str, Any, dict[str, Any], bool]] = []
-
-    async def child_enqueue(name: str, payload: Any, options: dict[str, Any], submit: bool) -> JobRef:
-        calls.append((name, payload, options, submit))
-        if name == "t.nope":
-            raise UnknownJobType(name)
-        return JobRef(id=f"child-{len(calls)}", name=name, existing=False)
-
+    child_enqueue = ChildEnqueues()
+    calls = child_enqueue.calls
     runner = await pool(1, child_enqueue=child_enqueue)
     # A sync handler: progress, heartbeat, a child job, and a refused child job
     events = Recorder()

@@ -89,6 +89,14 @@ async def harness() -> AsyncIterator[Harness]:
         await h.runner.close()
 
 
+async def cancel_once_started(harness: Harness, cancel: asyncio.Event, started: asyncio.Event) -> asyncio.Task[Any]:
+    """Start a run, wait until its handler has started, then request cancellation; the run."""
+    run = asyncio.create_task(harness.run(cancel, timeout_s=30))
+    await within(started.wait())
+    cancel.set()
+    return run
+
+
 async def within(aw: Any) -> Any:
     return await asyncio.wait_for(aw, WAIT_S)
 
@@ -204,10 +212,8 @@ async def test_cancel_while_running_is_cooperative(harness: Harness, make_signal
 
     harness.serve(handler)
     cancel = make_signal()
-    run = asyncio.create_task(harness.run(cancel, timeout_s=30))
-    await within(started.wait())
-    # When cancel is requested
-    cancel.set()
+    # When cancel is requested, once the handler runs
+    run = await cancel_once_started(harness, cancel, started)
     # Then the handler returns, and the run ends CANCELLED however it returned
     assert await within(run) == RunResult(RunStatus.CANCELLED, error="cancelled")
 
@@ -228,10 +234,8 @@ async def test_cancel_ignored_is_abandoned_after_grace(harness: Harness, make_si
 
     harness.serve(handler, grace_s=0.05)
     cancel = make_signal()
-    run = asyncio.create_task(harness.run(cancel, timeout_s=30))
-    await within(started.wait())
-    # When cancel is requested
-    cancel.set()
+    # When cancel is requested, once the handler runs
+    run = await cancel_once_started(harness, cancel, started)
     # Then after the grace period the handler is cancelled and the run ends CANCELLED
     assert await within(run) == RunResult(RunStatus.CANCELLED, error="cancelled; the handler ignored it")
     assert seen == ["CancelledError, ctx.cancelled=True"]
@@ -253,10 +257,8 @@ async def test_handler_that_swallows_the_stop_is_left_to_finish_alone(harness: H
 
     harness.serve(handler, grace_s=0.05)
     cancel = CancelSignal()
-    run = asyncio.create_task(harness.run(cancel, timeout_s=30))
-    await within(started.wait())
-    # When cancel is requested and the grace period passes
-    cancel.set()
+    # When cancel is requested once the handler runs, and the grace period passes
+    run = await cancel_once_started(harness, cancel, started)
     # Then the run ends without waiting for the handler
     assert await within(run) == RunResult(RunStatus.CANCELLED, error="cancelled; the handler ignored it")
     assert not finished.is_set()
