@@ -25,7 +25,7 @@ from supervisor.errors import ConfigError, InvalidTransition, JobNotFound, Redis
 from supervisor.records import Job
 from supervisor.scripts import SCRIPT_NAMES, script_source
 from supervisor.states import FINISHED, State
-from supervisor.wire import AsyncWire, Script, params_of
+from supervisor.wire import AsyncWire, Script, is_noscript, params_of
 
 
 #: The transition scripts, by name, as the wire calls them (by SHA; the same sources as redis-py's).
@@ -234,7 +234,7 @@ class Broker:
             try:
                 raw = await fut
             except ResponseError as exc:
-                if not str(exc).startswith("NOSCRIPT"):
+                if not is_noscript(exc):
                     raise
                 await self.wire.call("SCRIPT", "LOAD", script.source)
                 raw = await self.wire.call(*cmd)
@@ -257,21 +257,21 @@ class Broker:
         waiter's connection, so Redis runs it the moment the wait ends. It claims nothing once
         `halt(name, halt_token)` ran (a fetch loop told to stop while it waited).
         """
-        if self.wire is None:  # redis-py (TLS): wait, then claim (still halted by the token)
-            await self.wait_for_work(name, timeout_s)
-            return _claim_batch(name, await self._run("claim", name, [instance, n, ack_wait_ms, max_deliver,
-                                                                    rate, period_ms, halt_token]))
-        timeout_s = max(timeout_s, 0.001)
-        prefix, job_prefix = _prefixes(name)
-        claim = ("EVALSHA", SCRIPTS["claim"].sha, 1, prefix + "ready", prefix, job_prefix, instance, n,
-                 ack_wait_ms, max_deliver, rate, period_ms, halt_token)
-        _, reply = await self._waiter(name, timeout_s).call_pipelined(
-            ("BZPOPMIN", prefix + "marker", timeout_s), claim)
-        if isinstance(reply, ResponseError):
-            if "NOSCRIPT" not in str(reply):
+        args = [instance, n, ack_wait_ms, max_deliver, rate, period_ms, halt_token]
+        if self.wire is not None:
+            timeout_s = max(timeout_s, 0.001)
+            prefix, job_prefix = _prefixes(name)
+            _, reply = await self._waiter(name, timeout_s).call_pipelined(
+                ("BZPOPMIN", prefix + "marker", timeout_s),
+                ("EVALSHA", SCRIPTS["claim"].sha, 1, prefix + "ready", prefix, job_prefix, *args))
+            if not isinstance(reply, ResponseError):
+                return _claim_batch(name, reply)
+            if not is_noscript(reply):
                 raise reply
-            reply = await self.wire.evalsha(SCRIPTS["claim"], [prefix + "ready"], list(claim[4:]))
-        return _claim_batch(name, reply)
+            # Redis forgot the script: the wait is over; claim the usual way, which loads it
+        else:  # redis-py (TLS): wait, then claim
+            await self.wait_for_work(name, timeout_s)
+        return _claim_batch(name, await self._run("claim", name, args))
 
     async def halt(self, names: Iterable[str], halt_token: str, ttl_ms: int) -> None:
         """Tell the claims a fetch loop sent behind its waits (`wait_then_claim` with

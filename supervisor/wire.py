@@ -121,7 +121,7 @@ def _error(reply: hiredis.ReplyError) -> ResponseError:
     return ResponseError(str(reply))
 
 
-def _is_noscript(exc: BaseException) -> bool:
+def is_noscript(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and str(exc).startswith("NOSCRIPT")
 
 
@@ -238,7 +238,7 @@ class AsyncWire:
         try:
             return await self._send_packed(proto, data)
         except ResponseError as exc:
-            if not _is_noscript(exc):
+            if not is_noscript(exc):
                 raise
         await self.call("SCRIPT", "LOAD", script.source)
         proto = self._protocol or await self._ready()
@@ -275,7 +275,7 @@ class AsyncWire:
         try:
             return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except ResponseError as exc:
-            if not _is_noscript(exc):
+            if not is_noscript(exc):
                 raise
         await self.call("SCRIPT", "LOAD", script.source)
         return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -461,7 +461,7 @@ class SyncWire:
         try:
             return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except ResponseError as exc:
-            if not _is_noscript(exc):
+            if not is_noscript(exc):
                 raise
         self.call("SCRIPT", "LOAD", script.source)
         return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -472,7 +472,7 @@ class SyncWire:
         try:
             return self._call_packed(data)
         except ResponseError as exc:
-            if not _is_noscript(exc):
+            if not is_noscript(exc):
                 raise
         self.call("SCRIPT", "LOAD", script.source)
         return self._call_packed(data)

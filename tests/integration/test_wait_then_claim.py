@@ -96,3 +96,18 @@ async def test_a_claim_script_redis_forgot_is_loaded_again(
         ref = await client.enqueue(NAME, {"n": 4})
         batch = await asyncio.wait_for(waiting, 5)
         assert [job.id for job in batch.jobs] == [ref.id]
+
+
+async def test_without_the_lean_wire_the_wait_then_claim_still_honours_the_halt(
+        broker: Broker, redis_url: str, redis: aioredis.Redis) -> None:
+    # Given a broker on redis-py alone (as for rediss:// URLs), waiting with its token halted
+    broker.wire = None
+    waiting = await _wait_in_background(broker, redis, "tok-5")
+    await redis.set(keys.index_key(NAME, "halt:tok-5"), 1, px=60_000)
+    async with Client(redis_url, allow_unknown=True) as client:
+        ref = await client.enqueue(NAME, {"n": 5})
+        # When the job ends the wait, then the claim takes nothing; unhalted, the next one takes it
+        assert (await asyncio.wait_for(waiting, 5)).jobs == []
+        assert (await client.get(ref.id)).state is State.PENDING
+        batch = await broker.wait_then_claim(NAME, 1.0, "tok-6", "A", 5, 30_000, 5)
+        assert [job.id for job in batch.jobs] == [ref.id]
