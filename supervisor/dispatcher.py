@@ -302,6 +302,10 @@ class Dispatcher:
             backoff = 0.05
             for job in batch.jobs:  # claimed is claimed: started even if the loop was told to stop
                 self._start(lane, job)
+            if wait is not None and batch.jobs:
+                # woken from idle: let these jobs start before the next claim's write (the
+                # latency from enqueue to start); a busy loop claims first, to overlap the two
+                await asyncio.sleep(0)
             wait = None
             if batch.jobs or not self.fetching or lane.retired:
                 continue

@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 url="${1:?usage: run.sh redis://host:port}"
 out="${PEERS_OUT:-$(mktemp -d)}"
+mkdir -p "$out"
 if [ ! -x .venv-peers/bin/python ]; then
     python3 -m venv .venv-peers
     .venv-peers/bin/pip install --quiet "huey==3.5.4" "dramatiq[redis]==2.2.1" "redis[hiredis]"

@@ -47,6 +47,36 @@ async def test_error_replies_raise_and_the_connection_stays_usable(redis_url: st
         await wire.close()
 
 
+async def test_pipelined_calls_return_replies_in_order_with_errors_in_place(redis_url: str) -> None:
+    wire = _wire(redis_url)
+    try:
+        await wire.call("SET", "text", "abc")
+        replies = await wire.call_pipelined(("INCR", "n"), ("INCR", "text"), ("GET", "text"))
+        assert replies[0] == 1 and replies[2] == "abc"
+        assert isinstance(replies[1], ResponseError) and "not an integer" in str(replies[1])
+    finally:
+        await wire.close()
+
+
+async def test_a_cancelled_pipelined_wait_leaves_the_connection_in_step(
+        redis_url: str, redis: aioredis.Redis) -> None:
+    # Given a blocking wait with a second command queued behind it, whose caller gives up
+    wire = _wire(redis_url)
+    try:
+        waiting = asyncio.ensure_future(wire.call_pipelined(("BZPOPMIN", "wake", 10), ("INCR", "behind")))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        # When another connection ends the wait, both replies arrive for nobody
+        await redis.zadd("wake", {"m": 0})
+        # Then each later call still gets its own reply, not one of the abandoned ones
+        assert await asyncio.wait_for(wire.call("GET", "behind"), 5) == "1"
+        assert await wire.call("PING") == "PONG"
+    finally:
+        await wire.close()
+
+
 async def test_a_script_the_server_forgot_is_loaded_again(redis_url: str) -> None:
     wire = _wire(redis_url)
     script = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
