@@ -216,14 +216,18 @@ class Broker:
         """
         return await self.enqueue_calls((name, _enqueue_args(name, jobs)) for name, jobs in chunks)
 
-    async def enqueue_calls(self, calls: Iterable[tuple[str, list[Any]]]) -> list[list[Enqueued]]:
-        """`enqueue_stream` for callers that build the script's ARGV themselves (see enqueue.lua)."""
+    async def enqueue_calls(self, calls: Iterable[tuple[str, list[Any]]], *,
+                            outcomes: bool = True) -> list[list[Enqueued]]:
+        """`enqueue_stream` for callers that build the script's ARGV themselves (see enqueue.lua).
+        `outcomes=False`: the replies are not parsed (an empty list is returned), for jobs whose
+        only outcome is 'new' (the script's short form); errors still raise."""
         script = SCRIPTS["enqueue"]
         if self.wire is None:  # redis-py: one pipeline
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name, args in calls:
                     await self._scripts["enqueue"](keys=[_prefixes(name)[0] + "ready"], args=args, client=pipe)
-                return [parse_enqueued(raw) for raw in await pipe.execute()]
+                replies = await pipe.execute()
+                return [parse_enqueued(raw) for raw in replies] if outcomes else []
         await self.wire.open()
         sent: list[tuple[asyncio.Future[Any], tuple[Any, ...]]] = []
         for name, args in calls:
@@ -238,7 +242,8 @@ class Broker:
                     raise
                 await self.wire.call("SCRIPT", "LOAD", script.source)
                 raw = await self.wire.call(*cmd)
-            out.append(parse_enqueued(raw))
+            if outcomes:
+                out.append(parse_enqueued(raw))
         return out
 
     async def claim(self, name: str, instance: str, n: int, ack_wait_ms: int, max_deliver: int,

@@ -368,14 +368,24 @@ def fresh_job_context_json(random_hex: str | None = None) -> str:
     `random_hex`: 64 random hex digits for the request, trace and span ids, when the caller
     drew them together with randomness of its own (one draw per job); else drawn here.
     """
-    # The caller's active span: continue its trace (the general path handles tracestate). An empty
-    # context (nothing attached, the common case) has no span: skip the lookup.
-    if otel_context.get_current() and trace.get_current_span().get_span_context().is_valid:
+    if in_caller_trace():  # continue the caller's trace (the general path handles tracestate)
         return json.dumps(job_context(None, None), separators=(",", ":"))
+    return new_job_context_json(random_hex)
+
+
+def in_caller_trace() -> bool:
+    """Whether the caller has an active span, whose trace enqueued jobs continue. An empty
+    context (nothing attached, the common case) has no span: the lookup is skipped."""
+    return bool(otel_context.get_current()) and trace.get_current_span().get_span_context().is_valid
+
+
+def new_job_context_json(random_hex: str | None = None) -> str:
+    """`fresh_job_context_json` for a caller that checked `in_caller_trace()` already (once for
+    a whole batch): a new request id and trace, as compact JSON."""
     bits = random_hex or f"{random.getrandbits(256):064x}"  # request id, trace id and span id from one draw
     request_id, trace_id, span_id = bits[:16], bits[16:48], bits[48:]
     if trace_id == _INVALID_TRACE or span_id == "0" * 16:  # all-zero ids are invalid (p = 2^-64)
-        return fresh_job_context_json()
+        return new_job_context_json()
     return (f'{{"request_id":"{request_id}","trace_id":"{trace_id}",'
             f'"traceparent":"00-{trace_id}-{span_id}-01"}}')
 

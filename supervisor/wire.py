@@ -147,7 +147,7 @@ class _Protocol(asyncio.Protocol):
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 fut.set_exception(_error(reply))
-            elif isinstance(reply, list) and any(isinstance(r, hiredis.ReplyError) for r in reply):
+            elif isinstance(reply, list) and hiredis.ReplyError in set(map(type, reply)):
                 fut.set_result([_error(r) if isinstance(r, hiredis.ReplyError) else r for r in reply])
             else:
                 fut.set_result(reply)

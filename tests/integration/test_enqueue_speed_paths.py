@@ -422,3 +422,22 @@ async def test_bulk_plain_jobs_are_stored_in_order_with_events_and_validated_fir
         with pytest.raises(InvalidPayload, match="'n'"):
             await client.enqueue_many([EnqueueRequest(PLAIN, {"n": 1}), EnqueueRequest(PLAIN, {"m": 2})])
         assert r.zcard(keys.index_key(PLAIN, "ready")) == 300
+
+
+async def test_bulk_plain_jobs_continue_the_callers_trace_or_start_one_each(
+        r: syncredis.Redis, redis_url: str) -> None:
+    # Given a plain type, no tracer, and a caller inside a span it received
+    _publish(r, PLAIN)
+    caller = SpanContext(trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736, span_id=0x00F067AA0BA902B7, is_remote=True,
+                         trace_flags=TraceFlags(1))
+    async with Client(redis_url) as client:
+        # When a batch is queued inside that span, and one outside it
+        with trace.use_span(NonRecordingSpan(caller)):
+            inside = await client.enqueue_many([(PLAIN, {"n": i}) for i in range(3)])
+        outside = await client.enqueue_many([(PLAIN, {"n": i}) for i in range(3)])
+    # Then every job of the first goes on with the caller's trace; each of the second starts its own
+    ctx_in = [json.loads(_record(r, ref.id)["ctx"]) for ref in inside]
+    ctx_out = [json.loads(_record(r, ref.id)["ctx"]) for ref in outside]
+    assert {c["trace_id"] for c in ctx_in} == {"4bf92f3577b34da6a3ce929d0e0e4736"}
+    assert len({c["trace_id"] for c in ctx_out} | {"4bf92f3577b34da6a3ce929d0e0e4736"}) == 4
+    assert all(c["traceparent"] == f"00-{c['trace_id']}-{c['traceparent'][36:52]}-01" for c in ctx_out)
