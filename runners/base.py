@@ -69,9 +69,10 @@ class CancelSignal(asyncio.Event):
                     {"message": "CancelSignal callback failed", "exception": exc})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunRequest:
-    """Everything a runner needs to run one attempt."""
+    """Everything a runner needs to run one attempt. One per attempt: not frozen (see
+    `ClaimedJob`); runners treat it as read-only."""
 
     job_id: str
     name: str
