@@ -208,6 +208,12 @@ class Client:
             return None
         return self._types.plain(name)
 
+    def _plain_one(self, name: str, payload: Any) -> tuple[str, bytes] | None:
+        """A job without options, when it takes the plain fast path: its id and packed call."""
+        if self.broker.wire is None or (info := self._plain(name)) is None:
+            return None
+        return _plain_job(name, payload, info)
+
     async def _prepare(self, req: EnqueueRequest, allow_unknown: bool | None, span: Any = None) -> NewJob:
         return build_job(req, await self._resolve(req.name, allow_unknown), span)
 
@@ -242,6 +248,10 @@ class Client:
         Raises JobRejected when the key's queue policy refuses the job; a coalesced job
         returns the job it folded into (`existing=True`).
         """
+        if (not (delay or run_at or priority or idempotency_key or deadline or context or parent or concurrency_key)
+                and (plain := self._plain_one(name, payload)) is not None):  # the hot path: no outcome object
+            await self.broker.wire.evalsha_packed(_ENQUEUE, plain[1])  # type: ignore[union-attr]
+            return JobRef(plain[0], name)
         outcome = await self.submit(name, payload, delay=delay, run_at=run_at, priority=priority,
                                     idempotency_key=idempotency_key, deadline=deadline, context=context,
                                     parent=parent, allow_unknown=allow_unknown, concurrency_key=concurrency_key)
@@ -251,12 +261,9 @@ class Client:
         """Like `enqueue`, but returns the admission outcome instead of raising on rejection:
         accepted / rejected / coalesced / replaced, with the key and the existing job."""
         allow_unknown = options.pop("allow_unknown", None)
-        if _no_options(options):
-            wire, info = self.broker.wire, self._plain(name)
-            if wire is not None and info is not None:
-                job_id, data = _plain_job(name, payload, info)
-                await wire.evalsha_packed(_ENQUEUE, data)
-                return SubmitOutcome("accepted", job_id, name)
+        if _no_options(options) and (plain := self._plain_one(name, payload)) is not None:
+            await self.broker.wire.evalsha_packed(_ENQUEUE, plain[1])  # type: ignore[union-attr]
+            return SubmitOutcome("accepted", plain[0], name)
         req = EnqueueRequest(name, payload, **options)
         with _EnqueueSpan(name, req.context) as tracked:
             new = await self._prepare(req, allow_unknown, tracked.span)
@@ -621,7 +628,19 @@ class SyncClient:
 
     def enqueue(self, name: str, payload: Any = None, **options: Any) -> JobRef:
         """Queue one job (see `Client.enqueue`)."""
+        if (not options or _no_options(options)) and (job_id := self._enqueue_plain(name, payload)) is not None:
+            return JobRef(job_id, name)  # the hot path: no outcome object
         return _ref_or_raise(self.submit(name, payload, **options))
+
+    def _enqueue_plain(self, name: str, payload: Any) -> str | None:
+        """Queue a job without options on the plain fast path and return its id; None when it
+        does not take that path (nothing was sent)."""
+        wire = self._wire
+        if wire is None or (info := self._types.plain(name)) is None:
+            return None
+        job_id, data = _plain_job(name, payload, info)
+        wire.evalsha_packed(_ENQUEUE, data)
+        return job_id
 
     def submit(self, name: str, payload: Any = None, **options: Any) -> SubmitOutcome:
         """See `Client.submit`."""
@@ -629,9 +648,7 @@ class SyncClient:
         if wire is None:
             return self._call(self._client.submit(name, payload, **options))
         allow_unknown = options.pop("allow_unknown", None)
-        if _no_options(options) and (info := self._types.plain(name)) is not None:
-            job_id, data = _plain_job(name, payload, info)
-            wire.evalsha_packed(_ENQUEUE, data)
+        if _no_options(options) and (job_id := self._enqueue_plain(name, payload)) is not None:
             return SubmitOutcome("accepted", job_id, name)
         req = EnqueueRequest(name, payload, **options)
         with _EnqueueSpan(name, req.context) as tracked:
