@@ -223,7 +223,7 @@ class AsyncWire:
         proto.transport.write(data)
         self._waiting.append((fut, loop.time()))
         if self._watchdog is None:
-            self._watchdog = loop.call_later(min(self.params.timeout_s, 1.0), self._check_timeout)
+            self._arm_watchdog(loop)
         return fut
 
     def _send_packed_many(self, proto: _Protocol, data: bytes, replies: int) -> list[asyncio.Future[Any]]:
@@ -235,8 +235,11 @@ class AsyncWire:
         futures = [loop.create_future() for _ in range(replies)]
         self._waiting.extend((fut, now) for fut in futures)
         if self._watchdog is None:
-            self._watchdog = loop.call_later(min(self.params.timeout_s, 1.0), self._check_timeout)
+            self._arm_watchdog(loop)
         return futures
+
+    def _arm_watchdog(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._watchdog = loop.call_later(min(self.params.timeout_s, 1.0), self._check_timeout)
 
     async def call(self, *cmd: Any) -> Any:
         """Send one command and return its reply."""
@@ -316,7 +319,7 @@ class AsyncWire:
         if loop.time() - oldest > self.params.timeout_s:
             self._drop(RedisTimeoutError(f"Redis at {self._where()} did not answer within {self.params.timeout_s:g}s"))
             return
-        self._watchdog = loop.call_later(min(self.params.timeout_s, 1.0), self._check_timeout)
+        self._arm_watchdog(loop)
 
     def _drop(self, exc: Exception | None) -> None:
         proto, self._protocol = self._protocol, None
