@@ -19,16 +19,24 @@ if ARGV[9] and redis.call('EXISTS', P .. 'halt:' .. ARGV[9]) == 1 then
 end
 local ready, active = P .. 'ready', P .. 'active'
 
-local due = redis.call('ZRANGEBYSCORE', P .. 'sched', '-inf', now, 'LIMIT', 0, 1000)
-if #due > 0 then
+-- The first delayed job and the first lease to lapse: when neither is due (the usual case),
+-- that is all this claim reads of the two sets, and they give the next wake-up time too.
+local first_sched = redis.call('ZRANGE', P .. 'sched', 0, 0, 'WITHSCORES')
+if first_sched[2] and tonumber(first_sched[2]) <= now then
+  local due = redis.call('ZRANGEBYSCORE', P .. 'sched', '-inf', now, 'LIMIT', 0, 1000)
   redis.call('ZREM', P .. 'sched', unpack(due))
   for _, id in ipairs(due) do
     local score = redis.call('HGET', JP .. id, 'score')
     if score then redis.call('ZADD', ready, score, id) end
   end
+  first_sched = redis.call('ZRANGE', P .. 'sched', 0, 0, 'WITHSCORES')
 end
 
-local lapsed = redis.call('ZRANGEBYSCORE', active, '-inf', now, 'LIMIT', 0, 100)
+local first_active = redis.call('ZRANGE', active, 0, 0, 'WITHSCORES')
+local lapsed = {}
+if first_active[2] and tonumber(first_active[2]) <= now then
+  lapsed = redis.call('ZRANGEBYSCORE', active, '-inf', now, 'LIMIT', 0, 100)
+end
 for _, id in ipairs(lapsed) do
   redis.call('ZREM', active, id)
   local jk = JP .. id
@@ -137,10 +145,13 @@ if #leased > 0 then call_spread('ZADD', active, leased) end
 -- rate-limited: the waiters would only spin until the window opens).
 if rate_next == nil and redis.call('EXISTS', ready) == 1 then wake(P) end
 
+-- The next time something falls due: a delayed job, a lease (those taken above run to
+-- now + ack), or the rate window. Nothing above adds delayed jobs.
 local next_due = -1
-local s = redis.call('ZRANGE', P .. 'sched', 0, 0, 'WITHSCORES')
-if s[2] then next_due = tonumber(s[2]) end
-local a = redis.call('ZRANGE', active, 0, 0, 'WITHSCORES')
-if a[2] and (next_due < 0 or tonumber(a[2]) < next_due) then next_due = tonumber(a[2]) end
+if first_sched[2] then next_due = tonumber(first_sched[2]) end
+if #lapsed > 0 then first_active = redis.call('ZRANGE', active, 0, 0, 'WITHSCORES') end
+local lease_due = tonumber(first_active[2])
+if #leased > 0 and (lease_due == nil or now + ack < lease_due) then lease_due = now + ack end
+if lease_due and (next_due < 0 or lease_due < next_due) then next_due = lease_due end
 if rate_next and (next_due < 0 or rate_next < next_due) then next_due = rate_next end
 return {now, next_due, out}
