@@ -142,8 +142,9 @@ for i = 1, #popped, 2 do
 end
 if #leased > 0 then call_spread('ZADD', active, leased) end
 -- Wake another idle instance when work remains that it could start now (never while
--- rate-limited: the waiters would only spin until the window opens).
-if rate_next == nil and redis.call('EXISTS', ready) == 1 then wake(P) end
+-- rate-limited: the waiters would only spin until the window opens). A ZPOPMIN that
+-- returned fewer than `n` emptied the ready set: no need to ask.
+if rate_next == nil and #popped >= 2 * n and redis.call('EXISTS', ready) == 1 then wake(P) end
 
 -- The next time something falls due: a delayed job, a lease (those taken above run to
 -- now + ack), or the rate window. Nothing above adds delayed jobs.

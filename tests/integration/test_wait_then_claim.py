@@ -58,6 +58,28 @@ async def test_a_job_queued_during_the_wait_comes_back_claimed(
         assert job.state is State.ACTIVE and job.instance == "A" and job.deliveries == 1
 
 
+async def test_a_claim_that_leaves_work_queued_wakes_the_next_idle_loop(
+        broker: Broker, redis_url: str, redis: aioredis.Redis) -> None:
+    # Given two idle loops (instances A and B) that each claim one job at a time
+    other = Broker(connect(redis_url))
+    try:
+        before = await _blocked_waiters(redis)
+        loops = [asyncio.create_task(b.wait_then_claim(NAME, 10.0, f"tok-{i}", inst, 1, 30_000, 5))
+                 for i, (b, inst) in enumerate([(broker, "A"), (other, "B")])]
+        await await_until(lambda: _more_waiters(redis, before + 1), timeout=10, what="both waits to block")
+        started = time.monotonic()
+        # When two jobs arrive in one call (one wake-up)
+        async with Client(redis_url, allow_unknown=True) as client:
+            refs = await client.enqueue_many([(NAME, {"n": 1}), (NAME, {"n": 2})])
+        # Then the loop woken first claims one and wakes the other, which claims the second
+        batches = await asyncio.wait_for(asyncio.gather(*loops), 5)
+        assert time.monotonic() - started < 5
+        assert sorted(job.id for b in batches for job in b.jobs) == sorted(ref.id for ref in refs)
+        assert [len(b.jobs) for b in batches] == [1, 1]
+    finally:
+        await other.close()
+
+
 async def test_a_halted_claim_leaves_the_job_queued(
         broker: Broker, redis_url: str, redis: aioredis.Redis) -> None:
     # Given an idle loop blocked on the queue, and its token halted (as on SIGTERM)
