@@ -628,7 +628,7 @@ class SyncClient:
 
     def enqueue(self, name: str, payload: Any = None, **options: Any) -> JobRef:
         """Queue one job (see `Client.enqueue`)."""
-        if (not options or _no_options(options)) and (job_id := self._enqueue_plain(name, payload)) is not None:
+        if _no_options(options) and (job_id := self._enqueue_plain(name, payload)) is not None:
             return JobRef(job_id, name)  # the hot path: no outcome object
         return _ref_or_raise(self.submit(name, payload, **options))
 

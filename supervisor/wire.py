@@ -217,26 +217,23 @@ class AsyncWire:
         return self._send_packed(proto, hiredis.pack_command(cmd))
 
     def _send_packed(self, proto: _Protocol, data: bytes) -> asyncio.Future[Any]:
-        loop = proto.loop
-        fut = loop.create_future()
         assert proto.transport is not None
         proto.transport.write(data)
+        return self._expect(proto.loop)
+
+    def _send_packed_many(self, proto: _Protocol, data: bytes, replies: int) -> list[asyncio.Future[Any]]:
+        """Write `data` (`replies` packed commands) and return a future per reply, in order."""
+        assert proto.transport is not None
+        proto.transport.write(data)
+        return [self._expect(proto.loop) for _ in range(replies)]
+
+    def _expect(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        """A future for the next reply written for (replies come in the order of the commands)."""
+        fut = loop.create_future()
         self._waiting.append((fut, loop.time()))
         if self._watchdog is None:
             self._arm_watchdog(loop)
         return fut
-
-    def _send_packed_many(self, proto: _Protocol, data: bytes, replies: int) -> list[asyncio.Future[Any]]:
-        """Write `data` (`replies` packed commands) and return a future per reply, in order."""
-        loop = proto.loop
-        assert proto.transport is not None
-        proto.transport.write(data)
-        now = loop.time()
-        futures = [loop.create_future() for _ in range(replies)]
-        self._waiting.extend((fut, now) for fut in futures)
-        if self._watchdog is None:
-            self._arm_watchdog(loop)
-        return futures
 
     def _arm_watchdog(self, loop: asyncio.AbstractEventLoop) -> None:
         self._watchdog = loop.call_later(min(self.params.timeout_s, 1.0), self._check_timeout)

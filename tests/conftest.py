@@ -25,6 +25,7 @@ import pytest
 import redis as syncredis
 import redis.asyncio as aioredis
 
+from supervisor.broker import Broker, connect
 from supervisor.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +81,14 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def broker(redis_url: str) -> AsyncIterator[Broker]:
+    """The transition scripts' caller on the test Redis (what a daemon's dispatcher uses)."""
+    b = Broker(connect(redis_url))
+    yield b
+    await b.close()
 
 
 @dataclass

@@ -91,7 +91,8 @@ end
 
 local out = {}
 local leased = {} -- score/member pairs for the active set, added in one call
-local started, lease_until = int_s(now), int_s(now + ack) -- formatted once for the batch
+local lease_until_ms = now + ack
+local started, lease_until = int_s(now), int_s(lease_until_ms) -- formatted once for the batch
 local popped = {}
 if n > 0 then popped = redis.call('ZPOPMIN', ready, n) end
 for i = 1, #popped, 2 do
@@ -152,7 +153,7 @@ local next_due = -1
 if first_sched[2] then next_due = tonumber(first_sched[2]) end
 if #lapsed > 0 then first_active = redis.call('ZRANGE', active, 0, 0, 'WITHSCORES') end
 local lease_due = tonumber(first_active[2])
-if #leased > 0 and (lease_due == nil or now + ack < lease_due) then lease_due = now + ack end
+if #leased > 0 and (lease_due == nil or lease_until_ms < lease_due) then lease_due = lease_until_ms end
 if lease_due and (next_due < 0 or lease_due < next_due) then next_due = lease_due end
 if rate_next and (next_due < 0 or rate_next < next_due) then next_due = rate_next end
 return {now, next_due, out}

@@ -10,17 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from supervisor import Client
-from supervisor.broker import Broker, ClaimBatch, connect
+from supervisor.broker import Broker, ClaimBatch
 from tests.conftest import await_until
 
 NAME = "t.due"
-
-
-@pytest.fixture
-async def broker(redis_url: str) -> AsyncIterator[Broker]:
-    b = Broker(connect(redis_url))
-    yield b
-    await b.close()
 
 
 @pytest.fixture

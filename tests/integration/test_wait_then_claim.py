@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-
-import pytest
 import redis.asyncio as aioredis
 
 from supervisor import Client, State, keys
@@ -15,13 +12,6 @@ from supervisor.broker import Broker, connect
 from tests.conftest import await_until
 
 NAME = "t.waiting"
-
-
-@pytest.fixture
-async def broker(redis_url: str) -> AsyncIterator[Broker]:
-    b = Broker(connect(redis_url))
-    yield b
-    await b.close()
 
 
 async def _blocked_waiters(redis: aioredis.Redis) -> int:
