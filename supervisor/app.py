@@ -34,7 +34,7 @@ from supervisor.client import Client
 from supervisor.config import Settings
 from supervisor.dispatcher import REDIS_DOWN, Dispatcher, InFlight
 from supervisor.errors import ConfigError, EmbeddedRedisError
-from supervisor.redis_server import RedisServer
+from supervisor.redis_server import RedisServer, embedded_socket
 from supervisor import __version__
 from supervisor.janitor import Janitor
 from supervisor.presence import Presence
@@ -45,10 +45,6 @@ from supervisor import telemetry
 
 log = structlog.get_logger(__name__)
 AVAILABLE_RUNTIMES = ("inprocess", "process", "subprocess")
-
-
-def embedded_socket(state_dir: Path) -> Path:
-    return Path(state_dir) / "redis.sock"
 
 
 def start_embedded(state_dir: Path) -> tuple[str, RedisServer | None]:

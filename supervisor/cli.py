@@ -46,8 +46,7 @@ def _settings(ctx: click.Context, **flags: Any) -> Settings:
 
 
 def _redis_url(settings: Settings) -> str:
-    from supervisor.app import embedded_socket  # noqa: PLC0415 (keep CLI start-up light)
-    from supervisor.redis_server import RedisServer  # noqa: PLC0415
+    from supervisor.redis_server import RedisServer, embedded_socket  # noqa: PLC0415
 
     url = settings.redis_url_value()
     if url:

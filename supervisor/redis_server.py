@@ -42,6 +42,11 @@ def find_redis_server() -> str:
     )
 
 
+def embedded_socket(state_dir: Path) -> Path:
+    """The unix socket of the embedded Redis in `state_dir` (the daemon starts it; the CLI looks for it)."""
+    return Path(state_dir) / "redis.sock"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
