@@ -605,6 +605,9 @@ class TypeMetrics:
             self.wait_sum += wait_s
 
 
+# Every metric name starts with this, so ours never collide with another exporter's.
+PREFIX = "job_supervisor_"
+
 _types: dict[str, TypeMetrics] = {}
 
 
@@ -635,14 +638,14 @@ class _JobCollector:
         )
 
         return [
-            CounterMetricFamily("jobs", "Attempts that ended, by job type and outcome (completed, failed "
+            CounterMetricFamily(PREFIX + "jobs", "Attempts that ended, by job type and outcome (completed, failed "
                                         "(retryable), permanent, retry, timeout, cancelled, expired).",
                                 labels=["type", "outcome"]),
-            HistogramMetricFamily("job_run_seconds", "Run time of one attempt, in seconds.", labels=["type"]),
-            HistogramMetricFamily("job_queue_wait_seconds", "From the job's creation to the start of the "
+            HistogramMetricFamily(PREFIX + "job_run_seconds", "Run time of one attempt, in seconds.", labels=["type"]),
+            HistogramMetricFamily(PREFIX + "job_queue_wait_seconds", "From the job's creation to the start of the "
                                                             "attempt, in seconds.", labels=["type"]),
-            GaugeMetricFamily("jobs_in_flight", "Attempts running in this instance.", labels=["type"]),
-            CounterMetricFamily("redeliveries", "Attempts that started as a redelivery (attempt > 1).",
+            GaugeMetricFamily(PREFIX + "jobs_in_flight", "Attempts running in this instance.", labels=["type"]),
+            CounterMetricFamily(PREFIX + "redeliveries", "Attempts that started as a redelivery (attempt > 1).",
                                 labels=["type"]),
         ]
 
@@ -669,12 +672,12 @@ class _Metrics:
 
         self.collector = _JobCollector()
         REGISTRY.register(self.collector)
-        self.queue_depth = Gauge("queue_depth", "Jobs per type and index (ready, sched, active, and each "
+        self.queue_depth = Gauge(PREFIX + "queue_depth", "Jobs per type and index (ready, sched, active, and each "
                                                 "finished state), read from Redis every few seconds.",
                                  ["type", "state"])
-        self.worker_rss = Gauge("worker_rss_bytes", "Resident memory of the daemon and its pool workers.",
+        self.worker_rss = Gauge(PREFIX + "worker_rss_bytes", "Resident memory of the daemon and its pool workers.",
                                 ["pid", "role"])
-        self.ticks = Counter("scheduler_ticks_total", "Cron ticks this instance enqueued.", ["schedule"])
+        self.ticks = Counter(PREFIX + "scheduler_ticks_total", "Cron ticks this instance enqueued.", ["schedule"])
 
 
 _metrics: _Metrics | None = None

@@ -13,7 +13,9 @@ import asyncio
 import json
 import os
 import signal
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 import urllib.request
@@ -34,6 +36,9 @@ from supervisor.context import child_context
 from supervisor.errors import ConfigError
 from supervisor.states import State
 from tests.conftest import await_until
+
+# Debian's prometheus package; scripts/test installs it
+PROMTOOL = shutil.which("promtool") or "promtool"
 
 TASK_SH = """#!/usr/bin/env bash
 echo "task line for $JOB_ID"
@@ -151,8 +156,8 @@ async def test_one_trace_from_request_through_three_runtimes(
         metrics_port=free_port(),  # gauges are refreshed only when something can scrape them
         schedules={"traced-tick": {"job": "t.traced-tick", "cron": "* * * * * *"}},
     )
-    before = {t: sample("jobs_total", {"type": t, "outcome": "completed"}) for t in ("t.traced-echo", "t.traced-parent")}
-    runs_before = sample("job_run_seconds_count", {"type": "t.traced-echo"})
+    before = {t: sample("job_supervisor_jobs_total", {"type": t, "outcome": "completed"}) for t in ("t.traced-echo", "t.traced-parent")}
+    runs_before = sample("job_supervisor_job_run_seconds_count", {"type": "t.traced-echo"})
     daemon = asyncio.create_task(run_daemon(settings))
     try:
         async with Client(redis_url) as client:
@@ -169,9 +174,9 @@ async def test_one_trace_from_request_through_three_runtimes(
             await await_until(lambda: any(s.name.startswith("schedule ") for s in exporter.get_finished_spans()),
                               timeout=10, what="a cron tick span")
             await await_until(
-                lambda: sample("queue_depth", {"type": "t.traced-echo", "state": "completed"}) == 5,
-                timeout=10, what="queue_depth gauge")
-            rss = [s for m in REGISTRY.collect() if m.name == "worker_rss_bytes" for s in m.samples]
+                lambda: sample("job_supervisor_queue_depth", {"type": "t.traced-echo", "state": "completed"}) == 5,
+                timeout=10, what="job_supervisor_queue_depth gauge")
+            rss = [s for m in REGISTRY.collect() if m.name == "job_supervisor_worker_rss_bytes" for s in m.samples]
     finally:
         os.kill(os.getpid(), signal.SIGTERM)  # the daemon's own handler: a graceful drain
         code = await asyncio.wait_for(daemon, 60)
@@ -231,11 +236,11 @@ async def test_one_trace_from_request_through_three_runtimes(
                     and s.parent.span_id == tick.context.span_id]
     assert tick_enqueue
     # Metrics count what ran.
-    assert sample("jobs_total", {"type": "t.traced-echo", "outcome": "completed"}) - before["t.traced-echo"] == 5
-    assert sample("jobs_total", {"type": "t.traced-parent", "outcome": "completed"}) - before["t.traced-parent"] == 1
-    assert sample("job_run_seconds_count", {"type": "t.traced-echo"}) - runs_before == 5
-    assert sample("jobs_in_flight", {"type": "t.traced-echo"}) == 0
-    assert sample("scheduler_ticks_total", {"schedule": tick.attributes["job.schedule"]}) >= 1
+    assert sample("job_supervisor_jobs_total", {"type": "t.traced-echo", "outcome": "completed"}) - before["t.traced-echo"] == 5
+    assert sample("job_supervisor_jobs_total", {"type": "t.traced-parent", "outcome": "completed"}) - before["t.traced-parent"] == 1
+    assert sample("job_supervisor_job_run_seconds_count", {"type": "t.traced-echo"}) - runs_before == 5
+    assert sample("job_supervisor_jobs_in_flight", {"type": "t.traced-echo"}) == 0
+    assert sample("job_supervisor_scheduler_ticks_total", {"schedule": tick.attributes["job.schedule"]}) >= 1
     assert any(s.labels["role"] == "daemon" and s.value > 0 for s in rss)
     assert any(s.labels["role"] == "worker" and s.value > 0 for s in rss)
 
@@ -271,7 +276,7 @@ async def test_logs_are_json_with_job_and_trace_ids_and_metrics_count_what_ran(
                                   timeout=30)
         # Scraped while jobs run: in flight, then counted.
         sleepers = await client.enqueue_many([("t.traced-sleep", {"seconds": 1.5}) for _ in range(3)])
-        await await_until(lambda: value(scrape(port), "jobs_in_flight", type="t.traced-sleep") == 3, timeout=10,
+        await await_until(lambda: value(scrape(port), "job_supervisor_jobs_in_flight", type="t.traced-sleep") == 3, timeout=10,
                           what="3 jobs in flight")
         n = 7
         for ref in await client.enqueue_many([("t.traced-echo", {"i": i}) for i in range(n)]):
@@ -279,18 +284,26 @@ async def test_logs_are_json_with_job_and_trace_ids_and_metrics_count_what_ran(
         for ref in sleepers:
             await client.wait(ref.id, timeout=30)
         records = await client.list("t.traced-echo", State.COMPLETED, limit=100)
-        await await_until(lambda: value(scrape(port), "queue_depth", type="t.traced-echo", state="completed") == n,
-                          timeout=10, what="queue_depth")
+        await await_until(lambda: value(scrape(port), "job_supervisor_queue_depth", type="t.traced-echo", state="completed") == n,
+                          timeout=10, what="job_supervisor_queue_depth")
         m = scrape(port)
+        exposition = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()  # noqa: S310
     assert len(records) == n
-    assert value(m, "jobs_total", type="t.traced-echo", outcome="completed") == n == len(records)
-    assert value(m, "job_run_seconds_count", type="t.traced-echo") == n
-    assert value(m, "job_queue_wait_seconds_count", type="t.traced-echo") == n
-    assert value(m, "jobs_total", type="t.traced-sleep", outcome="completed") == 3
-    assert value(m, "jobs_in_flight", type="t.traced-sleep") == 0
-    assert value(m, "jobs_total", type="traced_task", outcome="completed") == 1
-    assert value(m, "jobs_total", type="t.traced-middle", outcome="completed") == 2
-    rss = {labels: v for (name, labels), v in m.items() if name == "worker_rss_bytes"}
+    # Prometheus's own linter on what a scraper gets: names, prefixes, units, help texts.
+    lint = subprocess.run([PROMTOOL, "check", "metrics"], input=exposition, capture_output=True, timeout=30,
+                          check=False)
+    assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
+    ours = {fam.name for fam in text_string_to_metric_families(exposition.decode())
+            if not fam.name.startswith(("python_", "process_"))}
+    assert ours and all(name.startswith("job_supervisor_") for name in ours), ours
+    assert value(m, "job_supervisor_jobs_total", type="t.traced-echo", outcome="completed") == n == len(records)
+    assert value(m, "job_supervisor_job_run_seconds_count", type="t.traced-echo") == n
+    assert value(m, "job_supervisor_job_queue_wait_seconds_count", type="t.traced-echo") == n
+    assert value(m, "job_supervisor_jobs_total", type="t.traced-sleep", outcome="completed") == 3
+    assert value(m, "job_supervisor_jobs_in_flight", type="t.traced-sleep") == 0
+    assert value(m, "job_supervisor_jobs_total", type="traced_task", outcome="completed") == 1
+    assert value(m, "job_supervisor_jobs_total", type="t.traced-middle", outcome="completed") == 2
+    rss = {labels: v for (name, labels), v in m.items() if name == "job_supervisor_worker_rss_bytes"}
     assert {dict(k)["role"] for k, v in rss.items() if v > 0} == {"daemon", "worker"}
     assert d.stop() == 0
 
