@@ -38,6 +38,7 @@ from supervisor.api.schemas import (
     job_out,
 )
 from supervisor.client import new_trace_context
+from supervisor.errors import CorruptRecord, JobRejected
 from supervisor.presence import list_workers
 from supervisor.states import State
 
@@ -88,13 +89,15 @@ async def list_jobs(
     cursor: Annotated[str | None, Query(max_length=2000, description="`next_cursor` of the previous page.")] = None,
 ) -> Any:
     """Jobs newest first (by creation time, then id), one page at a time."""
+    corrupt: list[CorruptRecord] = []
     try:
         jobs, next_cursor = await admin.list_jobs(
             _state(request).broker, name=type_, state=state, key=key, since=since, until=until,
-            limit=limit, cursor=cursor)
+            limit=limit, cursor=cursor, corrupt=corrupt)
     except ValueError as exc:
         raise ApiError("invalid_request", f"cursor: {exc}", "cursor") from None
-    return {"jobs": [job_out(j) for j in jobs], "next_cursor": next_cursor}
+    return {"jobs": [job_out(j) for j in jobs], "next_cursor": next_cursor,
+            "corrupt": [{"code": e.code, "message": str(e), "key": e.key} for e in corrupt]}
 
 
 @guarded.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=_errors(404))
@@ -175,9 +178,10 @@ async def trigger(
     x_request_id: Annotated[str | None, Header(max_length=200)] = None,
     traceparent: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Any:
-    """Enqueue a job of type `name`. The payload is validated against the type's published schema
-    (422 naming the field, e.g. `payload.items.0.sku`); an unpublished type is 404.
-    A concurrency key's queue policy may refuse it (409 `rejected`).
+    """Enqueue a job of type `name`, with every option `submit` takes, and answer with the submit
+    outcome (201 accepted or replaced, 200 coalesced). The payload is validated against the type's
+    published schema (422 naming the field, e.g. `payload.items.0.sku`); an unpublished type is 404.
+    A concurrency key's queue policy may refuse it (409 `rejected`, with the key and the live job).
     `X-Request-ID` and a W3C `traceparent` header are carried into the job's context."""
     context = new_trace_context(x_request_id)
     if traceparent and (m := _TRACEPARENT.match(traceparent.strip().lower())):
@@ -185,12 +189,17 @@ async def trigger(
     payload = body.payload
     if isinstance(payload, str):  # Client reads a str as JSON text; a JSON string payload must stay a string
         payload = json.dumps(payload)
-    ref = await _state(request).client.enqueue(
-        name, payload, delay=body.delay, priority=body.priority, idempotency_key=body.idempotency_key,
-        deadline=body.deadline, context=context)
-    if ref.existing:
+    done = await _state(request).client.submit(
+        name, payload, delay=body.delay, run_at=body.run_at, priority=body.priority,
+        idempotency_key=body.idempotency_key, deadline=body.deadline, concurrency_key=body.concurrency_key,
+        context=context)
+    if done.outcome == "rejected":
+        raise JobRejected(done.name, done.key or "", done.reason or "", done.existing)
+    if done.outcome == "coalesced":
         response.status_code = 200
-    return {"id": ref.id, "name": ref.name, "existing": ref.existing}
+    return {"id": done.job_id, "name": done.name, "outcome": done.outcome, "existing": done.outcome == "coalesced",
+            "key": done.key, "replaced": done.existing if done.outcome == "replaced" else None,
+            "reason": done.reason}
 
 
 # --- workers, schedules, keys, executions ------------------------------------------------

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic_core import PydanticCustomError
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="The JSON path of the value at fault, e.g. payload.items.0.sku.")
+    message: str
 
 
 class ErrorDetail(BaseModel):
@@ -14,9 +20,14 @@ class ErrorDetail(BaseModel):
     state: str | None = Field(None, description="On invalid_state: the job's current state.")
     action: str | None = Field(None, description="On invalid_state: the refused action.")
     job_id: str | None = None
-    key: str | None = Field(None, description="On rejected: the concurrency key.")
+    key: str | None = Field(None, description="On rejected: the concurrency key. "
+                                               "On record_corrupt: the Redis key holding the bad value.")
     reason: str | None = Field(None, description="On invalid_state: the states the action needs. "
                                                  "On rejected: active-limit or queue-depth.")
+    errors: list[FieldError] | None = Field(
+        None, description="On invalid_payload: every validation error (at most 20), each with its field; "
+                          "`field` is the first one's.")
+    more: int | None = Field(None, description="On invalid_payload: errors found beyond those listed.")
 
 
 class ErrorResponse(BaseModel):
@@ -30,6 +41,8 @@ class AttemptOut(BaseModel):
     outcome: str
     instance: str | None = None
     error: str | None = None
+    traceback: str | None = Field(None, description="A failed attempt's stack trace (a task's: its last stderr "
+                                                    "lines), at most 16 KiB; kept for the newest 3 failures.")
 
 
 class JobOut(BaseModel):
@@ -60,6 +73,9 @@ class JobOut(BaseModel):
 class JobPage(BaseModel):
     jobs: list[JobOut]
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last.")
+    corrupt: list[ErrorDetail] = Field(
+        default_factory=list, description="Records skipped because job-supervisor did not write them "
+                                          "(code record_corrupt, the Redis key named); the page lists the rest.")
 
 
 class LogsOut(BaseModel):
@@ -99,12 +115,32 @@ class TriggerIn(BaseModel):
                                         description="A second trigger with this key returns the first job.")
     deadline: float | None = Field(None, gt=0, le=366 * 86_400,
                                    description="Seconds from now after which the job expires.")
+    run_at: AwareDatetime | None = Field(None, description="When it may run (ISO 8601 with a zone); "
+                                                           "not together with `delay`.")
+    concurrency_key: str | None = Field(None, min_length=1, max_length=512,
+                                        description="Keyed concurrency and queue policy for this job, "
+                                                    "instead of the key the type derives.")
+
+    @model_validator(mode="after")
+    def _one_start_time(self) -> TriggerIn:
+        if self.delay is not None and self.run_at is not None:
+            raise PydanticCustomError("one_start_time", "give `delay` or `run_at`, not both")
+        return self
 
 
 class TriggerOut(BaseModel):
-    id: str
+    """What the trigger did: the submit outcome (201 for a new job, 200 when it folded into one)."""
+
+    id: str = Field(description="The job created, or the one it folded into.")
     name: str
-    existing: bool = Field(description="True when idempotency_key matched a retained job (no new job).")
+    outcome: Literal["accepted", "coalesced", "replaced"] = Field(
+        description="accepted: a new job; coalesced: an existing job stands (idempotency key or the "
+                    "key's queue policy); replaced: a new job took the place of the key's oldest queued one.")
+    existing: bool = Field(description="True when no new job was created (coalesced).")
+    key: str | None = Field(None, description="The job's concurrency key, if any.")
+    replaced: str | None = Field(None, description="The queued job this one replaced (outcome replaced).")
+    reason: str | None = Field(None, description="Why it coalesced or replaced (idempotency-key, "
+                                                 "active-limit, queue-depth).")
 
 
 class WorkerProcess(BaseModel):

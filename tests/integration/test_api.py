@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,6 +153,37 @@ async def test_trigger_get_logs_and_idempotency(api: httpx.AsyncClient, served: 
     assert job["attempts"][0]["outcome"] == "completed" and job["attempts"][0]["attempt"] == 1
     logs = await api.get(f"/jobs/{ref['id']}/logs")
     assert logs.status_code == 200 and logs.json() == {"id": ref["id"], "lines": []}
+
+
+async def test_trigger_takes_every_submit_option_and_answers_with_the_outcome(
+    api: httpx.AsyncClient, served: Client,
+) -> None:
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    first = await api.post("/types/t.echo/trigger", json={"payload": {"value": "a"}, "run_at": later,
+                                                          "concurrency_key": "tenant-9", "priority": 3})
+    assert first.status_code == 201, first.text
+    body = first.json()
+    assert body["outcome"] == "accepted" and body["key"] == "tenant-9" and body["existing"] is False
+    job = (await api.get(f"/jobs/{body['id']}")).json()
+    assert job["state"] == "pending" and job["priority"] == 3
+    assert abs(datetime.fromisoformat(job["run_at"]) - datetime.fromisoformat(later)) < timedelta(seconds=1)
+    # The key's default queue policy (nothing queued beside a live job) refuses a second one: 409 with
+    # the key and the live job, in HTTP terms.
+    second = await api.post("/types/t.echo/trigger", json={"payload": {"value": "b"}, "concurrency_key": "tenant-9"})
+    assert second.status_code == 409, second.text
+    err = second.json()["error"]
+    assert err["code"] == "rejected" and err["key"] == "tenant-9" and err["job_id"] == body["id"]
+    # delay and run_at together, or a time without a zone: 422 naming the problem.
+    both = await api.post("/types/t.echo/trigger", json={"payload": {}, "delay": 5, "run_at": later})
+    assert both.status_code == 422 and "not both" in both.json()["error"]["message"]
+    naive = await api.post("/types/t.echo/trigger", json={"payload": {}, "run_at": "2030-01-01T00:00:00"})
+    assert naive.status_code == 422 and naive.json()["error"]["field"] == "run_at"
+    # A delayed trigger with an idempotency key: 201, then 200 coalesced onto the same job.
+    one = await api.post("/types/t.echo/trigger", json={"payload": {}, "delay": 600, "idempotency_key": "i-1"})
+    two = await api.post("/types/t.echo/trigger", json={"payload": {}, "delay": 600, "idempotency_key": "i-1"})
+    assert (one.status_code, two.status_code) == (201, 200)
+    assert two.json()["outcome"] == "coalesced" and two.json()["id"] == one.json()["id"]
+    assert two.json()["reason"] == "idempotency-key"
 
 
 async def test_list_filters_and_cursor_pagination(api: httpx.AsyncClient, served: Client) -> None:
