@@ -651,12 +651,16 @@ class CommandRunner:
 
     Args:
         spec_for: the `CommandSpec` of a job name (raises `KeyError` for unknown names).
+        payload_error: why a job's payload breaks its type's current schema, or None; a payload
+            it refuses ends the Run PERMANENT (no retry) and the program never starts.
     """
 
     kind = "subprocess"
 
-    def __init__(self, spec_for: Callable[[str], CommandSpec]) -> None:
+    def __init__(self, spec_for: Callable[[str], CommandSpec],
+                 payload_error: Callable[[str, str], str | None] | None = None) -> None:
         self._spec_for = spec_for
+        self._payload_error = payload_error
         self._runs: dict[asyncio.Event, asyncio.Future[RunResult]] = {}
         self._closed = False
 
@@ -668,6 +672,9 @@ class CommandRunner:
             return RunResult(RunStatus.FAILED, error=f"no task named {request.name!r} on this instance")
         if self._closed:
             return RunResult(RunStatus.CANCELLED, error="the subprocess runner is closed")
+        if self._payload_error is not None and (
+                problem := self._payload_error(request.name, request.payload_json)) is not None:
+            return RunResult(RunStatus.PERMANENT, error=problem)
         stop = asyncio.Event()
         relay = asyncio.ensure_future(_relay(cancel, stop))
         run = asyncio.ensure_future(run_command(spec, request, events, stop))

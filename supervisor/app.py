@@ -195,7 +195,8 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
     runners: dict[str, Runner] = {
         "inprocess": InProcessRunner(lambda n: daemon_ref["d"].catalog.registry.get(n), child_enqueue,
                                      threads=settings.threads, cancel_grace_s=settings.cancel_grace),
-        "subprocess": CommandRunner(lambda n: daemon_ref["d"].catalog.command_for(n)),
+        "subprocess": CommandRunner(lambda n: daemon_ref["d"].catalog.command_for(n),
+                                    lambda n, p: daemon_ref["d"].catalog.payload_error(n, p)),
     }
     pool = ProcessPoolRunner(
         settings.jobs_dir, settings.workers_concurrency, max_jobs_per_worker=settings.max_jobs_per_worker,

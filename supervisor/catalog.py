@@ -20,7 +20,7 @@ from runners.command import CommandSpec
 from supervisor.broker import dumps
 from supervisor.config import Settings
 from supervisor.dispatcher import ServedType
-from supervisor.errors import DuplicateJobType, HandlerImportError, SupervisorError
+from supervisor.errors import DuplicateJobType, HandlerImportError, InvalidPayload, SupervisorError
 from supervisor.handler import Backoff, JobType
 from supervisor.registry import Registry, load_jobs
 from supervisor.schedule import ScheduleError, ScheduleSpec
@@ -44,6 +44,21 @@ class Catalog:
     def command_for(self, name: str) -> CommandSpec:
         """The program a `subprocess` type runs (KeyError when the type is not one)."""
         return self.commands[name]
+
+    def payload_error(self, name: str, payload_json: str) -> str | None:
+        """Why a payload breaks the type's current schema (every problem), or None when it passes.
+
+        Checked before a `subprocess` type's program starts: a job may have been queued without
+        validation (`allow_unknown`, before the type was published) or before its schema changed.
+        """
+        try:
+            if (task := self.tasks.get(name)) is not None:
+                task.validate_payload_json(payload_json)
+            elif (jt := self.registry.get(name)) is not None:
+                jt.payload.from_json(payload_json)
+        except InvalidPayload as exc:
+            return str(exc)
+        return None
 
 
 def python_job_command(jobs_dir: Path, name: str) -> CommandSpec:

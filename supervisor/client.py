@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import jsonschema
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
@@ -34,10 +33,10 @@ from supervisor.errors import (
     WaitTimeout,
 )
 from supervisor.flow import KeyConcurrency, QueuePolicy, SubmitOutcome, derive_key
-from supervisor.handler import schema_detail
 from supervisor.records import Job
 from supervisor.registry import Registry
 from supervisor.states import State
+from supervisor.validation import check_payload, compile_schema
 from supervisor.wire import DEFAULT_SPIN_US, PackedCall, SyncWire, params_of
 
 T = TypeVar("T")
@@ -88,8 +87,7 @@ class _TypeInfo:
     def __init__(self, meta: dict[str, str]) -> None:
         schema = json.loads(meta.get("schema") or "{}")
         policy = json.loads(meta.get("policy") or "{}")
-        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-        self.validator = cls(schema) if schema else None
+        self.validator = compile_schema(schema) if schema else None  # once per read of the metadata
         self.priority = int(policy.get("priority") or 0)
         deadline = policy.get("deadline")
         self.deadline_ms = int(float(deadline) * 1000) if deadline else 0
@@ -452,9 +450,7 @@ def _payload_value(payload: Any) -> Any:
 def _schema_check(name: str, info: _TypeInfo, payload: Any) -> None:
     """Raises InvalidPayload when the payload breaks the schema an instance published."""
     if info.validator is not None:
-        error = jsonschema.exceptions.best_match(info.validator.iter_errors(payload))
-        if error is not None:
-            raise InvalidPayload(name, schema_detail(error))
+        check_payload(name, info.validator, payload)
 
 
 def _payload_json(name: str, payload: Any) -> str:

@@ -55,14 +55,26 @@ class UnknownJobType(SupervisorError):
 
 
 class InvalidPayload(SupervisorError):
-    """Raised when a payload does not match its job type's schema."""
+    """Raised when a payload does not match its job type's schema.
+
+    `problems` lists every validation error as (JSON path, message), the path written
+    `payload.items.0.sku`; `detail` joins them (`payload.email: ...; payload.age: ...`).
+    A problem that is not about one field (not JSON, priority) has a detail and no problems.
+    """
 
     code = "invalid_payload"
 
-    def __init__(self, name: str, detail: str) -> None:
+    def __init__(self, name: str, detail: str = "", *, problems: tuple[tuple[str, str], ...] = (),
+                 more: int = 0) -> None:
+        if not detail:
+            detail = "; ".join(f"{path}: {message}" for path, message in problems)
+            if more:
+                detail += f"; (and {more} more)"
         super().__init__(f"invalid payload for {name!r}: {detail}")
         self.name = name
         self.detail = detail
+        self.problems = problems
+        self.more = more  # problems found beyond those listed (a payload with thousands of bad items)
 
 
 class JobNotFound(SupervisorError):

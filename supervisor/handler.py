@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import jsonschema
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from supervisor.errors import InvalidPayload
 from supervisor.flow import KeyConcurrency, QueuePolicy, RateLimit, parse_policy
+from supervisor.validation import Validator, check_payload, compile_schema, model_error
 
 Runtime = Literal["inprocess", "process", "subprocess"]
 RUNTIMES = ("inprocess", "process", "subprocess")
@@ -207,11 +207,10 @@ class PayloadModel:
         self.name = name
         self.annotation = annotation
         self._adapter: TypeAdapter[Any] | None = None
-        self._validator: jsonschema.protocols.Validator | None = None
+        self._validator: Validator | None = None
         if schema is not None:
-            cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-            cls.check_schema(schema)
-            self._validator = cls(schema)
+            self._validator = compile_schema(schema)
+            self._validator.check_schema(schema)  # a bad schema is a load error of the file
             self.schema = schema
         elif annotation is not inspect.Parameter.empty and annotation is not Any:
             self._adapter = TypeAdapter(annotation)
@@ -225,8 +224,11 @@ class PayloadModel:
             try:
                 return self._adapter.validate_json(payload_json)
             except ValidationError as exc:
-                raise InvalidPayload(self.name, _pydantic_detail(exc)) from None
-        value = json.loads(payload_json)
+                raise model_error(self.name, exc) from None
+        try:
+            value = json.loads(payload_json)
+        except ValueError as exc:
+            raise InvalidPayload(self.name, f"payload is not JSON: {exc}") from None
         self._check_schema(value)
         return value
 
@@ -238,31 +240,15 @@ class PayloadModel:
             try:
                 value = self._adapter.validate_python(payload)
             except ValidationError as exc:
-                raise InvalidPayload(self.name, _pydantic_detail(exc)) from None
+                raise model_error(self.name, exc) from None
             del value
             return payload
         self._check_schema(payload)
         return payload
 
     def _check_schema(self, value: Any) -> None:
-        if self._validator is None:
-            return
-        error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
-        if error is not None:
-            raise InvalidPayload(self.name, schema_detail(error))
-
-
-def schema_detail(error: jsonschema.ValidationError) -> str:
-    path = "/" + "/".join(str(p) for p in error.absolute_path)
-    return f"at {path}: {error.message}"
-
-
-def _pydantic_detail(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False):
-        loc = "/" + "/".join(str(p) for p in err["loc"])
-        parts.append(f"at {loc}: {err['msg']}")
-    return "; ".join(parts)
+        if self._validator is not None:
+            check_payload(self.name, self._validator, value)
 
 
 @dataclass(slots=True)

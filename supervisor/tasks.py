@@ -70,6 +70,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from runners.command import DEFAULT_ENV_ALLOW, CommandSpec, ResourceLimits, inherited_env
 from supervisor.errors import DuplicateJobType, HandlerImportError, InvalidPayload
+from supervisor.validation import Validator, check_payload, compile_schema
 
 log = structlog.get_logger(__name__)
 
@@ -187,7 +188,7 @@ class Sidecar(BaseModel):
 
 def _check_schema(schema: dict[str, Any]) -> None:
     try:
-        jsonschema.Draft202012Validator.check_schema(schema)
+        jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise ValueError(f"not a valid JSON Schema: {exc.message} (at {exc.json_path})") from None
 
@@ -314,28 +315,28 @@ class TaskDef:
     runtime: ClassVar[str] = "subprocess"
 
     @cached_property
-    def _validator(self) -> jsonschema.Draft202012Validator | None:
-        if self.payload_schema is None:
-            return None
-        return jsonschema.Draft202012Validator(
-            self.payload_schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-        )
+    def _validator(self) -> Validator | None:
+        # one per loaded version of the task: a reload builds a new TaskDef
+        return compile_schema(self.payload_schema) if self.payload_schema is not None else None
 
     def validate_payload(self, payload: Any) -> None:
-        """Check `payload` against the task's JSON Schema (Draft 2020-12); no schema, no check.
+        """Check `payload` against the task's JSON Schema, `format` included; no schema, no check.
 
         Raises:
-            InvalidPayload: the detail names the JSON path of each problem (`$.items[2].qty: ...`).
+            InvalidPayload: listing every problem with its JSON path (`payload.items.2.qty: ...`).
         """
-        validator = self._validator
-        if validator is None:
+        if (validator := self._validator) is not None:
+            check_payload(self.name, validator, payload)
+
+    def validate_payload_json(self, payload_json: str) -> None:
+        """`validate_payload` of a payload read from Redis (InvalidPayload when it is not JSON)."""
+        if self._validator is None:
             return
-        errors = sorted(validator.iter_errors(payload), key=lambda e: (e.json_path, e.message))
-        if errors:
-            shown = [f"{e.json_path}: {e.message}" for e in errors[:5]]
-            if len(errors) > 5:
-                shown.append(f"(and {len(errors) - 5} more)")
-            raise InvalidPayload(self.name, "; ".join(shown))
+        try:
+            payload = json.loads(payload_json)
+        except ValueError as exc:
+            raise InvalidPayload(self.name, f"payload is not JSON: {exc}") from None
+        self.validate_payload(payload)
 
     async def prepare(self) -> None:
         """Build what the task needs before it can run (compile a `.cs` once); else nothing."""

@@ -3,6 +3,8 @@
 Body: `{"error": {"code": "...", "message": "...", "field"?: "...", "state"?: "...", "action"?: "..."}}`.
 `code` is the stable `SupervisorError.code` (or one of the API's own codes below);
 `field` names the request part at fault (`payload.items.0.sku`, `limit`, `cursor`);
+a 422 `invalid_payload` lists every validation error in `errors` (`[{"field", "message"}]`,
+at most 20, `more` counting the rest), `field` being the first one's;
 a 409 `invalid_state` carries the job's current `state`, the refused `action` and a
 `reason` naming the states that action needs; a 409
 `rejected` (keyed concurrency) the `key`, the `reason` and the live `job_id` holding it.
@@ -10,7 +12,6 @@ a 409 `invalid_state` carries the job's current `state`, the refused `action` an
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from fastapi import Request
@@ -70,24 +71,6 @@ def error_response(code: str, message: str, field: str | None = None, headers: d
                         headers=headers)
 
 
-_AT_PATH = re.compile(r"^at (/[^:]*):")
-_REQUIRED = re.compile(r"^at /[^:]*: '([^']+)' is a required property")
-
-
-def payload_field(detail: str) -> str:
-    """`payload.items.0.sku` from an InvalidPayload detail (`at /items/0/sku: ...`), else `payload`.
-
-    A missing required property is named itself (`payload.order_id`), not its parent object.
-    """
-    m = _AT_PATH.match(detail)
-    if not m:
-        return "payload"
-    parts = [p for p in m.group(1).split("/") if p]
-    if missing := _REQUIRED.match(detail):
-        parts.append(missing.group(1))
-    return ".".join(["payload", *parts])
-
-
 def _loc_field(loc: Any) -> str:
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
@@ -102,8 +85,10 @@ async def _supervisor_error(_request: Request, exc: Exception) -> JSONResponse:
         reason = f"{exc.action} needs a job that is {needs}; this one is {exc.state}" if needs else str(exc)
         return error_response(exc.code, str(exc), state=exc.state, action=exc.action, reason=reason,
                               job_id=exc.job_id)
-    if isinstance(exc, InvalidPayload):
-        return error_response(exc.code, str(exc), field=payload_field(exc.detail))
+    if isinstance(exc, InvalidPayload):  # every problem, each with its path; `field` is the first's
+        problems = [{"field": path, "message": message} for path, message in exc.problems]
+        return error_response(exc.code, str(exc), field=problems[0]["field"] if problems else "payload",
+                              errors=problems or None, more=exc.more or None)
     if exc.code == "rejected":  # JobRejected: which key, why, and the live job that holds it
         return error_response(exc.code, str(exc), key=getattr(exc, "key", None),
                               reason=getattr(exc, "reason", None), job_id=getattr(exc, "existing", None))

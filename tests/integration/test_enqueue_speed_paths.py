@@ -236,7 +236,7 @@ def _bad_payloads() -> list[Any]:
 def _assert_refusals(r: syncredis.Redis, errors: list[str]) -> None:
     assert "'x' is not of type 'integer'" in errors[0]
     assert "'n' is a required property" in errors[1]
-    assert errors[2] == "at /: '{\"n\": 1}' is not of type 'object'"  # JSON text is validated as text, as before
+    assert errors[2] == "payload: '{\"n\": 1}' is not of type 'object'"  # JSON text is validated as text, as before
     assert errors[3] == "payload is not JSON: it contains itself, or nests too deep"
     payloads = [json.loads(_record(r, i)["payload"]) for i in r.zrange(keys.index_key(PLAIN, "ready"), 0, -1)]
     assert payloads == [{"n": 0}, {"n": 5}]  # nothing refused was queued

@@ -1,0 +1,104 @@
+"""Payload validation (supervisor.validation): `format` checks, and every problem listed with its path.
+
+No Redis, no process: JSON Schema types (as a task or `payload_schema=`) and pydantic types alike.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, Field
+
+from supervisor.errors import InvalidPayload
+from supervisor.handler import PayloadModel
+from supervisor.validation import MAX_PROBLEMS, check_payload, compile_schema
+
+FORMATS = ("email", "date", "date-time", "uri", "uuid", "ipv4", "ipv6")
+GOOD = {"email": "ada@example.org", "date": "2024-02-29", "date-time": "2024-02-29T12:30:00Z",
+        "uri": "https://example.org/a?b=1", "uuid": "2f1c8f2e-7d4b-4c8e-9a57-1d2e3f4a5b6c",
+        "ipv4": "192.0.2.1", "ipv6": "2001:db8::1"}
+BAD = {"email": "nope", "date": "2024-02-30", "date-time": "2024-02-29 noon", "uri": "not a uri",
+       "uuid": "1234", "ipv4": "192.0.2.256", "ipv6": "2001:db8:::1"}
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {f: {"type": "string", "format": f} for f in FORMATS},
+}
+SIGNUP_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["email", "age"],
+    "properties": {"email": {"type": "string", "format": "email"},
+                   "age": {"type": "integer", "minimum": 0},
+                   "tags": {"type": "array", "items": {"type": "string"}}},
+}
+
+
+class Signup(BaseModel):
+    email: str
+    age: int = Field(ge=0)
+    tags: list[str] = []
+
+
+def _refusal(fn: Any, *args: Any) -> InvalidPayload:
+    with pytest.raises(InvalidPayload) as info:
+        fn(*args)
+    return info.value
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_each_format_is_checked_and_the_field_named(fmt: str) -> None:
+    # Given a JSON Schema type with one field of each format
+    payloads = PayloadModel(inspect.Parameter.empty, SCHEMA, "t.formats")
+    payloads.check(GOOD)  # every good value passes
+    # When one value breaks its format
+    err = _refusal(payloads.check, {**GOOD, fmt: BAD[fmt]})
+    # Then the refusal names that field alone, and the format
+    assert err.problems == ((f"payload.{fmt}", f"{BAD[fmt]!r} is not a {fmt!r}"),)
+    assert f"payload.{fmt}: " in str(err)
+
+
+def test_the_format_checker_knows_every_promised_format() -> None:
+    # jsonschema skips a format whose package is missing: a missing dependency must fail here
+    checker = compile_schema(SCHEMA).format_checker
+    assert checker is not None and set(FORMATS) <= set(checker.checkers)
+
+
+def test_a_schema_lists_every_problem_with_its_path() -> None:
+    # Given a payload with three problems, one of them a missing property
+    validator = compile_schema(SIGNUP_SCHEMA)
+    err = _refusal(check_payload, "t.signup", validator, {"email": "nope", "tags": ["a", 7]})
+    # Then all three are listed, the missing property named itself (not its parent object)
+    assert sorted(err.problems) == [
+        ("payload.age", "'age' is a required property"),
+        ("payload.email", "'nope' is not a 'email'"),
+        ("payload.tags.1", "7 is not of type 'string'"),
+    ]
+    assert err.detail == "; ".join(f"{p}: {m}" for p, m in err.problems)
+    assert err.more == 0
+
+
+def test_a_pydantic_model_lists_every_problem_with_its_path() -> None:
+    # Given a handler annotated with a pydantic model, and a payload with three problems
+    payloads = PayloadModel(Signup, None, "t.signup")
+    bad = {"age": -1, "tags": ["a", {"b": 1}]}
+    # Then enqueue (check) and run (from_json) both list all three, each with its path
+    for err in (_refusal(payloads.check, bad), _refusal(payloads.from_json, '{"age": -1, "tags": ["a", {"b": 1}]}')):
+        assert [p for p, _ in err.problems] == ["payload.email", "payload.age", "payload.tags.1"]
+        assert err.problems[0][1] == "Field required"
+        assert "greater than or equal to 0 (got -1)" in err.problems[1][1]
+        assert "valid string (got {'b': 1})" in err.problems[2][1]
+
+
+def test_a_payload_that_is_not_json_is_an_invalid_payload() -> None:
+    for payloads in (PayloadModel(inspect.Parameter.empty, SIGNUP_SCHEMA, "t.s"), PayloadModel(Signup, None, "t.s")):
+        err = _refusal(payloads.from_json, '{"email": ')
+        assert err.name == "t.s" and ("not JSON" in err.detail or "Invalid JSON" in err.detail)
+
+
+def test_thousands_of_problems_are_bounded() -> None:
+    validator = compile_schema({"type": "array", "items": {"type": "integer"}})
+    err = _refusal(check_payload, "t.ints", validator, ["x"] * 1000)
+    assert len(err.problems) == MAX_PROBLEMS and err.more == 1000 - MAX_PROBLEMS
+    assert err.detail.endswith(f"(and {1000 - MAX_PROBLEMS} more)")
+    assert err.problems[-1][0] == f"payload.{MAX_PROBLEMS - 1}"
