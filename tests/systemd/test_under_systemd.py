@@ -218,13 +218,16 @@ def _home_paths_needed() -> list[Path]:
 
 
 def install_unit(sb: Sandbox, *, handlers: tuple[Path, ...] = (HANDLERS / "basic.py",),
-                 watchdog_sec: float | None = None) -> str:
+                 tasks: tuple[Path, ...] = (), watchdog_sec: float | None = None) -> str:
     """Write the rendered unit (+ the test drop-in) into the sandbox's /etc/systemd/system; daemon-reload."""
     assert BINARY.is_file(), f"{BINARY} is missing: install the project into this venv (pip install -e .)"
     jobs = sb.out / "app" / "jobs"
     jobs.mkdir(parents=True, exist_ok=True)
     for handler in handlers:
         shutil.copy(handler, jobs / handler.name)
+    (sb.out / "app" / "tasks").mkdir(exist_ok=True)
+    for task in tasks:
+        shutil.copy2(task, sb.out / "app" / "tasks" / task.name)
     # Outside /var/lib there is no StateDirectory=: the directory must exist (render_unit's contract).
     (sb.out / "state").mkdir(exist_ok=True)
     # No job-supervisor account in the sandbox: run as root (render_unit lets us replace User=/Group=).
@@ -234,6 +237,7 @@ def install_unit(sb: Sandbox, *, handlers: tuple[Path, ...] = (HANDLERS / "basic
     lines = [
         "[Service]",
         f"Environment=JOB_SUPERVISOR_JOBS_DIR={APP / 'jobs'}",
+        f"Environment=JOB_SUPERVISOR_TASKS_DIR={APP / 'tasks'}",
         "Environment=JOB_SUPERVISOR_LOG_FORMAT=json",
         # Record how each run of the main process ended (see the module docstring).
         f"ExecStopPost=/bin/sh -c 'echo \"$${{SERVICE_RESULT}} $${{EXIT_CODE}} $${{EXIT_STATUS}}\" "
@@ -393,6 +397,45 @@ def test_watchdog_restarts_a_wedged_event_loop(sandbox: Sandbox) -> None:
     assert f"Killing process {main} (job-supervisor) with signal SIGABRT" in journal, journal
     assert sandbox.stop_posts()[:1] and sandbox.stop_posts()[0][0] == "watchdog", sandbox.stop_posts()
     assert took < 3 + 2 + 10, f"restart {took:.1f}s after the wedge (WatchdogSec=3, RestartSec=2)"
+
+
+def test_every_runtime_and_task_kind_runs_under_the_hardened_unit(sandbox: Sandbox) -> None:
+    """The unit's hardening (no capabilities, seccomp, private users/devices, ...) leaves every runtime
+    working: a pool worker, a subprocess Python job, a shell task, a task under resource limits and
+    the C# task (compiled by Mono's mcs in the state directory, then JIT-compiled by mono)."""
+    # Given the unit with Python handlers in three runtimes and tasks of three kinds
+    tasks = tuple(ROOT / "tasks" / n for n in ("hello.sh", "Hello.cs", "Hello.toml"))
+    tasks += tuple(HERE / "tasks" / n for n in ("limits.sh", "limits.toml"))
+    install_unit(sandbox, handlers=(HANDLERS / "basic.py", HANDLERS / "runtimes.py"), tasks=tasks)
+    start(sandbox)
+
+    # ... whose main process runs with the hardening in force (not loosened by the test's drop-in)
+    status = sandbox.exec("cat", f"/proc/{sandbox.prop('MainPID')}/status").stdout
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert (fields["CapEff"], fields["CapBnd"]) == ("0000000000000000", "0000000000000000"), status
+    assert (fields["NoNewPrivs"], fields["Seccomp"]) == ("1", "2"), status
+
+    # When one job of each kind is enqueued
+    runs = {
+        "t.pid-process": "{}",
+        "t.pid-subprocess": "{}",
+        "hello": '{"name": "Ada"}',
+        "t.limits": "{}",
+        "csharp.hello": '{"name": "Grace"}',
+    }
+    done = {name: sandbox.cli_json("enqueue", name, payload, "--wait", "--timeout", "90", timeout=120)
+            for name, payload in runs.items()}
+
+    # Then every one completes, with its own result
+    states = {name: (job["state"], job.get("error")) for name, job in done.items()}
+    assert states == dict.fromkeys(runs, ("completed", None)), f"{states}\n--- journal ---\n{sandbox.journal()}"
+    main = int(sandbox.prop("MainPID"))
+    assert done["t.pid-process"]["result"]["pid"] != main
+    assert done["t.pid-subprocess"]["result"]["pid"] != main
+    assert done["hello"]["result"] == {"greeting": "Hello, Ada!"}
+    assert done["csharp.hello"]["result"] == {"greeting": "Hello, Grace!"}
+    # ... and the task ran under the limits of its sidecar (the hard limits, which it cannot raise)
+    assert done["t.limits"]["result"] == {"open_files": 64, "memory_kib": 512 * 1024, "cpu_seconds": 7}
 
 
 def test_systemd_unit_command_output_runs_this_install(sandbox: Sandbox) -> None:
