@@ -1,8 +1,10 @@
 """The orders fulfilment chain: reserve inventory -> charge payment -> notify warehouse.
 
 Each step enqueues the next as a child job (same request id and trace), and the
-last one publishes an `orders.shipped` event to the Redis stream `events:orders.shipped`
-via the `orders.publish-event` job. Replace the bodies with calls to your services.
+last one hands the `orders.shipped` domain event to the `orders.publish-event` job, which
+records it as the log line `order.event_published` (with the order id, reservation and
+payment) and returns it as its result: that job is where a real service publishes to its
+message bus. Replace the bodies with calls to your services.
 """
 
 from __future__ import annotations

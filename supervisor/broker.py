@@ -21,8 +21,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from supervisor import keys
-from supervisor.errors import ConfigError, InvalidTransition, JobNotFound, RedisUnsafe
-from supervisor.records import Job
+from supervisor.errors import ConfigError, CorruptRecord, InvalidTransition, JobNotFound, RedisUnsafe
+from supervisor.records import Job, check_text, loads, parsed
 from supervisor.scripts import SCRIPT_NAMES, script_source
 from supervisor.states import FINISHED, State
 from supervisor.wire import AsyncWire, Script, is_noscript, params_of
@@ -88,6 +88,23 @@ class ClaimedJob:
     deadline_ms: int | None
     context_json: str
     created_ms: int
+    corrupt: str = ""  # what of its record does not parse (the dispatcher fails it: claimed_context)
+
+
+def claimed_context(job: ClaimedJob) -> dict[str, Any]:
+    """The trace context of a claimed job, after checking what of its record the job runs on:
+    CorruptRecord (the key named) when job-supervisor did not write it. Cheap: the payload is
+    only checked to be text here (the runners parse it, and fail a job whose payload is not JSON)."""
+    key = keys.job_key(job.id)
+    if job.corrupt:
+        raise CorruptRecord(key, job.corrupt)
+    parsed(key, "payload", check_text, job.payload_json)
+    if not job.context_json:
+        return {}
+    context = parsed(key, "ctx", loads, job.context_json)
+    if not isinstance(context, dict):
+        raise CorruptRecord(key, f"field 'ctx': a {type(context).__name__}, not an object")
+    return context
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +126,9 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
     options.setdefault("socket_connect_timeout", 5.0)
     if not url.startswith("unix://"):
         options.setdefault("socket_keepalive", True)
+    # A value that is not UTF-8 (foreign or hostile bytes in a key) decodes to lone surrogates
+    # instead of failing the read; the record parsers report it (supervisor.records).
+    options.setdefault("encoding_errors", "surrogateescape")
     try:
         return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **options)
     except ValueError as exc:
@@ -319,8 +339,11 @@ class Broker:
         """active -> completed for (id, lease, result JSON, progress JSON or '') items; 'ok' or 'fenced:<state>'."""
         return await self._run("complete", name, [len(items), *_flat(items)])
 
-    async def fail(self, name: str, max_deliver: int, items: Sequence[tuple[str, str, str, str, int, str]]) -> list[str]:
-        """active -> retry|failed|dead for (id, lease, mode, error, delay_ms, progress JSON or '') items."""
+    async def fail(
+        self, name: str, max_deliver: int, items: Sequence[tuple[str, str, str, str, int, str, str]],
+    ) -> list[str]:
+        """active -> retry|failed|dead for (id, lease, mode, error, delay_ms, progress JSON or '', traceback
+        or '') items."""
         return await self._run("fail", name, [max_deliver, len(items), *_flat(items)])
 
     async def heartbeat(self, name: str, ack_wait_ms: int, items: Sequence[tuple[str, str, str]]) -> list[str]:
@@ -331,9 +354,11 @@ class Broker:
         """active -> pending for (id, lease) items, without counting the delivery."""
         return await self._run("release", name, [len(items), *_flat(items)])
 
-    async def cancel(self, job_id: str, reason: str = "cancelled", lease: str = "") -> str:
-        """Cancel a job: 'cancelled' at once, or 'requested' for an active one."""
-        result, state = await self._run_for_job("cancel", job_id, [reason, lease])
+    async def cancel(self, job_id: str, reason: str = "cancelled", lease: str = "", *,
+                     source: str = "client", by: str = "") -> str:
+        """Cancel a job: 'cancelled' at once, or 'requested' for an active one. Without a lease (a
+        producer's or operator's request) the job's history records it with `source` and `by`."""
+        result, state = await self._run_for_job("cancel", job_id, [reason, lease, source, by])
         if result == "gone":
             raise JobNotFound(job_id)
         if result == "invalid":
@@ -346,18 +371,19 @@ class Broker:
             raise JobNotFound(job_id)
         return str(result)
 
-    async def revive(self, job_id: str, action: str) -> None:
-        """Operator `retry` (failed -> pending) or `replay` (dead -> pending)."""
+    async def revive(self, job_id: str, action: str, *, source: str = "client", by: str = "") -> None:
+        """Operator `retry` (failed -> pending) or `replay` (dead -> pending), recorded in the
+        job's history with `source` (cli | api | client) and `by` (the API token's name)."""
         expected, event = {"retry": ("failed", "retried"), "replay": ("dead", "replayed")}[action]
-        result, state = await self._run_for_job("revive", job_id, [expected, event])
+        result, state = await self._run_for_job("revive", job_id, [expected, event, source, by])
         if result == "gone":
             raise JobNotFound(job_id)
         if result == "invalid":
             raise InvalidTransition(job_id, state, action)
 
-    async def dismiss(self, job_id: str) -> None:
-        """Operator `dismiss` (dead -> dismissed)."""
-        result, state = await self._run_for_job("dismiss", job_id, [])
+    async def dismiss(self, job_id: str, *, source: str = "client", by: str = "") -> None:
+        """Operator `dismiss` (dead -> dismissed), recorded in the job's history like `revive`."""
+        result, state = await self._run_for_job("dismiss", job_id, [source, by])
         if result == "gone":
             raise JobNotFound(job_id)
         if result == "invalid":
@@ -408,9 +434,19 @@ class Broker:
             key = keys.job_key(job_id)
         except ValueError:
             raise JobNotFound(job_id) from None
-        name = await self.redis.hget(key, "name")
+        try:
+            name = await self.redis.hget(key, "name")
+        except ResponseError as exc:  # WRONGTYPE: something else wrote a non-hash there
+            raise CorruptRecord(key, str(exc)) from None
         if name is None:
             raise JobNotFound(job_id)
+        # A job's id starts with its type's tag: a name that does not hash to it is forged.
+        try:
+            forged = keys.tag_for(name) != keys.tag_from_id(job_id)
+        except UnicodeError:  # bytes that were not UTF-8
+            forged = True
+        if forged:
+            raise CorruptRecord(key, f"field 'name': {name!r} is not the type of job {job_id}")
         return str(name)
 
     async def get(self, job_id: str) -> Job:
@@ -418,19 +454,39 @@ class Broker:
             key = keys.job_key(job_id)
         except ValueError:
             raise JobNotFound(job_id) from None
-        raw = await self.redis.hgetall(key)
+        try:
+            raw = await self.redis.hgetall(key)
+        except ResponseError as exc:  # WRONGTYPE: something else wrote a non-hash there
+            raise CorruptRecord(key, str(exc)) from None
         if not raw:
             raise JobNotFound(job_id)
-        return Job.from_hash(job_id, raw)
+        return Job.from_hash(job_id, raw, key)
 
-    async def get_many(self, job_ids: Iterable[str]) -> list[Job]:
-        """Records of `job_ids` that still exist, in order (trimmed ones are skipped)."""
-        ids = list(job_ids)
+    async def get_many(self, job_ids: Iterable[str], corrupt: list[CorruptRecord] | None = None) -> list[Job]:
+        """Records of `job_ids` that still exist, in order (trimmed ones are skipped). A listing
+        never fails for one bad record: ids that are not job ids and records that do not parse
+        are skipped too, each reported in `corrupt` when given."""
+        ids, job_keys, bad = [], [], corrupt if corrupt is not None else []
+        for job_id in job_ids:
+            try:
+                job_keys.append(keys.job_key(job_id))
+                ids.append(job_id)
+            except ValueError as exc:  # a forged index member
+                bad.append(CorruptRecord(job_id, f"an index holds {str(exc).replace(repr(job_id), 'it')}"))
         async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.hgetall(keys.job_key(job_id))
-            rows = await pipe.execute()
-        return [Job.from_hash(i, r) for i, r in zip(ids, rows, strict=True) if r]
+            for key in job_keys:
+                pipe.hgetall(key)
+            rows = await pipe.execute(raise_on_error=False)
+        jobs = []
+        for job_id, key, row in zip(ids, job_keys, rows, strict=True):
+            if isinstance(row, ResponseError):
+                bad.append(CorruptRecord(key, str(row)))
+            elif row:
+                try:
+                    jobs.append(Job.from_hash(job_id, row, key))
+                except CorruptRecord as exc:
+                    bad.append(exc)
+        return jobs
 
     async def list_ids(self, name: str, state: State | None, limit: int) -> list[str]:
         """Ids of one type's jobs in `state` (all states when None), newest index entries first."""
@@ -471,14 +527,16 @@ _PREFIXES: dict[str, tuple[str, str]] = {}
 def _claim_batch(name: str, reply: list[Any]) -> ClaimBatch:
     """The claim script's reply as a ClaimBatch."""
     now, next_due, flat = reply
-    jobs = [
-        ClaimedJob(
-            id=flat[i], name=name, payload_json=flat[i + 1], attempt=int(flat[i + 2]),
-            lease=str(flat[i + 3]), deadline_ms=int(flat[i + 4]) if flat[i + 4] else None,
-            context_json=flat[i + 5] or "{}", created_ms=int(flat[i + 6] or 0),
-        )
-        for i in range(0, len(flat), 7)
-    ]
+    jobs = []
+    for i in range(0, len(flat), 7):
+        job = ClaimedJob(id=flat[i], name=name, payload_json=flat[i + 1], attempt=int(flat[i + 2]),
+                         lease=str(flat[i + 3]), deadline_ms=None, context_json=flat[i + 5] or "{}", created_ms=0)
+        try:  # a claimed job is never dropped: one whose record does not parse is failed (claimed_context)
+            job.deadline_ms = int(flat[i + 4]) if flat[i + 4] else None
+            job.created_ms = int(flat[i + 6] or 0)
+        except ValueError as exc:
+            job.corrupt = f"field 'deadline' or 'created': {exc}"
+        jobs.append(job)
     return ClaimBatch(int(now), int(next_due) if int(next_due) >= 0 else None, jobs)
 
 

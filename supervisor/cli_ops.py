@@ -18,17 +18,20 @@ from typing import Any
 import click
 
 from supervisor import errors
-from supervisor.cli import _async, _fail, _print_json, _redis_url, _settings, _table, console, err_console, main
+from supervisor.cli import (
+    _async,
+    _fail,
+    _print_json,
+    _redis_errors,
+    _redis_url,
+    _settings,
+    console,
+    err_console,
+    main,
+    print_table,
+    wide_option,
+)
 from supervisor.errors import ConfigError
-
-_REDIS_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, OSError, TimeoutError)
-
-
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: PLC0415
-    from redis.exceptions import TimeoutError as RedisTimeoutError  # noqa: PLC0415
-
-    return (RedisConnectionError, RedisTimeoutError, *_REDIS_ERRORS)
 
 
 def _age(seconds: float | None) -> str:
@@ -58,6 +61,7 @@ def _count(value: Any) -> int | None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@wide_option
 @click.pass_context
 @_async
 async def workers(ctx: click.Context, as_json: bool) -> None:
@@ -73,16 +77,16 @@ async def workers(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         _print_json(found)
         return
-    table = _table(("instance", True), ("host", True), ("pid", True), ("status", True), ("age", True),
-                   ("types", False), ("in flight", True), ("RSS MB (per process)", False))
+    rows = []
     for w in found:
         types = w.get("types") or []
         types_text = ", ".join(types) if isinstance(types, list) else str(types)
         inflight = _count(w.get("in_flight", w.get("inflight")))
         rss = ", ".join(f"{p.get('pid')}: {p.get('rss', 0) / 1_048_576:.1f}" for p in w.get("workers") or [])
-        table.add_row(str(w.get("instance")), str(w.get("host") or ""), str(w.get("pid") or ""), w["status"],
-                      _age(w.get("age_s")), types_text, "" if inflight is None else str(inflight), rss)
-    console.print(table)
+        rows.append([str(w.get("instance")), str(w.get("host") or ""), str(w.get("pid") or ""), w["status"],
+                     _age(w.get("age_s")), types_text, "" if inflight is None else str(inflight), rss])
+    print_table([("instance", True), ("host", True), ("pid", True), ("status", True), ("age", True),
+                 ("types", False), ("in flight", True), ("RSS MB (per process)", False)], rows)
     if not found:
         err_console.print("no instance has published presence in the last hour", highlight=False)
 
@@ -152,7 +156,11 @@ async def _follow(ctx: click.Context, types: tuple[str, ...], job_id: str | None
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def health(ctx: click.Context, as_json: bool) -> None:
-    """Is Redis reachable, and how many instances publish presence? Exit 1 when Redis is unreachable."""
+    """Is Redis reachable, how many instances publish presence, is anything stuck?
+
+    Exit 1 when Redis is unreachable, or when jobs are queued for a type no live instance
+    serves (its file was removed or fails to load: they would wait forever).
+    """
     try:
         settings = _settings(ctx)
     except ConfigError as exc:
@@ -166,9 +174,14 @@ def health(ctx: click.Context, as_json: bool) -> None:
         report = {"status": "unavailable", "redis": f"error: {exc}"}  # no Redis to talk to: unset, down, refused
     if as_json:
         _print_json(report)
-    elif report["status"] == "ok":
-        console.print(f"ok: Redis answers in {report['redis_ping_ms']} ms; {report['instances']} instance(s) "
-                      f"alive, {report['instances_stale']} stale", highlight=False)
+    elif report["status"] in ("ok", "degraded"):
+        (console if report["status"] == "ok" else err_console).print(
+            f"{report['status']}: Redis answers in {report['redis_ping_ms']} ms; {report['instances']} "
+            f"instance(s) alive, {report['instances_stale']} stale", highlight=False, markup=False)
+        for problem in report.get("problems") or ():
+            err_console.print(f"problem: {problem['message']}", highlight=False, markup=False)
+            for error in problem.get("load_errors") or ():
+                err_console.print(f"  load error: {error}", highlight=False, markup=False)
     else:
         err_console.print(f"unavailable: {report['redis']}", highlight=False, markup=False)
     if report["status"] != "ok":
@@ -196,32 +209,33 @@ async def _health(settings: Any) -> dict[str, Any]:
 def api(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the admin HTTP API standalone until SIGTERM/SIGINT.
 
-    The token comes from the api_token setting (env JOB_SUPERVISOR_API_TOKEN). Without one
+    The token comes from the api_token setting (env JOB_SUPERVISOR_API_TOKEN), or several named
+    ones from api_tokens (env JOB_SUPERVISOR_API_TOKENS='{"alice": "..."}'). Without one
     the API serves loopback addresses only, unauthenticated; any other address is refused (exit 78).
     """
     from supervisor import log  # noqa: PLC0415
-    from supervisor.api.server import check_bind, secret_value  # noqa: PLC0415
+    from supervisor.api.server import check_bind  # noqa: PLC0415
 
     try:
         settings = _settings(ctx)
         host = str(host or settings.api_host)
         port = int(settings.api_port if port is None else port)
-        token = secret_value(settings.api_token)
-        check_bind(host, token)
+        tokens = settings.api_bearer_tokens()
+        check_bind(host, next(iter(tokens.values()), None))
         url = _redis_url(settings)
     except ConfigError as exc:
         _fail(exc)
         return
     log.configure(settings.log_level, settings.log_format)
     try:
-        asyncio.run(_serve_api(settings, url, host, port, token))
+        asyncio.run(_serve_api(settings, url, host, port, tokens))
     except ConfigError as exc:
         _fail(exc)
 
 
 
 
-async def _serve_api(settings: Any, url: str, host: str, port: int, token: str | None) -> None:
+async def _serve_api(settings: Any, url: str, host: str, port: int, tokens: dict[str, str]) -> None:
     import structlog  # noqa: PLC0415
 
     from supervisor.api.app import create_app  # noqa: PLC0415
@@ -233,7 +247,7 @@ async def _serve_api(settings: Any, url: str, host: str, port: int, token: str |
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sock = bind_socket(host, port)
-    app = create_app(url, token, max_body_bytes=settings.api_max_body_bytes)
+    app = create_app(url, tokens, max_body_bytes=settings.api_max_body_bytes)
     started = asyncio.Event()
     task = asyncio.create_task(serve(app, host, port, stop, sock=sock, started=started))
     bound = sock.getsockname()
@@ -241,9 +255,9 @@ async def _serve_api(settings: Any, url: str, host: str, port: int, token: str |
     await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
     if started.is_set():
-        if token is None:
+        if not tokens:
             logger.warning("api.no_token", host=host, note="loopback only; set api_token to require a token")
-        logger.info("api.listening", host=host, port=bound[1], auth=token is not None,
+        logger.info("api.listening", host=host, port=bound[1], auth=bool(tokens),
                     url=f"http://{host if ':' not in host else f'[{host}]'}:{bound[1]}")
     t0 = time.monotonic()
     await task

@@ -95,6 +95,10 @@ class Settings(BaseSettings):
                           description="Admin API address; a non-loopback one needs api_token.")
     api_port: int = Field(8765, ge=0, le=65535, description="Admin API port (0: any free port).")
     api_token: SecretStr | None = Field(None, description="Bearer token every admin API route but /health requires.")
+    api_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Named bearer tokens beside api_token (name -> token, e.g. one per operator); the "
+                    "name of the token used is recorded in the history of every job acted on through the API.")
     api_max_body_bytes: int = Field(1_048_576, gt=0, le=64 * 1_048_576, description="Larger request bodies get 413.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = Field(
@@ -135,7 +139,9 @@ class Settings(BaseSettings):
 
     def schedule_specs(self) -> list[Any]:
         """The `[schedules.NAME]` entries as ScheduleSpecs (ConfigError naming the bad one)."""
-        from supervisor.schedule import ScheduleError, ScheduleSpec  # noqa: PLC0415 (light import)
+        if not self.schedules:
+            return []  # and croniter stays unloaded: every CLI command loads the settings
+        from supervisor.schedule import ScheduleError, ScheduleSpec  # noqa: PLC0415
 
         specs = []
         for name, entry in self.schedules.items():
@@ -147,6 +153,13 @@ class Settings(BaseSettings):
 
     def redis_url_value(self) -> str | None:
         return self.redis_url.get_secret_value() if self.redis_url else None
+
+    def api_bearer_tokens(self) -> dict[str, str]:
+        """Every accepted admin API token by name (api_token's name is ''); empty: no check."""
+        tokens = {name: t.get_secret_value() for name, t in self.api_tokens.items() if t.get_secret_value()}
+        if self.api_token is not None and self.api_token.get_secret_value():
+            tokens[""] = self.api_token.get_secret_value()
+        return tokens
 
     def masked(self) -> dict[str, Any]:
         """Every setting as JSON-ready values, secrets replaced by ***."""

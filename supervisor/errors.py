@@ -14,6 +14,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2  # click's own code for a bad command line
 EXIT_NOT_FOUND = 3
 EXIT_CONFIG = 78  # sysexits EX_CONFIG; systemd's RestartPreventExitStatus
+EXIT_SIGNAL = 128  # + the signal's number: `bench` stopped by SIGINT (130) or SIGTERM (143), as shells report
 
 
 class SupervisorError(Exception):
@@ -41,17 +42,31 @@ class EmbeddedRedisError(SupervisorError):
 
 
 class UnknownJobType(SupervisorError):
-    """Raised when enqueueing a job type that no running instance has published."""
+    """Raised when enqueueing a job type that no live instance serves (never published, its file
+    removed, or it failed to load), unless `allow_unknown` was given.
+
+    `last_instance` / `last_served` (ISO-8601 UTC) say which instance served it last and when;
+    `load_errors` are the load errors instances report for a file of that name.
+    """
 
     code = "unknown_job_type"
 
-    def __init__(self, name: str) -> None:
-        super().__init__(
-            f"unknown job type {name!r}: no running instance serves it. Start a daemon whose "
-            "jobs/ or tasks/ declares it, or pass allow_unknown=True (CLI: --allow-unknown) to "
-            "queue it anyway."
-        )
+    def __init__(self, name: str, *, last_instance: str | None = None, last_served: str | None = None,
+                 load_errors: tuple[str, ...] = ()) -> None:
+        text = f"unknown job type {name!r}: no live instance serves it"
+        if last_instance:
+            text += f" (last served by instance {last_instance} at {last_served})"
+        text += "."
+        for error in load_errors:
+            text += f" It failed to load: {error.rstrip('. ')}."
+        text += (" Start a daemon whose jobs/ or tasks/ declares it (or fix its file), or pass "
+                 "allow_unknown=True (CLI: --allow-unknown) to queue it anyway; it waits until an "
+                 "instance serves it.")
+        super().__init__(text)
         self.name = name
+        self.last_instance = last_instance
+        self.last_served = last_served
+        self.load_errors = load_errors
 
 
 class InvalidPayload(SupervisorError):
@@ -87,6 +102,28 @@ class JobNotFound(SupervisorError):
         self.job_id = job_id
 
 
+class CorruptRecord(SupervisorError):
+    """Raised when a value read from one of job-supervisor's Redis keys is not one it wrote
+    (binary bytes, truncated or mistyped JSON, a forged field or name): HTTP 409, the key named."""
+
+    code = "record_corrupt"
+
+    def __init__(self, key: str, detail: str) -> None:
+        key, detail = printable(key)[:300], printable(detail)[:300]  # a forged value may be huge
+        super().__init__(
+            f"corrupt record at Redis key {key!r}: {detail}. job-supervisor did not write this value; "
+            "inspect the key (redis-cli --raw TYPE / HGETALL / GET) and delete or repair it"
+        )
+        self.key = key
+        self.detail = detail
+
+
+def printable(text: str) -> str:
+    """`text` safe to log or send as JSON: bytes that were not UTF-8 (kept as lone surrogates
+    by `surrogateescape` decoding) become backslash escapes."""
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class InvalidTransition(SupervisorError):
     """Raised when an operation needs a state the job is not in (HTTP 409)."""
 
@@ -108,6 +145,13 @@ class HandlerImportError(SupervisorError):
         super().__init__(f"{path}: {cause}")
         self.path = path
         self.cause = cause
+
+
+class ToolchainMissing(HandlerImportError):
+    """Raised (and reported, never fatal) when a task needs a program that is not installed
+    (bash, pwsh, dotnet, mono): the file is fine, the host lacks what runs it."""
+
+    code = "toolchain_missing"
 
 
 class DuplicateJobType(HandlerImportError):

@@ -10,10 +10,13 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
+from supervisor.keys import CANCEL_CHANNEL_PREFIX
 from supervisor.states import TRANSITIONS
 
 #: Approximate cap of each type's lifecycle event stream.
 EVENTS_MAXLEN = 100_000
+#: Largest result (bytes of JSON) a `completed` event carries; a larger one is read from the job.
+EVENT_RESULT_MAX = 4096
 #: Retention when no instance published a policy for the type (ms).
 DEFAULT_RETENTION_MS = 86_400_000
 DEFAULT_DEAD_RETENTION_MS = 30 * 86_400_000
@@ -44,6 +47,8 @@ def script_source(name: str) -> str:
     header = (
         _legal_table()
         + f"local EVENTS_MAXLEN = '{EVENTS_MAXLEN}'\n"  # text: see int_s in lib.lua
+        + f"local EVENT_RESULT_MAX = {EVENT_RESULT_MAX}\n"
+        + f"local CANCEL_CHANNEL = '{CANCEL_CHANNEL_PREFIX}'\n"
         + "local DEFAULT_RETENTION = {retention_ms = "
         + f"{DEFAULT_RETENTION_MS}, dead_retention_ms = {DEFAULT_DEAD_RETENTION_MS}}}\n"
     )

@@ -69,7 +69,7 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runners.command import DEFAULT_ENV_ALLOW, CommandSpec, ResourceLimits, inherited_env
-from supervisor.errors import DuplicateJobType, HandlerImportError, InvalidPayload
+from supervisor.errors import DuplicateJobType, HandlerImportError, InvalidPayload, ToolchainMissing
 from supervisor.validation import Validator, check_payload, compile_schema
 
 log = structlog.get_logger(__name__)
@@ -667,8 +667,8 @@ def _load_one(cand: _Candidate, python: str, which: Which, cache_dir: Path) -> T
             argv, prepare, env = _expand(side.command, path, python), None, {}
         else:
             argv, prepare, env = _inferred(path, python, which, cache_dir)
-    except _UnrunnableError as skip:
-        raise HandlerImportError(str(path), skip.cause) from None
+    except _UnrunnableError as skip:  # only a missing program gets this far (see _need)
+        raise ToolchainMissing(str(path), skip.cause) from None
     name = side.name or stem
     if not NAME_RE.match(name):
         raise HandlerImportError(

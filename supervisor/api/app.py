@@ -23,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import AsyncIterator
+from importlib import resources
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -41,6 +42,7 @@ from supervisor.registry import Registry
 
 DEFAULT_MAX_BODY_BYTES = 1_048_576
 PUBLIC_PATHS = frozenset({"/health", "/docs"})
+PUBLIC_PREFIX = "/docs/assets/"  # the docs page's static files (no data in them)
 
 
 class ApiState:
@@ -50,7 +52,7 @@ class ApiState:
     serves requests) and closed by `aclose()`; a given client (the daemon's) is never closed here.
     """
 
-    def __init__(self, redis: str | aioredis.Redis, token: str | None, *, max_body_bytes: int,
+    def __init__(self, redis: str | aioredis.Redis, token: str | Mapping[str, str] | None, *, max_body_bytes: int,
                  registry: Registry | None, sse_heartbeat_s: float, sse_block_s: float) -> None:
         self._url = redis if isinstance(redis, str) else None
         self._redis: aioredis.Redis | None = None if isinstance(redis, str) else redis
@@ -93,16 +95,26 @@ class Guard:
     def __init__(self, app: ASGIApp, state: ApiState) -> None:
         self.app = app
         self.state = state
-        self._token = state.token.encode() if state.token else None
+        tokens = state.token if isinstance(state.token, Mapping) else {"": state.token} if state.token else {}
+        self._tokens = [(name, secret.encode()) for name, secret in tokens.items() if secret]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        if self._token is not None and scope.get("path") not in PUBLIC_PATHS:
+        path = scope.get("path", "")
+        if self._tokens and path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIX):
             scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
+            given = given.strip()
+            name = None
+            for candidate, secret in self._tokens:  # every one compared: the time does not tell which matched
+                if hmac.compare_digest(given, secret) and name is None:
+                    name = candidate
+            if scheme.lower() == b"bearer" and name is not None:
+                # the routes record it in the history of the jobs they act on (request.state.token_name)
+                scope.setdefault("state", {})["token_name"] = name
+            else:
                 await _send(send, api_errors.error_response(
                     "unauthorized", "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
                     headers={"WWW-Authenticate": "Bearer"}), scope, receive)
@@ -144,20 +156,25 @@ async def _send(send: Send, response: Any, scope: Scope, receive: Receive) -> No
 
 _DOCS_HTML = """<!doctype html>
 <html><head><title>job-supervisor admin API</title><meta charset="utf-8">
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
+<link rel="stylesheet" href="/docs/assets/swagger-ui/swagger-ui.css"></head>
 <body><div id="ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>
-const token = sessionStorage.getItem("jsToken") || prompt("API token (blank if none)") || "";
-sessionStorage.setItem("jsToken", token);
-SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui", persistAuthorization: true,
-  requestInterceptor: (req) => { if (token) req.headers["Authorization"] = "Bearer " + token; return req; }});
-</script></body></html>"""
+<script src="/docs/assets/swagger-ui/swagger-ui-bundle.js"></script>
+<script src="/docs/assets/docs.js"></script>
+</body></html>"""
+
+# The page's assets ship in the package (no CDN: the docs work offline and on closed networks).
+_DOCS_ASSETS = {
+    "swagger-ui/swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui/swagger-ui.css": "text/css",
+    "docs.js": "text/javascript",
+}
+_DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+             "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 
 
 def create_app(
     redis: str | aioredis.Redis,
-    token: str | None,
+    token: str | Mapping[str, str] | None,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     registry: Registry | None = None,
@@ -169,8 +186,9 @@ def create_app(
     Args:
         redis: a Redis URL (a client is created on first use and closed on shutdown) or the
             daemon's own `redis.asyncio.Redis` (never closed here).
-        token: bearer token every route but /health requires; None disables the check
-            (allowed on loopback only: see `server.check_bind`).
+        token: bearer token every route but /health requires, or several by name (`{name: token}`;
+            the name of the one used is recorded in the history of jobs acted on); None or empty
+            disables the check (allowed on loopback only: see `server.check_bind`).
         max_body_bytes: request bodies above this get 413.
         registry: the daemon's registry, so triggers validate locally like child enqueues do.
         sse_heartbeat_s: comment line on an idle /events stream this often.
@@ -203,7 +221,15 @@ def create_app(
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return HTMLResponse(_DOCS_HTML)
+        return HTMLResponse(_DOCS_HTML, headers={"Content-Security-Policy": _DOCS_CSP})
+
+    @app.get("/docs/assets/{asset:path}", include_in_schema=False)
+    async def docs_asset(asset: str) -> Response:
+        media_type = _DOCS_ASSETS.get(asset)
+        if media_type is None:
+            raise StarletteHTTPException(404)
+        body = resources.files("supervisor.api").joinpath("static", asset).read_bytes()
+        return Response(body, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
 
     app.add_middleware(Guard, state=state)
     return app

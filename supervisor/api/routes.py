@@ -65,7 +65,9 @@ JobId = Annotated[str, Path(description="Job id, e.g. 3fa9c1-9b1f0e2d4c6a8e0f", 
 
 @router.get("/health", response_model=HealthOut, tags=["ops"], responses=_errors(503))
 async def health(request: Request) -> Any:
-    """Redis reachable (PING) and how many instances publish presence. No token needed."""
+    """Redis reachable (PING), how many instances publish presence, and `problems`: jobs queued for
+    a type no live instance serves make `status` `degraded` (still HTTP 200: the API itself works;
+    503 only when Redis is unreachable). No token needed."""
     try:
         return await admin.health(_state(request).redis)
     except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError) as exc:
@@ -121,6 +123,11 @@ class CancelIn(BaseModel):
     reason: str = Field("cancelled by operator (API)", min_length=1, max_length=1000)
 
 
+def _actor(request: Request) -> dict[str, str]:
+    """Who acts, for the job's history: the API, and the name of the bearer token it was given."""
+    return {"source": "api", "by": getattr(request.state, "token_name", "") or ""}
+
+
 async def _action(request: Request, job_id: str, action: str, result: str) -> dict[str, Any]:
     job = await _state(request).client.get(job_id)
     return {"id": job_id, "action": action, "result": result, "state": str(job.state), "job": job_out(job)}
@@ -130,28 +137,28 @@ async def _action(request: Request, job_id: str, action: str, result: str) -> di
 async def cancel_job(request: Request, job_id: JobId, body: CancelIn | None = None) -> Any:
     """Cancel: at once for pending/retry jobs (`cancelled`); an active job is told (`requested`)."""
     reason = body.reason if body else "cancelled by operator (API)"
-    result = await _state(request).client.cancel(job_id, reason)
+    result = await _state(request).client.cancel(job_id, reason, **_actor(request))
     return await _action(request, job_id, "cancel", result)
 
 
 @guarded.post("/jobs/{job_id}/retry", response_model=ActionOut, tags=["jobs"], responses=_errors(404, 409))
 async def retry_job(request: Request, job_id: JobId) -> Any:
     """failed -> pending."""
-    await _state(request).client.retry(job_id)
+    await _state(request).client.retry(job_id, **_actor(request))
     return await _action(request, job_id, "retry", "ok")
 
 
 @guarded.post("/jobs/{job_id}/replay", response_model=ActionOut, tags=["jobs"], responses=_errors(404, 409))
 async def replay_job(request: Request, job_id: JobId) -> Any:
     """dead -> pending."""
-    await _state(request).client.replay(job_id)
+    await _state(request).client.replay(job_id, **_actor(request))
     return await _action(request, job_id, "replay", "ok")
 
 
 @guarded.post("/jobs/{job_id}/dismiss", response_model=ActionOut, tags=["jobs"], responses=_errors(404, 409))
 async def dismiss_job(request: Request, job_id: JobId) -> Any:
     """dead -> dismissed."""
-    await _state(request).client.dismiss(job_id)
+    await _state(request).client.dismiss(job_id, **_actor(request))
     return await _action(request, job_id, "dismiss", "ok")
 
 
@@ -160,7 +167,9 @@ async def dismiss_job(request: Request, job_id: JobId) -> Any:
 
 @guarded.get("/types", response_model=list[TypeOut], response_model_by_alias=True, tags=["types"])
 async def list_types(request: Request) -> Any:
-    """Job types published by running instances: schema, policy, source, counts per index."""
+    """Job types published by instances: schema, policy, source, counts per index, whether a live
+    instance serves each (`served`, `served_by`), which one last did and when (`last_served`), and
+    the load errors instances report for a file of that name."""
     return await admin.type_rows(_state(request).broker)
 
 
@@ -180,7 +189,9 @@ async def trigger(
 ) -> Any:
     """Enqueue a job of type `name`, with every option `submit` takes, and answer with the submit
     outcome (201 accepted or replaced, 200 coalesced). The payload is validated against the type's
-    published schema (422 naming the field, e.g. `payload.items.0.sku`); an unpublished type is 404.
+    published schema (422 naming the field, e.g. `payload.items.0.sku`); a type no live instance
+    serves is 404 (the message names the instance that served it last and any load error) unless
+    `allow_unknown` is true.
     A concurrency key's queue policy may refuse it (409 `rejected`, with the key and the live job).
     `X-Request-ID` and a W3C `traceparent` header are carried into the job's context."""
     context = new_trace_context(x_request_id)
@@ -192,7 +203,7 @@ async def trigger(
     done = await _state(request).client.submit(
         name, payload, delay=body.delay, run_at=body.run_at, priority=body.priority,
         idempotency_key=body.idempotency_key, deadline=body.deadline, concurrency_key=body.concurrency_key,
-        context=context)
+        context=context, allow_unknown=body.allow_unknown)
     if done.outcome == "rejected":
         raise JobRejected(done.name, done.key or "", done.reason or "", done.existing)
     if done.outcome == "coalesced":
@@ -213,7 +224,8 @@ async def workers(request: Request) -> Any:
 
 @guarded.get("/schedules", response_model=list[ScheduleOut], tags=["ops"])
 async def schedules(request: Request, count: Annotated[int, Query(ge=1, le=100)] = 3) -> Any:
-    """Every published cron schedule with its last fired tick and next `count` fire times."""
+    """Every published cron schedule: `status` (firing, not served, inactive), the last tick really
+    fired and, when firing, the next `count` fire times. Every time is ISO-8601 in UTC."""
     return await admin.schedule_rows(_state(request).redis, count)
 
 

@@ -45,6 +45,15 @@ class AttemptOut(BaseModel):
                                                     "lines), at most 16 KiB; kept for the newest 3 failures.")
 
 
+class JobActionOut(BaseModel):
+    """An operator's action on the job, from its history."""
+
+    action: str = Field(description="cancel, retry, replay or dismiss.")
+    at: str | None = None
+    source: str = Field(description="Where it came from: cli, api or client.")
+    by: str | None = Field(None, description="The API token's name (api_tokens), or the CLI's local user.")
+
+
 class JobOut(BaseModel):
     """A job's record with every attempt (times are ISO-8601, UTC)."""
 
@@ -68,6 +77,7 @@ class JobOut(BaseModel):
     instance: str | None = None
     cancel_requested: str | None = None
     attempts: list[AttemptOut] = Field(default_factory=list)
+    actions: list[JobActionOut] = Field(default_factory=list)
 
 
 class JobPage(BaseModel):
@@ -91,6 +101,16 @@ class ActionOut(BaseModel):
     job: JobOut
 
 
+class LastServedOut(BaseModel):
+    instance: str
+    at: str = Field(description="ISO-8601, UTC: the instance's last heartbeat, or when it stopped serving.")
+
+
+class LoadErrorOut(BaseModel):
+    instance: str
+    error: str
+
+
 class TypeOut(BaseModel):
     name: str
     source: str | None = None
@@ -99,6 +119,12 @@ class TypeOut(BaseModel):
     instance: str | None = Field(None, description="The instance that last published the type.")
     updated: str | None = None
     counts: dict[str, int] = Field(description="Index sizes: ready, sched, active and each finished state.")
+    served: bool = Field(False, description="A live instance serves the type now (else enqueue refuses it "
+                                            "unless allow_unknown).")
+    served_by: list[str] = Field(default_factory=list, description="The live instances that serve it.")
+    last_served: LastServedOut | None = Field(None, description="The last instance that served it, and when.")
+    load_errors: list[LoadErrorOut] = Field(default_factory=list,
+                                            description="Load errors instances report for a file of this name.")
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -120,6 +146,8 @@ class TriggerIn(BaseModel):
     concurrency_key: str | None = Field(None, min_length=1, max_length=512,
                                         description="Keyed concurrency and queue policy for this job, "
                                                     "instead of the key the type derives.")
+    allow_unknown: bool = Field(False, description="Queue it even if no live instance serves the type "
+                                                   "(it waits for one); otherwise that is a 404.")
 
     @model_validator(mode="after")
     def _one_start_time(self) -> TriggerIn:
@@ -174,8 +202,11 @@ class ScheduleOut(BaseModel):
     misfire: str | None = None
     payload: JsonValue = None
     source: str | None = None
-    last_fired: str | None = None
-    next: list[str] = Field(default_factory=list)
+    last_fired: str | None = Field(None, description="The last tick really enqueued (ISO-8601, UTC); None: never.")
+    next: list[str] = Field(default_factory=list, description="Next fire times (ISO-8601, UTC), when firing.")
+    status: str | None = Field(None, description="firing | not served (no live instance serves its type) | "
+                                                 "inactive (no live instance has this schedule)")
+    served: bool | None = None
     error: str | None = None
 
 
@@ -197,12 +228,24 @@ class ExecutionsOut(BaseModel):
     executions: list[EventOut]
 
 
+class HealthProblemOut(BaseModel):
+    """Something an operator must act on (`status` is then `degraded`)."""
+
+    problem: str = Field(description="unserved_jobs: jobs queued for a type no live instance serves.")
+    type: str | None = None
+    queued: int | None = None
+    last_served: LastServedOut | None = None
+    load_errors: list[str] = Field(default_factory=list)
+    message: str
+
+
 class HealthOut(BaseModel):
     status: str
     redis: str
     redis_ping_ms: float | None = None
     instances: int | None = Field(None, description="Instances with a live presence heartbeat.")
     instances_stale: int | None = None
+    problems: list[HealthProblemOut] = Field(default_factory=list)
 
 
 def job_out(job: Any) -> dict[str, Any]:

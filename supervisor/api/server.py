@@ -156,11 +156,11 @@ async def start_in_daemon(settings: Any, redis: Any, shutdown: Any, registry: An
 
     host = settings.api_host
     port = settings.api_port
-    token = secret_value(settings.api_token)
-    check_bind(host, token)
-    if token is None:
+    tokens = settings.api_bearer_tokens()
+    check_bind(host, next(iter(tokens.values()), None))
+    if not tokens:
         log.warning("api.no_token", host=host, note="loopback only; set api_token to require a bearer token")
-    app = create_app(redis, token, max_body_bytes=settings.api_max_body_bytes,
+    app = create_app(redis, tokens, max_body_bytes=settings.api_max_body_bytes,
                      registry=registry)
     sock = bind_socket(host, port)
     bound_port = sock.getsockname()[1]
@@ -172,7 +172,7 @@ async def start_in_daemon(settings: Any, redis: Any, shutdown: Any, registry: An
     waiter.cancel()
     if task.done():
         task.result()  # raises what stopped it
-    log.info("api.listening", host=host, port=bound_port, auth=token is not None)
+    log.info("api.listening", host=host, port=bound_port, auth=bool(tokens))
     running = RunningApi(host, bound_port, task, stop)
     shutdown.register("admin-api", running.stop, priority=SHUTDOWN_PRIORITY, timeout=10)
     return running

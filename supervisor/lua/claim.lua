@@ -26,7 +26,9 @@ if first_sched[2] and tonumber(first_sched[2]) <= now then
   local due = redis.call('ZRANGEBYSCORE', P .. 'sched', '-inf', now, 'LIMIT', 0, 1000)
   redis.call('ZREM', P .. 'sched', unpack(due))
   for _, id in ipairs(due) do
-    local score = redis.call('HGET', JP .. id, 'score')
+    -- pcall and tonumber: a member or record another program wrote is dropped, not an error
+    -- that would stop every claim of the type (readers report such records as corrupt)
+    local score = tonumber(rec(redis.pcall('HGET', JP .. id, 'score')))
     if score then redis.call('ZADD', ready, score, id) end
   end
   first_sched = redis.call('ZRANGE', P .. 'sched', 0, 0, 'WITHSCORES')
@@ -40,8 +42,8 @@ end
 for _, id in ipairs(lapsed) do
   redis.call('ZREM', active, id)
   local jk = JP .. id
-  local f = redis.call('HMGET', jk, 'state', 'deliveries', 'started', 'worker', 'score', 'idem', 'deadline',
-                       'ckey', 'kstale')
+  local f = rec(redis.pcall('HMGET', jk, 'state', 'deliveries', 'started', 'worker', 'score', 'idem', 'deadline',
+                           'ckey', 'kstale', 'ctx', 'dbase')) or {}
   if f[1] == 'active' then
     local err = 'lease expired: instance ' .. tostring(f[4]) .. ' stopped renewing it'
     local hist = history_with(jk, f[2], f[3], now, 'lease-expired', f[4], err)
@@ -53,24 +55,24 @@ for _, id in ipairs(lapsed) do
         'error', 'deadline passed while its worker was gone')
       park(P, jk, id, 'expired', now, retention_ms(P, 'expired'), f[6])
       key_leave(P, id, ckey, true)
-      emit(P, 'expired', id, 'expired', f[2])
-    elseif tonumber(f[2]) >= max_deliver then
+      emit(P, 'expired', id, 'expired', f[2], f[10])
+    elseif (tonumber(f[2]) or max_deliver) - (tonumber(f[11]) or 0) >= max_deliver then -- dbase: see revive.lua
       redis.call('HSET', jk, 'state', 'dead', 'history', hist, 'finished', now,
         'error', err .. '; max_deliver (' .. max_deliver .. ') reached')
       park(P, jk, id, 'dead', now, retention_ms(P, 'dead'), f[6])
       key_leave(P, id, ckey, true)
-      emit(P, 'dead', id, 'dead', f[2], 'error', err)
+      emit(P, 'dead', id, 'dead', f[2], f[10], 'error', err)
     elseif ckey and f[9] ~= 'requeue-stale' then
       err = 'stale: ' .. err .. '; its key slot was taken over (stale_policy fail-stale)'
       redis.call('HSET', jk, 'state', 'failed', 'history', hist, 'finished', now, 'error', err)
       park(P, jk, id, 'failed', now, retention_ms(P, 'failed'), f[6])
       key_leave(P, id, ckey, true)
-      emit(P, 'failed', id, 'failed', f[2], 'error', err)
+      emit(P, 'failed', id, 'failed', f[2], f[10], 'error', err)
     else
       if ckey then redis.call('HSET', jk, 'kheld', 1) end -- requeue-stale: keeps its slot
       redis.call('HSET', jk, 'state', 'retry', 'history', hist, 'error', err)
-      redis.call('ZADD', ready, f[5], id)
-      emit(P, 'lease-expired', id, 'retry', f[2], 'error', err)
+      redis.call('ZADD', ready, tonumber(f[5]) or 0, id)
+      emit(P, 'lease-expired', id, 'retry', f[2], f[10], 'error', err)
     end
   end
 end
@@ -98,8 +100,8 @@ if n > 0 then popped = redis.call('ZPOPMIN', ready, n) end
 for i = 1, #popped, 2 do
   local id = popped[i]
   local jk = JP .. id
-  local f = redis.call('HMGET', jk, 'state', 'payload', 'deliveries', 'deadline', 'ctx', 'created', 'idem',
-                       'ckey', 'kmax', 'kheld', 'lease')
+  local f = rec(redis.pcall('HMGET', jk, 'state', 'payload', 'deliveries', 'deadline', 'ctx', 'created', 'idem',
+                           'ckey', 'kmax', 'kheld', 'lease')) or {}
   local ckey = f[8]
   if f[1] == 'pending' or f[1] == 'retry' then
     local dl = tonumber(f[4])
@@ -108,13 +110,13 @@ for i = 1, #popped, 2 do
       redis.call('HSET', jk, 'state', 'expired', 'finished', now, 'error', 'deadline passed before it ran')
       park(P, jk, id, 'expired', now, retention_ms(P, 'expired'), f[7])
       key_leave(P, id, ckey, true)
-      emit(P, 'expired', id, 'expired', f[3])
+      emit(P, 'expired', id, 'expired', f[3], f[5])
       slot = false
     elseif ckey and f[10] then
       redis.call('HDEL', jk, 'kheld') -- requeue-stale: it still holds its slot
     elseif ckey then
       local ka = P .. 'ka:' .. ckey
-      if redis.call('SCARD', ka) >= tonumber(f[9]) then
+      if redis.call('SCARD', ka) >= (tonumber(f[9]) or 1) then
         redis.call('ZADD', P .. 'kw:' .. ckey, popped[i + 1], id) -- waits for a slot of its key
         slot = false
       else
@@ -130,7 +132,7 @@ for i = 1, #popped, 2 do
       leased[#leased + 1] = lease_until
       leased[#leased + 1] = id
       if rate > 0 then redis.call('ZADD', P .. 'rate', now, id .. ':' .. lease) end
-      emit(P, 'started', id, 'active', d_s, 'instance', inst)
+      emit(P, 'started', id, 'active', d_s, f[5], 'instance', inst)
       out[#out + 1] = id
       out[#out + 1] = f[2]
       out[#out + 1] = d

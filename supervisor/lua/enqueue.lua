@@ -15,8 +15,9 @@ if n == 1 and stride == 3 then
   -- event's stream id, whose first part is the server's clock in ms (never behind the last event).
   local id = ARGV[6]
   local seq = int_s(redis.call('INCR', P .. 'seq'))
+  local rid, tid = ctx_ids(ARGV[8])
   local eid = redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', 'enqueued', 'id', id,
-                         'state', 'pending', 'attempt', '0')
+                         'state', 'pending', 'attempt', '0', 'request_id', rid, 'trace_id', tid)
   redis.call('HSET', JP .. id, 'name', name, 'state', 'pending', 'payload', ARGV[7], 'score', seq,
              'created', string.match(eid, '^%d+'), 'ctx', ARGV[8])
   redis.call('ZADD', P .. 'ready', seq, id)
@@ -53,11 +54,11 @@ local function admit(id, ckey, kmax, qmax, when_full)
     local why = 'replaced by ' .. id
     redis.call('ZREM', P .. 'ready', oldest_queued)
     redis.call('ZREM', P .. 'sched', oldest_queued)
-    local st = redis.call('HGET', jk, 'state')
+    local old = redis.call('HMGET', jk, 'state', 'idem', 'ctx')
     redis.call('HSET', jk, 'state', 'cancelled', 'finished', now, 'error', why)
-    park(P, jk, oldest_queued, 'cancelled', now, retention_ms(P, 'cancelled'), redis.call('HGET', jk, 'idem'))
+    park(P, jk, oldest_queued, 'cancelled', now, retention_ms(P, 'cancelled'), old[2])
     key_leave(P, oldest_queued, ckey, true)
-    emit(P, 'cancelled', oldest_queued, 'cancelled', 0, 'reason', why, 'from', tostring(st))
+    emit(P, 'cancelled', oldest_queued, 'cancelled', 0, old[3], 'reason', why, 'from', tostring(old[1]))
     key_decision(P, ckey, 'replaced', reason, now)
     return nil, oldest_queued, 'replaced'
   end
@@ -77,8 +78,9 @@ if stride == 3 then
     local score = int_s(seq)
     redis.call('HSET', JP .. id, 'name', name, 'state', 'pending', 'payload', ARGV[b + 1], 'score', score,
                'created', created, 'ctx', ARGV[b + 2])
+    local rid, tid = ctx_ids(ARGV[b + 2])
     redis.call('XADD', events, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', 'enqueued', 'id', id,
-               'state', 'pending', 'attempt', '0')
+               'state', 'pending', 'attempt', '0', 'request_id', rid, 'trace_id', tid)
     ready[#ready + 1] = score
     ready[#ready + 1] = id
     out[#out + 1] = id
@@ -141,8 +143,9 @@ for i = 0, n - 1 do
       redis.call('ZADD', P .. 'ready', score, id)
     end
     if #f > 0 then redis.call('HSET', jk, unpack(f)) end
+    local rid, tid = ctx_ids(ctx)
     redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', 'enqueued', 'id', id,
-               'state', 'pending', 'attempt', 0)
+               'state', 'pending', 'attempt', 0, 'request_id', rid, 'trace_id', tid)
     out[#out + 1] = id
     if detail == 'replaced' then
       out[#out + 1] = 'replaced'

@@ -3,7 +3,7 @@
 -- Returns {result, state}: 'expired' | 'not-due' | 'invalid' | 'fenced' | 'gone'.
 local P, JP, id, lease = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local jk = JP .. id
-local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'worker', 'idem', 'deadline', 'ckey')
+local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'worker', 'idem', 'deadline', 'ckey', 'ctx')
 local st = f[1]
 if not st then return {'gone', ''} end
 if not legal(st, 'expired') then return {'invalid', st} end
@@ -24,5 +24,5 @@ end
 redis.call('HSET', jk, unpack(fields))
 park(P, jk, id, 'expired', now, retention_ms(P, 'expired'), f[6])
 key_leave(P, id, f[8], true)
-emit(P, 'expired', id, 'expired', f[3])
+emit(P, 'expired', id, 'expired', f[3], f[9])
 return {'expired', st}

@@ -23,6 +23,13 @@ local function call_spread(cmd, key, list)
   end
 end
 
+-- The reply of a redis.pcall, or nil when it is an error (a key of the wrong type, written by
+-- another program): scripts skip such a record instead of failing every job of their call.
+local function rec(reply)
+  if type(reply) == 'table' and reply.err then return nil end
+  return reply
+end
+
 local LEGAL = nil
 local function legal(from, to)
   if LEGAL == nil then LEGAL = legal_table() end
@@ -30,24 +37,45 @@ local function legal(from, to)
   return allowed ~= nil and allowed[to] == true
 end
 
--- Append one lifecycle event to the type's stream (bounded, approximate trim).
-local function emit(P, event, id, state, attempt, ...)
-  redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*',
-    'event', event, 'id', id, 'state', state, 'attempt', attempt or '0', ...)
+-- Append one lifecycle event to the type's stream (bounded, approximate trim). `ctx` is the
+-- job's context JSON (or false): its request and trace ids go on the event, so an event can be
+-- followed back to the request that caused it without reading the job.
+local function ctx_ids(ctx)
+  if not ctx then return '', '' end
+  return string.match(ctx, '"request_id":%s*"([^"]*)"') or '', string.match(ctx, '"trace_id":%s*"([^"]*)"') or ''
 end
 
--- The history field with one more attempt entry (a JSON array kept as text). `h` is the
--- field's current value when the caller read it already (false: absent), nil to read it here.
--- `attempt` and `started` are the record's own integer fields (text or number; false: absent).
-local function history_with(jk, attempt, started, now, outcome, instance, err, h)
+local function emit(P, event, id, state, attempt, ctx, ...)
+  local rid, tid = ctx_ids(ctx)
+  redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*',
+    'event', event, 'id', id, 'state', state, 'attempt', attempt or '0', 'request_id', rid, 'trace_id', tid, ...)
+end
+
+-- The history field (a JSON array kept as text) with `entry` (JSON object text) appended.
+-- `h` is the field's current value when the caller read it already (false: absent), nil to read it here.
+local function history_append(jk, entry, h)
+  if h == nil then h = redis.call('HGET', jk, 'history') end
+  if h then return string.sub(h, 1, -2) .. ',' .. entry .. ']' end
+  return '[' .. entry .. ']'
+end
+
+-- The history field with one more attempt entry. `attempt` and `started` are the record's own
+-- integer fields (text or number; false: absent). `tb`: the attempt's stack trace, when it failed with one.
+local function history_with(jk, attempt, started, now, outcome, instance, err, h, tb)
   local entry = '{"attempt":' .. (attempt or '0') .. ',"started":' .. (started or 'null')
     .. ',"ended":' .. now .. ',"outcome":"' .. outcome .. '"'
   if instance then entry = entry .. ',"instance":' .. cjson.encode(instance) end
   if err then entry = entry .. ',"error":' .. cjson.encode(err) end
-  entry = entry .. '}'
-  if h == nil then h = redis.call('HGET', jk, 'history') end
-  if h then return string.sub(h, 1, -2) .. ',' .. entry .. ']' end
-  return '[' .. entry .. ']'
+  if tb then entry = entry .. ',"traceback":' .. cjson.encode(tb) end
+  return history_append(jk, entry .. '}', h)
+end
+
+-- Record an operator's action (cancel, retry, replay, dismiss) in the job's history, with who
+-- asked: `source` is cli | api | client, `by` the API token's name ('' when there is none).
+local function record_action(jk, action, now, source, by)
+  local entry = '{"action":"' .. action .. '","at":' .. now .. ',"source":' .. cjson.encode(source or '')
+  if by and by ~= '' then entry = entry .. ',"by":' .. cjson.encode(by) end
+  redis.call('HSET', jk, 'history', history_append(jk, entry .. '}'))
 end
 
 -- How long a finished record is kept, from the type's published policy.

@@ -8,7 +8,7 @@ local out = {}
 for i = 0, n - 1 do
   local id, lease = ARGV[4 + i * 2], ARGV[5 + i * 2]
   local jk = JP .. id
-  local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'worker', 'score', 'ckey')
+  local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'worker', 'score', 'ckey', 'ctx')
   if f[1] ~= 'active' or f[2] ~= lease then
     out[#out + 1] = 'fenced:' .. tostring(f[1] or 'gone')
   else
@@ -17,7 +17,7 @@ for i = 0, n - 1 do
     redis.call('ZREM', P .. 'active', id)
     redis.call('ZADD', P .. 'ready', f[6], id)
     key_leave(P, id, f[7], false)
-    emit(P, 'released', id, 'pending', f[3])
+    emit(P, 'released', id, 'pending', f[3], f[8])
     out[#out + 1] = 'pending'
   end
 end

@@ -120,6 +120,9 @@ def test_missing_toolchains_are_errors_that_say_what_to_install(tmp_path: Path) 
     assert "dotnet" in cs and "mono-mcs mono-runtime" in cs
     assert "dotnet" in error_for(result, "lib.dll").cause
     assert "mono" in error_for(result, "app.exe").cause
+    # Its own code, not a broken file's: the fix is on the host, not in the task.
+    assert {error_for(result, n).code for n in ("script.ps1", "Prog.cs", "lib.dll", "app.exe")} == {
+        "toolchain_missing"}
 
 
 def test_non_tasks_are_ignored(tmp_path: Path) -> None:
