@@ -72,6 +72,17 @@ def events_key(name: str) -> str:
     return queue_prefix(name) + "events"
 
 
+#: Prefix of the pub/sub channel each instance listens on for cancel requests of the jobs it
+#: runs (`js:cancel:<instance id>`); cancel.lua publishes there. Channels are not keys: the
+#: publish touches no slot.
+CANCEL_CHANNEL_PREFIX = f"{PREFIX}:cancel:"
+
+
+def cancel_channel(instance_id: str) -> str:
+    """The channel on which the instance `instance_id` hears of cancels of its running jobs."""
+    return CANCEL_CHANNEL_PREFIX + instance_id
+
+
 def meta_key(name: str) -> str:
     """The hash where running instances publish a type's schema and policy."""
     return queue_prefix(name) + "meta"
