@@ -12,6 +12,10 @@ one claim run, the next claim is already in Redis (and the outcomes of the last
 batch with it, on the same pipelined connection): Python and Redis work at the
 same time instead of taking turns. Per-job work stays off the logging path when
 its level is off.
+
+Cancel requests reach a running job at once, whatever its ack_wait: cancel.lua
+publishes the job's id on this instance's cancel channel, to which one pub/sub
+subscription listens; the heartbeat reply says 'cancel' as well, as a backstop.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runners.base import CancelSignal, Runner, RunRequest, RunResult, RunStatus
-from supervisor import telemetry
+from supervisor import keys, telemetry
 from supervisor.broker import Broker, ClaimedJob, dumps
 from supervisor.handler import Backoff
 
@@ -74,6 +78,16 @@ class InFlight:
     log_lines: list[str] = field(default_factory=list)
     lease_lost: bool = False
     outcome: str = "running"  # or "releasing": stopped by the drain timeout, handed back to the queue
+
+    @property
+    def fate(self) -> str:
+        """What became of the job, for the shutdown report: finished, released, cancelled, or
+        left (still running when the daemon stopped, or its release failed: its lease lapses)."""
+        if self.outcome in ("released", "cancelled"):
+            return self.outcome
+        if self.outcome in ("running", "releasing") or self.outcome.startswith("fenced"):
+            return "left"
+        return "finished"
 
 
 class _Events:
@@ -131,6 +145,9 @@ class Dispatcher:
         self._settle_now = asyncio.Event()
         self._settled = asyncio.Event()
         self._beat_now = asyncio.Event()
+        self._full_beat = False  # the next heartbeat renews every lease (and so hears of every cancel)
+        self._early_cancels: dict[str, float] = {}  # job id -> when its cancel came before its claim reply
+        self.shutdown_jobs: list[InFlight] | None = None  # from `track_shutdown` on: every job in flight since
         self._tasks: list[asyncio.Task[None]] = []
         self._halts: set[asyncio.Task[None]] = set()
         self._tokens = itertools.count(1)
@@ -183,6 +200,7 @@ class Dispatcher:
         self._tasks = [
             asyncio.create_task(self._settle_loop(), name="settle"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._cancel_loop(), name="cancel-listener"),
         ]
 
     @property
@@ -212,8 +230,14 @@ class Dispatcher:
         if pending:
             await asyncio.wait(pending, timeout=1.0)
 
-    async def drain(self, timeout: float) -> list[InFlight]:
-        """Wait up to `timeout` for in-flight jobs and their outcomes; returns the jobs still running."""
+    def track_shutdown(self) -> None:
+        """Remember from now on every job in flight (`shutdown_jobs`), for the shutdown report."""
+        if self.shutdown_jobs is None:
+            self.shutdown_jobs = list(self.inflight)
+
+    async def drain(self, timeout: float, settle_s: float = 1.0) -> list[InFlight]:
+        """Wait up to `timeout` for in-flight jobs, then up to `settle_s` more (if the timeout is
+        used up) for their outcomes to be written; returns the jobs still running."""
         deadline = time.monotonic() + timeout
         while True:
             running = [f.task for f in self.inflight if f.task is not None]
@@ -223,14 +247,16 @@ class Dispatcher:
             if left <= 0:
                 break
             await asyncio.wait(running, timeout=left)
-        await self.flush(max(deadline - time.monotonic(), 1.0))
+        await self.flush(max(deadline - time.monotonic(), settle_s))
         return self.inflight
 
-    async def release(self, jobs: list[InFlight], grace: float = 2.0) -> None:
+    async def release(self, jobs: list[InFlight], grace: float = 2.0, settle_s: float | None = None) -> None:
         """Cancel jobs that outlived the drain and hand their leases back at once.
 
-        The release does not count as a failed delivery; another instance takes the job
-        without waiting out `ack_wait`. Any outcome they report later is refused (fenced).
+        Jobs get `grace` seconds to stop once cancelled, then up to `settle_s` (default: `grace`)
+        for the outcomes of those that ended otherwise to be written. The release does not count
+        as a failed delivery; another instance takes the job without waiting out `ack_wait`. Any
+        outcome they report later is refused (fenced).
         """
         for f in jobs:
             f.outcome = "releasing"
@@ -238,7 +264,8 @@ class Dispatcher:
         tasks = [f.task for f in jobs if f.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
-        await self.flush(grace)  # the runs that ended otherwise (completed, failed) are written as such
+        # the runs that ended otherwise (completed, failed) are written as such
+        await self.flush(grace if settle_s is None else settle_s)
         by_type: dict[str, list[InFlight]] = {}
         for f in jobs:  # stopped for the release, or still running after the grace period
             if f.outcome == "releasing":
@@ -338,6 +365,13 @@ class Dispatcher:
     def _start(self, lane: _Lane, job: ClaimedJob) -> None:
         inflight = InFlight(job, lane.served, CancelSignal(), time.monotonic())
         lane.inflight[job.id] = inflight
+        if self.shutdown_jobs is not None:
+            self.shutdown_jobs.append(inflight)
+        if self._early_cancels:
+            heard = self._early_cancels.pop(job.id, None)
+            if heard is not None and inflight.started - heard < 5.0:  # older: about an earlier attempt
+                log.info("run.cancel_requested", job_id=job.id, job_name=job.name, via="channel")
+                inflight.cancel.set()
         inflight.task = asyncio.create_task(self._run(lane, inflight))
 
     # --- running ---------------------------------------------------------------------
@@ -533,7 +567,8 @@ class Dispatcher:
             except TimeoutError:
                 pass
             self._beat_now.clear()
-            full = time.monotonic() - last_full >= interval * 0.9
+            full = self._full_beat or time.monotonic() - last_full >= interval * 0.9
+            self._full_beat = False
             if full:
                 last_full = time.monotonic()
             await self._flush_running_logs()
@@ -558,3 +593,50 @@ class Dispatcher:
                         log.warning("run.lease_lost", job_id=f.job.id, job_name=f.job.name,
                                     note="another instance took the job over; this run's outcome will be refused")
                         f.cancel.set()
+
+    # --- cancel requests -------------------------------------------------------------
+
+    async def _cancel_loop(self) -> None:
+        """Listen on this instance's cancel channel and cancel the runs it names.
+
+        Once subscribed (again), one full heartbeat asks Redis about every job in flight, so
+        a request published while the subscription was down is not left to the next renewal.
+        """
+        channel = keys.cancel_channel(self.instance_id)
+        backoff = 0.05
+        while True:
+            pubsub = self.broker.redis.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                while (await pubsub.get_message(timeout=30.0) or {}).get("type") != "subscribe":
+                    pass  # the server has us on the channel only once it confirms
+                self._full_beat = True
+                self._beat_now.set()
+                backoff = 0.05
+                while True:
+                    # a timeout, not a block: the read checks the connection's health meanwhile
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30.0)
+                    if msg is not None and msg.get("type") == "message":
+                        self._cancel_requested(msg["data"])
+            except REDIS_DOWN as exc:
+                backoff = await self._redis_down("cancel-subscribe", channel, exc, backoff)
+            except Exception as exc:  # noqa: BLE001 (e.g. a foreign message: resubscribe, keep serving)
+                log.warning("cancel.subscription_error", channel=channel, error=repr(exc))
+                backoff = await self._redis_down("cancel-subscribe", channel, exc, backoff)
+            finally:
+                await pubsub.aclose()
+
+    def _cancel_requested(self, data: str | bytes) -> None:
+        job_id = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+        for lane in self.lanes.values():
+            f = lane.inflight.get(job_id)
+            if f is not None:
+                if not f.cancel.is_set():
+                    log.info("run.cancel_requested", job_id=job_id, job_name=f.job.name, via="channel")
+                    f.cancel.set()
+                return
+        # Not (yet) ours: its claim's reply may still be on its way (another connection).
+        now = time.monotonic()
+        if len(self._early_cancels) > 1000:
+            self._early_cancels = {k: t for k, t in self._early_cancels.items() if now - t < 60}
+        self._early_cancels[job_id[:64]] = now
