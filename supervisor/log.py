@@ -25,9 +25,13 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer: Any = (structlog.dev.ConsoleRenderer() if console
-                     else structlog.processors.JSONRenderer())
-    tail: list[Any] = [] if console else [structlog.processors.dict_tracebacks]
+    # Tracebacks without local variables, on both renderers: a frame's locals may hold a
+    # payload's secret, a task's environment or a token, and logs must never carry them.
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False))
+        if console else structlog.processors.JSONRenderer())
+    tail: list[Any] = [] if console else [structlog.processors.ExceptionRenderer(
+        structlog.tracebacks.ExceptionDictTransformer(show_locals=False))]
     structlog.configure(
         processors=[*shared, *tail, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
