@@ -11,6 +11,7 @@ which runners may also watch through a callback instead of a waiting task.
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -93,6 +94,30 @@ class RunResult:
     error: str | None = None
     retry_delay_s: float | None = None
     pid: int | None = None
+    traceback: str | None = None  # a failed attempt's stack trace (tasks: their last stderr lines), bounded
+
+
+#: The most a stored stack trace holds, in bytes of UTF-8 (per attempt).
+TRACEBACK_MAX_BYTES = 16 * 1024
+
+
+def bounded_text(text: str, limit: int = TRACEBACK_MAX_BYTES, head: int = 0) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8: its first `head` bytes and its end, a marker between."""
+    data = text.encode("utf-8", errors="replace")
+    if len(data) <= limit:
+        return text
+    tail = limit - head - 48  # room for the marker
+    cut = len(data) - head - tail
+    return (data[:head].decode("utf-8", errors="ignore") + f"\n[... {cut} bytes cut ...]\n"
+            + data[-tail:].decode("utf-8", errors="ignore"))
+
+
+def traceback_text(exc: BaseException) -> str:
+    """`exc`'s formatted traceback, bounded: text only (frames, source lines, message), never locals.
+
+    The end holds the innermost frames and the message; the start the outermost frames.
+    """
+    return bounded_text("".join(traceback.format_exception(exc)), head=4 * 1024)
 
 
 class RunEvents(Protocol):

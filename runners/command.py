@@ -9,8 +9,10 @@ and speaks the task protocol, the same for every language:
   `JOB_REQUEST_ID`, `TRACEPARENT`, `TRACESTATE` and `JOB_RUN_ID` (unique per
   attempt); nothing else of the daemon's environment leaks in;
 - stdout/stderr lines `::progress 40 resizing`, `::heartbeat`,
-  `::result {json}` are commands; every other line is the job's log; without
-  `::result`, a last stdout line that is JSON is the result;
+  `::result {json}`, `::traceback "<JSON string>"` are commands; every other
+  line is the job's log; without `::result`, a last stdout line that is JSON
+  is the result; a failed Run's stack trace is its `::traceback`, else its last
+  stderr lines (bounded);
 - exit 0 completed, 75 retry, 65 permanent, anything else (or a signal) a
   retryable failure.
 
@@ -54,7 +56,7 @@ from typing import Any, cast
 import psutil
 import structlog
 
-from runners.base import RunEvents, RunRequest, RunResult, RunStatus
+from runners.base import TRACEBACK_MAX_BYTES, RunEvents, RunRequest, RunResult, RunStatus, bounded_text
 
 log = structlog.get_logger(__name__)
 
@@ -218,7 +220,9 @@ class _Output:
         self.result: Any = None
         self.result_error: str | None = None
         self.last_stdout: str | None = None
-        self.stderr_tail: deque[str] = deque(maxlen=_STDERR_TAIL)
+        self.stderr_tail: deque[str] = deque()  # the last stderr lines, about TRACEBACK_MAX_BYTES in all
+        self._tail_size = 0
+        self.traceback: str | None = None  # what a `::traceback` line said
 
     def feed(self, fd: int, data: bytes) -> None:
         buf = self._buffers[fd]
@@ -248,7 +252,11 @@ class _Output:
             if text.strip():
                 self.last_stdout = text
         else:
-            self.stderr_tail.append(text[:500])
+            line = text[-TRACEBACK_MAX_BYTES:]
+            self.stderr_tail.append(line)
+            self._tail_size += len(line) + 1
+            while self._tail_size > TRACEBACK_MAX_BYTES and len(self.stderr_tail) > 1:
+                self._tail_size -= len(self.stderr_tail.popleft()) + 1
         self._log(text, stream)
 
     def _command(self, text: str) -> bool:
@@ -278,7 +286,22 @@ class _Output:
             self.has_result = True
             self.result_error = None
             return True
+        if word == "traceback":
+            try:
+                trace = json.loads(rest)
+            except ValueError:
+                return False
+            if not isinstance(trace, str):
+                return False
+            self.traceback = bounded_text(trace, head=4 * 1024)
+            return True
         return False
+
+    def trace(self) -> str | None:
+        """A failed Run's stack trace: its `::traceback`, else its last stderr lines (bounded)."""
+        if self.traceback is not None:
+            return self.traceback
+        return bounded_text("\n".join(self.stderr_tail)) if self.stderr_tail else None
 
     def _log(self, text: str, stream: str) -> None:
         if self.truncated:
@@ -483,7 +506,8 @@ def _signal_name(num: int) -> str:
 
 def _failure(text: str, output: _Output) -> str:
     if output.stderr_tail:
-        return text + "; last stderr lines:\n" + "\n".join("  " + line for line in output.stderr_tail)
+        last = list(output.stderr_tail)[-_STDERR_TAIL:]
+        return text + "; last stderr lines:\n" + "\n".join("  " + line[:500] for line in last)
     return text
 
 
@@ -586,8 +610,9 @@ async def run_command(
     code = transport.get_returncode()
     status, error = _outcome(reason, code, output, why_timeout, stopped_with)
     result = output.final_result() if status is RunStatus.COMPLETED else None
+    trace = None if status in (RunStatus.COMPLETED, RunStatus.CANCELLED) else output.trace()
     bound.debug("run.finished", status=str(status), exit_code=code)  # the dispatcher logs the Run
-    return RunResult(status, result=result, error=error, pid=pid)
+    return RunResult(status, result=result, error=error, pid=pid, traceback=trace)
 
 
 async def _wait_exit(

@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel
 
-from runners.base import CancelSignal, RunEvents, RunRequest, RunResult, RunStatus
+from runners.base import CancelSignal, RunEvents, RunRequest, RunResult, RunStatus, traceback_text
 from supervisor.context import Context
 from supervisor.errors import InvalidPayload, PermanentError, Retry
 from supervisor.handler import Failure, JobType
@@ -58,14 +58,14 @@ def outcome_of(value: Any) -> RunResult:
 
 
 def outcome_of_exception(exc: BaseException) -> RunResult:
-    """Map an exception raised by a handler to a RunResult."""
+    """Map an exception raised by a handler to a RunResult (with its stack trace, unless it is a request)."""
     if isinstance(exc, PermanentError):
-        return RunResult(RunStatus.PERMANENT, error=f"PermanentError: {exc}")
+        return RunResult(RunStatus.PERMANENT, error=f"PermanentError: {exc}", traceback=traceback_text(exc))
     if isinstance(exc, Retry):
         return RunResult(RunStatus.RETRY, error=f"Retry: {exc}", retry_delay_s=exc.delay)
     if isinstance(exc, InvalidPayload):
         return RunResult(RunStatus.PERMANENT, error=str(exc))
-    return RunResult(RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+    return RunResult(RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}", traceback=traceback_text(exc))
 
 
 class _Sink:

@@ -56,7 +56,7 @@ Protocol (one JSON array per line, its first item names the message):
                        enqueued req ok value|error
     worker -> daemon   ready pid types errors
                        started job_id
-                       result job_id status result error retry_delay_s rss
+                       result job_id status result error retry_delay_s rss [traceback]
                        dropped job_id (a cancelled queued job: never started)
                        returned [job_id...] (queued jobs handed back: never started)
                        progress job_id percent message step | heartbeat job_id
@@ -944,7 +944,7 @@ class ProcessPoolRunner:
             self._long_timer = self._loop.call_at(now + self.reclaim_after_s, self._check_long)
 
     def _on_result(self, w: _Worker, msg: list[Any]) -> None:
-        _, job_id, status, result, error, retry_delay_s, rss = msg
+        _, job_id, status, result, error, retry_delay_s, rss, *trace = msg  # a trace only when it failed
         job = w.job
         if job is None or job.request.job_id != job_id:
             return  # a job this worker no longer runs for us (timed out, cancelled)
@@ -952,7 +952,8 @@ class ProcessPoolRunner:
         w.jobs_run += 1
         w.rss = rss
         self._ran(job)
-        self._resolve(job, RunResult(_STATUS[status], result, error, retry_delay_s, w.pid))
+        self._resolve(job, RunResult(_STATUS[status], result, error, retry_delay_s, w.pid,
+                                     traceback=trace[0] if trace else None))
         self._after_job(w)
 
     def _on_ready(self, w: _Worker, msg: list[Any]) -> None:
@@ -1298,6 +1299,8 @@ class _Child:
             if self._max_rss is not None and rss > self._max_rss:
                 self._held = True  # the daemon sees the same figure and replaces this worker
         msg = ["result", job_id, outcome.status.value, outcome.result, outcome.error, outcome.retry_delay_s, rss]
+        if outcome.traceback is not None:
+            msg.append(outcome.traceback)
         try:
             return _line(msg)
         except (TypeError, ValueError) as exc:  # a Failure(result=...) that JSON cannot hold

@@ -3,9 +3,11 @@
 Speaks the task protocol of SPEC §6, so the subprocess runner treats it like
 any other task: payload JSON on stdin, `JOB_*` variables in the environment,
 `::progress` / `::heartbeat` / `::result` lines on stdout, exit 0 / 65
-(permanent) / 75 (retry) / other (retryable failure). Child jobs cannot be
-enqueued from here (the process holds no Redis credentials by design): use
-the `process` or `inprocess` runtime for handlers that enqueue.
+(permanent) / 75 (retry) / other (retryable failure); a failure's stack trace
+goes to stderr as one `::traceback "<JSON string>"` line before the error.
+Child jobs cannot be enqueued from here (the process holds no Redis
+credentials by design): use the `process` or `inprocess` runtime for
+handlers that enqueue.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def main(argv: list[str]) -> int:
     if result.status is RunStatus.COMPLETED:
         print("::result " + json.dumps(result.result, separators=(",", ":")), flush=True)
     else:
+        if result.traceback is not None:  # the runner stores it as the attempt's stack trace
+            print("::traceback " + json.dumps(result.traceback), file=sys.stderr)
         print(result.error or result.status.value, file=sys.stderr, flush=True)
     return EXIT.get(result.status, 1)
 

@@ -2,9 +2,11 @@
 
 Start: settings -> Redis (given, or a private embedded one) -> safety checks ->
 handlers -> publish types -> dispatcher -> READY=1. Stop (SIGTERM/SIGINT): the
-ShutdownManager stops fetching, drains in-flight jobs up to `drain_timeout`,
-releases the leases of jobs still running, then closes Redis, and stops the
-embedded Redis last. A second signal skips the rest of the drain.
+ShutdownManager stops fetching, drains in-flight jobs, releases the leases of
+jobs still running, closes the runners, then closes Redis, and stops the
+embedded Redis last. All of that up to the runners' close fits in
+`drain_timeout` counted from the signal (`DrainBudget`). A second signal skips
+the rest of the drain.
 """
 
 from __future__ import annotations
@@ -45,6 +47,45 @@ from supervisor import telemetry
 
 log = structlog.get_logger(__name__)
 AVAILABLE_RUNTIMES = ("inprocess", "process", "subprocess")
+
+
+class DrainBudget:
+    """The shutdown's clock: `drain_timeout` from the signal, for draining, the release's grace
+    and closing the runners alike (what is left after them is Redis's and the exit's).
+
+    Starting it also tells the dispatcher to track the jobs in flight (the `shutdown.job` lines).
+    """
+
+    #: At most this long for jobs cancelled by the release to stop cooperatively (fast stop: 0.5 s).
+    RELEASE_GRACE_S = 2.0
+    #: At most this long kept for closing the runners (pool workers take ~0.1 s to exit).
+    CLOSE_S = 0.5
+
+    def __init__(self, drain_timeout: float) -> None:
+        self.drain_timeout = drain_timeout
+        self.started: float | None = None
+        self.on_start: Callable[[], None] | None = None
+
+    def start(self) -> None:
+        """Start the clock (a no-op once started): at the signal, or when shutdown starts otherwise."""
+        if self.started is None:
+            self.started = time.monotonic()
+            if self.on_start is not None:
+                self.on_start()
+
+    def left(self, keep: float = 0.0) -> float:
+        """Seconds left before the deadline, less `keep` (never below zero)."""
+        self.start()
+        assert self.started is not None
+        return max(self.started + self.drain_timeout - keep - time.monotonic(), 0.0)
+
+    @property
+    def release_grace(self) -> float:
+        return min(self.RELEASE_GRACE_S, self.drain_timeout / 4)
+
+    @property
+    def close_s(self) -> float:
+        return min(self.CLOSE_S, self.drain_timeout / 4)
 
 
 def start_embedded(state_dir: Path) -> tuple[str, RedisServer | None]:
@@ -134,9 +175,11 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
     stop_requested = asyncio.Event()
     signals = {"count": 0}
     fast = asyncio.Event()
+    budget = DrainBudget(settings.drain_timeout)
 
     def on_signal(sig: signal.Signals) -> None:
-        # Only record the signal; the main coroutine acts on it.
+        # Only record the signal (and its time: the drain's clock starts here); the main coroutine acts on it.
+        budget.start()
         signals["count"] += 1
         log.info("signal.received", signal=sig.name, count=signals["count"])
         stop_requested.set()
@@ -210,7 +253,10 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
     daemon = Daemon(settings, instance_id, broker, dispatcher, client, runners, shutdown,
                     notifier, embedded, catalog)
     daemon_ref["d"] = daemon
-    _register_stops(daemon, fast)
+    budget.on_start = dispatcher.track_shutdown
+    if budget.started is not None:  # signalled while starting
+        dispatcher.track_shutdown()
+    jobs_report = _register_stops(daemon, fast, budget)
     try:  # None when api_enabled is off; binds before returning, so a bad address is a ConfigError
         daemon.api = await start_in_daemon(settings, broker.redis, shutdown)
     except ConfigError:
@@ -283,7 +329,7 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
     notifier.stopping("draining")
     report = await shutdown.shutdown("signal")
     watchdog.cancel()
-    log.info("daemon.stopped", report=report.to_dict())
+    log.info("daemon.stopped", report={**report.to_dict(), "jobs": jobs_report})
     return 0
 
 
@@ -347,15 +393,23 @@ async def _watch_files(settings: Settings, reload_requested: asyncio.Event) -> N
         reload_requested.set()
 
 
-def _register_stops(d: Daemon, fast: asyncio.Event) -> None:
-    """The shutdown plan (lower priority stops first)."""
+def _register_stops(d: Daemon, fast: asyncio.Event, budget: DrainBudget) -> dict[str, int]:
+    """The shutdown plan (lower priority stops first). Everything up to the runners' close takes
+    its time out of `budget`. Returns the job counts the drain fills in for the final report."""
     s = d.settings
+    counts: dict[str, int] = {}
+
+    async def stop_fetching() -> None:
+        budget.start()  # not stopped by a signal (the admin API): the clock starts now
+        await _bounded("fetching", d.dispatcher.stop_fetching(), budget.left(budget.close_s))
 
     async def drain() -> None:
         inflight = len(d.dispatcher.inflight)
-        log.info("shutdown.drain", in_flight=inflight, drain_timeout_s=s.drain_timeout)
+        log.info("shutdown.drain", in_flight=inflight, drain_timeout_s=s.drain_timeout,
+                 left_s=round(budget.left(), 3))
         d.notifier.status(f"draining {inflight} jobs")
-        drain_task = asyncio.ensure_future(d.dispatcher.drain(s.drain_timeout))
+        keep = budget.release_grace + budget.close_s  # the release's grace and the runners' close
+        drain_task = asyncio.ensure_future(d.dispatcher.drain(budget.left(keep), settle_s=0.25))
         fast_task = asyncio.ensure_future(fast.wait())
         await asyncio.wait({drain_task, fast_task}, return_when=asyncio.FIRST_COMPLETED)
         fast_task.cancel()
@@ -363,17 +417,27 @@ def _register_stops(d: Daemon, fast: asyncio.Event) -> None:
             log.warning("shutdown.fast", note="second signal: releasing in-flight jobs now")
             drain_task.cancel()
         still: list[InFlight] = d.dispatcher.inflight
+        settle_s = max(budget.left(budget.close_s), 0.25)
         if still:
-            await d.dispatcher.release(still, grace=0.5 if fast.is_set() else 2.0)
+            grace = min(0.5 if fast.is_set() else budget.release_grace, budget.left(budget.close_s))
+            await d.dispatcher.release(still, grace=grace, settle_s=settle_s)
         else:
-            await d.dispatcher.flush(5.0)
-        for f in _finished_report(d, still):
-            log.info("shutdown.job", **f)
+            await d.dispatcher.flush(settle_s)
+        for f in d.dispatcher.shutdown_jobs or []:  # every job in flight since the signal, once
+            counts[f.fate] = counts.get(f.fate, 0) + 1
+            log.info("shutdown.job", job_id=f.job.id, job_name=f.job.name, attempt=f.job.attempt,
+                     runtime=f.served.runtime, fate=f.fate, outcome=f.outcome)
 
     async def close_runners() -> None:
         await d.dispatcher.close()
-        for runner in d.runners.values():
-            await runner.close()
+        # Concurrently, in what is left (close_s at least): pool workers still running a job were
+        # killed by the release, and any left when we exit see their pipe close and exit too.
+        closes = {name: asyncio.ensure_future(runner.close()) for name, runner in d.runners.items()}
+        _, pending = await asyncio.wait(closes.values(), timeout=max(budget.left(), 0.1))
+        for name, task in closes.items():
+            if task in pending:
+                log.warning("shutdown.runner_not_closed", runner=name, note="drain_timeout used up")
+                task.cancel()
 
     async def close_redis() -> None:
         await d.broker.close()
@@ -382,16 +446,21 @@ def _register_stops(d: Daemon, fast: asyncio.Event) -> None:
         if d.embedded is not None:
             await asyncio.to_thread(d.embedded.stop)
 
-    d.shutdown.register("fetching", d.dispatcher.stop_fetching, priority=10, timeout=10)
+    d.shutdown.register("fetching", stop_fetching, priority=10, timeout=10)
     d.shutdown.register("drain", drain, priority=20, timeout=s.drain_timeout + 30)
     d.shutdown.register("runners", close_runners, priority=30, timeout=10)
     d.shutdown.register("redis", close_redis, priority=80, timeout=10)
     d.shutdown.register("embedded-redis", stop_embedded, priority=90, timeout=30)
+    return counts
 
 
-def _finished_report(d: Daemon, still: list[InFlight]) -> list[dict[str, Any]]:
-    return [{"job_id": f.job.id, "job_name": f.job.name, "attempt": f.job.attempt, "outcome": f.outcome}
-            for f in still]
+async def _bounded(what: str, coro: Any, timeout: float) -> None:
+    """Await `coro` for up to `timeout` seconds (at least 0.1); past that it is cancelled and logged."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=max(timeout, 0.1))
+    if not done:
+        log.warning("shutdown.cut_short", step=what, note="drain_timeout used up")
+        await _cancel(task)
 
 
 async def _watchdog(d: Daemon) -> None:

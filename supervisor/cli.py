@@ -120,7 +120,33 @@ def run(ctx: click.Context, jobs_dir: Path | None, tasks_dir: Path | None, confi
     except SupervisorError as exc:
         _fail(exc)
         return
-    sys.exit(code)
+    _exit_daemon(code)
+
+
+def _exit_daemon(code: int) -> None:
+    """Exit with `code` now, even with handler threads still running: a sync handler that ignored
+    its cancel cannot be stopped, its job was released already, and Python would wait for it at
+    exit, past the drain's budget."""
+    import os  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    import time  # noqa: PLC0415
+
+    deadline = time.monotonic() + 0.2  # idle pool threads are on their way out: let them go
+    for t in threading.enumerate():
+        if t is not threading.main_thread() and not t.daemon:
+            t.join(max(deadline - time.monotonic(), 0))
+    stuck = [t.name for t in threading.enumerate()
+             if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if not stuck:
+        sys.exit(code)
+    import structlog  # noqa: PLC0415
+
+    structlog.get_logger(__name__).warning("daemon.exit_leaving_threads", threads=stuck,
+                                           note="sync handlers that ignored their cancel; their jobs were released")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # --- enqueue -----------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runners.base import CancelSignal, Runner, RunRequest, RunResult, RunStatus
+from runners.base import CancelSignal, Runner, RunRequest, RunResult, RunStatus, traceback_text
 from supervisor import keys, telemetry
 from supervisor.broker import Broker, ClaimedJob, dumps
 from supervisor.handler import Backoff
@@ -125,7 +125,7 @@ class _Lane:
     retired: bool = False  # removed by a reload: claims nothing more, finishes what it runs
     halt_token: str = ""  # names the claims sent behind this lane's waits (Broker.wait_then_claim)
     completes: list[tuple[str, str, str, str]] = field(default_factory=list)
-    fails: list[tuple[str, str, str, str, int, str]] = field(default_factory=list)
+    fails: list[tuple[str, str, str, str, int, str, str]] = field(default_factory=list)
     cancels: list[tuple[str, str, str]] = field(default_factory=list)
     logs: dict[str, list[str]] = field(default_factory=dict)
     unsettled: int = 0
@@ -409,7 +409,8 @@ class Dispatcher:
             raise
         except Exception as exc:  # noqa: BLE001 (a runner bug must fail the attempt, not the daemon)
             log.exception("runner.error", job_id=job.id, job_name=job.name)
-            result = RunResult(RunStatus.FAILED, error=f"runner error: {type(exc).__name__}: {exc}")
+            result = RunResult(RunStatus.FAILED, error=f"runner error: {type(exc).__name__}: {exc}",
+                               traceback=traceback_text(exc))
             telemetry.record_exception(span, exc)
         finally:
             if token is not None:
@@ -427,7 +428,7 @@ class Dispatcher:
             self._settle(lane, f, result)
         tm.done()
         if span is not None:
-            telemetry.end_process_span(span, result.status, result.error, f.outcome)
+            telemetry.end_process_span(span, result.status, result.error, f.outcome, result.traceback)
         lane.inflight.pop(job.id, None)
         lane.slot_freed.set()
 
@@ -451,7 +452,7 @@ class Dispatcher:
             if delay is None:
                 delay = served.backoff.delay(job.attempt)
             lane.fails.append((job.id, job.lease, mode, result.error or status.value, int(delay * 1000),
-                               f.progress or ""))
+                               f.progress or "", result.traceback or ""))
         lane.unsettled += 1
         f.outcome = status.value
         self.finished_counts[status.value] = self.finished_counts.get(status.value, 0) + 1

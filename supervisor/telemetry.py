@@ -514,8 +514,14 @@ def _split_error(error: str) -> tuple[str, str]:
     return "JobError", error
 
 
-def end_process_span(span: Span, status: RunStatus | None, error: str | None, outcome: str) -> None:
-    """Record how the attempt ended (events, status, `job.outcome`) and end the span."""
+def end_process_span(
+    span: Span, status: RunStatus | None, error: str | None, outcome: str, stacktrace: str | None = None,
+) -> None:
+    """Record how the attempt ended (events, status, `job.outcome`) and end the span.
+
+    `stacktrace` is the failed attempt's stored trace (`RunResult.traceback`), given as the
+    `job.exception` event's `exception.stacktrace`.
+    """
     span.set_attribute("job.outcome", outcome)
     if status is RunStatus.COMPLETED:
         span.add_event("job.completed")
@@ -527,7 +533,10 @@ def end_process_span(span: Span, status: RunStatus | None, error: str | None, ou
         text = error or status.value
         if status is not RunStatus.RETRY:  # Retry(...) is the handler's request, not an exception
             etype, message = ("TimeoutError", text) if status is RunStatus.TIMEOUT else _split_error(text)
-            span.add_event("job.exception", {"exception.type": etype, "exception.message": message})
+            attributes = {"exception.type": etype, "exception.message": message}
+            if stacktrace:
+                attributes["exception.stacktrace"] = stacktrace
+            span.add_event("job.exception", attributes)
         span.add_event("job.failed", {"job.outcome": outcome, "job.error": text,
                                       "job.retryable": status is not RunStatus.PERMANENT})
         span.set_status(Status(StatusCode.ERROR, text[:500]))
