@@ -18,7 +18,11 @@ What it measures, each a median of `repeat` runs (see BENCHMARKS.md for the meth
   memory per queued job (INFO `used_memory` delta after queueing N jobs);
 - idle cost: CPU of an idle daemon (and its workers) and the Redis commands it sends per second;
 - `backlog`: the drain rate of the first jobs of a deep queue (1,000,000 by default) against a
-  shallow one (10,000).
+  shallow one (10,000);
+- `cancel`: cancel-to-handler latency (p50/p99) of running in-process and process handlers under
+  `ack_wait=300` (so a lease renewal, every 100 s, cannot be what tells them): each handler waits
+  on `ctx.cancel_event` and writes the time it saw it, compared with a client timestamp taken just
+  before `Client.cancel`.
 
 The bench writes its own no-op handlers into a temporary folder; it only ever touches keys of
 its own `bench.*` job types, so it is safe against a shared Redis (but the INFO-based figures
@@ -58,8 +62,12 @@ PROCESS = "bench.process"
 SUBPROCESS_PY = "bench.subprocess-py"
 SHELL = "bench.shell"
 BENCH_TYPES = (INPROCESS, PROCESS, SUBPROCESS_PY, SHELL)
+#: The cancel-latency types (their own daemon: every type it serves has ack_wait=300).
+CANCEL_INPROCESS = "bench.cancel-inprocess"
+CANCEL_PROCESS = "bench.cancel-process"
+CANCEL_TYPES = (CANCEL_INPROCESS, CANCEL_PROCESS)
 RUNTIMES = ("inprocess", "process", "subprocess")
-SECTIONS = ("idle", "latency", "enqueue", "drain")
+SECTIONS = ("idle", "latency", "enqueue", "drain", "cancel")
 
 #: Issue 9: the established libraries on a 2-core machine with a local Redis 7 (medians of 3).
 PEERS: list[dict[str, Any]] = [
@@ -92,6 +100,7 @@ TARGETS = {
     "idle_cpu_percent": 1.0,  # of one core
     "backlog_ratio": 0.8,  # deep-queue rate / shallow-queue rate
     "memory_per_job_bytes": 1024.0,
+    "cancel_p99_ms": 50.0,  # cancel call -> handler sees it, with ack_wait=300
 }
 
 
@@ -117,6 +126,7 @@ class BenchOptions:
     payload_bytes: int = 100
     latency_jobs: int = 500
     latency_gap_ms: float = 5.0
+    cancel_jobs: int = 200  # cancels measured per runtime (each of a running job)
     idle_seconds: float = 5.0
     backlog: bool = False
     backlog_jobs: int = 1_000_000
@@ -133,6 +143,7 @@ class BenchOptions:
         self.repeat = 1
         self.subprocess_jobs = min(self.subprocess_jobs, 40)
         self.latency_jobs = min(self.latency_jobs, 100)
+        self.cancel_jobs = min(self.cancel_jobs, 50)
         self.idle_seconds = min(self.idle_seconds, 2.0)
         self.backlog_jobs = min(self.backlog_jobs, 20_000)
         self.backlog_small = min(self.backlog_small, 2000)
@@ -220,6 +231,31 @@ def noop_subprocess(payload, ctx):
     return time.time()
 ''',
 }
+
+CANCEL_SOURCE = '''"""Handlers of `job-supervisor bench`'s cancel latency (written by the bench; safe to delete)."""
+import time
+
+from supervisor import job
+
+
+def _note(path, job_id, what):
+    with open(path, "a") as f:  # one short append per line: lines never interleave
+        f.write(f"{job_id} {what} {time.time()!r}\\n")
+
+
+@job("bench.cancel-inprocess", runtime="inprocess", ack_wait=300, max_deliver=1000)
+async def cancel_inprocess(payload, ctx):
+    _note(payload["out"], ctx.job_id, "started")
+    await ctx.cancel_event.wait()
+    _note(payload["out"], ctx.job_id, "saw")
+
+
+@job("bench.cancel-process", runtime="process", ack_wait=300, max_deliver=1000)
+def cancel_process(payload, ctx):
+    _note(payload["out"], ctx.job_id, "started")
+    ctx.cancel_event.wait()
+    _note(payload["out"], ctx.job_id, "saw")
+'''
 
 SHELL_TASK = "#!/bin/sh\n# job-supervisor bench: a no-op shell task.\ncat >/dev/null\n"
 SHELL_SIDECAR = 'name = "bench.shell"\nconcurrency = {subprocess_concurrency}\nmax_deliver = 1000\n'
@@ -426,9 +462,9 @@ class Bench:
     def _check_shared_redis(self) -> None:
         """Against a Redis that others use: refuse if a real type shares a bench type's hash tag."""
         assert self.r is not None
-        ours = {keys.tag_for(n): n for n in BENCH_TYPES}
+        ours = {keys.tag_for(n): n for n in BENCH_TYPES + CANCEL_TYPES}
         for name in self.r.smembers(keys.TYPES_KEY):
-            if name not in BENCH_TYPES and keys.tag_for(name) in ours:
+            if name not in ours.values() and keys.tag_for(name) in ours:
                 raise BenchError(
                     f"job type {name!r} shares the hash tag of {ours[keys.tag_for(name)]!r}: the bench would "
                     "delete its jobs when cleaning up. Run the bench against another Redis database")
@@ -454,6 +490,8 @@ class Bench:
         script.write_text(SHELL_TASK)
         script.chmod(0o755)
         (tasks / "noop.toml").write_text(SHELL_SIDECAR.format(**fmt))
+        (self.root / "jobs-cancel").mkdir()
+        (self.root / "jobs-cancel" / "bench_cancel.py").write_text(CANCEL_SOURCE)
 
     def _served(self, name: str) -> bool:
         runtime = {INPROCESS: "inprocess", PROCESS: "process", SUBPROCESS_PY: "subprocess",
@@ -485,7 +523,7 @@ class Bench:
         """Remove every key of the bench types (and only those), keeping their published metadata."""
         assert self.r is not None
         if self.owns_redis:
-            metas = {n: self.r.hgetall(keys.meta_key(n)) for n in BENCH_TYPES}
+            metas = {n: self.r.hgetall(keys.meta_key(n)) for n in BENCH_TYPES + CANCEL_TYPES}
             self.r.flushall()
             if keep_meta:
                 for name, meta in metas.items():
@@ -493,7 +531,7 @@ class Bench:
                         self.r.hset(keys.meta_key(name), mapping=meta)
                         self.r.sadd(keys.TYPES_KEY, name)
             return
-        for name in BENCH_TYPES:
+        for name in BENCH_TYPES + CANCEL_TYPES:
             tag = keys.tag_for(name)
             batch: list[str] = []
             for key in self.r.scan_iter(match=f"{keys.PREFIX}:{{{tag}}}:*", count=10_000):
@@ -849,6 +887,60 @@ class Bench:
             "record_p99_ms": percentile(record, 99) if record else None,
         }
 
+    def measure_cancel(self) -> dict[str, Any]:
+        """Cancel-to-handler latency of running jobs, in a daemon whose every type has ack_wait=300."""
+        self.reset()
+        d = self.start_daemon("cancel", self.root / "jobs-cancel", self.root / "tasks-none")
+        out: dict[str, Any] = {}
+        try:
+            d.wait_ready()
+            for name, runtime in ((CANCEL_INPROCESS, "inprocess"), (CANCEL_PROCESS, "process")):
+                if runtime in self.o.runtimes:
+                    self.say(f"cancel latency: {name}, {self.o.cancel_jobs} running jobs cancelled one by one")
+                    out[runtime] = self._await(self._cancel_latency(name))
+        finally:
+            d.stop()
+        self.reset()
+        return out
+
+    async def _cancel_latency(self, name: str) -> dict[str, Any]:
+        notes = self.root / f"cancel-{name}.txt"
+        notes.write_text("")
+        seen = 0  # bytes of `notes` read so far
+        lines: dict[tuple[str, str], float] = {}
+
+        async def note(job_id: str, what: str, timeout: float = 30.0) -> float:
+            nonlocal seen
+            deadline = time.monotonic() + timeout
+            while (job_id, what) not in lines:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{name}: job {job_id} did not note {what!r} within {timeout:g}s")
+                with notes.open() as f:
+                    f.seek(seen)
+                    chunk = f.read()
+                whole = chunk[:chunk.rfind("\n") + 1]
+                seen += len(whole)
+                for line in whole.splitlines():
+                    jid, w, t = line.split()
+                    lines[(jid, w)] = float(t)
+                await asyncio.sleep(0.001)
+            return lines[(job_id, what)]
+
+        samples = []
+        for _ in range(self.o.cancel_jobs):
+            ref = await self.client.enqueue(name, {"out": str(notes)})
+            await note(ref.id, "started")
+            asked = time.time()
+            await self.client.cancel(ref.id, "bench")
+            samples.append((await note(ref.id, "saw") - asked) * 1000)
+            deadline = time.monotonic() + 30
+            while (await self.client.get(ref.id)).state.value != "cancelled":  # settled before the next one
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{name}: job {ref.id} did not end cancelled")
+                await asyncio.sleep(0.002)
+        return {"jobs": len(samples), "p50_ms": round(percentile(samples, 50), 3),
+                "p99_ms": round(percentile(samples, 99), 3), "max_ms": round(max(samples), 3)}
+
     def measure_backlog(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sample": self.o.backlog_sample, "depths": {}}
         for depth in (self.o.backlog_small, self.o.backlog_jobs):
@@ -903,6 +995,8 @@ class Bench:
                     if self._served(name) and "drain" in self.o.sections:
                         drain[name.removeprefix("bench.")] = self.measure_drain(name, n)
                 results["drain"] = drain
+                if "cancel" in self.o.sections:
+                    results["cancel"] = self.measure_cancel()
             results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
             results["targets"] = check_targets(results)
             results["duration_s"] = round(time.time() - started, 1)
@@ -949,6 +1043,9 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     if lat:
         add("latency_p50", "enqueue-to-start p50 (ms)", lat["p50_ms"], TARGETS["latency_p50_ms"], False)
         add("latency_p99", "enqueue-to-start p99 (ms)", lat["p99_ms"], TARGETS["latency_p99_ms"], False)
+    for runtime, c in r.get("cancel", {}).items():
+        add(f"cancel_p99_{runtime}", f"cancel-to-handler p99, {runtime} (ms)", c["p99_ms"], TARGETS["cancel_p99_ms"],
+            False)
     idle = r.get("idle")
     if idle:
         add("idle_cpu", "idle daemon CPU (% of a core)", idle["cpu_percent"], TARGETS["idle_cpu_percent"], False)
@@ -1019,6 +1116,13 @@ def render(results: dict[str, Any], console: Any) -> None:
         for name, lat in results["latency"].items():
             t.add_row(name, str(lat["jobs"]), _n(lat["p50_ms"], 2), _n(lat["p99_ms"], 2), _n(lat["max_ms"], 2),
                       f"{_n(lat['record_p50_ms'])} / {_n(lat['record_p99_ms'])}")
+        console.print(t)
+    if results.get("cancel"):
+        t = Table(title="cancel-to-handler latency, running jobs, ack_wait=300 (client clock -> handler sees it)")
+        for col in ("runtime", "jobs", "p50 ms", "p99 ms", "max ms"):
+            t.add_column(col, justify="left" if col == "runtime" else "right")
+        for name, c in results["cancel"].items():
+            t.add_row(name, str(c["jobs"]), _n(c["p50_ms"], 2), _n(c["p99_ms"], 2), _n(c["max_ms"], 2))
         console.print(t)
     if results.get("idle"):
         i = results["idle"]

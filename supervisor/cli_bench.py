@@ -46,6 +46,8 @@ _err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 @click.option("--latency-jobs", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--latency-gap-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Pause between the latency jobs (so the daemon is idle when each arrives).")
+@click.option("--cancel-jobs", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Running jobs cancelled per runtime for the cancel-to-handler latency.")
 @click.option("--idle-seconds", type=click.FloatRange(min=0.5), default=5.0, show_default=True)
 @click.option("--backlog", is_flag=True,
               help="Only the backlog test: drain rate of the first --backlog-sample jobs with "
@@ -53,7 +55,7 @@ _err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 @click.option("--backlog-jobs", type=click.IntRange(min=10), default=1_000_000, show_default=True)
 @click.option("--backlog-small", type=click.IntRange(min=10), default=10_000, show_default=True)
 @click.option("--backlog-sample", type=click.IntRange(min=10), default=10_000, show_default=True)
-@click.option("--only", default="idle,latency,enqueue,drain", show_default=True,
+@click.option("--only", default="idle,latency,enqueue,drain,cancel", show_default=True,
               help="Comma-separated sections to measure (for sweeps).")
 @click.option("--keep-dir", is_flag=True, help="Keep the temporary folder (handlers, daemon logs).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results on stdout.")
@@ -61,7 +63,8 @@ _err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 def bench(ctx: click.Context, redis_url: str | None, redis_server: str | None, unix_socket: bool, jobs: int,
           quick: bool, repeat: int, runtimes: str, workers: int, concurrency: int,
           process_concurrency: int | None, subprocess_jobs: int, subprocess_concurrency: int,
-          payload_bytes: int, latency_jobs: int, latency_gap_ms: float, idle_seconds: float, backlog: bool,
+          payload_bytes: int, latency_jobs: int, latency_gap_ms: float, cancel_jobs: int, idle_seconds: float,
+          backlog: bool,
           backlog_jobs: int, backlog_small: int, backlog_sample: int, only: str, keep_dir: bool,
           as_json: bool) -> None:
     """Measure enqueue and drain rates, latency, memory and Redis cost (issue 9's figures).
@@ -82,8 +85,8 @@ def bench(ctx: click.Context, redis_url: str | None, redis_server: str | None, u
         runtimes=wanted, workers=workers, concurrency=concurrency, process_concurrency=process_concurrency,
         subprocess_jobs=subprocess_jobs, subprocess_concurrency=subprocess_concurrency,
         payload_bytes=payload_bytes, latency_jobs=latency_jobs, latency_gap_ms=latency_gap_ms,
-        idle_seconds=idle_seconds, backlog=backlog, backlog_jobs=backlog_jobs, backlog_small=backlog_small,
-        backlog_sample=backlog_sample, quick=quick, keep_dir=keep_dir,
+        cancel_jobs=cancel_jobs, idle_seconds=idle_seconds, backlog=backlog, backlog_jobs=backlog_jobs,
+        backlog_small=backlog_small, backlog_sample=backlog_sample, quick=quick, keep_dir=keep_dir,
         sections=tuple(x.strip() for x in only.split(",") if x.strip()),
         progress=lambda text: _err.print(f"bench: {text}"),
     )
