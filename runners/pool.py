@@ -12,9 +12,11 @@ Design, and why:
   plain fork of the threaded daemon. The fork server preloads this module (and so
   pydantic, structlog, the `supervisor` package), so replacing a crashed worker
   takes a few milliseconds instead of a fresh interpreter's ~0.4 s. Handler files
-  are *not* preloaded: every worker calls `load_jobs(jobs_dir)` itself, so a
-  recycled worker sees the files as they are now. As with any non-fork start
-  method, a `__main__` script must guard its entry point with
+  are *not* preloaded: every worker loads them itself, from the sources the
+  daemon accepted (`accept(manifest)`, see `supervisor.accepted`), never from
+  the folder as it is now: after a broken edit, workers keep serving the last
+  good version, and a new accepted version recycles them between jobs.
+  As with any non-fork start method, a `__main__` script must guard its entry point with
   `if __name__ == "__main__":` (`python -m supervisor` and the console script do).
   The fork server keeps the stdout and environment the daemon had when the first
   pool started; workers log JSON lines to that stdout.
@@ -91,6 +93,7 @@ from pydantic import BaseModel
 import supervisor.errors
 from runners.base import RunEvents, RunRequest, RunResult, RunStatus
 from runners.inprocess import outcome_of, outcome_of_exception
+from supervisor import accepted
 from supervisor import log as log_setup
 from supervisor import telemetry
 from supervisor.client import JobRef
@@ -289,6 +292,8 @@ class ProcessPoolRunner:
 
     Args:
         jobs_dir: the handler folder every worker loads (`supervisor.registry.load_jobs`).
+        manifest: the handler sources the daemon accepted (`supervisor.accepted`), which
+            workers import instead of the folder's files (None: the files as they are).
         workers: pool size (settings.workers_concurrency): at most this many runs at once.
         queue_depth: jobs a worker may hold queued ahead of the one it runs (0: none, a
             worker gets its next job only after it reported the previous result). The
@@ -329,6 +334,7 @@ class ProcessPoolRunner:
         log_level: str = "info",
         start_method: str | None = None,
         ready_timeout_s: float = 60.0,
+        manifest: Path | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers={workers!r} must be at least 1")
@@ -338,6 +344,7 @@ class ProcessPoolRunner:
         if method == "fork":
             raise ValueError("start_method='fork' is unsafe in the threaded daemon; use 'forkserver' or 'spawn'")
         self.jobs_dir = Path(jobs_dir).resolve()
+        self.manifest = manifest
         self.size = workers
         self.queue_depth = queue_depth
         self.reclaim_after_s = reclaim_after_s
@@ -439,6 +446,19 @@ class ProcessPoolRunner:
             if w.state == "ready":
                 self._retire(w, "recycle")
         log.info("pool.recycle", generation=self._generation, workers=len(self._workers))
+
+    def accept(self, manifest: Path | None) -> None:
+        """Serve the handler sources of `manifest` from now on (hot reload).
+
+        Workers started from now on import them; when they differ from what the workers
+        run, every worker is recycled between jobs. An unchanged manifest (a broken edit:
+        the daemon kept the last good sources) changes nothing.
+        """
+        if manifest == self.manifest:
+            return
+        self.manifest = manifest
+        if self.started:
+            self.recycle()
 
     def workers_info(self) -> list[dict[str, Any]]:
         """One entry per live worker: pid, state, jobs run, RSS bytes, the job it runs, the jobs queued."""
@@ -689,7 +709,8 @@ class ProcessPoolRunner:
         """Start one worker process (blocking: a few ms with the fork server running)."""
         parent_conn, child_conn = self._mp.Pipe(duplex=True)
         options = {"log_level": self.log_level, "measure_rss": self.max_worker_rss_bytes is not None,
-                   "max_rss_bytes": self.max_worker_rss_bytes}
+                   "max_rss_bytes": self.max_worker_rss_bytes,
+                   "manifest": None if self.manifest is None else str(self.manifest)}
         proc = self._mp.Process(  # type: ignore[attr-defined]
             target=worker_main, args=(child_conn, str(self.jobs_dir), options), name="job-supervisor-worker",
             daemon=True,  # if the daemon exits without close(), multiprocessing still ends them
@@ -1101,6 +1122,7 @@ class _Child:
         self.conn = conn  # owns the socket; both threads use its descriptor directly
         self.fd = conn.fileno()
         self.jobs_dir = jobs_dir
+        self.manifest: str | None = options.get("manifest")  # the accepted sources to import
         self.pid = os.getpid()
         structlog.contextvars.bind_contextvars(worker_pid=self.pid)  # on every line this worker logs
         self.log = structlog.get_logger("runners.pool.worker")
@@ -1123,7 +1145,7 @@ class _Child:
 
     def serve(self) -> None:
         threading.Thread(target=self._listen, name="pool-listener", daemon=True).start()
-        self.registry = load_jobs(self.jobs_dir)
+        self.registry = self._load()
         errors = {path: exc.cause for path, exc in self.registry.errors.items()}
         self.write(_line(["ready", self.pid, sorted(self.registry.types), errors]))
         self.log.debug("pool.worker_ready", pid=self.pid, types=sorted(self.registry.types))
@@ -1149,6 +1171,16 @@ class _Child:
                 with cv:
                     self._current = None
                     self._current_id = None
+
+    def _load(self) -> Registry:
+        """The handlers: the sources the daemon accepted, else the folder's files as they are."""
+        if self.manifest is None:
+            return load_jobs(self.jobs_dir)
+        try:
+            sources = accepted.load(Path(self.manifest))
+        except supervisor.errors.HandlerImportError as exc:
+            return Registry(errors={exc.path: exc})
+        return load_jobs(self.jobs_dir, sources)
 
     def _take(self) -> list[Any] | None:
         """The next job to run, if we may start one (call with `_cv` held)."""

@@ -1,4 +1,10 @@
-"""`python -m runners.pyjob JOBS_DIR NAME`: one Python job in a fresh process (`runtime="subprocess"`).
+"""`python -m runners.pyjob JOBS_DIR NAME [MANIFEST]`: one Python job in a fresh process.
+
+Runs the Python job types with `runtime="subprocess"`.
+
+With MANIFEST (the daemon passes one), the handlers are imported from
+the sources the daemon accepted (`supervisor.accepted`), not from the files of
+JOBS_DIR as they are now: a broken edit leaves the last good version running.
 
 Speaks the task protocol of SPEC §6, so the subprocess runner treats it like
 any other task: payload JSON on stdin, `JOB_*` variables in the environment,
@@ -22,8 +28,9 @@ from typing import Any
 
 from runners.base import RunStatus
 from runners.inprocess import outcome_of, outcome_of_exception
+from supervisor import accepted
 from supervisor.context import Context
-from supervisor.errors import InvalidPayload
+from supervisor.errors import HandlerImportError, InvalidPayload
 from supervisor.registry import load_jobs
 
 EXIT = {RunStatus.COMPLETED: 0, RunStatus.PERMANENT: 65, RunStatus.RETRY: 75}
@@ -48,7 +55,12 @@ class _ProtocolSink:
 
 def main(argv: list[str]) -> int:
     jobs_dir, name = Path(argv[1]), argv[2]
-    registry = load_jobs(jobs_dir)
+    try:
+        sources = accepted.load(Path(argv[3])) if len(argv) > 3 else None
+    except HandlerImportError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    registry = load_jobs(jobs_dir, sources)
     jt = registry.get(name)
     if jt is None:
         err = registry.errors.get(next((p for p in registry.errors), ""), None)

@@ -136,9 +136,9 @@ class Daemon:
             await self.scheduler.publish()
         pool = self.runners.get("process")
         if isinstance(pool, ProcessPoolRunner):
+            pool.accept(new.accepted)  # new accepted sources recycle the workers between jobs
             if any(t.runtime == "process" for t in new.served.values()) and not pool.started:
                 await pool.start()
-            pool.recycle()  # workers pick up the new code between jobs
         log.info("reload.done", reason=reason, added=added, removed=removed,
                  types=sorted(new.served), schedules=[sp.id for sp in new.schedules],
                  load_errors={p: str(e) for p, e in new.errors.items()},
@@ -244,7 +244,8 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
     pool = ProcessPoolRunner(
         settings.jobs_dir, settings.workers_concurrency, max_jobs_per_worker=settings.max_jobs_per_worker,
         max_worker_rss_mb=settings.max_worker_rss, cancel_grace_s=settings.cancel_grace,
-        kill_grace_s=settings.kill_grace, child_enqueue=child_enqueue, log_level=settings.log_level)
+        kill_grace_s=settings.kill_grace, child_enqueue=child_enqueue, log_level=settings.log_level,
+        manifest=catalog.accepted)
     runners["process"] = pool
     if any(t.runtime == "process" for t in served):
         await pool.start()  # only when a type asks for it: starting costs ~0.5 s

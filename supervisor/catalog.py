@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from runners.command import CommandSpec
+from supervisor import accepted
 from supervisor.broker import dumps
 from supervisor.config import Settings
 from supervisor.dispatcher import ServedType
@@ -40,6 +41,7 @@ class Catalog:
     commands: dict[str, CommandSpec] = field(default_factory=dict)
     schedules: list[ScheduleSpec] = field(default_factory=list)
     errors: dict[str, SupervisorError] = field(default_factory=dict)
+    accepted: Path | None = None  # manifest of the sources Python types run from (supervisor.accepted)
 
     def command_for(self, name: str) -> CommandSpec:
         """The program a `subprocess` type runs (KeyError when the type is not one)."""
@@ -61,15 +63,52 @@ class Catalog:
         return None
 
 
-def python_job_command(jobs_dir: Path, name: str) -> CommandSpec:
-    """A Python job run in a fresh interpreter through `runners.pyjob` (the task protocol)."""
+def python_job_command(jobs_dir: Path, name: str, manifest: Path | None = None) -> CommandSpec:
+    """A Python job run in a fresh interpreter through `runners.pyjob` (the task protocol).
+
+    With `manifest`, pyjob imports the sources the daemon accepted, not the files as they are now.
+    """
     jobs_dir = Path(jobs_dir).resolve()
-    return CommandSpec(argv=[sys.executable, "-m", "runners.pyjob", str(jobs_dir), name],
+    extra = [] if manifest is None else [str(manifest)]
+    return CommandSpec(argv=[sys.executable, "-m", "runners.pyjob", str(jobs_dir), name, *extra],
                        cwd=str(jobs_dir.parent), env={"PYTHONUNBUFFERED": "1"})
 
 
 def build_catalog(settings: Settings, instance_id: str, runtimes: tuple[str, ...]) -> Catalog:
     """Load `jobs/` and `tasks/` and decide what this daemon serves."""
+    catalog = _load_catalog(settings, instance_id, runtimes)
+    _accept(catalog, settings)
+    return catalog
+
+
+def _accept(catalog: Catalog, settings: Settings, old: Catalog | None = None) -> None:
+    """Save the sources the Python types run from, and point `subprocess` Python types at them.
+
+    A module that failed to load now (or was not imported) keeps the text `old` accepted
+    while its file exists, as its types keep serving; a deleted file's text is dropped.
+    Each module's Source names the types it serves here, so a worker registers the same.
+    """
+    sources = dict(catalog.registry.sources)
+    if old is not None:
+        for stem, src in old.registry.sources.items():
+            if stem not in sources and Path(src.path).exists():
+                sources[stem] = src
+    serves: dict[str, list[str]] = {}
+    for jt in catalog.registry.types.values():
+        serves.setdefault(Path(jt.source).stem, []).append(jt.name)
+    catalog.registry.sources = {stem: replace(src, serves=tuple(sorted(serves.get(stem, ()))))
+                                for stem, src in sources.items()}
+    try:
+        catalog.accepted = accepted.save(settings.state_dir, settings.jobs_dir, catalog.registry.sources)
+    except OSError as exc:
+        log.error("jobs.accepted_save_failed", state_dir=str(settings.state_dir), error=str(exc),
+                  note="process workers and subprocess Python jobs import jobs/ as it is on disk")
+    for name in catalog.registry.types:
+        if name in catalog.commands:
+            catalog.commands[name] = python_job_command(settings.jobs_dir, name, catalog.accepted)
+
+
+def _load_catalog(settings: Settings, instance_id: str, runtimes: tuple[str, ...]) -> Catalog:
     registry = load_jobs(settings.jobs_dir)
     catalog = Catalog(registry=registry, errors=dict(registry.errors))
     for jt in registry.types.values():
@@ -178,7 +217,7 @@ def _meta(served: ServedType, schema: dict[str, Any], extra: dict[str, Any], set
 
 def rebuild_catalog(old: Catalog, settings: Settings, instance_id: str, runtimes: tuple[str, ...]) -> Catalog:
     """Load `jobs/` and `tasks/` again; a file that now fails keeps serving its last good version."""
-    new = build_catalog(settings, instance_id, runtimes)
+    new = _load_catalog(settings, instance_id, runtimes)
     for path in list(new.errors):
         failing = Path(path.removesuffix(" (schedule)"))
         for name, served in old.served.items():
@@ -195,4 +234,5 @@ def rebuild_catalog(old: Catalog, settings: Settings, instance_id: str, runtimes
                 new.registry.types[name] = old.registry.types[name]
             new.schedules += [s for s in old.schedules if s.job == name]
             log.warning("jobs.kept_last_good", job_type=name, path=str(failing), error=str(new.errors[path]))
+    _accept(new, settings, old)
     return new

@@ -6,8 +6,11 @@ import asyncio
 import functools
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.conftest import await_until
 from supervisor import Client, State, UnknownJobType
@@ -121,3 +124,60 @@ async def test_types_command_shows_load_errors(redis_url: str, use_handlers: Any
     shown = json.loads(done.stdout)
     assert "t.echo" in {t["name"] for t in shown["types"]}
     assert any(e["path"].endswith("broken.py") and "SyntaxError" in e["error"] for e in shown["load_errors"])
+
+
+RUNTIME_V1 = '''
+from supervisor import job
+from jobs import _hotver  # a helper: workers must import the accepted one too
+
+@job("t.hot-rt", runtime="{runtime}", concurrency=4)
+def hot(payload: dict) -> str:
+    return "v1/" + _hotver.TAG
+'''
+HELPER = 'TAG = "h1"\n'
+
+
+@pytest.mark.parametrize("runtime", ["inprocess", "process", "subprocess"])
+async def test_a_broken_edit_keeps_the_last_good_version_in_every_runtime(
+        redis_url: str, daemon: Any, jobs_dir: Path, runtime: str) -> None:
+    v1 = RUNTIME_V1.format(runtime=runtime)
+    hot, helper = jobs_dir / "hot_rt.py", jobs_dir / "_hotver.py"
+    helper.write_text(HELPER)
+    hot.write_text(v1)
+    # Workers replaced every 4 jobs: the ones started after a broken edit must load the last good version too
+    d = daemon(env={"WORKERS_CONCURRENCY": "2", "JOB_SUPERVISOR_MAX_JOBS_PER_WORKER": "4"})
+    async with Client(redis_url) as client:
+        assert await _result(client, "t.hot-rt") == "v1/h1"
+        recycles = len(d.events("pool.recycle"))
+
+        async def loaded(condition: Callable[[str], bool], what: str) -> None:
+            """Wait for a reload whose outcome for hot_rt.py (its load error, or "") meets `condition`."""
+            def error() -> str:
+                return next((e for p, e in d.events("reload.done")[-1]["load_errors"].items()
+                             if p.endswith("hot_rt.py")), "")
+            await _until(lambda: _bool(_reloads(d) > 0 and condition(error())), what=what)
+
+        async def all_return(n: int, expected: str) -> None:
+            refs = [await client.enqueue("t.hot-rt", {"i": i}) for i in range(n)]
+            jobs = await asyncio.gather(*(client.wait(r.id, timeout=30) for r in refs))
+            assert [(j.state, j.result) for j in jobs] == [(State.COMPLETED, expected)] * n, \
+                [(j.state, j.result, j.error) for j in jobs]
+
+        # A syntax error saved into the file: every job still runs the last good version
+        hot.write_text(v1.replace("-> str:", "-> str"))
+        await loaded(lambda e: "SyntaxError" in e and "_hotver" not in e, "reload of the broken handler")
+        await all_return(20, "v1/h1")
+        if runtime == "process":
+            assert any(e["reason"] == "max_jobs" for e in d.events("pool.worker_recycled"))
+        # A good handler edit whose helper (imported by name) is broken: still the last good pair
+        helper.write_text("TAG = (\n")
+        hot.write_text(v1.replace('"v1/"', '"v2/"'))
+        await loaded(lambda e: "SyntaxError" in e and "_hotver" in e, "reload of the broken helper")
+        await all_return(3, "v1/h1")
+        # Nothing new was accepted, so the pool was never recycled for it (only replaced after 4 jobs)
+        assert len(d.events("pool.recycle")) == recycles
+        # The helper fixed: every job after the reload runs the new version, in every runtime
+        helper.write_text('TAG = "h2"\n')
+        await loaded(lambda e: e == "", "reload after the fix")
+        await all_return(3, "v2/h2")
+    assert d.proc.poll() is None
