@@ -196,6 +196,7 @@ def _job_policy(jt: JobType) -> dict[str, Any]:
         "key_concurrency": o.key_concurrency.model_dump() if o.key_concurrency else None,
         "queue": o.queue.model_dump() if o.queue else None,
         "rate_limit": o.rate_limit.describe() if o.rate_limit else None,
+        "check_formats": jt.payload.check_formats,
     }
 
 

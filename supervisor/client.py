@@ -87,7 +87,8 @@ class _TypeInfo:
     def __init__(self, meta: dict[str, str]) -> None:
         schema = json.loads(meta.get("schema") or "{}")
         policy = json.loads(meta.get("policy") or "{}")
-        self.validator = compile_schema(schema) if schema else None  # once per read of the metadata
+        # once per read of the metadata; formats unless a pydantic model judges them (PayloadModel)
+        self.validator = compile_schema(schema, formats=policy.get("check_formats", True)) if schema else None
         self.priority = int(policy.get("priority") or 0)
         deadline = policy.get("deadline")
         self.deadline_ms = int(float(deadline) * 1000) if deadline else 0

@@ -217,6 +217,9 @@ class PayloadModel:
             self.schema = self._adapter.json_schema()
         else:
             self.schema = {}
+        # pydantic accepts more than the `format`s it writes into its schema (naive date-times,
+        # UUIDs without dashes): producers leave formats to the model of a pydantic type
+        self.check_formats = self._adapter is None
 
     def from_json(self, payload_json: str) -> Any:
         """Parse and validate a payload read from Redis; InvalidPayload on mismatch."""

@@ -28,13 +28,14 @@ _MAX_INPUT_REPR = 80
 Validator = jsonschema.protocols.Validator
 
 
-def compile_schema(schema: dict[str, Any]) -> Validator:
-    """The validator of `schema` (its `$schema` draft, 2020-12 by default), checking `format`.
+def compile_schema(schema: dict[str, Any], *, formats: bool = True) -> Validator:
+    """The validator of `schema` (its `$schema` draft, 2020-12 by default), checking `format`
+    unless `formats` is false (a schema pydantic wrote: its model is the judge of formats).
 
     Compile once per loaded schema and keep it: building one costs far more than a check.
     """
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER if formats else None)
 
 
 def check_payload(name: str, validator: Validator, value: Any) -> None:

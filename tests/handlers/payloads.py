@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
+
 from pydantic import BaseModel, Field
 
 from supervisor import job
@@ -11,6 +14,8 @@ class Signup(BaseModel):
     email: str
     age: int = Field(ge=0, le=150)
     tags: list[str] = []
+    at: datetime | None = None  # pydantic takes naive date-times; JSON Schema's date-time does not
+    ref: uuid.UUID | None = None  # and UUIDs without dashes
 
 
 @job("t.signup", runtime="inprocess", max_deliver=3)
