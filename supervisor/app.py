@@ -402,7 +402,8 @@ def _register_stops(d: Daemon, fast: asyncio.Event, budget: DrainBudget) -> dict
 
     async def stop_fetching() -> None:
         budget.start()  # not stopped by a signal (the admin API): the clock starts now
-        await _bounded("fetching", d.dispatcher.stop_fetching(), budget.left(budget.close_s))
+        # at least 0.5 s: a claim cut short would start jobs after the release has run
+        await _bounded("fetching", d.dispatcher.stop_fetching(), max(budget.left(budget.close_s), 0.5))
 
     async def drain() -> None:
         inflight = len(d.dispatcher.inflight)
