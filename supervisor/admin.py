@@ -28,7 +28,6 @@ import redis.asyncio as aioredis
 
 from supervisor import keys
 from supervisor.broker import Broker
-from supervisor.presence import list_workers
 from supervisor.records import Job
 from supervisor.states import FINISHED, State
 
@@ -456,6 +455,10 @@ async def _job_type_or_none(redis: aioredis.Redis, job_id: str) -> str | None:
 
 async def health(redis: aioredis.Redis) -> dict[str, Any]:
     """PING Redis and count instances (alive / stale) from presence; raises the Redis error when down."""
+    # presence.py is the daemon's heartbeat (psutil, structlog): imported here, not at the top,
+    # so `job-supervisor health` starts light.
+    from supervisor.presence import list_workers  # noqa: PLC0415
+
     started = time.perf_counter()
     await redis.ping()
     ping_ms = round((time.perf_counter() - started) * 1000, 3)

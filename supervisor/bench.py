@@ -22,7 +22,11 @@ What it measures, each a median of `repeat` runs (see BENCHMARKS.md for the meth
 - `cancel`: cancel-to-handler latency (p50/p99) of running in-process and process handlers under
   `ack_wait=300` (so a lease renewal, every 100 s, cannot be what tells them): each handler waits
   on `ctx.cancel_event` and writes the time it saw it, compared with a client timestamp taken just
-  before `Client.cancel`.
+  before `Client.cancel`;
+- `cli`: the CPU (user + sys) one `job-supervisor` command takes from start to exit, for `health`,
+  `jobs get` and `enqueue` (mostly imports: a command loads only what it uses).
+
+SIGTERM or SIGINT stops the bench cleanly: its daemons and private Redis are stopped first.
 
 The bench writes its own no-op handlers into a temporary folder; it only ever touches keys of
 its own `bench.*` job types, so it is safe against a shared Redis (but the INFO-based figures
@@ -34,6 +38,7 @@ like the daemon's embedded mode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -46,7 +51,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +72,9 @@ CANCEL_INPROCESS = "bench.cancel-inprocess"
 CANCEL_PROCESS = "bench.cancel-process"
 CANCEL_TYPES = (CANCEL_INPROCESS, CANCEL_PROCESS)
 RUNTIMES = ("inprocess", "process", "subprocess")
-SECTIONS = ("idle", "latency", "enqueue", "drain", "cancel")
+SECTIONS = ("idle", "latency", "enqueue", "drain", "cancel", "cli")
+#: The commands whose start-up CPU the `cli` section measures (what a script calls most).
+CLI_COMMANDS = ("health", "jobs get", "enqueue")
 
 #: Issue 9: the established libraries on a 2-core machine with a local Redis 7 (medians of 3).
 PEERS: list[dict[str, Any]] = [
@@ -101,6 +108,7 @@ TARGETS = {
     "backlog_ratio": 0.8,  # deep-queue rate / shallow-queue rate
     "memory_per_job_bytes": 1024.0,
     "cancel_p99_ms": 50.0,  # cancel call -> handler sees it, with ack_wait=300
+    "cli_start_cpu_s": 0.3,  # user + sys CPU of one `health`, `jobs get` or `enqueue`
 }
 
 
@@ -156,6 +164,16 @@ class BenchOptions:
 
 class BenchError(Exception):
     """The bench could not run (no Redis, a daemon that did not start, a drain that stalled)."""
+
+
+class BenchStopped(BaseException):
+    """Raised in the main thread when SIGTERM or SIGINT arrives, so the bench unwinds through
+    `Bench.close` (daemons and the private Redis stopped). A BaseException, like
+    KeyboardInterrupt, so no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 # --- small helpers -------------------------------------------------------------------------
@@ -499,23 +517,28 @@ class Bench:
         return runtime in self.o.runtimes
 
     def close(self) -> None:
-        for d in self._live:  # a daemon left by an error or Ctrl-C
+        for d in self._live:  # a daemon left by an error, Ctrl-C or SIGTERM
             d.kill()
             d.sock.close()
         try:
-            if self.r is not None and not self.owns_redis:
-                self.reset(keep_meta=False)
-        except Exception:  # noqa: BLE001 (best effort on the way out)
-            pass
-        if self.client is not None:
-            self._await(self.client.close())
-        self.loop.close()
-        if self.r is not None:
-            self.r.close()
-        if self.server is not None:
-            self.server.stop()
-        if not self.o.keep_dir:
-            shutil.rmtree(self.root, ignore_errors=True)
+            try:
+                if self.r is not None and not self.owns_redis:
+                    self.reset(keep_meta=False)
+            except Exception:  # noqa: BLE001 (best effort on the way out)
+                pass
+            try:  # a loop interrupted by a signal may refuse to run again: nothing to keep then
+                if self.client is not None:
+                    self._await(self.client.close())
+                self.loop.close()
+            except Exception:  # noqa: BLE001
+                pass
+            if self.r is not None:
+                self.r.close()
+        finally:
+            if self.server is not None:
+                self.server.stop()
+            if not self.o.keep_dir:
+                shutil.rmtree(self.root, ignore_errors=True)
 
     # --- Redis bookkeeping -----------------------------------------------------------------
 
@@ -941,6 +964,38 @@ class Bench:
         return {"jobs": len(samples), "p50_ms": round(percentile(samples, 50), 3),
                 "p99_ms": round(percentile(samples, 99), 3), "max_ms": round(max(samples), 3)}
 
+    def measure_cli_start(self) -> dict[str, Any]:
+        """CPU (user + sys) of whole `job-supervisor` commands, start to exit, median of `repeat` runs each.
+
+        Each command is a child of ours reaped with wait4, so its own rusage is read exactly
+        (no other child's CPU mixes in). `enqueue` uses --allow-unknown: no daemon serves the
+        bench types at this point, and the job it queues is removed with the bench's keys.
+        """
+        assert self.client is not None
+        ref = self._await(self.client.enqueue(INPROCESS, self._payload))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL"))}
+        env["REDIS_URL"] = self.url
+        argv = {"health": ["health"], "jobs get": ["jobs", "get", ref.id],
+                "enqueue": ["enqueue", INPROCESS, json.dumps(self._payload), "--allow-unknown"]}
+        out: dict[str, Any] = {}
+        for name in CLI_COMMANDS:
+            runs = []
+            for _ in range(self.o.repeat):
+                proc = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+                    [sys.executable, "-m", "supervisor", *argv[name]], cwd=self.root, env=env,
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                _, status, usage = os.wait4(proc.pid, 0)
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                if proc.stderr:
+                    proc.stderr.close()
+                if name != "health" and proc.returncode != 0:  # health says "degraded": the queued job
+                    raise BenchError(f"`job-supervisor {' '.join(argv[name])}` exited {proc.returncode}: {err}")
+                runs.append(usage.ru_utime + usage.ru_stime)
+            out[name] = {"cpu_s": round(statistics.median(runs), 3), "runs": [round(r, 3) for r in runs]}
+        self.reset()
+        return out
+
     def measure_backlog(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sample": self.o.backlog_sample, "depths": {}}
         for depth in (self.o.backlog_small, self.o.backlog_jobs):
@@ -997,6 +1052,9 @@ class Bench:
                 results["drain"] = drain
                 if "cancel" in self.o.sections:
                     results["cancel"] = self.measure_cancel()
+                if "cli" in self.o.sections:
+                    self.say(f"CPU of one command, start to exit: {', '.join(CLI_COMMANDS)}")
+                    results["cli"] = self.measure_cli_start()
             results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
             results["targets"] = check_targets(results)
             results["duration_s"] = round(time.time() - started, 1)
@@ -1009,7 +1067,7 @@ class Bench:
 
 
 def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each of issue 9's targets that these results measure: value, target, pass."""
+    """Each target these results measure: value, target, pass (the targets: TARGETS)."""
     out: list[dict[str, Any]] = []
 
     def add(key: str, label: str, value: float | None, target: float, higher: bool, peer: float | None = None) -> None:
@@ -1046,6 +1104,9 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     for runtime, c in r.get("cancel", {}).items():
         add(f"cancel_p99_{runtime}", f"cancel-to-handler p99, {runtime} (ms)", c["p99_ms"], TARGETS["cancel_p99_ms"],
             False)
+    for command, c in r.get("cli", {}).items():
+        add(f"cli_start_{command.replace(' ', '_')}", f"CPU of `{command}`, start to exit (s)", c["cpu_s"],
+            TARGETS["cli_start_cpu_s"], False)
     idle = r.get("idle")
     if idle:
         add("idle_cpu", "idle daemon CPU (% of a core)", idle["cpu_percent"], TARGETS["idle_cpu_percent"], False)
@@ -1124,6 +1185,9 @@ def render(results: dict[str, Any], console: Any) -> None:
         for name, c in results["cancel"].items():
             t.add_row(name, str(c["jobs"]), _n(c["p50_ms"], 2), _n(c["p99_ms"], 2), _n(c["max_ms"], 2))
         console.print(t)
+    if results.get("cli"):
+        console.print("cli start CPU s (user + sys, start to exit): " + ", ".join(
+            f"{name} {c['cpu_s']:.2f}" for name, c in results["cli"].items()))
     if results.get("idle"):
         i = results["idle"]
         top = ", ".join(f"{k} {v}" for k, v in list(i["by_command"].items())[:6]) or "none"
@@ -1144,7 +1208,7 @@ def render(results: dict[str, Any], console: Any) -> None:
         if b.get("ratio") is not None:
             console.print(f"deep / shallow: {b['ratio']:.2f}")
     if results.get("targets"):
-        t = Table(title="issue 9 targets")
+        t = Table(title="targets")
         for col in ("figure", "measured", "target", "vs best peer", "met"):
             t.add_column(col, justify="left" if col == "figure" else "right")
         for tg in results["targets"]:
@@ -1164,8 +1228,29 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         raise BenchError(f"unknown section(s) {', '.join(bad)}: use {', '.join(SECTIONS)}")
     if options.quick:
         options.apply_quick()
-    bench = Bench(options)
-    return bench.run()
+    with _stop_on_signals():
+        return Bench(options).run()
 
 
-__all__ = ["BenchError", "BenchOptions", "PEERS", "TARGETS", "check_targets", "render", "run_bench"]
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """While the bench runs, SIGTERM and SIGINT raise BenchStopped (see there); once one has
+    arrived, further ones are ignored until the cleanup it started is done (it is bounded)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def stop(signum: int, _frame: Any) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        raise BenchStopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+__all__ = ["BenchError", "BenchOptions", "BenchStopped", "PEERS", "TARGETS", "check_targets", "render", "run_bench"]

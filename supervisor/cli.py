@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -60,6 +61,14 @@ def _redis_url(settings: Settings) -> str:
     )
 
 
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    """What a command meets when Redis is down or refuses the connection (redis-py's and the OS's)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: PLC0415
+    from redis.exceptions import TimeoutError as RedisTimeoutError  # noqa: PLC0415
+
+    return (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+
+
 def _async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
@@ -68,16 +77,78 @@ def _async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
         except SupervisorError as exc:
             _fail(exc)
             raise  # unreachable
+        except Exception as exc:
+            if not isinstance(exc, _redis_errors()):
+                raise
+            err_console.print(f"[bold red]error[/] (redis_unavailable): Redis is unreachable ({escape(str(exc))}); "
+                              "start it, or point REDIS_URL at a running server", highlight=False, markup=True)
+            sys.exit(errors.EXIT_FAILURE)
 
     return wrapper
 
 
-def _table(*columns: tuple[str, bool]) -> Table:
-    """A table whose `no_wrap` columns (ids, names) are never cut, even on an 80-column pipe."""
-    table = Table()
-    for name, keep in columns:
-        table.add_column(name, no_wrap=keep, overflow="fold")
-    return table
+def _waited_exit(job: Any) -> int:
+    """The exit code of a command that waited for a job to finish (`enqueue --wait`, `jobs wait`)."""
+    return errors.EXIT_OK if job.state.value == "completed" else errors.EXIT_FAILURE
+
+
+# --- tables: a rich table on a terminal, TSV anywhere else -------------------------------
+
+Cell = str | list[str] | None  # a list: one item per line on a terminal, comma-separated in TSV
+_WIDE = "job_supervisor.wide"  # click Context.meta key (meta is shared by every context of a run)
+
+
+def _remember_wide(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta[_WIDE] = True
+
+
+#: Added to every command that prints a table.
+wide_option = click.option(
+    "--wide", is_flag=True, expose_value=False, callback=_remember_wide,
+    help="On a terminal, never cut a value (long ones fold). Piped output is always whole values (TSV).")
+
+
+def _tsv(value: str) -> str:
+    # The escapes of PostgreSQL's COPY text format, so every row stays one line of N fields.
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def print_table(columns: list[tuple[str, bool] | tuple[str, bool, int]], rows: list[list[Cell]], *,
+                title: str | None = None, keyvalue: bool = False, stderr: bool = False) -> None:
+    """Print a table: the one way every command prints one.
+
+    On a terminal, a rich table: columns marked True (ids, names) are never cut, the rest fold,
+    and a column's optional limit shortens long text (`...`) unless `--wide` is given. Anywhere
+    else (a pipe, a file), TSV a program can read: a header line, then one line per row with
+    full values; tab, newline, carriage return and backslash are written as \\t \\n \\r \\\\.
+    A titled table follows another one: in TSV it starts after an empty line.
+
+    Args:
+        columns: (name, never cut) or (name, never cut, limit on a terminal).
+        rows: one cell per column: a string, a list of strings (one per line) or None.
+        keyvalue: a two-column field/value listing (no box and no header on a terminal).
+        stderr: print to stderr instead of stdout.
+    """
+    if not (sys.stderr if stderr else sys.stdout).isatty():
+        lines = [] if title is None else [""]
+        lines += ["\t".join(_tsv(str(c[0])) for c in columns)]
+        lines += ["\t".join(_tsv(",".join(v) if isinstance(v, list) else v or "") for v in row) for row in rows]
+        click.echo("\n".join(lines), err=stderr)
+        return
+    ctx = click.get_current_context(silent=True)
+    wide = bool(ctx and ctx.meta.get(_WIDE))
+    table = Table(title=title, show_header=not keyvalue, box=None if keyvalue else box.HEAVY_HEAD)
+    limits: list[int | None] = []
+    for i, (name, keep, *limit) in enumerate(columns):
+        table.add_column(name, no_wrap=keep and not wide, overflow="fold",
+                         style="bold" if keyvalue and i == 0 else None)
+        limits.append(limit[0] if limit and not wide else None)
+    for row in rows:
+        cells = ["\n".join(v) if isinstance(v, list) else v or "" for v in row]
+        table.add_row(*(v if n is None or len(v) <= n else v[:n - 1] + "…"
+                        for v, n in zip(cells, limits, strict=True)))
+    (err_console if stderr else console).print(table)
 
 
 def _print_json(value: Any) -> None:
@@ -164,6 +235,7 @@ def _exit_daemon(code: int) -> None:
 @click.option("--allow-unknown", is_flag=True, help="Queue even if no running instance serves NAME.")
 @click.option("--concurrency-key", default=None, help="Key for keyed concurrency (default: from the type's policy).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@wide_option
 @click.pass_context
 @_async
 async def enqueue(ctx: click.Context, name: str, payload: str, wait: bool, timeout: float | None,
@@ -192,8 +264,7 @@ async def enqueue(ctx: click.Context, name: str, payload: str, wait: bool, timeo
             with console.status(f"waiting for {ref.id} ({name})"):
                 job = await client.wait(ref.id, timeout)
     _show_job(job, as_json)
-    if job.state != "completed":
-        sys.exit(errors.EXIT_FAILURE)
+    sys.exit(_waited_exit(job))
 
 
 # --- jobs --------------------------------------------------------------------------------
@@ -207,39 +278,82 @@ def jobs() -> None:
 @jobs.command("get")
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True)
+@wide_option
 @click.pass_context
 @_async
 async def jobs_get(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Show one job: state, payload, result or error, and every attempt."""
-    from supervisor.client import Client  # noqa: PLC0415
+    from supervisor.broker import Broker, connect  # noqa: PLC0415 (a read: no need for the producer Client)
 
-    async with Client(_redis_url(_settings(ctx))) as client:
-        _show_job(await client.get(job_id), as_json)
+    broker = Broker(connect(_redis_url(_settings(ctx))))
+    try:
+        job = await broker.get(job_id)
+    finally:
+        await broker.close()
+    _show_job(job, as_json)
+
+
+class _Since(click.ParamType):
+    """`--since`: an age back from now (90s, 10m, 2h, 7d) or an ISO-8601 time (naive = UTC)."""
+
+    name = "WHEN"
+    _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from datetime import UTC, datetime, timedelta  # noqa: PLC0415
+
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        number, unit = text[:-1], text[-1:].lower()
+        if unit in self._UNITS and number.replace(".", "", 1).isdigit():
+            return datetime.now(UTC) - timedelta(seconds=float(number) * self._UNITS[unit])
+        try:
+            at = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{text!r} is neither an age (90s, 10m, 2h, 7d) nor an ISO time (2025-01-31T08:00:00Z)",
+                      param, ctx)
+        return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 @jobs.command("list")
 @click.option("--state", type=click.Choice([s.value for s in __import__("supervisor.states").states.State]),
               default=None)
 @click.option("--type", "type_", default=None, help="Job type name.")
-@click.option("--limit", type=int, default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--key", default=None, help="Only jobs with this concurrency key.")
+@click.option("--since", type=_Since(), default=None,
+              help="Only jobs created since WHEN: an age (90s, 10m, 2h, 7d) or an ISO time (naive = UTC).")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True, help="Jobs per page.")
+@click.option("--cursor", default=None, help="The next page: the cursor the previous page printed.")
+@click.option("--json", "as_json", is_flag=True, help='{"jobs": [...], "next_cursor": ...} (null on the last page).')
+@wide_option
 @click.pass_context
 @_async
-async def jobs_list(ctx: click.Context, state: str | None, type_: str | None, limit: int, as_json: bool) -> None:
-    """List jobs, newest first."""
-    from supervisor.client import Client  # noqa: PLC0415
+async def jobs_list(ctx: click.Context, state: str | None, type_: str | None, key: str | None, since: Any,
+                    limit: int, cursor: str | None, as_json: bool) -> None:
+    """List jobs, newest first, one page at a time (the next page's cursor goes to stderr)."""
+    from supervisor.admin import list_jobs  # noqa: PLC0415
+    from supervisor.broker import Broker, connect  # noqa: PLC0415
+    from supervisor.states import State  # noqa: PLC0415
 
-    async with Client(_redis_url(_settings(ctx))) as client:
-        found = await client.list(type_, state, limit)
+    broker = Broker(connect(_redis_url(_settings(ctx))))
+    try:
+        found, next_cursor = await list_jobs(broker, name=type_, state=State(state) if state else None, key=key,
+                                             since=since, limit=limit, cursor=cursor)
+    except ValueError:
+        raise click.BadParameter("not a cursor printed by `jobs list` (or next_cursor from the API)",
+                                 param_hint="'--cursor'") from None
+    finally:
+        await broker.close()
     if as_json:
-        _print_json([j.to_dict() for j in found])
+        _print_json({"jobs": [j.to_dict() for j in found], "next_cursor": next_cursor})
         return
-    table = _table(("id", True), ("type", True), ("state", True), ("deliveries", True), ("created", False),
-                   ("error", False))
-    for j in found:
-        table.add_row(j.id, j.name, j.state.value, str(j.deliveries),
-                      j.created.isoformat(timespec="seconds") if j.created else "", (j.error or "")[:60])
-    console.print(table)
+    print_table([("id", True), ("type", True), ("state", True), ("key", False, 24), ("deliveries", True),
+                 ("created", True), ("error", False, 60)],
+                [[j.id, j.name, j.state.value, j.concurrency_key, str(j.deliveries),
+                  j.created.isoformat(timespec="seconds") if j.created else "", j.error] for j in found])
+    if next_cursor:
+        err_console.print(f"more: --cursor {next_cursor}", highlight=False, markup=False)
 
 
 def _job_action(action: str, help_text: str) -> None:
@@ -289,12 +403,13 @@ async def jobs_logs(ctx: click.Context, job_id: str, last: int, as_json: bool) -
 
 @jobs.command("wait")
 @click.argument("job_id")
-@click.option("--timeout", type=float, default=None)
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
 @click.option("--json", "as_json", is_flag=True)
+@wide_option
 @click.pass_context
 @_async
 async def jobs_wait(ctx: click.Context, job_id: str, timeout: float | None, as_json: bool) -> None:
-    """Wait until a job finishes and show it."""
+    """Wait until a job finishes and show it; exit 0 only when it completed (as `enqueue --wait`)."""
     from supervisor.client import Client  # noqa: PLC0415
 
     async with Client(_redis_url(_settings(ctx))) as client:
@@ -304,27 +419,25 @@ async def jobs_wait(ctx: click.Context, job_id: str, timeout: float | None, as_j
             with console.status(f"waiting for {job_id}"):
                 job = await client.wait(job_id, timeout)
     _show_job(job, as_json)
+    sys.exit(_waited_exit(job))
 
 
 def _show_job(job: Any, as_json: bool) -> None:
     if as_json:
         _print_json(job.to_dict())
         return
-    table = Table(show_header=False, box=None)
-    rows = [("id", job.id), ("type", job.name), ("state", job.state.value), ("deliveries", str(job.deliveries)),
-            ("created", str(job.created)), ("finished", str(job.finished or "")),
-            ("payload", json.dumps(job.payload)), ("result", json.dumps(job.result) if job.result is not None else ""),
-            ("error", job.error or ""), ("progress", json.dumps(job.progress) if job.progress else ""),
-            ("request id", job.context.get("request_id", "")), ("trace id", job.context.get("trace_id", ""))]
-    for k, v in rows:
-        table.add_row(Text(k, style="bold"), v)
-    console.print(table)
+    rows: list[list[Cell]] = [
+        ["id", job.id], ["type", job.name], ["state", job.state.value], ["deliveries", str(job.deliveries)],
+        ["created", str(job.created)], ["finished", str(job.finished or "")],
+        ["payload", json.dumps(job.payload)], ["result", json.dumps(job.result) if job.result is not None else ""],
+        ["error", job.error], ["progress", json.dumps(job.progress) if job.progress else ""],
+        ["request id", job.context.get("request_id")], ["trace id", job.context.get("trace_id")]]
+    print_table([("field", True), ("value", False)], rows, keyvalue=True)
     if job.attempts:
-        hist = Table("attempt", "started", "ended", "outcome", "instance", "error", title="attempts")
-        for a in job.attempts:
-            hist.add_row(str(a.attempt), str(a.started or ""), str(a.ended or ""), a.outcome, a.instance or "",
-                         (a.error or "")[:80])
-        console.print(hist)
+        print_table([("attempt", True), ("started", False), ("ended", False), ("outcome", True),
+                     ("instance", False), ("error", False, 80)],
+                    [[str(a.attempt), str(a.started or ""), str(a.ended or ""), a.outcome, a.instance, a.error]
+                     for a in job.attempts], title="attempts")
 
 
 # --- types, config, systemd --------------------------------------------------------------
@@ -332,6 +445,7 @@ def _show_job(job: Any, as_json: bool) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
+@wide_option
 @click.pass_context
 @_async
 async def types(ctx: click.Context, as_json: bool) -> None:
@@ -355,25 +469,21 @@ async def types(ctx: click.Context, as_json: bool) -> None:
         _print_json({"types": rows, "load_errors": [{"instance": i, "path": p, "error": e}
                                                      for (i, p), e in sorted(errors.items())]})
         return
-    table = _table(("type", True), ("runtime", True), ("ready", True), ("scheduled", True), ("active", True),
-                   ("dead", True), ("source", False))
-    for r in rows:
-        c = r["counts"]
-        table.add_row(r["name"], str(r["policy"].get("runtime")), str(c["ready"]), str(c["sched"]),
-                      str(c["active"]), str(c["dead"]), str(r["source"]))
-    console.print(table)
+    print_table([("type", True), ("runtime", True), ("ready", True), ("scheduled", True), ("active", True),
+                 ("dead", True), ("source", False)],
+                [[r["name"], str(r["policy"].get("runtime")), str(r["counts"]["ready"]), str(r["counts"]["sched"]),
+                  str(r["counts"]["active"]), str(r["counts"]["dead"]), str(r["source"])] for r in rows])
     if errors:
-        failed = _table(("file", False), ("instance", True), ("error", False))
-        for (instance, path), error in sorted(errors.items()):
-            failed.add_row(path, instance, error)
         err_console.print("Files that failed to load (the last good version, if any, keeps serving):")
-        err_console.print(failed)
+        print_table([("file", False), ("instance", True), ("error", False)],
+                    [[path, instance, error] for (instance, path), error in sorted(errors.items())], stderr=True)
 
 
 @main.command()
 @click.argument("type_name", metavar="TYPE")
 @click.argument("key")
 @click.option("--json", "as_json", is_flag=True)
+@wide_option
 @click.pass_context
 @_async
 async def keys(ctx: click.Context, type_name: str, key: str, as_json: bool) -> None:
@@ -385,21 +495,19 @@ async def keys(ctx: click.Context, type_name: str, key: str, as_json: bool) -> N
     if as_json:
         _print_json(status)
         return
-    table = _table(("field", True), ("value", False))
-    for field in ("type", "key", "queued", "waiting_for_slot", "stale_takeovers", "last_decision", "last_reason"):
-        table.add_row(field, str(status[field]))
-    console.print(table)
-    active = _table(("active job", True), ("instance", True), ("attempt", True), ("running s", True),
-                    ("lease expires in s", True))
-    for a in status["active"]:
-        active.add_row(a["id"], str(a["instance"]), str(a["attempt"]), str(a["running_s"]),
-                       str(a["lease_expires_in_s"]))
-    console.print(active)
+    print_table([("field", True), ("value", False)],
+                [[field, str(status[field])] for field in ("type", "key", "queued", "waiting_for_slot",
+                                                          "stale_takeovers", "last_decision", "last_reason")])
+    print_table([("active job", True), ("instance", True), ("attempt", True), ("running s", True),
+                 ("lease expires in s", True)],
+                [[a["id"], str(a["instance"]), str(a["attempt"]), str(a["running_s"]), str(a["lease_expires_in_s"])]
+                 for a in status["active"]], title="active")
 
 
 @main.command()
 @click.option("--count", type=int, default=3, show_default=True, help="How many next fire times to show.")
 @click.option("--json", "as_json", is_flag=True)
+@wide_option
 @click.pass_context
 @_async
 async def schedules(ctx: click.Context, count: int, as_json: bool) -> None:
@@ -415,11 +523,8 @@ async def schedules(ctx: click.Context, count: int, as_json: bool) -> None:
     if as_json:
         _print_json(rows)
         return
-    table = _table(("schedule", True), ("timezone", True), ("last fired", True), ("next", False),
-                   ("source", False))
-    for r in rows:
-        table.add_row(r["id"], r["timezone"], r["last_fired"] or "never", "\n".join(r["next"]), r["source"])
-    console.print(table)
+    print_table([("schedule", True), ("timezone", True), ("last fired", True), ("next", False), ("source", False)],
+                [[r["id"], r["timezone"], r["last_fired"] or "never", r["next"], r["source"]] for r in rows])
 
 
 @main.group("config")
@@ -429,6 +534,7 @@ def config_group() -> None:
 
 @config_group.command("show")
 @click.option("--json", "as_json", is_flag=True)
+@wide_option
 @click.pass_context
 def config_show(ctx: click.Context, as_json: bool) -> None:
     """Print the effective settings (secrets masked)."""
@@ -440,10 +546,7 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         _print_json(values)
         return
-    table = Table("setting", "value")
-    for k, v in values.items():
-        table.add_row(k, str(v))
-    console.print(table)
+    print_table([("setting", True), ("value", False)], [[k, str(v)] for k, v in values.items()])
 
 
 @main.command("systemd-unit")

@@ -12,6 +12,7 @@ import sys
 import click
 from rich.console import Console
 
+from supervisor import errors
 from supervisor.cli import _fail, _settings, main
 from supervisor.errors import ConfigError, SupervisorError
 
@@ -55,7 +56,7 @@ _err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 @click.option("--backlog-jobs", type=click.IntRange(min=10), default=1_000_000, show_default=True)
 @click.option("--backlog-small", type=click.IntRange(min=10), default=10_000, show_default=True)
 @click.option("--backlog-sample", type=click.IntRange(min=10), default=10_000, show_default=True)
-@click.option("--only", default="idle,latency,enqueue,drain,cancel", show_default=True,
+@click.option("--only", default="idle,latency,enqueue,drain,cancel,cli", show_default=True,
               help="Comma-separated sections to measure (for sweeps).")
 @click.option("--keep-dir", is_flag=True, help="Keep the temporary folder (handlers, daemon logs).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results on stdout.")
@@ -67,11 +68,12 @@ def bench(ctx: click.Context, redis_url: str | None, redis_server: str | None, u
           backlog: bool,
           backlog_jobs: int, backlog_small: int, backlog_sample: int, only: str, keep_dir: bool,
           as_json: bool) -> None:
-    """Measure enqueue and drain rates, latency, memory and Redis cost (issue 9's figures).
+    """Measure enqueue and drain rates, latency, cancel latency, memory, Redis cost and CLI start-up CPU.
 
     Progress goes to stderr; the results to stdout (a table, or JSON with --json).
+    SIGTERM or SIGINT stops its daemons and private Redis, then exits 128 + the signal's number.
     """
-    from supervisor.bench import BenchError, BenchOptions, render, run_bench  # noqa: PLC0415
+    from supervisor.bench import BenchError, BenchOptions, BenchStopped, render, run_bench  # noqa: PLC0415
 
     if redis_url is None:
         try:
@@ -94,7 +96,10 @@ def bench(ctx: click.Context, redis_url: str | None, redis_server: str | None, u
         results = run_bench(options)
     except BenchError as exc:
         _err.print(f"error (bench_failed): {exc}")
-        sys.exit(1)
+        sys.exit(errors.EXIT_FAILURE)
+    except BenchStopped as exc:
+        _err.print(f"bench: {exc}; its daemons and private Redis are stopped")
+        sys.exit(errors.EXIT_SIGNAL + exc.signum)
     except SupervisorError as exc:  # no redis-server for the private Redis, and the like
         _fail(exc)
         return

@@ -17,7 +17,7 @@ import time
 from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel
@@ -34,10 +34,11 @@ from supervisor.errors import (
 )
 from supervisor.flow import KeyConcurrency, QueuePolicy, SubmitOutcome, derive_key
 from supervisor.records import Job
-from supervisor.registry import Registry
 from supervisor.states import State
-from supervisor.validation import check_payload, compile_schema
 from supervisor.wire import DEFAULT_SPIN_US, PackedCall, SyncWire, params_of
+
+if TYPE_CHECKING:  # the daemon passes its Registry; a CLI command never loads handler code
+    from supervisor.registry import Registry
 
 T = TypeVar("T")
 _META_TTL_S = 5.0
@@ -88,7 +89,11 @@ class _TypeInfo:
         schema = json.loads(meta.get("schema") or "{}")
         policy = json.loads(meta.get("policy") or "{}")
         # once per read of the metadata; formats unless a pydantic model judges them (PayloadModel)
-        self.validator = compile_schema(schema, formats=policy.get("check_formats", True)) if schema else None
+        self.validator = None
+        if schema:  # jsonschema is loaded only once a type has a schema (keeps CLI start-up light)
+            from supervisor.validation import compile_schema  # noqa: PLC0415
+
+            self.validator = compile_schema(schema, formats=policy.get("check_formats", True))  # once per read of the metadata
         self.priority = int(policy.get("priority") or 0)
         deadline = policy.get("deadline")
         self.deadline_ms = int(float(deadline) * 1000) if deadline else 0
@@ -451,6 +456,8 @@ def _payload_value(payload: Any) -> Any:
 def _schema_check(name: str, info: _TypeInfo, payload: Any) -> None:
     """Raises InvalidPayload when the payload breaks the schema an instance published."""
     if info.validator is not None:
+        from supervisor.validation import check_payload  # noqa: PLC0415 (loaded with the validator)
+
         check_payload(name, info.validator, payload)
 
 

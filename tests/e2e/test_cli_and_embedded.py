@@ -36,7 +36,7 @@ def test_cli_enqueue_wait_get_list_json(redis_url: str, use_handlers: Any, daemo
     assert got["id"] == job["id"] and got["attempts"][0]["outcome"] == "completed"
     listed = json.loads(_cli("jobs", "list", "--state", "completed", "--type", "t.echo", "--json",
                              env=env, cwd=tmp_path).stdout)
-    assert [j["id"] for j in listed] == [job["id"]]
+    assert [j["id"] for j in listed["jobs"]] == [job["id"]] and listed["next_cursor"] is None
     human = _cli("jobs", "list", env=env, cwd=tmp_path)
     assert job["id"] in human.stdout
 
@@ -54,7 +54,7 @@ def test_cli_errors_are_clear_and_keep_nothing(redis_url: str, use_handlers: Any
     missing = _cli("jobs", "get", "abcdef-0000000000000000", env=env, cwd=tmp_path)
     assert missing.returncode == 3 and "no job" in missing.stderr
     listed = json.loads(_cli("jobs", "list", "--json", env=env, cwd=tmp_path).stdout)
-    assert listed == []
+    assert listed["jobs"] == []
 
 
 def test_embedded_redis_keeps_jobs_across_restarts(tmp_path: Path) -> None:

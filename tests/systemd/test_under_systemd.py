@@ -324,7 +324,7 @@ def test_stop_drains_running_jobs_and_exits_0(sandbox: Sandbox) -> None:
 
     # And the job records say so (read back through the next start's embedded Redis)
     start(sandbox)
-    jobs = {j["id"]: j for j in sandbox.cli_json("jobs", "list", "--type", "t.long")}
+    jobs = {j["id"]: j for j in sandbox.cli_json("jobs", "list", "--type", "t.long")["jobs"]}
     assert sorted(jobs) == sorted(ids)
     for job in jobs.values():
         assert job["state"] == "completed" and job["deliveries"] == 1, job
