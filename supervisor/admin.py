@@ -4,12 +4,13 @@ Each function reads Redis directly (no daemon needed) and returns JSON-ready
 values, so `job-supervisor schedules` and `GET /schedules` (and the rest)
 cannot drift apart:
 
-- `schedule_rows`: every published cron schedule with its last and next fire times.
-- `type_rows`: published job types with schema, policy, source and index counts.
+- `schedule_rows`: every published cron schedule, whether it fires, its last and next fire times.
+- `type_rows`: published job types with schema, policy, source, index counts and who serves them.
 - `list_jobs`: filtered, cursor-paginated job listing (newest first).
 - `recent_executions`: the newest attempt events across types.
 - `EventFollower`: follows every type's lifecycle stream with a resume token.
-- `health`: Redis PING and the number of instances seen by presence.
+- `health`: Redis PING, the number of instances seen by presence, and problems (jobs queued
+  for types no live instance serves).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import redis.asyncio as aioredis
 
 from supervisor import keys
 from supervisor.broker import Broker
+from supervisor.serving import serving_of
 from supervisor.records import Job
 from supervisor.states import FINISHED, State
 
@@ -35,26 +37,38 @@ from supervisor.states import FINISHED, State
 
 
 async def schedule_rows(redis: aioredis.Redis, count: int = 3) -> list[dict[str, Any]]:
-    """Every published schedule: its document, `last_fired` (ISO or None) and the next `count` fire times.
+    """Every published schedule: its document, `status`, `last_fired` and the next `count` fire times.
 
-    A schedule that no longer parses (published by an older version) gets `next: []` and an `error`.
+    Every time is ISO-8601 in UTC (`+00:00`), whatever the schedule's own `timezone` (which
+    decides when its ticks fall). `last_fired` is the last tick really enqueued (None: never;
+    a tick skipped by `misfire="skip"` or a first start's baseline is not one). `status`:
+    `firing` (a live instance has the schedule and one serves its type), `not served` (no live
+    instance serves its type: its file was removed or fails to load) or `inactive` (its type is
+    served, but no live instance has this schedule any more); only a firing schedule has `next`
+    times. A schedule that no longer parses gets `next: []` and an `error`.
     """
     from supervisor.schedule import ScheduleError, ScheduleSpec, next_fire_times  # noqa: PLC0415
-    from supervisor.scheduler import SPECS_KEY, last_fired_key  # noqa: PLC0415
+    from supervisor.presence import list_workers  # noqa: PLC0415
+    from supervisor.scheduler import SPECS_KEY, fired_key  # noqa: PLC0415
 
     docs = [json.loads(v) for v in (await redis.hgetall(SPECS_KEY)).values()]
+    live = {sid for w in await list_workers(redis) if w.get("status") == "alive" for sid in w.get("schedules") or ()}
+    served = {name: s.served for name, s in (await serving_of(redis, {d["job"] for d in docs})).items()}
     now_s, now_us = await redis.time()
     now = datetime.fromtimestamp(now_s + now_us / 1e6, UTC)
     rows = []
     for doc in sorted(docs, key=lambda d: d["id"]):
-        last = await redis.hget(last_fired_key(doc["job"]), doc["id"])
-        entry = {**doc, "last_fired": datetime.fromtimestamp(int(float(last)), UTC).isoformat() if last else None}
+        last = await redis.hget(fired_key(doc["job"]), doc["id"])
+        entry = {**doc, "last_fired": datetime.fromtimestamp(int(float(last)), UTC).isoformat() if last else None,
+                 "served": served[doc["job"]], "next": []}
+        entry["status"] = "not served" if not entry["served"] else "firing" if doc["id"] in live else "inactive"
         try:
             spec = ScheduleSpec.parse({k: doc[k] for k in ("job", "cron", "timezone", "payload", "misfire")},
                                       source=doc["source"])
-            entry["next"] = [t.isoformat() for t in next_fire_times(spec, now, count)]
+            if entry["status"] == "firing":
+                entry["next"] = [t.astimezone(UTC).isoformat() for t in next_fire_times(spec, now, count)]
         except (ScheduleError, KeyError) as exc:
-            entry["next"], entry["error"] = [], str(exc)
+            entry["error"] = str(exc)
         rows.append(entry)
     return rows
 
@@ -65,7 +79,9 @@ async def schedule_rows(redis: aioredis.Redis, count: int = 3) -> list[dict[str,
 async def type_rows(broker: Broker) -> list[dict[str, Any]]:
     """Published job types: name, source, schema, policy, publishing instance and counts per index."""
     rows = []
-    for name in await broker.type_names():
+    names = await broker.type_names()
+    serving = await serving_of(broker.redis, names)  # served, served_by, last_served, load_errors
+    for name in names:
         meta = await broker.type_meta(name)
         updated = meta.get("updated_ms")
         rows.append({
@@ -76,6 +92,7 @@ async def type_rows(broker: Broker) -> list[dict[str, Any]]:
             "instance": meta.get("instance"),
             "updated": datetime.fromtimestamp(int(updated) / 1000, UTC).isoformat() if updated else None,
             "counts": await broker.counts(name),
+            **serving[name].describe(),
         })
     return rows
 
@@ -454,7 +471,8 @@ async def _job_type_or_none(redis: aioredis.Redis, job_id: str) -> str | None:
 
 
 async def health(redis: aioredis.Redis) -> dict[str, Any]:
-    """PING Redis and count instances (alive / stale) from presence; raises the Redis error when down."""
+    """PING Redis, count instances (alive / stale) from presence, and list `problems`; raises the
+    Redis error when down. `status` is `ok`, or `degraded` when there is a problem."""
     # presence.py is the daemon's heartbeat (psutil, structlog): imported here, not at the top,
     # so `job-supervisor health` starts light.
     from supervisor.presence import list_workers  # noqa: PLC0415
@@ -464,5 +482,32 @@ async def health(redis: aioredis.Redis) -> dict[str, Any]:
     ping_ms = round((time.perf_counter() - started) * 1000, 3)
     workers = await list_workers(redis)
     alive = sum(1 for w in workers if w.get("status") == "alive")
-    return {"status": "ok", "redis": "ok", "redis_ping_ms": ping_ms, "instances": alive,
-            "instances_stale": len(workers) - alive}
+    problems = await unserved_backlog(redis)
+    return {"status": "degraded" if problems else "ok", "redis": "ok", "redis_ping_ms": ping_ms,
+            "instances": alive, "instances_stale": len(workers) - alive, "problems": problems}
+
+
+async def unserved_backlog(redis: aioredis.Redis) -> list[dict[str, Any]]:
+    """Job types with jobs queued (pending, delayed, retrying or leased) that no live instance
+    serves: those jobs wait until one does. One problem per type, with who served it last."""
+    names = sorted(await redis.smembers(keys.TYPES_KEY))
+    parts = ("ready", "sched", "active")
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            for part in parts:
+                pipe.zcard(keys.index_key(name, part))
+        sizes = await pipe.execute()
+    queued = {name: sum(sizes[i * len(parts):(i + 1) * len(parts)]) for i, name in enumerate(names)}
+    waiting = [name for name in names if queued[name]]
+    problems = []
+    for name, serving in (await serving_of(redis, waiting)).items():
+        if serving.served:
+            continue
+        err = serving.refusal(name)
+        last = f"last served by {err.last_instance} at {err.last_served}" if err.last_instance else "never served"
+        problems.append({
+            "problem": "unserved_jobs", "type": name, "queued": queued[name],
+            "last_served": serving.describe()["last_served"], "load_errors": list(err.load_errors),
+            "message": f"{queued[name]} job(s) of {name!r} queued, but no live instance serves it ({last})",
+        })
+    return problems

@@ -115,6 +115,7 @@ class Daemon:
     catalog: Catalog
     scheduler: Scheduler | None = None
     api: Any = None
+    presence: Presence | None = None
 
     async def _child_enqueue(self, name: str, payload: Any, options: dict[str, Any], submit: bool) -> Any:
         if submit:
@@ -134,6 +135,11 @@ class Daemon:
         if self.scheduler is not None:
             self.scheduler.update(new.schedules)
             await self.scheduler.publish()
+        if self.presence is not None:  # a removed type stops counting as served now, not at the next beat
+            try:
+                await self.presence.publish()
+            except REDIS_DOWN as exc:
+                log.warning("redis.unavailable", op="presence", error=str(exc))
         pool = self.runners.get("process")
         if isinstance(pool, ProcessPoolRunner):
             pool.accept(new.accepted)  # new accepted sources recycle the workers between jobs
@@ -265,8 +271,8 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
         raise
 
     await dispatcher.start()
-    presence = Presence(broker.redis, instance_id, lambda: _describe(daemon), settings.presence_interval,
-                        version=__version__)
+    presence = daemon.presence = Presence(broker.redis, instance_id, lambda: _describe(daemon),
+                                          settings.presence_interval, version=__version__)
     try:
         await presence.publish()  # visible to `workers` by the time READY=1 is sent
     except REDIS_DOWN as exc:
@@ -345,6 +351,8 @@ def _describe(d: Daemon) -> dict[str, Any]:
                        "age_s": round(now - f.started, 3)} for f in d.dispatcher.inflight],
         "worker_pids": [w["pid"] for w in info if w.get("pid")],
         "load_errors": {p: str(e) for p, e in d.catalog.errors.items()},
+        "type_errors": d.catalog.type_errors,  # Presence announces them per type (supervisor.serving)
+        "schedules": [s.id for s in d.catalog.schedules],  # what `schedules` shows as firing
     }
 
 

@@ -25,7 +25,7 @@ from supervisor.errors import DuplicateJobType, HandlerImportError, InvalidPaylo
 from supervisor.handler import Backoff, JobType
 from supervisor.registry import Registry, load_jobs
 from supervisor.schedule import ScheduleError, ScheduleSpec
-from supervisor.tasks import TaskDef, discover_tasks
+from supervisor.tasks import TaskDef, discover_tasks, load_sidecar
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +41,9 @@ class Catalog:
     commands: dict[str, CommandSpec] = field(default_factory=dict)
     schedules: list[ScheduleSpec] = field(default_factory=list)
     errors: dict[str, SupervisorError] = field(default_factory=dict)
+    # Load errors by the job type name they concern (a task's name, or a type whose file now
+    # fails): published with presence, so an enqueue of that name is refused with the error.
+    type_errors: dict[str, str] = field(default_factory=dict)
     accepted: Path | None = None  # manifest of the sources Python types run from (supervisor.accepted)
 
     def command_for(self, name: str) -> CommandSpec:
@@ -124,6 +127,7 @@ def _load_catalog(settings: Settings, instance_id: str, runtimes: tuple[str, ...
     scan = discover_tasks(Path(settings.tasks_dir), cache_dir=Path(settings.state_dir) / "task-cache")
     for err in scan.errors:
         catalog.errors[err.path] = err
+        catalog.type_errors[_task_name(Path(err.path))] = str(err)
         log.error("tasks.load_failed", path=err.path, error=err.cause, code=err.code)
     for task in scan.tasks.values():
         if task.name in catalog.served:
@@ -145,6 +149,18 @@ def _load_catalog(settings: Settings, instance_id: str, runtimes: tuple[str, ...
                               str(task.sidecar or task.path))
     catalog.schedules += settings.schedule_specs()
     return catalog
+
+
+def _task_name(path: Path) -> str:
+    """The job type name a task file that failed to load would have: its sidecar's `name`, else its stem."""
+    side = path if path.suffix == ".toml" else path.with_suffix(".toml") if path.suffix else \
+        path.with_name(path.name + ".toml")
+    if side.is_file():
+        try:
+            return load_sidecar(side).name or path.stem
+        except HandlerImportError:
+            pass
+    return path.stem
 
 
 def _add_schedule(catalog: Catalog, entry: dict[str, Any], source: str) -> None:
@@ -234,6 +250,7 @@ def rebuild_catalog(old: Catalog, settings: Settings, instance_id: str, runtimes
             if name in old.registry.types:
                 new.registry.types[name] = old.registry.types[name]
             new.schedules += [s for s in old.schedules if s.job == name]
+            new.type_errors[name] = str(new.errors[path])
             log.warning("jobs.kept_last_good", job_type=name, path=str(failing), error=str(new.errors[path]))
     _accept(new, settings, old)
     return new

@@ -2,7 +2,8 @@
 
 Enqueue validates the payload against the schema that running instances
 published for the type (or against a local `Registry`, inside the daemon),
-and refuses a type no instance published unless `allow_unknown=True`.
+and refuses a type no live instance serves unless `allow_unknown=True` (see
+`supervisor.serving`; a type that stops being served is refused within 5 s).
 Every job gets a request id and a W3C trace context at enqueue.
 """
 
@@ -29,11 +30,11 @@ from supervisor.errors import (
     JobFailed,
     JobRejected,
     SupervisorError,
-    UnknownJobType,
     WaitTimeout,
 )
 from supervisor.flow import KeyConcurrency, QueuePolicy, SubmitOutcome, derive_key
 from supervisor.records import Job
+from supervisor.serving import Serving, type_state, type_state_sync
 from supervisor.states import State
 from supervisor.wire import DEFAULT_SPIN_US, PackedCall, SyncWire, params_of
 
@@ -83,12 +84,12 @@ def new_trace_context(request_id: str | None = None) -> dict[str, str]:
 
 
 class _TypeInfo:
-    __slots__ = ("validator", "priority", "deadline_ms", "fetched", "key_concurrency", "queue", "plain")
+    __slots__ = ("validator", "priority", "deadline_ms", "fetched", "key_concurrency", "queue", "plain",
+                 "serving", "served")
 
-    def __init__(self, meta: dict[str, str]) -> None:
+    def __init__(self, meta: dict[str, str], serving: Serving) -> None:
         schema = json.loads(meta.get("schema") or "{}")
         policy = json.loads(meta.get("policy") or "{}")
-        # once per read of the metadata; formats unless a pydantic model judges them (PayloadModel)
         self.validator = None
         if schema:  # jsonschema is loaded only once a type has a schema (keeps CLI start-up light)
             from supervisor.validation import compile_schema  # noqa: PLC0415
@@ -102,59 +103,69 @@ class _TypeInfo:
         self.queue = QueuePolicy.model_validate(q) if q else None
         # No default that needs the script's long form: a job without options is a plain one.
         self.plain = not self.priority and not self.deadline_ms and self.key_concurrency is None
+        self.serving = serving
+        self.served = serving.served  # a live instance serves it (else refused unless allow_unknown)
         self.fetched = time.monotonic()
 
 
 class _TypeCache:
-    """Published type metadata per type name, re-read at most every 5 s; so is the absence of
-    metadata (an enqueue with `allow_unknown` of a type no daemon published yet)."""
+    """Published type metadata and who serves it, per type name, re-read at most every 5 s
+    (with the metadata, in the same script call: `supervisor.serving.type_state`); so is the
+    absence of metadata (an enqueue with `allow_unknown` of a type no daemon published yet).
+    So a type whose last instance stopped serving it is refused at most 5 s later."""
 
     __slots__ = ("_types", "_listed", "_absent")
 
     def __init__(self) -> None:
         self._types: dict[str, _TypeInfo] = {}
         self._listed: set[str] = set()
-        self._absent: dict[str, float] = {}  # type name -> when it was found unpublished
+        # type name -> (when it was found unpublished, who served it: the refusal names them)
+        self._absent: dict[str, tuple[float, Serving]] = {}
 
     def cached(self, name: str, allowed: bool) -> tuple[bool, _TypeInfo | None]:
         """(True, what validates `name`) when a read under 5 s old answers it: its metadata, or
-        None for a type found unpublished (UnknownJobType unless `allowed`); (False, None) when
-        Redis must be read."""
+        None for a type found unpublished; UnknownJobType unless `allowed` for a type no live
+        instance serves; (False, None) when Redis must be read."""
         now = time.monotonic()
         info = self._types.get(name)
         if info is not None and now - info.fetched < _META_TTL_S:
+            self.admit(name, info, info.serving, allowed)
             return True, info
-        at = self._absent.get(name)
-        if at is not None and now - at < _META_TTL_S:
-            self.unknown(name, allowed)  # raises unless allowed (listed already)
+        absent = self._absent.get(name)
+        if absent is not None and now - absent[0] < _META_TTL_S:
+            self.admit(name, None, absent[1], allowed)  # raises unless allowed (listed already)
             return True, None
         return False, None
 
-    def plain(self, name: str) -> _TypeInfo | None:
+    def plain(self, name: str, allowed: bool) -> _TypeInfo | None:
         """The type when a job of it without options may take the plain fast path: published,
-        cached, no default priority, deadline or key policy, and tracing off (no span to open)."""
+        served (or `allowed`), cached, no default priority, deadline or key policy, and tracing
+        off (no span to open)."""
         cached = self._types.get(name)
-        if (cached is None or not cached.plain or time.monotonic() - cached.fetched >= _META_TTL_S
-                or telemetry.tracer() is not None):
+        if (cached is None or not cached.plain or not (cached.served or allowed)
+                or time.monotonic() - cached.fetched >= _META_TTL_S or telemetry.tracer() is not None):
             return None
         return cached
 
-    def store(self, name: str, meta: dict[str, str]) -> _TypeInfo | None:
+    def store(self, name: str, meta: dict[str, str], serving: Serving) -> _TypeInfo | None:
         if not meta:
             self._types.pop(name, None)
             if len(self._absent) > 10_000:
                 self._absent.clear()
-            self._absent[name] = time.monotonic()
+            self._absent[name] = (time.monotonic(), serving)
             return None
         self._absent.pop(name, None)
-        info = self._types[name] = _TypeInfo(meta)
+        info = self._types[name] = _TypeInfo(meta, serving)
         return info
 
-    def unknown(self, name: str, allowed: bool) -> bool:
-        """An unpublished type: raises UnknownJobType unless allowed; True when it needs listing."""
+    def admit(self, name: str, info: _TypeInfo | None, serving: Serving, allowed: bool) -> bool:
+        """A type no live instance serves raises UnknownJobType (naming who served it last and
+        any load error) unless allowed; True when an unpublished type needs listing."""
+        if info is not None and info.served:
+            return False
         if not allowed:
-            raise UnknownJobType(name)
-        if name in self._listed:
+            raise serving.refusal(name)
+        if info is not None or name in self._listed:
             return False
         self._listed.add(name)
         return True
@@ -166,7 +177,7 @@ class Client:
     Args:
         redis: a Redis URL or an existing `redis.asyncio.Redis` client.
         registry: the daemon's own registry (validates locally, no Redis read).
-        allow_unknown: queue jobs of types no instance has published.
+        allow_unknown: queue jobs of types no live instance serves (they wait for one).
     """
 
     def __init__(
@@ -201,20 +212,21 @@ class Client:
         known, info = self._types.cached(name, allowed)
         if known:
             return info
-        info = self._types.store(name, await self.broker.type_meta(name))
-        if info is None and self._types.unknown(name, allowed):
+        meta, serving = await type_state(self.broker.redis, name, self.broker.wire)
+        info = self._types.store(name, meta, serving)
+        if self._types.admit(name, info, serving, allowed):
             await self.broker.redis.sadd(keys.TYPES_KEY, name)  # so listings and the janitor see its jobs
         return info
 
-    def _plain(self, name: str) -> _TypeInfo | None:
+    def _plain(self, name: str, allow_unknown: bool | None) -> _TypeInfo | None:
         """The published type of `name` when a job without options takes the plain fast path."""
         if self.registry is not None and name in self.registry:  # the daemon's own type validates locally
             return None
-        return self._types.plain(name)
+        return self._types.plain(name, self.allow_unknown if allow_unknown is None else allow_unknown)
 
-    def _plain_one(self, name: str, payload: Any) -> tuple[str, bytes] | None:
+    def _plain_one(self, name: str, payload: Any, allow_unknown: bool | None) -> tuple[str, bytes] | None:
         """A job without options, when it takes the plain fast path: its id and packed call."""
-        if self.broker.wire is None or (info := self._plain(name)) is None:
+        if self.broker.wire is None or (info := self._plain(name, allow_unknown)) is None:
             return None
         return _plain_job(name, payload, info)
 
@@ -253,7 +265,7 @@ class Client:
         returns the job it folded into (`existing=True`).
         """
         if (not (delay or run_at or priority or idempotency_key or deadline or context or parent or concurrency_key)
-                and (plain := self._plain_one(name, payload)) is not None):  # the hot path: no outcome object
+                and (plain := self._plain_one(name, payload, allow_unknown)) is not None):  # the hot path
             await self.broker.wire.evalsha_packed(_ENQUEUE, plain[1])  # type: ignore[union-attr]
             return JobRef(plain[0], name)
         outcome = await self.submit(name, payload, delay=delay, run_at=run_at, priority=priority,
@@ -265,7 +277,7 @@ class Client:
         """Like `enqueue`, but returns the admission outcome instead of raising on rejection:
         accepted / rejected / coalesced / replaced, with the key and the existing job."""
         allow_unknown = options.pop("allow_unknown", None)
-        if _no_options(options) and (plain := self._plain_one(name, payload)) is not None:
+        if _no_options(options) and (plain := self._plain_one(name, payload, allow_unknown)) is not None:
             await self.broker.wire.evalsha_packed(_ENQUEUE, plain[1])  # type: ignore[union-attr]
             return SubmitOutcome("accepted", plain[0], name)
         req = EnqueueRequest(name, payload, **options)
@@ -632,15 +644,16 @@ class SyncClient:
 
     def enqueue(self, name: str, payload: Any = None, **options: Any) -> JobRef:
         """Queue one job (see `Client.enqueue`)."""
-        if _no_options(options) and (job_id := self._enqueue_plain(name, payload)) is not None:
+        if _no_options(options) and (job_id := self._enqueue_plain(name, payload, None)) is not None:
             return JobRef(job_id, name)  # the hot path: no outcome object
         return _ref_or_raise(self.submit(name, payload, **options))
 
-    def _enqueue_plain(self, name: str, payload: Any) -> str | None:
+    def _enqueue_plain(self, name: str, payload: Any, allow_unknown: bool | None) -> str | None:
         """Queue a job without options on the plain fast path and return its id; None when it
         does not take that path (nothing was sent)."""
         wire = self._wire
-        if wire is None or (info := self._types.plain(name)) is None:
+        allowed = self._client.allow_unknown if allow_unknown is None else allow_unknown
+        if wire is None or (info := self._types.plain(name, allowed)) is None:
             return None
         job_id, data = _plain_job(name, payload, info)
         wire.evalsha_packed(_ENQUEUE, data)
@@ -652,7 +665,7 @@ class SyncClient:
         if wire is None:
             return self._call(self._client.submit(name, payload, **options))
         allow_unknown = options.pop("allow_unknown", None)
-        if _no_options(options) and (job_id := self._enqueue_plain(name, payload)) is not None:
+        if _no_options(options) and (job_id := self._enqueue_plain(name, payload, allow_unknown)) is not None:
             return SubmitOutcome("accepted", job_id, name)
         req = EnqueueRequest(name, payload, **options)
         with _EnqueueSpan(name, req.context) as tracked:
@@ -666,9 +679,9 @@ class SyncClient:
         known, info = self._types.cached(name, allowed)
         if known:
             return info
-        flat = wire.call("HGETALL", keys.meta_key(name))
-        info = self._types.store(name, dict(zip(flat[::2], flat[1::2], strict=True)))
-        if info is None and self._types.unknown(name, allowed):
+        meta, serving = type_state_sync(wire, name)
+        info = self._types.store(name, meta, serving)
+        if self._types.admit(name, info, serving, allowed):
             wire.call("SADD", keys.TYPES_KEY, name)
         return info
 

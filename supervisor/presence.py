@@ -3,7 +3,9 @@
 Each instance writes `js:instance:<id>` (JSON, expires after `3 x interval`)
 and its last-seen time in the sorted set `js:instances`. Readers see an
 instance whose key expired but whose entry remains as `stale`; the janitor
-forgets such entries after `forget_after_s`.
+forgets such entries after `forget_after_s`. The same heartbeat says, per job
+type, that this instance serves it (`supervisor.serving`): `describe()`'s
+`types`, and the load errors of `type_errors` (name -> error).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import psutil
 import redis.asyncio as aioredis
 import structlog
 
-from supervisor import keys
+from supervisor import keys, serving
 
 log = structlog.get_logger(__name__)
 INSTANCES_KEY = f"{keys.PREFIX}:instances"
@@ -57,6 +59,8 @@ class Presence:
         self.started = time.time()
         self.base = {"instance": instance_id, "host": socket.gethostname(), "pid": os.getpid(),
                      "version": version, "started": self.started}
+        self._served: set[str] = set()  # what the last heartbeat said this instance serves
+        self._errored: set[str] = set()  # ... and the names it reported a load error for
 
     def snapshot(self) -> dict[str, Any]:
         doc = {**self.base, **self.describe(), "seen": time.time()}
@@ -66,12 +70,19 @@ class Presence:
         return doc
 
     async def publish(self) -> None:
+        """One heartbeat (also called at once after a hot reload, so a removed type stops
+        counting as served without waiting for the next beat)."""
         doc = self.snapshot()
+        type_errors: dict[str, str] = doc.pop("type_errors", None) or {}
+        served = set(doc.get("types") or ())
+        ttl_ms = int(self.interval_s * 3000)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(instance_key(self.instance_id), json.dumps(doc, default=str),
-                     px=int(self.interval_s * 3000))
+            pipe.set(instance_key(self.instance_id), json.dumps(doc, default=str), px=ttl_ms)
             pipe.zadd(INSTANCES_KEY, {self.instance_id: doc["seen"]})
             await pipe.execute()
+        await serving.announce(self.redis, self.instance_id, ttl_ms, serve=served, stop=self._served - served,
+                               errors=type_errors, clear=self._errored - type_errors.keys())
+        self._served, self._errored = served, set(type_errors)
 
     async def run(self) -> None:
         while True:
@@ -82,7 +93,8 @@ class Presence:
             await asyncio.sleep(self.interval_s)
 
     async def withdraw(self) -> None:
-        """On a clean stop: disappear at once instead of going stale."""
+        """On a clean stop: disappear at once instead of going stale. What it said it serves
+        lapses on its own (`supervisor.serving`), so producers are not refused during a restart."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.delete(instance_key(self.instance_id))
             pipe.zrem(INSTANCES_KEY, self.instance_id)

@@ -36,8 +36,15 @@ return cur
 
 
 def last_fired_key(job_name: str) -> str:
-    """Hash of last fired ticks (schedule id -> epoch seconds) for one job type."""
+    """Hash of the last tick each schedule of one job type has dealt with (schedule id -> epoch
+    seconds): fired, skipped by its misfire policy, or the baseline of its first start."""
     return keys.queue_prefix(job_name) + "schedules"
+
+
+def fired_key(job_name: str) -> str:
+    """Hash of the last tick each schedule of one job type really enqueued (schedule id -> epoch
+    seconds): what `schedules` shows as "last fired"."""
+    return keys.queue_prefix(job_name) + "schedules:fired"
 
 
 def spec_document(spec: ScheduleSpec) -> dict[str, Any]:
@@ -122,6 +129,8 @@ class Scheduler:
             if span is not None:
                 span.set_attribute("job.id", ref.id)
                 span.set_attribute("job.schedule.duplicate", ref.existing)
+        # Marked by whichever instance got the job back: another may have created it first.
+        await self._mark(keys=[fired_key(spec.job)], args=[spec.id, int(tick)])
         if not ref.existing:
             self.fired += 1
             telemetry.schedule_fired(spec.id)

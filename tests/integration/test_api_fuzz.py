@@ -22,6 +22,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
+from supervisor import serving
 from supervisor.api.app import create_app
 from supervisor.api.server import bind_socket, serve
 from supervisor.broker import Broker, connect
@@ -77,6 +78,7 @@ async def _seed(url: str) -> None:
             "name": "fuzz.echo", "source": "tests/fuzz", "policy": '{"runtime": "inprocess", "concurrency": 1}',
             "schema": '{"type": "object", "properties": {"value": {"type": "string"}}, "required": ["value"]}',
         })
+        await serving.announce(redis, "tests/fuzz", 3_600_000, serve=["fuzz.echo"])  # as a live daemon does
         async with Client(redis) as client:
             await client.enqueue("fuzz.echo", {"value": "a"})
             ref = await client.enqueue("fuzz.echo", {"value": "b"}, delay=3600)

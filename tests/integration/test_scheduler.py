@@ -9,12 +9,14 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from typing import Any
 
 import pytest
 
 from supervisor import Client, State
 from supervisor.scheduler import last_fired_key
+from tests.conftest import await_until
 
 
 def _tick(job: Any) -> int:
@@ -103,14 +105,25 @@ async def test_settings_schedule_and_schedules_command(redis_url: str, use_handl
     daemon(args=["--config", str(config)])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL"))}
     env["REDIS_URL"] = redis_url
+    async with Client(redis_url) as client:  # the per-second schedule has fired once
+        await await_until(lambda: _scheduled_jobs(client, "t.every-second"), 15, what="a fired tick")
     shown = subprocess.run([sys.executable, "-m", "supervisor", "schedules", "--json"], capture_output=True,
                            text=True, env=env, timeout=30, check=False)
     assert shown.returncode == 0, shown.stderr
     rows = {r["id"]: r for r in json.loads(shown.stdout)}
     nightly = rows["nightly-echo"]
-    assert nightly["timezone"] == "Europe/Berlin" and len(nightly["next"]) == 3
-    assert all(t.endswith(("+01:00", "+02:00")) and "T03:00:00" in t for t in nightly["next"])
-    assert rows["t.every-second@* * * * * *@UTC"]["source"].endswith("cron.py")
+    # Every time is shown in UTC: 03:00 in Berlin is 01:00 or 02:00 UTC
+    assert nightly["timezone"] == "Europe/Berlin" and len(nightly["next"]) == 3 and nightly["status"] == "firing"
+    assert all(t.endswith("+00:00") and ("T01:00:00" in t or "T02:00:00" in t) for t in nightly["next"])
+    # The nightly tick never fired: its first start's baseline tick is not shown as fired
+    async with Client(redis_url) as client:
+        assert await client.broker.redis.hget(last_fired_key("t.echo"), "nightly-echo") is not None
+        every = rows["t.every-second@* * * * * *@UTC"]
+        assert nightly["last_fired"] is None and every["source"].endswith("cron.py")
+        # The per-second one shows a tick that really fired: a job of that tick exists
+        fired = await _scheduled_jobs(client, "t.every-second")
+    assert every["last_fired"] is not None and every["last_fired"].endswith("+00:00")
+    assert int(datetime.fromisoformat(every["last_fired"]).timestamp()) in {_tick(j) for j in fired}
     # A bad schedule in the settings is a bad setting: the daemon refuses to start
     config.write_text('[schedules.broken]\njob = "t.echo"\ncron = "every day"\n')
     bad = subprocess.run([sys.executable, "-m", "supervisor", "--config", str(config), "run"], capture_output=True,
