@@ -366,7 +366,8 @@ def _job_action(action: str, help_text: str) -> None:
         from supervisor.client import Client  # noqa: PLC0415
 
         async with Client(_redis_url(_settings(ctx))) as client:
-            result = await getattr(client, action)(job_id)
+            # recorded in the job's history: from the CLI, by the local user who ran it
+            result = await getattr(client, action)(job_id, source="cli", by=_local_user())
             job = await client.get(job_id)
         if as_json:
             _print_json({"id": job_id, "action": action, "result": result, "state": job.state.value})
@@ -438,6 +439,16 @@ def _show_job(job: Any, as_json: bool) -> None:
                      ("instance", False), ("error", False, 80)],
                     [[str(a.attempt), str(a.started or ""), str(a.ended or ""), a.outcome, a.instance, a.error]
                      for a in job.attempts], title="attempts")
+    if job.actions:
+        print_table([("action", True), ("at", False), ("source", True), ("by", False)],
+                    [[act.action, str(act.at or ""), act.source, act.by] for act in job.actions],
+                    title="operator actions")
+    if job.attempts:
+        last = next((a for a in reversed(job.attempts) if a.traceback), None)
+        if last is not None:  # the newest failure's stack trace, as Python (or the task's stderr) wrote it
+            console.print()  # a section of its own: in a pipe, the TSV tables above end at the empty line
+            console.print(Text(f"stack trace (attempt {last.attempt}):", style="bold"))
+            console.print(Text(last.traceback), soft_wrap=True, highlight=False)
 
 
 # --- types, config, systemd --------------------------------------------------------------
@@ -449,18 +460,15 @@ def _show_job(job: Any, as_json: bool) -> None:
 @click.pass_context
 @_async
 async def types(ctx: click.Context, as_json: bool) -> None:
-    """Job types published by running instances (with their policy and source file)."""
+    """Job types published by instances: whether a live one serves each (and which one last did,
+    when), runtime, queue counts and source file. Times are UTC."""
+    from supervisor.admin import type_rows  # noqa: PLC0415
     from supervisor.broker import Broker, connect  # noqa: PLC0415
-
     from supervisor.presence import list_workers  # noqa: PLC0415
 
     broker = Broker(connect(_redis_url(_settings(ctx))))
     try:
-        rows = []
-        for name in await broker.type_names():
-            meta = await broker.type_meta(name)
-            rows.append({"name": name, "source": meta.get("source"), "policy": json.loads(meta.get("policy", "{}")),
-                         "schema": json.loads(meta.get("schema", "{}")), "counts": await broker.counts(name)})
+        rows = await type_rows(broker)
         errors = {(w["instance"], path): error for w in await list_workers(broker.redis)
                   for path, error in (w.get("load_errors") or {}).items()}
     finally:
@@ -469,14 +477,24 @@ async def types(ctx: click.Context, as_json: bool) -> None:
         _print_json({"types": rows, "load_errors": [{"instance": i, "path": p, "error": e}
                                                      for (i, p), e in sorted(errors.items())]})
         return
-    print_table([("type", True), ("runtime", True), ("ready", True), ("scheduled", True), ("active", True),
-                 ("dead", True), ("source", False)],
-                [[r["name"], str(r["policy"].get("runtime")), str(r["counts"]["ready"]), str(r["counts"]["sched"]),
+    print_table([("type", True), ("served", True), ("last served (UTC)", False), ("runtime", True),
+                 ("ready", True), ("scheduled", True), ("active", True), ("dead", True), ("source", False)],
+                [[r["name"], f"yes ({len(r['served_by'])})" if r["served"] else "NO", _last_served(r["last_served"]),
+                  str(r["policy"].get("runtime")), str(r["counts"]["ready"]), str(r["counts"]["sched"]),
                   str(r["counts"]["active"]), str(r["counts"]["dead"]), str(r["source"])] for r in rows])
     if errors:
         err_console.print("Files that failed to load (the last good version, if any, keeps serving):")
         print_table([("file", False), ("instance", True), ("error", False)],
                     [[path, instance, error] for (instance, path), error in sorted(errors.items())], stderr=True)
+
+
+def _utc(iso: str) -> str:
+    """An ISO-8601 UTC time as `YYYY-MM-DD HH:MM:SS`, for a column headed (UTC)."""
+    return iso[:19].replace("T", " ")
+
+
+def _last_served(last: dict[str, str] | None) -> str:
+    return f"{_utc(last['at'])} by {last['instance']}" if last else "never"
 
 
 @main.command()
