@@ -366,8 +366,7 @@ def _job_action(action: str, help_text: str) -> None:
         from supervisor.client import Client  # noqa: PLC0415
 
         async with Client(_redis_url(_settings(ctx))) as client:
-            # recorded in the job's history: from the CLI, by the local user who ran it
-            result = await getattr(client, action)(job_id, source="cli", by=_local_user())
+            result = await getattr(client, action)(job_id)
             job = await client.get(job_id)
         if as_json:
             _print_json({"id": job_id, "action": action, "result": result, "state": job.state.value})
@@ -439,16 +438,6 @@ def _show_job(job: Any, as_json: bool) -> None:
                      ("instance", False), ("error", False, 80)],
                     [[str(a.attempt), str(a.started or ""), str(a.ended or ""), a.outcome, a.instance, a.error]
                      for a in job.attempts], title="attempts")
-    if job.actions:
-        print_table([("action", True), ("at", False), ("source", True), ("by", False)],
-                    [[act.action, str(act.at or ""), act.source, act.by] for act in job.actions],
-                    title="operator actions")
-    if job.attempts:
-        last = next((a for a in reversed(job.attempts) if a.traceback), None)
-        if last is not None:  # the newest failure's stack trace, as Python (or the task's stderr) wrote it
-            console.print()  # a section of its own: in a pipe, the TSV tables above end at the empty line
-            console.print(Text(f"stack trace (attempt {last.attempt}):", style="bold"))
-            console.print(Text(last.traceback), soft_wrap=True, highlight=False)
 
 
 # --- types, config, systemd --------------------------------------------------------------
@@ -464,6 +453,7 @@ async def types(ctx: click.Context, as_json: bool) -> None:
     when), runtime, queue counts and source file. Times are UTC."""
     from supervisor.admin import type_rows  # noqa: PLC0415
     from supervisor.broker import Broker, connect  # noqa: PLC0415
+
     from supervisor.presence import list_workers  # noqa: PLC0415
 
     broker = Broker(connect(_redis_url(_settings(ctx))))
@@ -477,9 +467,9 @@ async def types(ctx: click.Context, as_json: bool) -> None:
         _print_json({"types": rows, "load_errors": [{"instance": i, "path": p, "error": e}
                                                      for (i, p), e in sorted(errors.items())]})
         return
-    print_table([("type", True), ("served", True), ("last served (UTC)", False), ("runtime", True),
+    print_table([("type", True), ("served", True), ("last served (UTC)", True), ("runtime", True),
                  ("ready", True), ("scheduled", True), ("active", True), ("dead", True), ("source", False)],
-                [[r["name"], f"yes ({len(r['served_by'])})" if r["served"] else "NO", _last_served(r["last_served"]),
+                [[r["name"], "yes" if r["served"] else "NO", _utc(r["last_served"]["at"]) if r["last_served"] else "never",
                   str(r["policy"].get("runtime")), str(r["counts"]["ready"]), str(r["counts"]["sched"]),
                   str(r["counts"]["active"]), str(r["counts"]["dead"]), str(r["source"])] for r in rows])
     if errors:
@@ -491,10 +481,6 @@ async def types(ctx: click.Context, as_json: bool) -> None:
 def _utc(iso: str) -> str:
     """An ISO-8601 UTC time as `YYYY-MM-DD HH:MM:SS`, for a column headed (UTC)."""
     return iso[:19].replace("T", " ")
-
-
-def _last_served(last: dict[str, str] | None) -> str:
-    return f"{_utc(last['at'])} by {last['instance']}" if last else "never"
 
 
 @main.command()
@@ -529,7 +515,8 @@ async def keys(ctx: click.Context, type_name: str, key: str, as_json: bool) -> N
 @click.pass_context
 @_async
 async def schedules(ctx: click.Context, count: int, as_json: bool) -> None:
-    """Every published cron schedule: source, timezone, last fired tick and next fire times."""
+    """Every published cron schedule: whether it fires, its timezone and source, the last tick it
+    really fired and (when firing) its next fire times. Times are UTC, whatever the timezone."""
     from supervisor.admin import schedule_rows  # noqa: PLC0415
     from supervisor.broker import connect  # noqa: PLC0415
 
@@ -541,8 +528,10 @@ async def schedules(ctx: click.Context, count: int, as_json: bool) -> None:
     if as_json:
         _print_json(rows)
         return
-    print_table([("schedule", True), ("timezone", True), ("last fired", True), ("next", False), ("source", False)],
-                [[r["id"], r["timezone"], r["last_fired"] or "never", r["next"], r["source"]] for r in rows])
+    print_table([("schedule", True), ("status", True), ("timezone", True), ("last fired (UTC)", True),
+                 ("next (UTC)", False), ("source", False)],
+                [[r["id"], r["status"], r["timezone"], _utc(r["last_fired"]) if r["last_fired"] else "never",
+                  [_utc(t) for t in r["next"]], r["source"]] for r in rows])
 
 
 @main.group("config")
