@@ -118,14 +118,15 @@ def print_table(columns: list[tuple[str, bool] | tuple[str, bool, int]], rows: l
                 title: str | None = None, keyvalue: bool = False, stderr: bool = False) -> None:
     """Print a table: the one way every command prints one.
 
-    On a terminal, a rich table: columns marked True (ids, names) are never cut, the rest fold,
-    and a column's optional limit shortens long text (`...`) unless `--wide` is given. Anywhere
+    On a terminal, a rich table: columns marked True (ids, names) stay on one line (cut only when
+    the terminal is too narrow), the rest fold, and a column's optional limit shortens long text
+    (`…`); with `--wide` every column folds and nothing is shortened. Anywhere
     else (a pipe, a file), TSV a program can read: a header line, then one line per row with
     full values; tab, newline, carriage return and backslash are written as \\t \\n \\r \\\\.
     A titled table follows another one: in TSV it starts after an empty line.
 
     Args:
-        columns: (name, never cut) or (name, never cut, limit on a terminal).
+        columns: (name, one line) or (name, one line, limit on a terminal).
         rows: one cell per column: a string, a list of strings (one per line) or None.
         keyvalue: a two-column field/value listing (no box and no header on a terminal).
         stderr: print to stderr instead of stdout.

@@ -53,11 +53,15 @@ def test_bench_stopped_by_a_signal_stops_its_redis_and_daemons(sig: int, tmp_pat
         bench.send_signal(sig)
 
         # Then it exits 128 + N once every child it had is gone
-        assert bench.wait(90) == 128 + sig, bench.stderr.read() if bench.stderr else ""
+        code = bench.wait(90)
+        said = bench.stderr.read() if bench.stderr else ""
+        assert code == 128 + sig, said
         _gone, alive = psutil.wait_procs(children, timeout=10)
         assert alive == [], f"still running after the bench exited: {alive}"
-        assert "stopped by" in (bench.stderr.read() if bench.stderr else "")
+        assert "stopped by" in said
     finally:
         if bench.poll() is None:
             bench.kill()
             bench.wait(10)
+        if bench.stderr:
+            bench.stderr.close()
