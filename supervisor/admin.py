@@ -26,11 +26,13 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from supervisor import keys
-from supervisor.broker import Broker
+from supervisor.broker import Broker, dumps
+from supervisor.errors import CorruptRecord, printable
 from supervisor.serving import serving_of
-from supervisor.records import Job
+from supervisor.records import Job, check_text, loads, parsed
 from supervisor.states import FINISHED, State
 
 # --- schedules -----------------------------------------------------------------------------
@@ -51,16 +53,15 @@ async def schedule_rows(redis: aioredis.Redis, count: int = 3) -> list[dict[str,
     from supervisor.presence import list_workers  # noqa: PLC0415
     from supervisor.scheduler import SPECS_KEY, fired_key  # noqa: PLC0415
 
-    docs = [json.loads(v) for v in (await redis.hgetall(SPECS_KEY)).values()]
+    docs, corrupt = _schedule_docs(SPECS_KEY, await redis.hgetall(SPECS_KEY))
     live = {sid for w in await list_workers(redis) if w.get("status") == "alive" for sid in w.get("schedules") or ()}
     served = {name: s.served for name, s in (await serving_of(redis, {d["job"] for d in docs})).items()}
     now_s, now_us = await redis.time()
     now = datetime.fromtimestamp(now_s + now_us / 1e6, UTC)
     rows = []
     for doc in sorted(docs, key=lambda d: d["id"]):
-        last = await redis.hget(fired_key(doc["job"]), doc["id"])
-        entry = {**doc, "last_fired": datetime.fromtimestamp(int(float(last)), UTC).isoformat() if last else None,
-                 "served": served[doc["job"]], "next": []}
+        last = await _hget_or_none(redis, fired_key(doc["job"]), doc["id"])
+        entry = {**doc, "last_fired": _epoch_iso(last), "served": served[doc["job"]], "next": []}
         entry["status"] = "not served" if not entry["served"] else "firing" if doc["id"] in live else "inactive"
         try:
             spec = ScheduleSpec.parse({k: doc[k] for k in ("job", "cron", "timezone", "payload", "misfire")},
@@ -70,7 +71,38 @@ async def schedule_rows(redis: aioredis.Redis, count: int = 3) -> list[dict[str,
         except (ScheduleError, KeyError) as exc:
             entry["error"] = str(exc)
         rows.append(entry)
-    return rows
+    return rows + corrupt
+
+
+def _schedule_docs(key: str, raw: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The published schedule documents that parse, and a row naming each one that does not."""
+    docs, corrupt = [], []
+    for sid, value in raw.items():
+        try:
+            doc = loads(value)
+            if not (isinstance(doc, dict) and all(isinstance(doc.get(k), str) for k in ("id", "job", "cron"))):
+                raise ValueError("not a schedule document (id, job, cron)")
+            docs.append(doc)
+        except ValueError as exc:
+            err = CorruptRecord(key, f"field {sid!r}: {exc}")
+            corrupt.append({"id": printable(sid), "job": "", "cron": "", "status": "corrupt", "next": [],
+                            "error": str(err), "code": err.code})
+    return docs, corrupt
+
+
+async def _hget_or_none(redis: aioredis.Redis, key: str, field: str) -> str | None:
+    try:
+        return cast(str | None, await redis.hget(key, field))
+    except ResponseError:  # WRONGTYPE: another program's key; shown as never
+        return None
+
+
+def _epoch_iso(value: str | None) -> str | None:
+    """Epoch seconds as stored, in ISO-8601 (None when absent or not a time)."""
+    try:
+        return datetime.fromtimestamp(int(float(value)), UTC).isoformat() if value else None
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 # --- types ---------------------------------------------------------------------------------
@@ -82,19 +114,32 @@ async def type_rows(broker: Broker) -> list[dict[str, Any]]:
     names = await broker.type_names()
     serving = await serving_of(broker.redis, names)  # served, served_by, last_served, load_errors
     for name in names:
-        meta = await broker.type_meta(name)
-        updated = meta.get("updated_ms")
-        rows.append({
-            "name": name,
-            "source": meta.get("source"),
-            "schema": json.loads(meta.get("schema") or "{}"),
-            "policy": json.loads(meta.get("policy") or "{}"),
-            "instance": meta.get("instance"),
-            "updated": datetime.fromtimestamp(int(updated) / 1000, UTC).isoformat() if updated else None,
-            "counts": await broker.counts(name),
-            **serving[name].describe(),
-        })
+        try:
+            meta = await broker.type_meta(name)
+            updated = meta.get("updated_ms")
+            row = {
+                "name": name,
+                "source": meta.get("source"),
+                "schema": parsed(keys.meta_key(name), "schema", _object, meta.get("schema") or "{}"),
+                "policy": parsed(keys.meta_key(name), "policy", _object, meta.get("policy") or "{}"),
+                "instance": meta.get("instance"),
+                "updated": datetime.fromtimestamp(int(updated) / 1000, UTC).isoformat() if updated else None,
+                "counts": await broker.counts(name),
+                **serving[name].describe(),
+            }
+            check_text(dumps(row))  # every text of it is UTF-8
+        except (CorruptRecord, ResponseError, ValueError, OverflowError, OSError) as exc:  # named, not fatal
+            err = exc if isinstance(exc, CorruptRecord) else CorruptRecord(keys.meta_key(name), str(exc))
+            row = {"name": printable(name), "counts": {}, "error": str(err), "code": err.code}
+        rows.append(row)
     return rows
+
+
+def _object(text: str) -> dict[str, Any]:
+    doc = loads(text)
+    if not isinstance(doc, dict):
+        raise TypeError(f"a {type(doc).__name__}, not an object")
+    return doc
 
 
 # --- job listing ---------------------------------------------------------------------------
@@ -166,6 +211,7 @@ async def list_jobs(
     until: datetime | None = None,
     limit: int = 100,
     cursor: str | None = None,
+    corrupt: list[CorruptRecord] | None = None,
 ) -> tuple[list[Job], str | None]:
     """One page of jobs, newest first by (created, id), and the cursor of the next page (None at the end).
 
@@ -180,6 +226,8 @@ async def list_jobs(
         since: created at or after; `until`: created before (naive datetimes are UTC).
         limit: page size.
         cursor: `next_cursor` of the previous page.
+        corrupt: receives a CorruptRecord per index member or record skipped because
+            job-supervisor did not write it (a listing never fails for one bad record).
 
     Raises:
         ValueError: a cursor this function did not produce.
@@ -193,20 +241,35 @@ async def list_jobs(
             for part in _index_parts(state):
                 pipe.zrange(keys.index_key(n, part), 0, -1)
         indexed = await pipe.execute()
-    ids = list(dict.fromkeys(i for group in indexed for i in group))
+    bad = corrupt if corrupt is not None else []
+    ids = []
+    for job_id in dict.fromkeys(i for group in indexed for i in group):
+        try:
+            keys.job_key(job_id)
+            ids.append(job_id)
+        except ValueError as exc:  # a forged index member
+            bad.append(CorruptRecord(job_id, f"an index holds {str(exc).replace(repr(job_id), 'it')}"))
     found: list[tuple[int, str]] = []
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start:start + _CHUNK]
         async with redis.pipeline(transaction=False) as pipe:
             for job_id in chunk:
                 pipe.hmget(keys.job_key(job_id), _LIST_FIELDS)
-            rows = await pipe.execute()
-        for job_id, (created, st, ctx, ckey, key_field) in zip(chunk, rows, strict=True):
+            rows = await pipe.execute(raise_on_error=False)
+        for job_id, row in zip(chunk, rows, strict=True):
+            if isinstance(row, Exception):  # WRONGTYPE: not a hash
+                bad.append(CorruptRecord(keys.job_key(job_id), str(row)))
+                continue
+            created, st, ctx, ckey, key_field = row
             if st is None:
                 continue  # trimmed since it was indexed
             if state is not None and st != state.value:
                 continue
-            created_ms = int(created or 0)
+            try:
+                created_ms = int(created or 0)
+            except ValueError:
+                bad.append(CorruptRecord(keys.job_key(job_id), f"field 'created': {created!r} is not a time"))
+                continue
             if since_ms is not None and created_ms < since_ms:
                 continue
             if until_ms is not None and created_ms >= until_ms:
@@ -218,7 +281,7 @@ async def list_jobs(
             found.append((created_ms, job_id))
     found.sort(reverse=True)
     page = found[:limit]
-    jobs = await broker.get_many(job_id for _, job_id in page) if page else []
+    jobs = await broker.get_many((job_id for _, job_id in page), bad) if page else []
     next_cursor = encode_cursor(*page[-1]) if len(found) > limit and page else None
     return jobs, next_cursor
 
@@ -236,12 +299,15 @@ def _stream_time(stream_id: str) -> str:
 
 def event_document(type_name: str, stream_id: str, fields: dict[str, str]) -> dict[str, Any]:
     """One lifecycle stream entry as JSON: type, event, job_id, state, attempt, time, stream_id, extras."""
+    # An entry another program added is shown as it is, its non-UTF-8 bytes escaped, never an error.
+    fields = {printable(k): printable(v) for k, v in fields.items()}
+    attempt = fields.get("attempt") or "0"
     doc: dict[str, Any] = {
-        "type": type_name,
+        "type": printable(type_name),
         "event": fields.get("event", ""),
         "job_id": fields.get("id", ""),
         "state": fields.get("state", ""),
-        "attempt": int(fields.get("attempt") or 0),
+        "attempt": int(attempt) if attempt.isdigit() else 0,
         "time": _stream_time(stream_id),
         "stream_id": stream_id,
     }
@@ -250,7 +316,7 @@ def event_document(type_name: str, stream_id: str, fields: dict[str, str]) -> di
             continue
         if k == "progress":
             try:
-                doc[k] = json.loads(v)
+                doc[k] = loads(v)
                 continue
             except ValueError:
                 pass

@@ -21,7 +21,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from supervisor import keys
-from supervisor.errors import ConfigError, CorruptRecord, InvalidTransition, JobNotFound, RedisUnsafe
+from supervisor.errors import ConfigError, CorruptRecord, InvalidTransition, JobNotFound, RedisUnsafe, printable
 from supervisor.records import Job, check_text, loads, parsed
 from supervisor.scripts import SCRIPT_NAMES, script_source
 from supervisor.states import FINISHED, State
@@ -405,7 +405,11 @@ class Broker:
             key = keys.log_key(job_id)
         except ValueError:
             raise JobNotFound(job_id) from None
-        return await self.redis.lrange(key, -last, -1)
+        try:
+            lines = await self.redis.lrange(key, -last, -1)
+        except ResponseError as exc:  # WRONGTYPE: something else wrote a non-list there
+            raise CorruptRecord(key, str(exc)) from None
+        return [printable(line) for line in lines]  # bytes that were not UTF-8, escaped
 
     # --- waiting ---------------------------------------------------------------------
 

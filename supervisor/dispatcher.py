@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -31,11 +30,13 @@ from typing import Any
 
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runners.base import CancelSignal, Runner, RunRequest, RunResult, RunStatus, traceback_text
 from supervisor import keys, telemetry
-from supervisor.broker import Broker, ClaimedJob, dumps
+from supervisor.broker import Broker, ClaimedJob, claimed_context, dumps
+from supervisor.errors import CorruptRecord, printable
 from supervisor.handler import Backoff
 
 log = structlog.get_logger(__name__)
@@ -324,6 +325,11 @@ class Dispatcher:
                 backoff = await self._redis_down("claim" if wait is None else "wait", served.name, exc, backoff)
                 wait = None
                 continue
+            except ResponseError as exc:  # a script refused data another program wrote: keep serving
+                log.error("claim.script_error", job_type=served.name, error=printable(str(exc)))
+                await asyncio.sleep(backoff)
+                backoff, wait = min(backoff * 2, 2.0), None
+                continue
             finally:
                 lane.waiting = False
             backoff = 0.05
@@ -378,11 +384,20 @@ class Dispatcher:
 
     async def _run(self, lane: _Lane, f: InFlight) -> None:
         job, served = f.job, lane.served
-        context = json.loads(job.context_json) if job.context_json else {}
         # telemetry: metrics, and the process span (None when tracing is off) whose traceparent
         # replaces the run's copy of the context (TRACEPARENT of tasks, parent of child jobs)
         tm = telemetry.type_metrics(job.name)
         tm.started(job.attempt)
+        try:
+            context = claimed_context(job)
+        except CorruptRecord as exc:  # not run, not retried: failed with the key named
+            log.error("run.record_corrupt", job_id=job.id, job_name=job.name, code=exc.code, key=exc.key,
+                      error=exc.detail)
+            self._settle(lane, f, RunResult(RunStatus.PERMANENT, error=f"{exc.code}: {exc}"))
+            tm.done()
+            lane.inflight.pop(job.id, None)
+            lane.slot_freed.set()
+            return
         span = telemetry.start_process_span(job, served.runtime, self.instance_id, context)
         f.trace_id = context.get("trace_id")
         f.request_id = context.get("request_id")
@@ -483,6 +498,7 @@ class Dispatcher:
                     fails, lane.fails = lane.fails, []
                     cancels, lane.cancels = lane.cancels, []
                     logs, lane.logs = lane.logs, {}
+                    kept = 0  # outcomes put back for the next round
                     try:
                         if logs:
                             await self.broker.append_logs(logs, dict.fromkeys(logs, lane.served.retention_s))
@@ -503,9 +519,32 @@ class Dispatcher:
                             lane.logs.setdefault(job_id, [])[:0] = lines
                         backoff = await self._redis_down("settle", lane.served.name, exc, backoff)
                         continue
-                    lane.unsettled -= len(completes) + len(fails) + len(cancels)
+                    except ResponseError as exc:  # a record another program wrote failed the script
+                        kept = await self._settle_apart(lane, completes, fails, exc)
+                    lane.unsettled -= len(completes) + len(fails) + len(cancels) - kept
             if all(lane.unsettled == 0 for lane in self.lanes.values()):
                 self._settled.set()
+
+    async def _settle_apart(self, lane: _Lane, completes: list[Any], fails: list[Any], exc: Exception) -> int:
+        """Settle a batch that a script refused one outcome at a time, so only the job whose
+        record is at fault loses its outcome (its lease lapses and a claim reaps it). Returns how
+        many outcomes were put back for the next round (Redis went down meanwhile)."""
+        log.error("settle.script_error", job_type=lane.served.name, error=printable(str(exc)))
+        name, calls = lane.served.name, [*((True, c) for c in completes), *((False, f) for f in fails)]
+        for i, (is_complete, item) in enumerate(calls):
+            try:
+                if is_complete:
+                    await self.broker.complete(name, [item])
+                else:
+                    await self.broker.fail(name, lane.served.max_deliver, [item])
+            except ResponseError as one:
+                log.error("run.settle_refused", job_id=item[0], job_name=name, key=keys.job_key(item[0]),
+                          code="record_corrupt", error=printable(str(one)))
+            except REDIS_DOWN:
+                for again, rest in calls[i:]:
+                    (lane.completes if again else lane.fails).append(rest)
+                return len(calls) - i
+        return 0
 
     async def _report_cancel(self, job_id: str, lease: str, reason: str) -> None:
         try:

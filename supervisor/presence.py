@@ -23,6 +23,8 @@ import redis.asyncio as aioredis
 import structlog
 
 from supervisor import keys, serving
+from supervisor.errors import CorruptRecord, printable
+from supervisor.records import loads
 
 log = structlog.get_logger(__name__)
 INSTANCES_KEY = f"{keys.PREFIX}:instances"
@@ -110,12 +112,21 @@ async def list_workers(redis: aioredis.Redis) -> list[dict[str, Any]]:
     docs = await redis.mget([instance_key(i) for i, _ in entries])
     out = []
     for (instance, seen), raw in zip(entries, docs, strict=True):
+        doc = None
         if raw:
-            doc = json.loads(raw)
-            doc["status"] = "alive"
-        else:
-            doc = {"instance": instance, "seen": seen, "status": "stale"}
-        doc["age_s"] = round(now - float(doc.get("seen", seen)), 3)
+            try:
+                doc = loads(raw)
+                if not isinstance(doc, dict) or not isinstance(doc.get("instance"), str):
+                    raise ValueError(f"a {type(doc).__name__} that is not an instance's heartbeat")
+                doc["age_s"] = round(now - float(doc.get("seen", seen)), 3)
+                doc["status"] = "alive"
+            except (ValueError, TypeError) as exc:  # written by another program: named, not fatal
+                err = CorruptRecord(instance_key(instance), str(exc))
+                doc = {"instance": printable(instance), "seen": seen, "status": "corrupt",
+                       "error": str(err), "code": err.code}
+        if doc is None:
+            doc = {"instance": printable(instance), "seen": seen, "status": "stale"}
+        doc.setdefault("age_s", round(now - seen, 3))
         out.append(doc)
     return sorted(out, key=lambda d: (d["status"] != "alive", d["instance"]))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,7 +22,7 @@ import structlog
 
 from supervisor import keys, telemetry
 from supervisor.client import Client
-from supervisor.errors import SupervisorError
+from supervisor.errors import CorruptRecord, SupervisorError
 from supervisor.schedule import ScheduleSpec, due_ticks, latest_tick, seconds_until_next, tick_key
 
 log = structlog.get_logger(__name__)
@@ -104,14 +105,14 @@ class Scheduler:
         async with self.redis.pipeline(transaction=False) as pipe:
             for spec in self.specs:
                 pipe.hget(last_fired_key(spec.job), spec.id)
-            stored = await pipe.execute()
+            stored = await pipe.execute(raise_on_error=False)
         for spec, raw in zip(self.specs, stored, strict=True):
-            last = float(raw) if raw is not None else None
+            last, writable = _last_fired(spec, raw)
             ticks = due_ticks(spec, last, now)
             for tick in ticks:
                 await self._fire(spec, tick)
             baseline = ticks[-1] if ticks else latest_tick(spec, now)
-            if baseline is not None and (last is None or baseline > last):
+            if writable and baseline is not None and (last is None or baseline > last):
                 await self._mark(keys=[last_fired_key(spec.job)], args=[spec.id, int(baseline)])
         return max(min(seconds_until_next(spec, now) for spec in self.specs) + 0.002, 0.005)
 
@@ -135,3 +136,25 @@ class Scheduler:
             self.fired += 1
             telemetry.schedule_fired(spec.id)
             log.info("schedule.fired", schedule=spec.id, job_name=spec.job, tick=int(tick), job_id=ref.id)
+
+
+def _last_fired(spec: ScheduleSpec, raw: Any) -> tuple[float | None, bool]:
+    """The last fired tick as stored (None: never), and whether the hash can take a new one.
+    A value job-supervisor did not write is reported and read as never fired: the schedule
+    fires no backlog and the next tick overwrites it."""
+    if raw is None:
+        return None, True
+    try:
+        if isinstance(raw, Exception):  # WRONGTYPE: the key is not a hash
+            raise CorruptRecord(last_fired_key(spec.job), str(raw))
+        last = float(raw)
+        if not math.isfinite(last):
+            raise ValueError(f"{raw!r} is not a time")
+        return last, True
+    except ValueError as exc:
+        err = CorruptRecord(last_fired_key(spec.job), f"field {spec.id!r}: {exc}")
+    except CorruptRecord as exc:
+        err = exc
+    log.warning("record.corrupt", code=err.code, key=err.key, error=err.detail, schedule=spec.id)
+    return None, not isinstance(raw, Exception)
+

@@ -44,6 +44,13 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
+#: How replies are decoded: bytes that are not UTF-8 (a foreign or hostile value in a key) become
+#: lone surrogates instead of an exception inside the reader, which would drop the connection
+#: every call shares; the record parsers then report them (`supervisor.records`). Done by hiredis
+#: in C: nothing is added to the common path.
+_DECODE_ERRORS = "surrogateescape"
+
+
 @dataclass(frozen=True, slots=True)
 class WireParams:
     """Where and how to connect: TCP host/port or a unix socket path, credentials, database."""
@@ -130,7 +137,7 @@ class _Protocol(asyncio.Protocol):
 
     def __init__(self, wire: AsyncWire) -> None:
         self.wire = wire
-        self.reader = hiredis.Reader(encoding="utf-8")
+        self.reader = hiredis.Reader(encoding="utf-8", errors=_DECODE_ERRORS)
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
 
@@ -381,7 +388,7 @@ class SyncWire:
     def __init__(self, params: WireParams, spin_us: float = DEFAULT_SPIN_US, quiet_threads: int = 1) -> None:
         self.params = params
         self._sock: socket.socket | None = None
-        self._reader = hiredis.Reader(encoding="utf-8")
+        self._reader = hiredis.Reader(encoding="utf-8", errors=_DECODE_ERRORS)
         self._lock = threading.Lock()
         self._buf = bytearray(65536)  # recv_into: no fresh 64 KiB bytes object per reply
         self._spin_s = spin_us / 1e6 if spin_us > 0 and _cpus() >= 2 else 0.0
@@ -409,7 +416,7 @@ class SyncWire:
         timeval = struct.pack("ll", seconds, int((p.timeout_s - seconds) * 1e6))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-        self._sock, self._reader = sock, hiredis.Reader(encoding="utf-8")
+        self._sock, self._reader = sock, hiredis.Reader(encoding="utf-8", errors=_DECODE_ERRORS)
         for cmd in _hello(p):
             reply = self._exchange(hiredis.pack_command(cmd))
             if isinstance(reply, ResponseError):  # AUTH or SELECT refused: reported as Redis said it

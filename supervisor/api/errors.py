@@ -7,7 +7,8 @@ a 422 `invalid_payload` lists every validation error in `errors` (`[{"field", "m
 at most 20, `more` counting the rest), `field` being the first one's;
 a 409 `invalid_state` carries the job's current `state`, the refused `action` and a
 `reason` naming the states that action needs; a 409
-`rejected` (keyed concurrency) the `key`, the `reason` and the live `job_id` holding it.
+`rejected` (keyed concurrency) the `key`, the `reason` and the live `job_id` holding it;
+a 409 `record_corrupt` the Redis `key` whose value job-supervisor did not write.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from supervisor.errors import InvalidPayload, InvalidTransition, SupervisorError
+from supervisor.errors import CorruptRecord, InvalidPayload, InvalidTransition, SupervisorError
 
 #: The one table: error code -> HTTP status. Unknown codes are 500.
 STATUS_BY_CODE: dict[str, int] = {
@@ -30,6 +31,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "not_found": 404,
     "invalid_state": 409,
     "rejected": 409,  # a concurrency key's queue policy refused the job (JobRejected)
+    # A stored value job-supervisor did not write (CorruptRecord): the request is fine, the
+    # resource's state in Redis is not (409, as for a state conflict), never a 500.
+    "record_corrupt": 409,
     "invalid_payload": 422,
     "invalid_request": 422,
     "unauthorized": 401,
@@ -89,6 +93,8 @@ async def _supervisor_error(_request: Request, exc: Exception) -> JSONResponse:
         problems = [{"field": path, "message": message} for path, message in exc.problems]
         return error_response(exc.code, str(exc), field=problems[0]["field"] if problems else "payload",
                               errors=problems or None, more=exc.more or None)
+    if isinstance(exc, CorruptRecord):  # the Redis key holding the bad value
+        return error_response(exc.code, str(exc), key=exc.key)
     if exc.code == "rejected":  # JobRejected: which key, why, and the live job that holds it
         return error_response(exc.code, str(exc), key=getattr(exc, "key", None),
                               reason=getattr(exc, "reason", None), job_id=getattr(exc, "existing", None))

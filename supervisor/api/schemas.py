@@ -119,6 +119,8 @@ class TypeOut(BaseModel):
     instance: str | None = Field(None, description="The instance that last published the type.")
     updated: str | None = None
     counts: dict[str, int] = Field(description="Index sizes: ready, sched, active and each finished state.")
+    error: str | None = Field(None, description="Set (code record_corrupt) when the type's registry entry or "
+                                                "metadata was not written by job-supervisor.")
     served: bool = Field(False, description="A live instance serves the type now (else enqueue refuses it "
                                             "unless allow_unknown).")
     served_by: list[str] = Field(default_factory=list, description="The live instances that serve it.")

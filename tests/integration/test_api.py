@@ -222,7 +222,8 @@ async def test_list_filters_and_cursor_pagination(api: httpx.AsyncClient, served
     await _finished(served, late.id)
     assert {j["id"] for j in newer["jobs"]} == {*ids[3:], keyed.id, late.id}
     assert {j["id"] for j in older["jobs"]} == set(ids[:3])
-    assert (await api.get("/jobs", params={"state": "dead"})).json() == {"jobs": [], "next_cursor": None}
+    assert (await api.get("/jobs", params={"state": "dead"})).json() == {"jobs": [], "next_cursor": None,
+                                                                         "corrupt": []}
 
 
 async def test_transitions_and_409_on_wrong_state(api: httpx.AsyncClient, served: Client) -> None:
