@@ -21,11 +21,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as aioredis
+import structlog
 from pydantic import BaseModel
+from redis.exceptions import ResponseError
 
 from supervisor import keys, telemetry
 from supervisor.broker import SCRIPTS, Broker, Enqueued, NewJob, connect, dumps, enqueue_call, parse_enqueued
 from supervisor.errors import (
+    CorruptRecord,
     InvalidPayload,
     JobFailed,
     JobRejected,
@@ -42,6 +45,7 @@ if TYPE_CHECKING:  # the daemon passes its Registry; a CLI command never loads h
     from supervisor.registry import Registry
 
 T = TypeVar("T")
+_log = structlog.get_logger(__name__)
 _META_TTL_S = 5.0
 _ENQUEUE = SCRIPTS["enqueue"]
 _CHUNK = 200  # jobs per enqueue script call in enqueue_many
@@ -383,7 +387,10 @@ class Client:
         ids: list[str] = []
         for n in names:
             ids += await self.broker.list_ids(n, st, limit)
-        jobs = [j for j in await self.broker.get_many(dict.fromkeys(ids)) if st is None or j.state == st]
+        corrupt: list[CorruptRecord] = []
+        jobs = [j for j in await self.broker.get_many(dict.fromkeys(ids), corrupt) if st is None or j.state == st]
+        for exc in corrupt:  # one bad record does not fail the listing; each is named
+            _log.warning("record.corrupt", code=exc.code, key=exc.key, error=exc.detail)
         jobs.sort(key=lambda j: j.created or datetime.min.replace(tzinfo=UTC), reverse=True)
         return jobs[:limit]
 
@@ -416,7 +423,10 @@ class Client:
         name = await self.broker.job_type(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         stream = keys.events_key(name)
-        last = await self.broker.redis.xrevrange(stream, count=1)
+        try:
+            last = await self.broker.redis.xrevrange(stream, count=1)
+        except ResponseError as exc:  # WRONGTYPE: something else wrote a non-stream there
+            raise CorruptRecord(stream, str(exc)) from None
         last_id = last[0][0] if last else "0-0"
         while True:
             job = await self.broker.get(job_id)
