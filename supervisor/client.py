@@ -159,7 +159,10 @@ class _TypeCache:
             self._absent[name] = (time.monotonic(), serving)
             return None
         self._absent.pop(name, None)
-        info = self._types[name] = _TypeInfo(meta, serving)
+        try:
+            info = self._types[name] = _TypeInfo(meta, serving)
+        except Exception as exc:  # noqa: BLE001 (metadata another program wrote: whatever its parse raises)
+            raise CorruptRecord(keys.meta_key(name), f"{type(exc).__name__}: {exc}") from None
         return info
 
     def admit(self, name: str, info: _TypeInfo | None, serving: Serving, allowed: bool) -> bool:
