@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.cells import cell_len
 from rich import box
 from rich.table import Table
 from rich.text import Text
@@ -118,9 +119,9 @@ def print_table(columns: list[tuple[str, bool] | tuple[str, bool, int]], rows: l
                 title: str | None = None, keyvalue: bool = False, stderr: bool = False) -> None:
     """Print a table: the one way every command prints one.
 
-    On a terminal, a rich table: columns marked True (ids, names) stay on one line (cut only when
-    the terminal is too narrow), the rest fold, and a column's optional limit shortens long text
-    (`…`); with `--wide` every column folds and nothing is shortened. Anywhere
+    On a terminal, a rich table: columns marked True (ids, names) stay on one line when they fit
+    the terminal (else they fold too: rich would cut them), the rest fold, and a column's optional
+    limit shortens long text (`…`); with `--wide` nothing is shortened. Nothing is cut. Anywhere
     else (a pipe, a file), TSV a program can read: a header line, then one line per row with
     full values; tab, newline, carriage return and backslash are written as \\t \\n \\r \\\\.
     A titled table follows another one: in TSV it starts after an empty line.
@@ -138,18 +139,22 @@ def print_table(columns: list[tuple[str, bool] | tuple[str, bool, int]], rows: l
         click.echo("\n".join(lines), err=stderr)
         return
     ctx = click.get_current_context(silent=True)
+    out = err_console if stderr else console
     wide = bool(ctx and ctx.meta.get(_WIDE))
     table = Table(title=title, show_header=not keyvalue, box=None if keyvalue else box.HEAVY_HEAD)
-    limits: list[int | None] = []
-    for i, (name, keep, *limit) in enumerate(columns):
-        table.add_column(name, no_wrap=keep and not wide, overflow="fold",
+    limits = [None if wide or not limit else limit[0] for _name, _keep, *limit in columns]
+    texts = [[v if n is None or len(v) <= n else v[:n - 1] + "…"
+              for v, n in zip(("\n".join(c) if isinstance(c, list) else c or "" for c in row), limits, strict=True)]
+             for row in rows]
+    # Whole one-line ids and names, plus 4 cells of every other column, 3 per column of padding and rule.
+    one_line = sum(max(cell_len(t) for t in [str(c[0]), *(r[i] for r in texts)]) if c[1] else 4
+                   for i, c in enumerate(columns)) + 3 * len(columns) + 1 <= out.width
+    for i, (name, keep, *_limit) in enumerate(columns):
+        table.add_column(name, no_wrap=keep and one_line, overflow="fold",
                          style="bold" if keyvalue and i == 0 else None)
-        limits.append(limit[0] if limit and not wide else None)
-    for row in rows:
-        cells = ["\n".join(v) if isinstance(v, list) else v or "" for v in row]
-        table.add_row(*(v if n is None or len(v) <= n else v[:n - 1] + "…"
-                        for v, n in zip(cells, limits, strict=True)))
-    (err_console if stderr else console).print(table)
+    for cells in texts:
+        table.add_row(*cells)
+    out.print(table)
 
 
 def _print_json(value: Any) -> None:
@@ -350,7 +355,7 @@ async def jobs_list(ctx: click.Context, state: str | None, type_: str | None, ke
         _print_json({"jobs": [j.to_dict() for j in found], "next_cursor": next_cursor})
         return
     print_table([("id", True), ("type", True), ("state", True), ("key", False, 24), ("deliveries", True),
-                 ("created", True), ("error", False, 60)],
+                 ("created", False), ("error", False, 60)],
                 [[j.id, j.name, j.state.value, j.concurrency_key, str(j.deliveries),
                   j.created.isoformat(timespec="seconds") if j.created else "", j.error] for j in found])
     if next_cursor:

@@ -125,14 +125,19 @@ def test_waits_exit_alike_and_tables_read_whole(redis_url: str, jobs_dir: Path, 
     assert [a["attempt"] for a in attempts] == ["1", "2"]
     assert attempts[0]["error"] == "ValueError: line one\\nline two\\twith a tab"
 
-    # And on a narrow terminal, --wide folds instead of cutting: every header and value whole
+    # And on a terminal too narrow for it, a table folds instead of cutting: every header and value
+    # whole (with --wide, a long error too)
     narrow = _env(REDIS_URL=redis_url, COLUMNS="70", TERM="xterm")
-    cut = _on_a_terminal("types", env=narrow, cwd=tmp_path)
-    assert "┃" in cut  # still a rich table on a terminal
-    wide = _box_columns(_on_a_terminal("types", "--wide", env=narrow, cwd=tmp_path))
-    assert {"type", "runtime", "ready", "scheduled", "active", "dead", "source"} <= set(wide), wide
-    assert "t.a-rather-long-type-name-for-a-narrow-table" in wide["type"]
-    assert "subprocess" in wide["runtime"]
+    for flags in ([], ["--wide"]):
+        table = _box_columns(_on_a_terminal("types", *flags, env=narrow, cwd=tmp_path))
+        assert {"type", "runtime", "ready", "scheduled", "active", "dead", "source"} <= set(table), table
+        assert "t.a-rather-long-type-name-for-a-narrow-table" in table["type"]
+        assert "subprocess" in table["runtime"]
+    error = re.sub(r"\s", "", fields["error"].replace("\\n", "").replace("\\t", ""))
+    short = _box_columns(_on_a_terminal("jobs", "list", "--type", "t.doomed", env=narrow, cwd=tmp_path))
+    assert short["error"].endswith("…") and error not in re.sub(r"\s", "", short["error"])
+    whole = _box_columns(_on_a_terminal("jobs", "list", "--type", "t.doomed", "--wide", env=narrow, cwd=tmp_path))
+    assert error in re.sub(r"\s", "", whole["error"])
 
 
 def test_jobs_list_filters_and_pages(redis_url: str, tmp_path: Path) -> None:
