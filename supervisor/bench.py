@@ -521,6 +521,11 @@ class Bench:
         for d in self._live:  # a daemon left by an error, Ctrl-C or SIGTERM
             d.kill()
             d.sock.close()
+        for proc in self._unlisted_daemons():
+            for p in [*proc.children(recursive=True), proc]:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            psutil.wait_procs([proc], timeout=10)
         try:
             try:
                 if self.r is not None and not self.owns_redis:
@@ -540,6 +545,17 @@ class Bench:
                 self.server.stop()
             if not self.o.keep_dir:
                 shutil.rmtree(self.root, ignore_errors=True)
+
+    def _unlisted_daemons(self) -> list[psutil.Process]:
+        """Daemons of ours that `_live` does not know: a signal that arrived between a daemon's
+        spawn and its registration. Ours: a child of this process running in the bench's folder."""
+        known = {d.proc.pid for d in self._live}
+        found = []
+        for proc in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                if proc.pid not in known and proc.cwd() == str(self.root) and "supervisor" in proc.cmdline():
+                    found.append(proc)
+        return found
 
     # --- Redis bookkeeping -----------------------------------------------------------------
 
