@@ -9,6 +9,7 @@ with rich for tables and progress: the two most widely used choices for this.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import sys
 from collections.abc import Callable, Coroutine
@@ -18,8 +19,8 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.cells import cell_len
+from rich.markup import escape
 from rich import box
 from rich.table import Table
 from rich.text import Text
@@ -138,10 +139,9 @@ def print_table(columns: list[tuple[str, bool] | tuple[str, bool, int]], rows: l
         lines += ["\t".join(_tsv(",".join(v) if isinstance(v, list) else v or "") for v in row) for row in rows]
         click.echo("\n".join(lines), err=stderr)
         return
-    ctx = click.get_current_context(silent=True)
     out = err_console if stderr else console
+    ctx = click.get_current_context(silent=True)
     wide = bool(ctx and ctx.meta.get(_WIDE))
-    table = Table(title=title, show_header=not keyvalue, box=None if keyvalue else box.HEAVY_HEAD)
     limits = [None if wide or not limit else limit[0] for _name, _keep, *limit in columns]
     texts = [[v if n is None or len(v) <= n else v[:n - 1] + "…"
               for v, n in zip(("\n".join(c) if isinstance(c, list) else c or "" for c in row), limits, strict=True)]
@@ -149,6 +149,7 @@ def print_table(columns: list[tuple[str, bool] | tuple[str, bool, int]], rows: l
     # Whole one-line ids and names, plus 4 cells of every other column, 3 per column of padding and rule.
     one_line = sum(max(cell_len(t) for t in [str(c[0]), *(r[i] for r in texts)]) if c[1] else 4
                    for i, c in enumerate(columns)) + 3 * len(columns) + 1 <= out.width
+    table = Table(title=title, show_header=not keyvalue, box=None if keyvalue else box.HEAVY_HEAD)
     for i, (name, keep, *_limit) in enumerate(columns):
         table.add_column(name, no_wrap=keep and one_line, overflow="fold",
                          style="bold" if keyvalue and i == 0 else None)
@@ -362,6 +363,13 @@ async def jobs_list(ctx: click.Context, state: str | None, type_: str | None, ke
         err_console.print(f"more: --cursor {next_cursor}", highlight=False, markup=False)
 
 
+def _local_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return ""
+
+
 def _job_action(action: str, help_text: str) -> None:
     @jobs.command(action, help=help_text)
     @click.argument("job_id")
@@ -372,7 +380,8 @@ def _job_action(action: str, help_text: str) -> None:
         from supervisor.client import Client  # noqa: PLC0415
 
         async with Client(_redis_url(_settings(ctx))) as client:
-            result = await getattr(client, action)(job_id)
+            # recorded in the job's history: from the CLI, by the local user who ran it
+            result = await getattr(client, action)(job_id, source="cli", by=_local_user())
             job = await client.get(job_id)
         if as_json:
             _print_json({"id": job_id, "action": action, "result": result, "state": job.state.value})
@@ -444,6 +453,16 @@ def _show_job(job: Any, as_json: bool) -> None:
                      ("instance", False), ("error", False, 80)],
                     [[str(a.attempt), str(a.started or ""), str(a.ended or ""), a.outcome, a.instance, a.error]
                      for a in job.attempts], title="attempts")
+    if job.actions:
+        print_table([("action", True), ("at", False), ("source", True), ("by", False)],
+                    [[act.action, str(act.at or ""), act.source, act.by] for act in job.actions],
+                    title="operator actions")
+    if job.attempts:
+        last = next((a for a in reversed(job.attempts) if a.traceback), None)
+        if last is not None:  # the newest failure's stack trace, as Python (or the task's stderr) wrote it
+            console.print()  # a section of its own: in a pipe, the TSV tables above end at the empty line
+            console.print(Text(f"stack trace (attempt {last.attempt}):", style="bold"))
+            console.print(Text(last.traceback), soft_wrap=True, highlight=False)
 
 
 # --- types, config, systemd --------------------------------------------------------------
@@ -459,7 +478,6 @@ async def types(ctx: click.Context, as_json: bool) -> None:
     when), runtime, queue counts and source file. Times are UTC."""
     from supervisor.admin import type_rows  # noqa: PLC0415
     from supervisor.broker import Broker, connect  # noqa: PLC0415
-
     from supervisor.presence import list_workers  # noqa: PLC0415
 
     broker = Broker(connect(_redis_url(_settings(ctx))))

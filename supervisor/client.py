@@ -98,7 +98,8 @@ class _TypeInfo:
         if schema:  # jsonschema is loaded only once a type has a schema (keeps CLI start-up light)
             from supervisor.validation import compile_schema  # noqa: PLC0415
 
-            self.validator = compile_schema(schema, formats=policy.get("check_formats", True))  # once per read of the metadata
+            # once per read of the metadata; formats unless a pydantic model judges them (PayloadModel)
+            self.validator = compile_schema(schema, formats=policy.get("check_formats", True))
         self.priority = int(policy.get("priority") or 0)
         deadline = policy.get("deadline")
         self.deadline_ms = int(float(deadline) * 1000) if deadline else 0
@@ -401,21 +402,25 @@ class Client:
         """The job's output lines (a task's stdout/stderr), oldest first, capped at the last 1000."""
         return await self.broker.logs(job_id, last)
 
-    async def cancel(self, job_id: str, reason: str = "cancelled by request") -> str:
+    # The operator actions below are recorded in the job's history with `source` (who acted:
+    # cli, api or client) and `by` (the API token's name, when the API had one).
+
+    async def cancel(self, job_id: str, reason: str = "cancelled by request", *,
+                     source: str = "client", by: str = "") -> str:
         """Cancel: 'cancelled' at once for pending/retry jobs, 'requested' for an active one."""
-        return await self.broker.cancel(job_id, reason)
+        return await self.broker.cancel(job_id, reason, source=source, by=by)
 
-    async def retry(self, job_id: str) -> None:
-        """failed -> pending."""
-        await self.broker.revive(job_id, "retry")
+    async def retry(self, job_id: str, *, source: str = "client", by: str = "") -> None:
+        """failed -> pending (attempt numbers keep counting; max_deliver starts afresh)."""
+        await self.broker.revive(job_id, "retry", source=source, by=by)
 
-    async def replay(self, job_id: str) -> None:
-        """dead -> pending."""
-        await self.broker.revive(job_id, "replay")
+    async def replay(self, job_id: str, *, source: str = "client", by: str = "") -> None:
+        """dead -> pending (attempt numbers keep counting; max_deliver starts afresh)."""
+        await self.broker.revive(job_id, "replay", source=source, by=by)
 
-    async def dismiss(self, job_id: str) -> None:
+    async def dismiss(self, job_id: str, *, source: str = "client", by: str = "") -> None:
         """dead -> dismissed."""
-        await self.broker.dismiss(job_id)
+        await self.broker.dismiss(job_id, source=source, by=by)
 
     async def wait(self, job_id: str, timeout: float | None = None, *, raise_on_failure: bool = False) -> Job:
         """Wait until the job is finished (completed, failed, dead, cancelled, expired, dismissed).
@@ -716,17 +721,18 @@ class SyncClient:
     def logs(self, job_id: str, last: int = 1000) -> list[str]:
         return self._call(self._client.logs(job_id, last))
 
-    def cancel(self, job_id: str, reason: str = "cancelled by request") -> str:
-        return self._call(self._client.cancel(job_id, reason))
+    def cancel(self, job_id: str, reason: str = "cancelled by request", *,
+               source: str = "client", by: str = "") -> str:
+        return self._call(self._client.cancel(job_id, reason, source=source, by=by))
 
-    def retry(self, job_id: str) -> None:
-        self._call(self._client.retry(job_id))
+    def retry(self, job_id: str, *, source: str = "client", by: str = "") -> None:
+        self._call(self._client.retry(job_id, source=source, by=by))
 
-    def replay(self, job_id: str) -> None:
-        self._call(self._client.replay(job_id))
+    def replay(self, job_id: str, *, source: str = "client", by: str = "") -> None:
+        self._call(self._client.replay(job_id, source=source, by=by))
 
-    def dismiss(self, job_id: str) -> None:
-        self._call(self._client.dismiss(job_id))
+    def dismiss(self, job_id: str, *, source: str = "client", by: str = "") -> None:
+        self._call(self._client.dismiss(job_id, source=source, by=by))
 
     def close(self) -> None:
         if self._loop.is_closed():
