@@ -145,7 +145,8 @@ async def test_trigger_get_logs_and_idempotency(api: httpx.AsyncClient, served: 
     ref = r.json()
     assert ref["name"] == "t.echo" and ref["existing"] is False
     again = await api.post("/types/t.echo/trigger", json={"payload": {"value": "hi"}, "idempotency_key": "k1"})
-    assert again.status_code == 200 and again.json() == {**ref, "existing": True}
+    assert again.status_code == 200
+    assert again.json() == {**ref, "existing": True, "outcome": "coalesced", "reason": "idempotency-key"}
     await _finished(served, ref["id"])
     job = (await api.get(f"/jobs/{ref['id']}")).json()
     assert job["state"] == "completed" and job["result"]["value"] == "hi"
