@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from supervisor import keys
-from supervisor.broker import Broker, dumps
+from supervisor.broker import Broker
 from supervisor.errors import CorruptRecord, printable
 from supervisor.serving import serving_of
 from supervisor.records import Job, check_text, loads, parsed
@@ -115,6 +115,7 @@ async def type_rows(broker: Broker) -> list[dict[str, Any]]:
     serving = await serving_of(broker.redis, names)  # served, served_by, last_served, load_errors
     for name in names:
         try:
+            parsed(keys.TYPES_KEY, "member", check_text, name)
             meta = await broker.type_meta(name)
             updated = meta.get("updated_ms")
             row = {
@@ -127,7 +128,7 @@ async def type_rows(broker: Broker) -> list[dict[str, Any]]:
                 "counts": await broker.counts(name),
                 **serving[name].describe(),
             }
-            check_text(dumps(row))  # every text of it is UTF-8
+            check_text(json.dumps(row, ensure_ascii=False, default=str))  # every text of it is UTF-8
         except (CorruptRecord, ResponseError, ValueError, OverflowError, OSError) as exc:  # named, not fatal
             err = exc if isinstance(exc, CorruptRecord) else CorruptRecord(keys.meta_key(name), str(exc))
             row = {"name": printable(name), "counts": {}, "error": str(err), "code": err.code}

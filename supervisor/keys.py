@@ -29,8 +29,9 @@ TAG_LEN = 6
 
 @functools.lru_cache(maxsize=4096)
 def tag_for(name: str) -> str:
-    """The hash tag of a job type's queue."""
-    return hashlib.sha1(name.encode()).hexdigest()[:TAG_LEN]
+    """The hash tag of a job type's queue. A name read from Redis that is not UTF-8 (another
+    program's entry in the types registry, kept as lone surrogates) hashes as its bytes."""
+    return hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:TAG_LEN]
 
 
 def queue_prefix(name: str) -> str:

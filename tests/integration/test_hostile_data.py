@@ -134,7 +134,8 @@ def test_hostile_values_in_every_key_are_reported_and_jobs_keep_completing(serve
 
     # No shrinking: each example talks to a live daemon, so a failure is reported as found
     # (hypothesis prints it) rather than minimized for minutes.
-    @settings(max_examples=40, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+    @settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "40")), deadline=None, database=None,
+              phases=[Phase.explicit, Phase.generate],
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(kind=st.sampled_from(KINDS), field=st.sampled_from(RECORD_FIELDS), value=HOSTILE,
            queued=st.booleans())
