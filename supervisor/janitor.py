@@ -18,7 +18,7 @@ import structlog
 
 from supervisor import keys
 from supervisor.broker import Broker
-from supervisor.errors import SupervisorError
+from supervisor.errors import CorruptRecord, SupervisorError
 from supervisor.presence import FORGET_AFTER_S, forget_stale
 from supervisor.scripts import DEFAULT_DEAD_RETENTION_MS, DEFAULT_RETENTION_MS
 from supervisor.states import FINISHED, PARKED
@@ -81,7 +81,7 @@ class Janitor:
                 idx = keys.index_key(name, f"st:{state.value}")
                 field_ = "dead_retention_ms" if state in PARKED else "retention_ms"
                 default = DEFAULT_DEAD_RETENTION_MS if state in PARKED else DEFAULT_RETENTION_MS
-                retention = int(meta.get(field_) or default)
+                retention = _retention_ms(name, meta, field_, default)
                 old = await redis.zrangebyscore(idx, "-inf", now_ms - retention, start=0, num=self.batch)
                 # Everything but the newest max_finished, in one command: janitors running at once
                 # agree on the set (a count read first and a range read later would over-trim).
@@ -109,6 +109,20 @@ class Janitor:
             report.stale_entries += counts["stale"]
         report.forgotten_instances = await forget_stale(redis, self.forget_after_s)
         return report
+
+
+def _retention_ms(name: str, meta: dict[str, str], field_: str, default: int) -> int:
+    """A type's published retention; the default when its metadata holds what job-supervisor
+    did not write (reported), so one bad entry never stops the sweep of every type."""
+    value = meta.get(field_)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        err = CorruptRecord(keys.meta_key(name), f"field {field_!r}: {value!r} is not a number of ms")
+        log.warning("record.corrupt", code=err.code, key=err.key, error=err.detail, using_ms=default)
+        return default
 
 
 __all__ = ["Janitor", "SweepReport"]

@@ -47,6 +47,29 @@ async def test_error_replies_raise_and_the_connection_stays_usable(redis_url: st
         await wire.close()
 
 
+async def test_a_reply_that_is_not_utf8_keeps_the_connection_and_round_trips(redis_url: str) -> None:
+    """Bytes another program wrote come back as lone surrogates (the record parsers report them)
+    and the connection every call shares stays up. Such text is never sent back: the caller's
+    call fails before anything is written, and the connection stays in step."""
+    wire = _wire(redis_url)
+    sync = SyncWire(params_of(syncredis.Redis.from_url(redis_url)))  # type: ignore[arg-type]
+    raw = syncredis.Redis.from_url(redis_url)
+    try:
+        raw.set("bin", b"\xff\xfe{")
+        raw.hset("rec", mapping={"payload": b"\x80", "state": "pending"})
+        calls = [wire.call("GET", "bin"), wire.call("HGETALL", "rec"), wire.call("PING")]
+        value, record, pong = await asyncio.gather(*calls)
+        assert value == "\udcff\udcfe{" and record == ["payload", "\udc80", "state", "pending"] and pong == "PONG"
+        assert sync.call("GET", "bin") == value and sync.call("PING") == "PONG"
+        with pytest.raises(UnicodeEncodeError):
+            await wire.call("SET", "copy", value)
+        assert await wire.call("GET", "bin") == value
+    finally:
+        await wire.close()
+        sync.close()
+        raw.close()
+
+
 async def test_pipelined_calls_return_replies_in_order_with_errors_in_place(redis_url: str) -> None:
     wire = _wire(redis_url)
     try:
