@@ -1,7 +1,7 @@
 """The composition root: builds every object of a daemon and owns its event loop.
 
 Start: settings -> Redis (given, or a private embedded one) -> safety checks ->
-handlers -> publish types -> dispatcher -> READY=1. Stop (SIGTERM/SIGINT): the
+handlers -> presence (the types served) -> publish types -> dispatcher -> READY=1. Stop (SIGTERM/SIGINT): the
 ShutdownManager stops fetching, drains in-flight jobs, releases the leases of
 jobs still running, closes the runners, then closes Redis, and stops the
 embedded Redis last. All of that up to the runners' close fits in
@@ -232,8 +232,6 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
 
     catalog = build_catalog(settings, instance_id, AVAILABLE_RUNTIMES)
     served = list(catalog.served.values())
-    for name, meta in catalog.metas.items():
-        await broker.publish_type(name, meta)
 
     client = Client(broker.redis, registry=catalog.registry)
     daemon_ref: dict[str, Daemon] = {}
@@ -270,13 +268,17 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
         await shutdown.shutdown("admin API failed to start")  # stops the embedded Redis too
         raise
 
-    await dispatcher.start()
     presence = daemon.presence = Presence(broker.redis, instance_id, lambda: _describe(daemon),
                                           settings.presence_interval, version=__version__)
     try:
-        await presence.publish()  # visible to `workers` by the time READY=1 is sent
+        # before the types: a producer that sees a type published sees it served too (presence
+        # announces the served types), and `workers` lists this instance by the time of READY=1
+        await presence.publish()
     except REDIS_DOWN as exc:
         log.warning("redis.unavailable", op="presence", error=str(exc))
+    for name, meta in catalog.metas.items():
+        await broker.publish_type(name, meta)
+    await dispatcher.start()
     janitor = Janitor(broker, interval_s=settings.janitor_interval, max_finished=settings.max_finished_per_type)
     background = [asyncio.create_task(presence.run(), name="presence"),
                   asyncio.create_task(janitor.run(), name="janitor")]

@@ -128,7 +128,7 @@ def test_api_serves_with_a_token_and_stops_on_sigterm(redis_url: str, tmp_path: 
         assert httpx.get(f"{base}/health").json()["status"] == "ok"
         assert httpx.get(f"{base}/jobs").status_code == 401
         jobs = httpx.get(f"{base}/jobs", headers={"Authorization": "Bearer e2e-token"})
-        assert jobs.status_code == 200 and jobs.json() == {"jobs": [], "next_cursor": None}
+        assert jobs.status_code == 200 and jobs.json() == {"jobs": [], "next_cursor": None, "corrupt": []}
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(15)

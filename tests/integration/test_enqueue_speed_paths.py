@@ -99,8 +99,9 @@ def test_sync_plain_enqueue_stores_the_record_event_and_order(r: syncredis.Redis
     drawn = [i.split("-")[1] for i in ids] + [c["request_id"] for c in ctxs] + [c["trace_id"] for c in ctxs]
     assert len(set(drawn)) == len(drawn)
     events = _events(r, PLAIN)
-    assert [e[1] for e in events] == [{"event": "enqueued", "id": i, "state": "pending", "attempt": "0"}
-                                      for i in ids]
+    assert [e[1] for e in events] == [{"event": "enqueued", "id": i, "state": "pending", "attempt": "0",
+                                       "request_id": c["request_id"], "trace_id": c["trace_id"]}
+                                      for i, c in zip(ids, ctxs, strict=True)]
     # `created` is the event's clock: the ms part of its stream id
     assert [int(_record(r, i)["created"]) for i in ids] == [int(e[0].split("-")[0]) for e in events]
     assert job.state.value == "pending" and job.payload == {"n": 1} and job.created is not None
