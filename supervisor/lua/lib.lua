@@ -42,6 +42,12 @@ end
 -- followed back to the request that caused it without reading the job.
 local function ctx_ids(ctx)
   if not ctx then return '', '' end
+  -- Our clients write a minted request id (16 hex) and the trace id (32 hex) first: read them at
+  -- their places, a third of a pattern search's cost on the enqueue path; anything else is searched.
+  if string.sub(ctx, 1, 15) == '{"request_id":"' and string.sub(ctx, 32, 45) == '","trace_id":"'
+      and string.sub(ctx, 78, 78) == '"' then
+    return string.sub(ctx, 16, 31), string.sub(ctx, 46, 77)
+  end
   return string.match(ctx, '"request_id":%s*"([^"]*)"') or '', string.match(ctx, '"trace_id":%s*"([^"]*)"') or ''
 end
 

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from supervisor import Client, State, keys
 from supervisor.api.app import create_app
+from supervisor.client import new_trace_context
 
 TOKENS = {"alice": "alice-secret", "ci": "ci-secret"}
 
@@ -88,6 +89,9 @@ async def test_lifecycle_events_carry_request_and_trace_ids_and_the_result(
     await asyncio.to_thread(daemon)
     async with Client(redis_url) as client:
         ok = await client.wait((await client.enqueue("t.echo", {"value": "hello"})).id, timeout=20)
+        # a request id of the caller's own (X-Request-ID), not one we minted
+        theirs = await client.wait((await client.enqueue("t.echo", {"value": "theirs"},
+                                                         context=new_trace_context("req-42"))).id, timeout=20)
         big = await client.wait((await client.enqueue("t.echo", {"value": "x" * 10_000})).id, timeout=20)
         failing = await client.enqueue("t.always-fails", {})
         await _settled(client, failing.id, State.DEAD)
@@ -102,7 +106,9 @@ async def test_lifecycle_events_carry_request_and_trace_ids_and_the_result(
     def of(events: list[Any], job_id: str) -> list[dict[str, str]]:
         return [fields for _, fields in events if fields["id"] == job_id]
 
-    for job, events in ((ok, of(echo_events, ok.id)), (failed, of(fail_events, failed.id))):
+    assert theirs.context["request_id"] == "req-42"
+    for job, events in ((ok, of(echo_events, ok.id)), (theirs, of(echo_events, theirs.id)),
+                        (failed, of(fail_events, failed.id))):
         assert events, job.id
         for fields in events:
             assert fields["request_id"] == job.context["request_id"], fields
