@@ -57,6 +57,7 @@ import psutil
 import structlog
 
 from runners.base import TRACEBACK_MAX_BYTES, RunEvents, RunRequest, RunResult, RunStatus, bounded_text
+from runners.stop import REAP_WAIT_S, Escalation, stop
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +86,6 @@ LOG_TRUNCATED = "[log truncated]"
 _MAX_LINE_BYTES = 8 * 1024 * 1024  # a longer line is cut (a `::result` line included)
 _STDERR_TAIL = 5  # stderr lines quoted in a failure's error
 _PIPE_DRAIN_S = 2.0  # how long to wait for EOF once every process is gone
-_REAP_WAIT_S = 5.0  # how long SIGKILLed processes get to disappear
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,17 +483,34 @@ async def _wait_gone(tree: _ProcessTree, proto: _Protocol | None, timeout: float
         tree.refresh()
 
 
+class _RunTarget:
+    """A Run's processes as a stop target: the group and the known escapees, gone when all are."""
+
+    __slots__ = ("proto", "tree")
+
+    def __init__(self, tree: _ProcessTree, proto: _Protocol | None) -> None:
+        self.tree = tree
+        self.proto = proto
+
+    def send(self, sig: signal.Signals) -> None:
+        self.tree.signal(sig)
+
+    async def gone(self, timeout: float | None) -> bool:
+        return await _wait_gone(self.tree, self.proto, REAP_WAIT_S if timeout is None else timeout)
+
+    def sweep(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.tree.pid, signal.SIGKILL)  # group members we never saw
+
+
 async def _stop(tree: _ProcessTree, proto: _Protocol | None, grace_s: float) -> str:
     """SIGTERM the group and the known escapees; SIGKILL whatever is left after `grace_s`."""
     tree.refresh()
-    tree.signal(signal.SIGTERM)
-    if await _wait_gone(tree, proto, grace_s):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(tree.pid, signal.SIGKILL)  # group members we never saw
-        return "SIGTERM"
-    tree.signal(signal.SIGKILL)
-    if not await _wait_gone(tree, proto, _REAP_WAIT_S):
+    stopped = await stop(_RunTarget(tree, proto), Escalation(term_s=grace_s, reap_s=REAP_WAIT_S))
+    if not stopped.gone:
         log.warning("run.unkillable", pid=tree.pid, left=[p.pid for p in tree.alive()])
+    if stopped.signal is signal.SIGTERM:
+        return "SIGTERM"
     return f"SIGKILL after {grace_s:g}s grace"
 
 

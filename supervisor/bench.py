@@ -59,6 +59,7 @@ from typing import Any
 import psutil
 import redis as syncredis
 
+from runners.stop import Escalation, ProcessTarget, stop_sync
 from supervisor import keys
 
 #: The job types the bench declares (one per runtime; `subprocess` has a Python and a shell one).
@@ -340,27 +341,18 @@ class Daemon:
             return []
 
     def stop(self, timeout: float = 60.0) -> int | None:
-        """SIGTERM (graceful drain), SIGKILL after `timeout`."""
+        """SIGTERM (graceful drain); SIGKILL to it and its descendants after `timeout`."""
         try:
             if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.kill()
+                stop_sync(ProcessTarget(self.proc, kill_tree=True), Escalation(term_s=timeout, reap_s=10))
             return self.proc.returncode
         finally:
             self.sock.close()
 
     def kill(self) -> None:
+        """SIGKILL to it and its descendants (a daemon left behind by an error or a signal)."""
         if self.proc.poll() is None:
-            for p in self.tree()[1:]:
-                try:
-                    p.kill()
-                except psutil.Error:
-                    pass
-            self.proc.kill()
-            self.proc.wait(10)
+            stop_sync(ProcessTarget(self.proc, kill_tree=True), Escalation(term_s=None, reap_s=10))
 
 
 class ResourceSampler:
@@ -522,10 +514,7 @@ class Bench:
             d.kill()
             d.sock.close()
         for proc in self._unlisted_daemons():
-            for p in [*proc.children(recursive=True), proc]:
-                with contextlib.suppress(psutil.Error):
-                    p.kill()
-            psutil.wait_procs([proc], timeout=10)
+            stop_sync(ProcessTarget(proc, kill_tree=True), Escalation(term_s=None, reap_s=10))
         try:
             try:
                 if self.r is not None and not self.owns_redis:

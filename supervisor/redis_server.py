@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+from runners.stop import Escalation, ProcessTarget, stop_sync
 from supervisor.errors import EmbeddedRedisError
 
 
@@ -147,12 +147,8 @@ class RedisServer:
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            stop_sync(ProcessTarget(proc), Escalation(term_s=timeout, reap_s=None))
         finally:
             if proc.stderr:
                 proc.stderr.close()
@@ -161,8 +157,7 @@ class RedisServer:
         """SIGKILL, as a crash would."""
         proc, self.process = self.process, None
         if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            stop_sync(ProcessTarget(proc), Escalation(term_s=None, reap_s=None))
             if proc.stderr:
                 proc.stderr.close()
 
