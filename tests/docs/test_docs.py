@@ -10,7 +10,8 @@
   loop when it is async). A ```sh block runs with `bash -euo pipefail`, from the repository,
   with the interpreter's bin folder (the venv's `job-supervisor`) first on PATH.
 - The synopsis of docs/cli.md names only commands and options that `job-supervisor` has.
-- The relative links of README.md and ARCHITECTURE.md point at files (and headings) that exist.
+- The relative links of README.md and ARCHITECTURE.md point at files (and headings) that exist,
+  and the README's samples are those of docs/index.md.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL"))}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["NO_MKDOCS_2_WARNING"] = "1"  # mkdocs-material's banner about its successor
     return env
 
 
@@ -144,7 +146,7 @@ def _synopsis() -> list[tuple[list[str], set[str]]]:
         options = set(re.findall(r"--[a-z][a-z-]*", line))
         head, _, last = words.rpartition(" ")
         for alt in last.split("|"):
-            out.append([*head.split(), alt] if head else [alt], options)
+            out.append(([*head.split(), alt] if head else [alt], options))
     return out
 
 
@@ -163,6 +165,14 @@ def test_cli_synopsis_matches_the_cli() -> None:
         for option in options:
             assert re.search(rf"{option}\b", proc.stdout + top.stdout), (
                 f"docs/cli.md names `job-supervisor {' '.join(words)} {option}`, which --help does not list")
+
+
+def test_readme_samples_are_the_home_pages() -> None:
+    """README.md (the landing page) and docs/index.md (the site's home) show the same samples,
+    so the samples the home page runs are the README's."""
+    home = {text for _lang, text, _line, _marked in _blocks(DOCS / "index.md")}
+    for lang, text, line, _marked in _blocks(ROOT / "README.md"):
+        assert text in home, f"README.md:{line}: this ```{lang} block is not in docs/index.md"
 
 
 def _slug(heading: str) -> str:

@@ -220,7 +220,7 @@ def _help_texts(command: click.Command, path: list[str]) -> list[tuple[str, str]
 def test_user_facing_text_names_no_internal_document() -> None:
     for where, text in _help_texts(main, ["job-supervisor"]):
         assert not INTERNAL.search(text), f"{where} --help: {INTERNAL.search(text)}"
-    for path in [ROOT / "README.md", ROOT / "systemd" / "job-supervisor.service",
+    for path in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), ROOT / "systemd" / "job-supervisor.service",
                  *(ROOT / "config").glob("*")]:
         for n, line in enumerate(path.read_text().splitlines(), 1):
             assert not INTERNAL.search(line), f"{path.name}:{n}: {line}"
