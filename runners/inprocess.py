@@ -10,62 +10,36 @@ for the job), not in a task of its own: the loop does one step less per job and
 holds no extra task. Each of its steps runs in the run's own copy of the
 context, as a task's would, so the job's log context and whatever the handler
 binds stay out of the caller's context.
+
+Looking the handler up, building its Context and mapping its outcome are
+`runners.invoke`'s, as in every Python runtime; this module owns where the call
+runs and how cancel, timeout and grace act on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from pydantic import BaseModel
 
-from runners.base import CancelSignal, RunEvents, RunRequest, RunResult, RunStatus, traceback_text
+from runners.base import CancelSignal, RunEvents, RunRequest, RunResult, RunStatus
+from runners.invoke import (
+    ChildEnqueue,
+    arguments,
+    bind_log_context,
+    outcome_of,
+    outcome_of_exception,
+    prepare,
+)
 from supervisor.context import Context
-from supervisor.errors import InvalidPayload, PermanentError, Retry
-from supervisor.handler import Failure, JobType
+from supervisor.handler import JobType
 
-ChildEnqueue = Callable[[str, Any, dict[str, Any], bool], Awaitable[Any]]
 log = structlog.get_logger(__name__)
-_SCALARS = (type(None), bool, str, float)  # json.dumps takes any of these
-_INT_LIMIT = 1 << 64  # far below the digits limit of int -> str
-
-
-def result_json(value: Any) -> Any:
-    """A handler's return value in JSON-ready form (TypeError when it has none)."""
-    if type(value) in _SCALARS or (type(value) is int and -_INT_LIMIT < value < _INT_LIMIT):
-        return value  # the common cases, without dumping them just to check
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    json.dumps(value)  # raises TypeError/ValueError for what JSON cannot hold
-    return value
-
-
-def outcome_of(value: Any) -> RunResult:
-    """Map a handler's return value to a RunResult."""
-    if isinstance(value, Failure):
-        return RunResult(RunStatus.PERMANENT, result=value.result, error=value.error)
-    try:
-        return RunResult(RunStatus.COMPLETED, result=result_json(value))
-    except (TypeError, ValueError) as exc:
-        return RunResult(RunStatus.PERMANENT, error=f"result is not JSON-serializable: {exc}")
-
-
-def outcome_of_exception(exc: BaseException) -> RunResult:
-    """Map an exception raised by a handler to a RunResult (with its stack trace, unless it is a request)."""
-    if isinstance(exc, PermanentError):
-        return RunResult(RunStatus.PERMANENT, error=f"PermanentError: {exc}", traceback=traceback_text(exc))
-    if isinstance(exc, Retry):
-        return RunResult(RunStatus.RETRY, error=f"Retry: {exc}", retry_delay_s=exc.delay)
-    if isinstance(exc, InvalidPayload):
-        return RunResult(RunStatus.PERMANENT, error=str(exc))
-    return RunResult(RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}", traceback=traceback_text(exc))
 
 
 class _Sink:
@@ -128,26 +102,19 @@ class InProcessRunner:
         the calling task cancels the handler and raises CancelledError here, as usual.
         """
         jt = self._lookup(request.name)
-        if jt is None:
-            return RunResult(RunStatus.FAILED, error=f"no handler for {request.name!r} in this instance")
-        try:
-            payload = jt.payload.from_json(request.payload_json)
-        except InvalidPayload as exc:
-            return RunResult(RunStatus.PERMANENT, error=str(exc))
         loop = asyncio.get_running_loop()
+        ctx = prepare(jt, request.job_id, request.name, request.attempt, request.payload_json, request.context,
+                      request.deadline, _Sink(events, loop, self._enqueue), "this instance")
+        if isinstance(ctx, RunResult):
+            return ctx
+        assert jt is not None  # prepare() found it
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("InProcessRunner.run must be awaited in a task")
-        ctx = Context(
-            job_id=request.job_id, job_name=request.name, attempt=request.attempt, payload=payload,
-            context=request.context,
-            deadline=datetime.fromtimestamp(request.deadline, tz=UTC) if request.deadline else None,
-            sink=_Sink(events, loop, self._enqueue), is_async=jt.is_async,
-        )
-        args = (payload, ctx) if jt.takes_context else (payload,)
+        args = arguments(jt, ctx)
         # The run's own context: bound here, it needs no reset and reaches no other job's lines.
         run_context = contextvars.copy_context()
-        run_context.run(_bind_log_context, request)
+        run_context.run(bind_log_context, request.job_id, request.name, request.attempt, request.context)
         watch = _Watch(task, ctx, cancel, self.cancel_grace_s, request.timeout_s)
         value: Any = None
         error: BaseException | None = None
@@ -323,22 +290,3 @@ def _resume(coro: Coroutine[Any, Any, Any], signal: Any) -> Generator[Any, Any, 
 
 async def _finish(coro: Coroutine[Any, Any, Any], signal: Any) -> None:
     await _resume(coro, signal)
-
-
-def _log_vars(keys: tuple[str, ...]) -> tuple[contextvars.ContextVar[Any], ...]:
-    """structlog's own ContextVars for `keys` (the tokens of a bind name them; the bind itself is thrown away)."""
-    tokens = contextvars.Context().run(structlog.contextvars.bind_contextvars, **dict.fromkeys(keys))
-    return tuple(tokens[k].var for k in keys)
-
-
-_JOB_ID, _JOB_NAME, _ATTEMPT, _TRACE_ID, _REQUEST_ID = _log_vars(
-    ("job_id", "job_name", "attempt", "trace_id", "request_id"))
-
-
-def _bind_log_context(request: RunRequest) -> None:
-    """`bind_contextvars` for the job's ids, in the current context (the run's own) and 5x cheaper."""
-    _JOB_ID.set(request.job_id)
-    _JOB_NAME.set(request.name)
-    _ATTEMPT.set(request.attempt)
-    _TRACE_ID.set(request.context.get("trace_id"))
-    _REQUEST_ID.set(request.context.get("request_id"))

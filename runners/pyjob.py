@@ -6,6 +6,9 @@ With MANIFEST (the daemon passes one), the handlers are imported from
 the sources the daemon accepted (`supervisor.accepted`), not from the files of
 JOBS_DIR as they are now: a broken edit leaves the last good version running.
 
+The call itself is `runners.invoke`'s, as in every Python runtime; this
+module owns only where its inputs come from and where its outcome goes.
+
 Speaks the task protocol of SPEC §6, so the subprocess runner treats it like
 any other task: payload JSON on stdin, `JOB_*` variables in the environment,
 `::progress` / `::heartbeat` / `::result` lines on stdout, exit 0 / 65
@@ -18,7 +21,6 @@ handlers that enqueue.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -26,11 +28,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runners.base import RunStatus
-from runners.inprocess import outcome_of, outcome_of_exception
+from runners.base import RunResult, RunStatus
+from runners.invoke import call, prepare
 from supervisor import accepted
-from supervisor.context import Context
-from supervisor.errors import HandlerImportError, InvalidPayload
+from supervisor.errors import HandlerImportError
 from supervisor.registry import load_jobs
 
 EXIT = {RunStatus.COMPLETED: 0, RunStatus.PERMANENT: 65, RunStatus.RETRY: 75}
@@ -61,32 +62,21 @@ def main(argv: list[str]) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     registry = load_jobs(jobs_dir, sources)
-    jt = registry.get(name)
-    if jt is None:
-        err = registry.errors.get(next((p for p in registry.errors), ""), None)
-        print(f"no handler for {name!r} in {jobs_dir}" + (f": {err}" if err else ""), file=sys.stderr)
-        return 1
-    try:
-        payload = jt.payload.from_json(sys.stdin.read() or "{}")
-    except InvalidPayload as exc:
-        print(str(exc), file=sys.stderr)
-        return 65
+    err = registry.errors.get(next((p for p in registry.errors), ""), None)
     env = os.environ
-    deadline = datetime.fromisoformat(env["JOB_DEADLINE"]) if env.get("JOB_DEADLINE") else None
+    deadline = datetime.fromisoformat(env["JOB_DEADLINE"]).timestamp() if env.get("JOB_DEADLINE") else None
     context = {"request_id": env.get("JOB_REQUEST_ID", ""), "traceparent": env.get("TRACEPARENT", ""),
                "tracestate": env.get("TRACESTATE", "")}
     if context["traceparent"].count("-") == 3:
         context["trace_id"] = context["traceparent"].split("-")[1]
-    ctx = Context(job_id=env.get("JOB_ID", ""), job_name=name, attempt=int(env.get("JOB_ATTEMPT", "1")),
-                  payload=payload, context=context, deadline=deadline, sink=_ProtocolSink(),
-                  is_async=jt.is_async)
-    args = (payload, ctx) if jt.takes_context else (payload,)
-    try:
-        value = asyncio.run(jt.handler(*args)) if jt.is_async else jt.handler(*args)
-    except Exception as exc:  # noqa: BLE001 (every handler failure maps to an outcome)
-        result = outcome_of_exception(exc)
+    jt = registry.get(name)
+    ctx = prepare(jt, env.get("JOB_ID", ""), name, int(env.get("JOB_ATTEMPT", "1")), sys.stdin.read() or "{}",
+                  context, deadline, _ProtocolSink(), f"{jobs_dir}" + (f": {err}" if err else ""))
+    if isinstance(ctx, RunResult):
+        result = ctx
     else:
-        result = outcome_of(value)
+        assert jt is not None  # prepare() found it
+        result = call(jt, ctx)
     if result.status is RunStatus.COMPLETED:
         print("::result " + json.dumps(result.result, separators=(",", ":")), flush=True)
     else:

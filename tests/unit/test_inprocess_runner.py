@@ -19,7 +19,8 @@ from structlog.contextvars import bound_contextvars, get_contextvars, merge_cont
 from structlog.testing import capture_logs
 
 from runners.base import CancelSignal, RunRequest, RunResult, RunStatus
-from runners.inprocess import InProcessRunner, result_json
+from runners.inprocess import InProcessRunner
+from runners.invoke import result_json
 from supervisor import Context, Failure, PermanentError, Retry, job
 from supervisor.handler import JOB_ATTR, JobType
 

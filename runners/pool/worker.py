@@ -1,0 +1,127 @@
+"""One pool worker as the daemon sees it, its states and their legal transitions, and a job in the pool.
+
+A worker is `starting` until it has loaded its handlers, `ready` while it takes
+jobs, `retiring` once it was taken out of service (it finishes its job and
+exits, or was signalled) and `dead` once its process was reaped. Every change
+goes through `Worker.transition`, which refuses one the table does not allow,
+as job states do (`supervisor.states`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+from runners.base import RunEvents, RunRequest, RunResult
+from runners.pool.pipe import Outbox, PipeEnd
+
+
+class WorkerState(StrEnum):
+    """Where a worker is in its life."""
+
+    STARTING = "starting"  # loading its handlers
+    READY = "ready"  # takes jobs
+    RETIRING = "retiring"  # out of service: finishes its job (or was signalled) and exits
+    DEAD = "dead"  # its process is gone and reaped
+
+
+#: Legal transitions: state -> states it may move to.
+TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
+    WorkerState.STARTING: frozenset({WorkerState.READY, WorkerState.RETIRING, WorkerState.DEAD}),
+    WorkerState.READY: frozenset({WorkerState.RETIRING, WorkerState.DEAD}),
+    WorkerState.RETIRING: frozenset({WorkerState.DEAD}),
+    WorkerState.DEAD: frozenset(),
+}
+
+
+class IllegalWorkerTransition(RuntimeError):
+    """Raised when code of the pool moves a worker between states the table does not link (a bug)."""
+
+
+@dataclass(eq=False, slots=True)
+class PoolJob:
+    """One run handed to the pool: pending (no worker), queued in a worker, or running in it."""
+
+    request: RunRequest
+    events: RunEvents
+    fut: asyncio.Future[RunResult]
+    worker: Worker | None = None  # the worker it was sent to (None while pending in the pool)
+    started_at: float | None = None  # loop time the worker reported it started
+    timer: asyncio.TimerHandle | None = None  # its timeout, from the start
+    cancel_requested: bool = False
+    stopped_with: str | None = None  # the signal the pool used on a worker that ignored cancel
+    abandoned: bool = False  # nobody waits for it: a worker that starts it is killed
+    reclaiming: bool = False  # asked its worker to hand it back
+    left_queue: asyncio.Future[None] | None = None  # made by a cancel of a queued job: started or dropped
+
+
+class Worker(PipeEnd):
+    """The daemon's handle on one worker process: its state, its jobs and its pipe."""
+
+    def __init__(self, proc: BaseProcess, conn: Connection, generation: int, outbox: Outbox) -> None:
+        assert proc.pid is not None
+        loop = outbox.loop
+        super().__init__(conn.fileno(), outbox)
+        self.proc = proc
+        self.conn = conn
+        self.pid: int = proc.pid
+        self.generation = generation
+        self.ready: asyncio.Future[bool] = loop.create_future()
+        self.exited: asyncio.Future[int | None] = loop.create_future()
+        self.started_at = time.time()
+        self.state = WorkerState.STARTING
+        self.jobs_run = 0
+        self.job: PoolJob | None = None  # the job it is running
+        self.queued: dict[str, PoolJob] = {}  # sent, not started, in order
+        self.rss: int | None = None
+        self.replaced = False
+        self.replace_after_job = False  # retired while running: its replacement starts when the job ends
+        self.types: list[str] = []
+        self.timers: list[asyncio.TimerHandle] = []
+        self.stopping: asyncio.Future[None] | None = None  # its stop escalation, while one runs
+
+    @property
+    def load(self) -> int:
+        """Jobs it holds: the one it runs and those queued ahead of it."""
+        return len(self.queued) + (self.job is not None)
+
+    def transition(self, to: WorkerState) -> None:
+        """Move to state `to`; IllegalWorkerTransition when the table does not allow it."""
+        if to not in TRANSITIONS[self.state]:
+            raise IllegalWorkerTransition(f"worker {self.pid}: {self.state} -> {to} is not a legal transition")
+        self.state = to
+        if to is WorkerState.DEAD:
+            self.open = False  # first: nothing may write to (or signal) a reaped, reusable pid
+
+    def retire(self) -> None:
+        """Take it out of service (no change when it already is, or is dead)."""
+        if self.state is WorkerState.STARTING or self.state is WorkerState.READY:
+            self.transition(WorkerState.RETIRING)
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.state is WorkerState.DEAD:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.pid, sig)
+
+    def cancel_timers(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
+
+    def release(self) -> None:
+        """Free what a dead worker held: timers, its escalation, the pipe, the process object."""
+        self.cancel_timers()
+        if self.stopping is not None:
+            self.stopping.cancel()
+        self.close_pipe()
+        self.conn.close()
+        with contextlib.suppress(ValueError):
+            self.proc.close()
