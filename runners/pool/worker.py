@@ -41,6 +41,11 @@ TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
 }
 
 
+def can_transition(source: WorkerState, target: WorkerState) -> bool:
+    """True when the table lets a worker move from `source` to `target`."""
+    return target in TRANSITIONS[source]
+
+
 class IllegalWorkerTransition(RuntimeError):
     """Raised when code of the pool moves a worker between states the table does not link (a bug)."""
 
@@ -94,7 +99,7 @@ class Worker(PipeEnd):
 
     def transition(self, to: WorkerState) -> None:
         """Move to state `to`; IllegalWorkerTransition when the table does not allow it."""
-        if to not in TRANSITIONS[self.state]:
+        if not can_transition(self.state, to):
             raise IllegalWorkerTransition(f"worker {self.pid}: {self.state} -> {to} is not a legal transition")
         self.state = to
         if to is WorkerState.DEAD:
