@@ -23,17 +23,19 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
-
-import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from typing import TYPE_CHECKING, Any, cast
 
 from supervisor import keys
-from supervisor.broker import Broker
 from supervisor.errors import CorruptRecord, printable
 from supervisor.serving import serving_of
 from supervisor.records import Job, check_text, loads, parsed
 from supervisor.states import FINISHED, State
+from supervisor.wire import redis_errors
+
+if TYPE_CHECKING:  # `health` also reads through supervisor.reads, without redis-py
+    import redis.asyncio as aioredis
+
+    from supervisor.broker import Broker
 
 # --- schedules -----------------------------------------------------------------------------
 
@@ -93,7 +95,7 @@ def _schedule_docs(key: str, raw: dict[str, str]) -> tuple[list[dict[str, Any]],
 async def _hget_or_none(redis: aioredis.Redis, key: str, field: str) -> str | None:
     try:
         return cast(str | None, await redis.hget(key, field))
-    except ResponseError:  # WRONGTYPE: another program's key; shown as never
+    except redis_errors().ResponseError:  # WRONGTYPE: another program's key; shown as never
         return None
 
 
@@ -129,7 +131,8 @@ async def type_rows(broker: Broker) -> list[dict[str, Any]]:
                 **serving[name].describe(),
             }
             check_text(json.dumps(row, ensure_ascii=False, default=str))  # every text of it is UTF-8
-        except (CorruptRecord, ResponseError, ValueError, OverflowError, OSError) as exc:  # named, not fatal
+        except (CorruptRecord, redis_errors().ResponseError, ValueError, OverflowError,
+                OSError) as exc:  # named, not fatal
             err = exc if isinstance(exc, CorruptRecord) else CorruptRecord(keys.meta_key(name), str(exc))
             row = {"name": printable(name), "counts": {}, "error": str(err), "code": err.code}
         rows.append(row)

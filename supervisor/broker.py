@@ -12,20 +12,18 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
-from typing import Any
-
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import ResponseError
+from typing import TYPE_CHECKING, Any
 
 from supervisor import keys
 from supervisor.errors import ConfigError, CorruptRecord, InvalidTransition, JobNotFound, RedisUnsafe, printable
 from supervisor.records import Job, check_text, loads, parsed
 from supervisor.scripts import SCRIPT_NAMES, script_source
 from supervisor.states import FINISHED, State
-from supervisor.wire import AsyncWire, Script, is_noscript, params_of
+from supervisor.wire import AsyncWire, Script, is_noscript, params_of, redis_errors
+
+if TYPE_CHECKING:  # redis-py is imported where a connection is made (`connect`): a CLI read needs none
+    import redis.asyncio as aioredis
+    from redis.commands.core import AsyncScript
 
 
 #: The transition scripts, by name, as the wire calls them (by SHA; the same sources as redis-py's).
@@ -121,6 +119,10 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
     caller knows whether running it again is safe (every loop of the daemon retries with
     backoff itself). The socket timeout must exceed the longest blocking wait.
     """
+    import redis.asyncio as aioredis  # noqa: PLC0415
+    from redis.asyncio.retry import Retry  # noqa: PLC0415
+    from redis.backoff import NoBackoff  # noqa: PLC0415
+
     options.setdefault("retry", Retry(NoBackoff(), 0))
     options.setdefault("socket_timeout", 30.0)
     options.setdefault("socket_connect_timeout", 5.0)
@@ -146,6 +148,25 @@ def mask_url(url: str) -> str:
     cred, _, host = rest.rpartition("@")
     user = cred.split(":", 1)[0] if ":" in cred else ""
     return f"{scheme}://{user}:***@{host}"
+
+
+async def read_job(redis: Any, job_id: str) -> Job:
+    """The record of `job_id`: JobNotFound, or CorruptRecord when its key holds something else.
+
+    `redis` is redis-py's asyncio client or a `supervisor.reads.SyncReads` (the CLI's blocking
+    reads): this needs only `hgetall`.
+    """
+    try:
+        key = keys.job_key(job_id)
+    except ValueError:
+        raise JobNotFound(job_id) from None
+    try:
+        raw = await redis.hgetall(key)
+    except redis_errors().ResponseError as exc:  # WRONGTYPE: something else wrote a non-hash there
+        raise CorruptRecord(key, str(exc)) from None
+    if not raw:
+        raise JobNotFound(job_id)
+    return Job.from_hash(job_id, raw, key)
 
 
 class Broker:
@@ -258,7 +279,7 @@ class Broker:
         for fut, cmd in sent:
             try:
                 raw = await fut
-            except ResponseError as exc:
+            except redis_errors().ResponseError as exc:
                 if not is_noscript(exc):
                     raise
                 await self.wire.call("SCRIPT", "LOAD", script.source)
@@ -290,7 +311,7 @@ class Broker:
             _, reply = await self._waiter(name, timeout_s).call_pipelined(
                 ("BZPOPMIN", prefix + "marker", timeout_s),
                 ("EVALSHA", SCRIPTS["claim"].sha, 1, prefix + "ready", prefix, job_prefix, *args))
-            if not isinstance(reply, ResponseError):
+            if not isinstance(reply, redis_errors().ResponseError):
                 return _claim_batch(name, reply)
             if not is_noscript(reply):
                 raise reply
@@ -407,7 +428,7 @@ class Broker:
             raise JobNotFound(job_id) from None
         try:
             lines = await self.redis.lrange(key, -last, -1)
-        except ResponseError as exc:  # WRONGTYPE: something else wrote a non-list there
+        except redis_errors().ResponseError as exc:  # WRONGTYPE: something else wrote a non-list there
             raise CorruptRecord(key, str(exc)) from None
         return [printable(line) for line in lines]  # bytes that were not UTF-8, escaped
 
@@ -440,7 +461,7 @@ class Broker:
             raise JobNotFound(job_id) from None
         try:
             name = await self.redis.hget(key, "name")
-        except ResponseError as exc:  # WRONGTYPE: something else wrote a non-hash there
+        except redis_errors().ResponseError as exc:  # WRONGTYPE: something else wrote a non-hash there
             raise CorruptRecord(key, str(exc)) from None
         if name is None:
             raise JobNotFound(job_id)
@@ -454,17 +475,7 @@ class Broker:
         return str(name)
 
     async def get(self, job_id: str) -> Job:
-        try:
-            key = keys.job_key(job_id)
-        except ValueError:
-            raise JobNotFound(job_id) from None
-        try:
-            raw = await self.redis.hgetall(key)
-        except ResponseError as exc:  # WRONGTYPE: something else wrote a non-hash there
-            raise CorruptRecord(key, str(exc)) from None
-        if not raw:
-            raise JobNotFound(job_id)
-        return Job.from_hash(job_id, raw, key)
+        return await read_job(self.redis, job_id)
 
     async def get_many(self, job_ids: Iterable[str], corrupt: list[CorruptRecord] | None = None) -> list[Job]:
         """Records of `job_ids` that still exist, in order (trimmed ones are skipped). A listing
@@ -481,9 +492,9 @@ class Broker:
             for key in job_keys:
                 pipe.hgetall(key)
             rows = await pipe.execute(raise_on_error=False)
-        jobs = []
+        jobs, reply_error = [], redis_errors().ResponseError
         for job_id, key, row in zip(ids, job_keys, rows, strict=True):
-            if isinstance(row, ResponseError):
+            if isinstance(row, reply_error):
                 bad.append(CorruptRecord(key, str(row)))
             elif row:
                 try:

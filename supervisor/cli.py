@@ -8,26 +8,25 @@ with rich for tables and progress: the two most widely used choices for this.
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import json
 import sys
 from collections.abc import Callable, Coroutine
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.cells import cell_len
 from rich.markup import escape
-from rich import box
-from rich.table import Table
 from rich.text import Text
 
 from supervisor import errors
-from supervisor.config import Settings, load_settings
 from supervisor.errors import ConfigError, SupervisorError
+
+if TYPE_CHECKING:  # settings are loaded by a command that runs (`--help` never loads them)
+    from supervisor.config import Settings
 
 T = TypeVar("T")
 console = Console(markup=False)  # data never goes through rich markup (payloads hold brackets)
@@ -44,6 +43,8 @@ def _fail(exc: SupervisorError) -> None:
 
 
 def _settings(ctx: click.Context, **flags: Any) -> Settings:
+    from supervisor.config import load_settings  # noqa: PLC0415
+
     obj = ctx.find_root().obj or {}
     return load_settings(obj.get("config"), **flags)
 
@@ -71,11 +72,12 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     return (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 
 
-def _async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+def _reported(fn: Callable[..., T]) -> Callable[..., T]:
+    """A command whose SupervisorError, or unreachable Redis, becomes a message and an exit code."""
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
-            return asyncio.run(fn(*args, **kwargs))
+            return fn(*args, **kwargs)
         except SupervisorError as exc:
             _fail(exc)
             raise  # unreachable
@@ -87,6 +89,50 @@ def _async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
             sys.exit(errors.EXIT_FAILURE)
 
     return wrapper
+
+
+def _async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """An `async def` command, run by asyncio (`_reported`)."""
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        import asyncio  # noqa: PLC0415
+
+        return asyncio.run(fn(*args, **kwargs))
+
+    return _reported(wrapper)
+
+
+def _read(url: str, read: Callable[[Any], Coroutine[Any, Any, T]], *, connect_timeout_s: float = 5.0,
+          timeout_s: float = 30.0) -> T:
+    """Run a read model (`read(redis)`, e.g. `supervisor.admin.health`) against Redis at `url`.
+
+    Over a blocking `SyncWire` (`supervisor.reads`) for redis:// and unix:// URLs: a quick
+    command then loads neither redis-py nor an event loop. Over redis-py's asyncio client for
+    what the wire cannot speak (rediss://, redis-py's URL options).
+    """
+    from supervisor.wire import WireParams  # noqa: PLC0415
+
+    params = WireParams.from_url(url, connect_timeout_s, timeout_s)
+    if params is not None:
+        from supervisor.reads import SyncReads, run_blocking  # noqa: PLC0415
+
+        reads = SyncReads(params)
+        try:
+            return run_blocking(read(reads))
+        finally:
+            reads.wire.close()
+    import asyncio  # noqa: PLC0415
+
+    from supervisor.broker import connect  # noqa: PLC0415
+
+    async def over_redis_py() -> T:
+        redis = connect(url, socket_connect_timeout=connect_timeout_s, socket_timeout=timeout_s)
+        try:
+            return await read(redis)
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(over_redis_py())
 
 
 def _waited_exit(job: Any) -> int:
@@ -139,6 +185,9 @@ def print_table(columns: list[tuple[str, bool] | tuple[str, bool, int]], rows: l
         lines += ["\t".join(_tsv(",".join(v) if isinstance(v, list) else v or "") for v in row) for row in rows]
         click.echo("\n".join(lines), err=stderr)
         return
+    from rich import box  # noqa: PLC0415 (a terminal only: piped output is TSV)
+    from rich.table import Table  # noqa: PLC0415
+
     out = err_console if stderr else console
     ctx = click.get_current_context(silent=True)
     wide = bool(ctx and ctx.meta.get(_WIDE))
@@ -193,6 +242,8 @@ def run(ctx: click.Context, jobs_dir: Path | None, tasks_dir: Path | None, confi
         _fail(exc)
         return
     log.configure(settings.log_level, settings.log_format)
+    import asyncio  # noqa: PLC0415
+
     try:
         code = asyncio.run(run_daemon(settings, lambda: _settings(ctx, jobs_dir=jobs_dir, tasks_dir=tasks_dir)))
     except SupervisorError as exc:
@@ -244,21 +295,23 @@ def _exit_daemon(code: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @wide_option
 @click.pass_context
-@_async
-async def enqueue(ctx: click.Context, name: str, payload: str, wait: bool, timeout: float | None,
-                  delay: float | None, priority: int | None, idempotency_key: str | None,
-                  deadline: float | None, allow_unknown: bool, concurrency_key: str | None, as_json: bool) -> None:
+@_reported
+def enqueue(ctx: click.Context, name: str, payload: str, wait: bool, timeout: float | None,
+            delay: float | None, priority: int | None, idempotency_key: str | None,
+            deadline: float | None, allow_unknown: bool, concurrency_key: str | None, as_json: bool) -> None:
     """Queue a job of type NAME with a JSON PAYLOAD."""
-    from supervisor.client import Client  # noqa: PLC0415
+    # SyncClient: the enqueue goes over its blocking wire; its event loop (and redis-py) only
+    # start for --wait
+    from supervisor.client import SyncClient  # noqa: PLC0415
 
     try:
         data = json.loads(payload)
     except json.JSONDecodeError as exc:
         raise errors.InvalidPayload(name, f"PAYLOAD is not JSON ({exc}); quote it, e.g. '{{\"a\": 1}}'") from None
     settings = _settings(ctx)
-    async with Client(_redis_url(settings), allow_unknown=allow_unknown) as client:
-        ref = await client.enqueue(name, data, delay=delay, priority=priority, idempotency_key=idempotency_key,
-                                   deadline=deadline, concurrency_key=concurrency_key)
+    with SyncClient(_redis_url(settings), allow_unknown=allow_unknown) as client:
+        ref = client.enqueue(name, data, delay=delay, priority=priority, idempotency_key=idempotency_key,
+                             deadline=deadline, concurrency_key=concurrency_key)
         if not wait:
             if as_json:
                 _print_json({"id": ref.id, "name": ref.name, "existing": ref.existing})
@@ -266,10 +319,10 @@ async def enqueue(ctx: click.Context, name: str, payload: str, wait: bool, timeo
                 console.print(f"{'existing' if ref.existing else 'queued'} {ref.id}", highlight=False)
             return
         if as_json:
-            job = await client.wait(ref.id, timeout)
+            job = client.wait(ref.id, timeout)
         else:
             with console.status(f"waiting for {ref.id} ({name})"):
-                job = await client.wait(ref.id, timeout)
+                job = client.wait(ref.id, timeout)
     _show_job(job, as_json)
     sys.exit(_waited_exit(job))
 
@@ -287,17 +340,12 @@ def jobs() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @wide_option
 @click.pass_context
-@_async
-async def jobs_get(ctx: click.Context, job_id: str, as_json: bool) -> None:
+@_reported
+def jobs_get(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Show one job: state, payload, result or error, and every attempt."""
-    from supervisor.broker import Broker, connect  # noqa: PLC0415 (a read: no need for the producer Client)
+    from supervisor.broker import read_job  # noqa: PLC0415 (a read: no need for the producer Client)
 
-    broker = Broker(connect(_redis_url(_settings(ctx))))
-    try:
-        job = await broker.get(job_id)
-    finally:
-        await broker.close()
-    _show_job(job, as_json)
+    _show_job(_read(_redis_url(_settings(ctx)), lambda redis: read_job(redis, job_id)), as_json)
 
 
 class _Since(click.ParamType):

@@ -7,7 +7,6 @@ whether or not a daemon or the API is running (`api` *is* the API).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import signal
@@ -22,6 +21,7 @@ from supervisor.cli import (
     _async,
     _fail,
     _print_json,
+    _read,
     _redis_errors,
     _redis_url,
     _settings,
@@ -109,6 +109,8 @@ def _event_line(doc: dict[str, Any]) -> str:
 @click.pass_context
 def events(ctx: click.Context, types: tuple[str, ...], job_id: str | None, as_json: bool) -> None:
     """Follow lifecycle events of every job type as they happen (from Redis; Ctrl-C stops)."""
+    import asyncio  # noqa: PLC0415
+
     from supervisor.errors import SupervisorError  # noqa: PLC0415
 
     try:
@@ -120,6 +122,8 @@ def events(ctx: click.Context, types: tuple[str, ...], job_id: str | None, as_js
 
 
 async def _follow(ctx: click.Context, types: tuple[str, ...], job_id: str | None, as_json: bool) -> None:
+    import asyncio  # noqa: PLC0415
+
     from supervisor.admin import EventFollower  # noqa: PLC0415
     from supervisor.broker import connect  # noqa: PLC0415
 
@@ -166,8 +170,10 @@ def health(ctx: click.Context, as_json: bool) -> None:
     except ConfigError as exc:
         _fail(exc)
         return
+    from supervisor.admin import health as admin_health  # noqa: PLC0415
+
     try:
-        report = asyncio.run(_health(settings))
+        report = _read(_redis_url(settings), admin_health, connect_timeout_s=3.0, timeout_s=5.0)
     except Exception as exc:  # noqa: BLE001
         if not isinstance(exc, (ConfigError, *_redis_errors())):
             raise
@@ -186,17 +192,6 @@ def health(ctx: click.Context, as_json: bool) -> None:
         err_console.print(f"unavailable: {report['redis']}", highlight=False, markup=False)
     if report["status"] != "ok":
         sys.exit(errors.EXIT_FAILURE)
-
-
-async def _health(settings: Any) -> dict[str, Any]:
-    from supervisor.admin import health as admin_health  # noqa: PLC0415
-    from supervisor.broker import connect  # noqa: PLC0415
-
-    redis = connect(_redis_url(settings), socket_connect_timeout=3.0, socket_timeout=5.0)
-    try:
-        return await admin_health(redis)
-    finally:
-        await redis.aclose()
 
 
 # --- api ---------------------------------------------------------------------------------
@@ -227,6 +222,8 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
         _fail(exc)
         return
     log.configure(settings.log_level, settings.log_format)
+    import asyncio  # noqa: PLC0415
+
     try:
         asyncio.run(_serve_api(settings, url, host, port, tokens))
     except ConfigError as exc:
@@ -236,6 +233,8 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
 
 
 async def _serve_api(settings: Any, url: str, host: str, port: int, tokens: dict[str, str]) -> None:
+    import asyncio  # noqa: PLC0415
+
     import structlog  # noqa: PLC0415
 
     from supervisor.api.app import create_app  # noqa: PLC0415

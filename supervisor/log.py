@@ -11,13 +11,13 @@ import logging
 import sys
 from typing import Any
 
-import structlog
-
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     """Configure structlog (and stdlib logging of libraries) for this process."""
+    import structlog  # noqa: PLC0415 (see LazyLogger)
+
     out = stream or sys.stdout
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     shared: list[Any] = [
@@ -48,3 +48,25 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(_LEVELS[level], logging.WARNING))
+
+
+class LazyLogger:
+    """`structlog.get_logger(name)`, with structlog imported at the first line logged.
+
+    For modules a quick CLI command imports without logging anything (telemetry, presence,
+    the client): importing structlog costs ~0.04 s of CPU (it loads rich's tracebacks).
+    """
+
+    __slots__ = ("_name", "_logger")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._logger: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        logger = self._logger
+        if logger is None:
+            import structlog  # noqa: PLC0415
+
+            logger = self._logger = structlog.get_logger(self._name)
+        return getattr(logger, attr)

@@ -16,17 +16,18 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
-
-import psutil
-import redis.asyncio as aioredis
-import structlog
+from typing import TYPE_CHECKING, Any
 
 from supervisor import keys, serving
 from supervisor.errors import CorruptRecord, printable
+from supervisor.log import LazyLogger
 from supervisor.records import loads
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:  # `health` and `workers` read presence without redis-py or psutil (supervisor.reads)
+    import psutil
+    import redis.asyncio as aioredis
+
+log = LazyLogger(__name__)
 INSTANCES_KEY = f"{keys.PREFIX}:instances"
 FORGET_AFTER_S = 3600.0
 
@@ -37,6 +38,8 @@ def instance_key(instance_id: str) -> str:
 
 def process_stats(pid: int) -> dict[str, Any]:
     """RSS (bytes) and CPU (percent since the last call) of one process; {} if it is gone."""
+    import psutil  # noqa: PLC0415
+
     try:
         proc = _procs.setdefault(pid, psutil.Process(pid))
         with proc.oneshot():

@@ -18,13 +18,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
-
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING, Any
 
 from supervisor import keys
 from supervisor.errors import UnknownJobType
 from supervisor.wire import AsyncWire, Script, SyncWire
+
+if TYPE_CHECKING:  # annotations only: a CLI read through supervisor.reads never loads redis-py
+    import redis.asyncio as aioredis
 
 
 def _script(name: str) -> Script:

@@ -15,8 +15,9 @@ through an `asyncio.Protocol` fed to a `hiredis.Reader` (BENCHMARKS.md).
 - `PackedCall`: a script call whose fixed part is packed once, for one-at-a-time enqueue.
 
 Both speak redis:// and unix:// with AUTH and SELECT taken from the redis-py client they
-are built from (`params_of`); for rediss:// (TLS) `params_of` returns None and the caller
-keeps using redis-py. A script is called by SHA and loaded on NOSCRIPT, which is safe to
+are built from (`params_of`) or from the URL itself (`WireParams.from_url`, so a quick CLI
+command never imports redis-py); for rediss:// (TLS) both return None and the caller keeps
+using redis-py. A script is called by SHA and loaded on NOSCRIPT, which is safe to
 repeat: NOSCRIPT means it did not run. Errors are redis-py's exception types, so callers
 handle one family: `ConnectionError` when the link drops (every call in flight fails; the
 next call reconnects), `TimeoutError` when Redis does not answer within `timeout_s`
@@ -36,12 +37,28 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import cache
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlparse
 
 import hiredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+
+if TYPE_CHECKING:
+    from redis.exceptions import ResponseError
+
+
+@cache
+def redis_errors() -> ModuleType:
+    """redis-py's exception module: the one family of errors the wire raises (see above).
+
+    Imported on first use (an error, an error reply), not with this module: importing
+    redis-py costs ~0.18 s of CPU (redis 8 loads redis.asyncio and OpenTelemetry's metrics
+    SDK), more than the rest of a quick CLI command that reads through a `SyncWire`.
+    """
+    import redis.exceptions  # noqa: PLC0415
+
+    return redis.exceptions
 
 
 #: How replies are decoded: bytes that are not UTF-8 (a foreign or hostile value in a key) become
@@ -63,6 +80,38 @@ class WireParams:
     db: int = 0
     connect_timeout_s: float = 5.0
     timeout_s: float = 30.0
+
+    @classmethod
+    def from_url(cls, url: str, connect_timeout_s: float = 5.0, timeout_s: float = 30.0) -> WireParams | None:
+        """What `params_of` gives for a redis-py client made from `url`, read without redis-py
+        (redis-py's own URL rules); None for what the caller should leave to redis-py: rediss://
+        (TLS), a query option other than `db`, a port or db that is not a number."""
+        scheme, sep, _ = url.partition("://")
+        if not sep or scheme.lower() not in ("redis", "unix"):
+            return None
+        tcp = scheme.lower() == "redis"
+        parts = urlparse(url)
+        query = {name: values[0] for name, values in parse_qs(parts.query).items() if values}
+        if query.keys() - {"db"}:
+            return None
+        try:
+            port = parts.port
+            if "db" in query:
+                db = int(query["db"])
+            elif tcp and parts.path:
+                db = int(unquote(parts.path).replace("/", "") or 0)
+            else:
+                db = 0
+        except ValueError:
+            return None
+        return cls(
+            host=unquote(parts.hostname) if tcp and parts.hostname else "127.0.0.1",
+            port=(port or 6379) if tcp else 6379,
+            path=None if tcp else unquote(parts.path) or None,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            db=db, connect_timeout_s=connect_timeout_s, timeout_s=timeout_s,
+        )
 
 
 def params_of(client: Any, timeout_s: float = 30.0) -> WireParams | None:
@@ -125,11 +174,18 @@ def _hello(params: WireParams) -> list[tuple[Any, ...]]:
 
 
 def _error(reply: hiredis.ReplyError) -> ResponseError:
-    return ResponseError(str(reply))
+    return redis_errors().ResponseError(str(reply))
+
+
+def _raised(reply: Any) -> Any:
+    """A reply of a `SyncWire`: raised as a ResponseError when it is an error reply."""
+    if isinstance(reply, hiredis.ReplyError):
+        raise _error(reply)
+    return reply
 
 
 def is_noscript(exc: BaseException) -> bool:
-    return isinstance(exc, ResponseError) and str(exc).startswith("NOSCRIPT")
+    return isinstance(exc, redis_errors().ResponseError) and str(exc).startswith("NOSCRIPT")
 
 
 class _Protocol(asyncio.Protocol):
@@ -191,12 +247,12 @@ class AsyncWire:
                 for cmd in _hello(p):
                     await self._send(proto, cmd)
         except TimeoutError:
-            self._drop(RedisTimeoutError(f"connecting to Redis took over {p.connect_timeout_s:g}s"))
-            raise RedisTimeoutError(f"connecting to Redis took over {p.connect_timeout_s:g}s") from None
+            self._drop(redis_errors().TimeoutError(f"connecting to Redis took over {p.connect_timeout_s:g}s"))
+            raise redis_errors().TimeoutError(f"connecting to Redis took over {p.connect_timeout_s:g}s") from None
         except OSError as exc:
             self._drop(None)
-            raise RedisConnectionError(f"cannot connect to Redis at {self._where()}: {exc}") from exc
-        except ResponseError:  # AUTH or SELECT refused: a settings problem, reported as Redis said it
+            raise redis_errors().ConnectionError(f"cannot connect to Redis at {self._where()}: {exc}") from exc
+        except redis_errors().ResponseError:  # AUTH or SELECT refused: a settings problem, reported as Redis said it
             self._drop(None)
             raise
         return proto
@@ -209,7 +265,7 @@ class AsyncWire:
         if proto is not None:
             return proto
         if self._closed:
-            raise RedisConnectionError("the connection is closed")
+            raise redis_errors().ConnectionError("the connection is closed")
         if self._connecting is None:  # one connect for every caller that arrives meanwhile
             self._connecting = asyncio.ensure_future(self._connect())
             self._connecting.add_done_callback(self._connected)
@@ -256,7 +312,7 @@ class AsyncWire:
         proto = self._protocol or await self._ready()
         try:
             return await self._send_packed(proto, data)
-        except ResponseError as exc:
+        except redis_errors().ResponseError as exc:
             if not is_noscript(exc):
                 raise
         await self.call("SCRIPT", "LOAD", script.source)
@@ -279,7 +335,7 @@ class AsyncWire:
             for fut in futures:
                 try:
                     replies.append(await fut)
-                except ResponseError as exc:
+                except redis_errors().ResponseError as exc:
                     replies.append(exc)
         except BaseException:
             for fut in futures:  # a dropped connection or a cancelled caller: nothing left waits on these
@@ -301,14 +357,14 @@ class AsyncWire:
         """
         proto = self._protocol
         if proto is None:
-            raise RedisConnectionError(f"not connected to Redis at {self._where()}")
+            raise redis_errors().ConnectionError(f"not connected to Redis at {self._where()}")
         return self._send(proto, cmd)
 
     async def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """Run a script by SHA, loading it first if the server does not have it."""
         try:
             return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
-        except ResponseError as exc:
+        except redis_errors().ResponseError as exc:
             if not is_noscript(exc):
                 raise
         await self.call("SCRIPT", "LOAD", script.source)
@@ -321,7 +377,8 @@ class AsyncWire:
         loop = asyncio.get_running_loop()
         oldest = self._waiting[0][1]
         if loop.time() - oldest > self.params.timeout_s:
-            self._drop(RedisTimeoutError(f"Redis at {self._where()} did not answer within {self.params.timeout_s:g}s"))
+            self._drop(redis_errors().TimeoutError(
+                f"Redis at {self._where()} did not answer within {self.params.timeout_s:g}s"))
             return
         self._arm_watchdog(loop)
 
@@ -329,12 +386,12 @@ class AsyncWire:
         proto, self._protocol = self._protocol, None
         if proto is not None and proto.transport is not None:
             proto.transport.abort()
-        self._fail_waiting(exc or RedisConnectionError(f"lost the connection to Redis at {self._where()}"))
+        self._fail_waiting(exc or redis_errors().ConnectionError(f"lost the connection to Redis at {self._where()}"))
 
     def _lost(self, proto: _Protocol, exc: Exception | None) -> None:
         if self._protocol is proto:
             self._protocol = None
-        self._fail_waiting(RedisConnectionError(
+        self._fail_waiting(redis_errors().ConnectionError(
             f"lost the connection to Redis at {self._where()}" + (f": {exc}" if exc else "")))
 
     def _fail_waiting(self, exc: Exception) -> None:
@@ -408,9 +465,10 @@ class SyncWire:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         except TimeoutError:
-            raise RedisTimeoutError(f"connecting to Redis took over {p.connect_timeout_s:g}s") from None
+            raise redis_errors().TimeoutError(f"connecting to Redis took over {p.connect_timeout_s:g}s") from None
         except OSError as exc:
-            raise RedisConnectionError(f"cannot connect to Redis at {p.path or f'{p.host}:{p.port}'}: {exc}") from exc
+            where = p.path or f"{p.host}:{p.port}"
+            raise redis_errors().ConnectionError(f"cannot connect to Redis at {where}: {exc}") from exc
         sock.settimeout(None)
         seconds = int(p.timeout_s)
         timeval = struct.pack("ll", seconds, int((p.timeout_s - seconds) * 1e6))
@@ -419,13 +477,13 @@ class SyncWire:
         self._sock, self._reader = sock, hiredis.Reader(encoding="utf-8", errors=_DECODE_ERRORS)
         for cmd in _hello(p):
             reply = self._exchange(hiredis.pack_command(cmd))
-            if isinstance(reply, ResponseError):  # AUTH or SELECT refused: reported as Redis said it
+            if isinstance(reply, hiredis.ReplyError):  # AUTH or SELECT refused: reported as Redis said it
                 self._reset()
-                raise reply
+                raise _error(reply)
         return sock
 
     def _exchange(self, data: bytes) -> Any:
-        """Send one packed command and read its reply (an error reply as a ResponseError value)."""
+        """Send one packed command and read its reply (an error reply as a hiredis.ReplyError value)."""
         sock = self._sock or self._connect()
         reader, buf = self._reader, self._buf
         try:
@@ -439,13 +497,13 @@ class SyncWire:
                     raise OSError("Redis closed the connection")
                 reader.feed(buf, 0, got)
                 reply = reader.gets()
-            return _error(reply) if isinstance(reply, hiredis.ReplyError) else reply
+            return reply
         except BlockingIOError:  # the kernel's SO_RCVTIMEO / SO_SNDTIMEO ran out
             self._reset()
-            raise RedisTimeoutError(f"Redis did not answer within {self.params.timeout_s:g}s") from None
+            raise redis_errors().TimeoutError(f"Redis did not answer within {self.params.timeout_s:g}s") from None
         except OSError as exc:
             self._reset()
-            raise RedisConnectionError(f"lost the connection to Redis: {exc}") from exc
+            raise redis_errors().ConnectionError(f"lost the connection to Redis: {exc}") from exc
 
     def _may_spin(self) -> bool:
         if self._paused:
@@ -485,31 +543,23 @@ class SyncWire:
         return self._call_packed(hiredis.pack_command(cmd))
 
     def _call_packed(self, data: bytes) -> Any:
+        return _raised(self._reply(data))
+
+    def _reply(self, data: bytes) -> Any:
         with self._lock:
-            reply = self._exchange(data)
-        if isinstance(reply, ResponseError):
-            raise reply
-        return reply
+            return self._exchange(data)
 
     def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
-        except ResponseError as exc:
-            if not is_noscript(exc):
-                raise
-        self.call("SCRIPT", "LOAD", script.source)
-        return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        return self.evalsha_packed(script, hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)))
 
     def evalsha_packed(self, script: Script, data: bytes) -> Any:
         """Run `data`, an EVALSHA of `script` packed by a `PackedCall`, loading the script first
         if the server does not have it."""
-        try:
-            return self._call_packed(data)
-        except ResponseError as exc:
-            if not is_noscript(exc):
-                raise
-        self.call("SCRIPT", "LOAD", script.source)
-        return self._call_packed(data)
+        reply = self._reply(data)
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+            self.call("SCRIPT", "LOAD", script.source)
+            reply = self._reply(data)
+        return _raised(reply)
 
     def close(self) -> None:
         with self._lock:

@@ -184,6 +184,10 @@ def test_jobs_list_filters_and_pages(redis_url: str, tmp_path: Path) -> None:
 HEAVY = ("fastapi", "uvicorn", "starlette", "watchfiles", "supervisor.app", "supervisor.api", "supervisor.bench",
          "supervisor.dispatcher", "runners.pool", "opentelemetry.sdk.trace", "croniter")
 
+#: What `enqueue`, `jobs get` and `health` (redis:// or unix://) never need: redis-py (redis 8
+#: imports redis.asyncio and OpenTelemetry's metrics SDK), structlog (nothing is logged), psutil.
+QUICK_PATH_HEAVY = ("redis", "structlog", "psutil", "opentelemetry.sdk")
+
 
 def test_quick_commands_import_only_what_they_use(redis_url: str, tmp_path: Path) -> None:
     # Given a queued job (the CPU these commands take is a bench figure; what they import is exact)
@@ -198,10 +202,18 @@ def test_quick_commands_import_only_what_they_use(redis_url: str, tmp_path: Path
         done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True,
                               env=_env(REDIS_URL=redis_url), cwd=tmp_path, timeout=60, check=False)
         modules = json.loads(done.stderr.strip().splitlines()[-1])
-        loaded = [m for m in modules if m.startswith(HEAVY)]
+        loaded = [m for m in modules if m.startswith(HEAVY + QUICK_PATH_HEAVY)]
         assert loaded == [], f"`{' '.join(args)}` imported {loaded}"
+        assert "supervisor.wire" in modules  # it did talk to Redis: through the blocking wire
         if args[0] == "jobs":  # a read: not even the producer's Client, schema validation or logging
             assert not [m for m in modules if m.startswith(("jsonschema", "supervisor.client", "structlog"))]
+    # --help of each loads no settings (pydantic-settings) and no Redis client at all
+    for args in (["jobs", "get", "--help"], ["health", "--help"], ["enqueue", "--help"]):
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True,
+                              env=_env(REDIS_URL=redis_url), cwd=tmp_path, timeout=60, check=False)
+        modules = json.loads(done.stderr.strip().splitlines()[-1])
+        assert not [m for m in modules if m.startswith(("supervisor.config", "pydantic", "supervisor.wire",
+                                                        *QUICK_PATH_HEAVY))], f"`{' '.join(args)}`"
 
 
 #: Phrases that name documents of the project's own making rather than the product.

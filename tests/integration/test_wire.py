@@ -16,8 +16,9 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from supervisor.broker import Broker, connect
+from supervisor.reads import SyncReads, run_blocking
 from supervisor.redis_server import RedisServer
-from supervisor.wire import AsyncWire, Script, SyncWire, params_of
+from supervisor.wire import AsyncWire, Script, SyncWire, WireParams, params_of
 
 
 def _wire(url: str, **overrides: object) -> AsyncWire:
@@ -267,3 +268,41 @@ def test_sync_wire_stops_spinning_while_replies_come_later_than_its_window(redis
         assert wire.call("PING") == "PONG"
     finally:
         wire.close()
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:6390/0", "redis://localhost", "redis://h:7000/3", "redis://u:p%40ss@h/2",
+    "redis://:secret@h:1/", "redis://h/?db=4", "REDIS://H:5/1", "redis://[::1]:6379/1", "redis://user@h",
+    "unix:///tmp/r.sock", "unix:///tmp/r.sock?db=2", "unix://:pw@/tmp/x.sock",
+])
+def test_params_read_from_a_url_are_what_redis_py_reads(url: str) -> None:
+    # The quick CLI commands and SyncClient read the URL without redis-py: never another server
+    assert WireParams.from_url(url) == params_of(aioredis.Redis.from_url(url))
+
+
+@pytest.mark.parametrize("url", ["rediss://h/0", "redis://h/1?socket_timeout=3", "redis://h/x", "http://h"])
+def test_urls_the_wire_cannot_read_alone_are_left_to_redis_py(url: str) -> None:
+    assert WireParams.from_url(url) is None
+
+
+async def test_blocking_reads_answer_as_redis_py_does(redis_url: str, redis: aioredis.Redis) -> None:
+    # Given one key of each kind the read models look at
+    await redis.hset("h", mapping={"a": "1", "b": "x"})
+    await redis.sadd("s", "m1", "m2")
+    await redis.zadd("z", {"one": 1.5, "two": 2})
+    await redis.set("k", "v")
+    params = WireParams.from_url(redis_url)
+    assert params is not None
+    reads = SyncReads(params)
+    try:
+        for call in (lambda r: r.ping(), lambda r: r.hgetall("h"), lambda r: r.hgetall("nope"),
+                     lambda r: r.smembers("s"), lambda r: r.zcard("z"), lambda r: r.mget(["k", "nope"]),
+                     lambda r: r.zrangebyscore("z", "-inf", "+inf"),
+                     lambda r: r.zrangebyscore("z", "-inf", "+inf", withscores=True),
+                     lambda r: r.register_script("return KEYS[1] .. ARGV[1]")(keys=["a"], args=["b"])):
+            # Then each blocking read runs without an event loop and answers as redis-py does
+            assert run_blocking(call(reads)) == await call(redis)
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            run_blocking(reads.hgetall("s"))
+    finally:
+        reads.wire.close()
