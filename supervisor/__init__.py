@@ -20,7 +20,7 @@ _EXPORTS = {
     "JobRejected": "errors", "PermanentError": "errors", "Retry": "errors", "SupervisorError": "errors",
     "UnknownJobType": "errors", "WaitTimeout": "errors",
     "SubmitOutcome": "flow",
-    "Backoff": "handler", "Failure": "handler", "job": "handler",
+    "Backoff": "policy", "Failure": "handler", "job": "handler",
     "Attempt": "records", "Job": "records",
     "ShutdownManager": "shutdown", "ShutdownReport": "shutdown",
     "State": "states",
@@ -58,7 +58,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         WaitTimeout,
     )
     from supervisor.flow import SubmitOutcome
-    from supervisor.handler import Backoff, Failure, job
+    from supervisor.handler import Failure, job
+    from supervisor.policy import Backoff
     from supervisor.records import Attempt, Job
     from supervisor.shutdown import ShutdownManager, ShutdownReport
     from supervisor.states import State

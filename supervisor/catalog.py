@@ -1,7 +1,8 @@
 """The catalog: every job type one daemon serves, from `jobs/` and `tasks/`, with its policy.
 
-Builds, from the loaded handlers and tasks, what the rest of the daemon needs:
-the `ServedType` policy per type, the metadata published for producers, the
+Builds, from the loaded handlers and tasks, what the rest of the daemon needs: each
+type's `TypePolicy` resolved against the settings once, and from it the dispatcher's
+`ServedType` view and the `PublishedType` metadata for producers; the
 command of each type run as a subprocess, and the load errors of bad files
 (which never stop the other types from serving).
 """
@@ -9,7 +10,6 @@ command of each type run as a subprocess, and the load errors of bad files
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,10 @@ import structlog
 
 from runners.command import CommandSpec
 from supervisor import accepted
-from supervisor.broker import dumps
 from supervisor.config import Settings
 from supervisor.dispatcher import ServedType
 from supervisor.errors import DuplicateJobType, HandlerImportError, InvalidPayload, SupervisorError
-from supervisor.handler import Backoff, JobType
+from supervisor.policy import PublishedType
 from supervisor.registry import Registry, load_jobs
 from supervisor.schedule import ScheduleError, ScheduleSpec
 from supervisor.tasks import TaskDef, discover_tasks, load_sidecar
@@ -115,15 +114,9 @@ def _load_catalog(settings: Settings, instance_id: str, runtimes: tuple[str, ...
     registry = load_jobs(settings.jobs_dir)
     catalog = Catalog(registry=registry, errors=dict(registry.errors))
     for jt in registry.types.values():
-        served = _served_from_job(jt, settings)
-        if _admit(catalog, served, runtimes):
-            catalog.metas[jt.name] = _meta(served, jt.payload.schema, _job_policy(jt), settings, instance_id)
-            if served.runtime == "subprocess":
-                catalog.commands[jt.name] = python_job_command(settings.jobs_dir, jt.name)
-            if jt.options.schedule:
-                o = jt.options
-                _add_schedule(catalog, {"job": o.name, "cron": o.schedule, "timezone": o.timezone,
-                                        "payload": o.schedule_payload, "misfire": o.misfire}, jt.source)
+        published = PublishedType(jt.options.resolve(settings), jt.payload.schema, jt.source, jt.payload.check_formats)
+        if _serve(catalog, published, settings, instance_id, runtimes) and published.policy.runtime == "subprocess":
+            catalog.commands[jt.name] = python_job_command(settings.jobs_dir, jt.name)
     scan = discover_tasks(Path(settings.tasks_dir), cache_dir=Path(settings.state_dir) / "task-cache")
     for err in scan.errors:
         catalog.errors[err.path] = err
@@ -137,18 +130,31 @@ def _load_catalog(settings: Settings, instance_id: str, runtimes: tuple[str, ...
                 "rename one of them (names must be unique across jobs/ and tasks/)")
             log.error("tasks.duplicate", name=task.name, path=str(task.path), first=other)
             continue
-        served = _served_from_task(task, settings)
-        if _admit(catalog, served, runtimes):
+        published = PublishedType(task.policy.resolve(settings), task.payload_schema or {}, str(task.path))
+        if _serve(catalog, published, settings, instance_id, runtimes, schedule_source=str(task.sidecar or task.path)):
             catalog.tasks[task.name] = task
             catalog.commands[task.name] = task.command
-            policy = {"priority": task.priority or 0, "schedule": task.schedule}
-            catalog.metas[task.name] = _meta(served, task.payload_schema or {}, policy, settings, instance_id)
-            if task.schedule:
-                _add_schedule(catalog, {"job": task.name, "cron": task.schedule,
-                                        "timezone": task.timezone or "UTC", "payload": task.schedule_payload},
-                              str(task.sidecar or task.path))
     catalog.schedules += settings.schedule_specs()
     return catalog
+
+
+def _serve(catalog: Catalog, published: PublishedType, settings: Settings, instance_id: str,
+           runtimes: tuple[str, ...], schedule_source: str | None = None) -> bool:
+    """Serve one type (False when its runtime is not available here): its lane, its published
+    form and its schedule."""
+    policy = published.policy
+    served = ServedType(policy, published.source)
+    if served.runtime not in runtimes:
+        catalog.errors[served.source] = HandlerImportError(
+            served.source, f"{served.name}: runtime {served.runtime!r} is not available; "
+            f"use one of {', '.join(runtimes)}")
+        log.error("jobs.runtime_unavailable", job_type=served.name, runtime=served.runtime)
+        return False
+    catalog.served[served.name] = served
+    catalog.metas[served.name] = published.meta(instance_id, settings.dead_retention)
+    if policy.schedule:
+        _add_schedule(catalog, policy.schedule_entry(), schedule_source or published.source)
+    return True
 
 
 def _task_name(path: Path) -> str:
@@ -170,66 +176,6 @@ def _add_schedule(catalog: Catalog, entry: dict[str, Any], source: str) -> None:
     except ScheduleError as exc:
         catalog.errors[f"{source} (schedule)"] = exc
         log.error("schedule.invalid", path=source, field=exc.field, value=str(exc.value), error=str(exc))
-
-
-def _admit(catalog: Catalog, served: ServedType, runtimes: tuple[str, ...]) -> bool:
-    if served.runtime not in runtimes:
-        catalog.errors[served.source] = HandlerImportError(
-            served.source, f"{served.name}: runtime {served.runtime!r} is not available; "
-            f"use one of {', '.join(runtimes)}")
-        log.error("jobs.runtime_unavailable", job_type=served.name, runtime=served.runtime)
-        return False
-    catalog.served[served.name] = served
-    return True
-
-
-def _served_from_job(jt: JobType, settings: Settings) -> ServedType:
-    o = jt.options
-    return ServedType(
-        name=o.name, runtime=o.runtime or settings.default_runtime,
-        concurrency=o.concurrency or settings.default_concurrency,
-        ack_wait_s=o.ack_wait or settings.ack_wait, max_deliver=o.max_deliver or settings.max_deliver,
-        backoff=o.backoff, timeout_s=o.timeout, source=jt.source,
-        retention_s=o.retention or settings.retention,
-        rate=o.rate_limit.count if o.rate_limit else 0,
-        rate_period_ms=o.rate_limit.period_ms if o.rate_limit else 0,
-    )
-
-
-def _served_from_task(task: TaskDef, settings: Settings) -> ServedType:
-    return ServedType(
-        name=task.name, runtime="subprocess", concurrency=task.concurrency or settings.default_concurrency,
-        ack_wait_s=task.ack_wait or settings.ack_wait, max_deliver=task.max_deliver or settings.max_deliver,
-        backoff=Backoff.parse(task.backoff), timeout_s=task.timeout, source=str(task.path),
-        retention_s=settings.retention,
-    )
-
-
-def _job_policy(jt: JobType) -> dict[str, Any]:
-    o = jt.options
-    return {
-        "backoff": o.backoff.describe(), "deadline": o.deadline, "priority": o.priority, "schedule": o.schedule,
-        "key_concurrency": o.key_concurrency.model_dump() if o.key_concurrency else None,
-        "queue": o.queue.model_dump() if o.queue else None,
-        "rate_limit": o.rate_limit.describe() if o.rate_limit else None,
-        "check_formats": jt.payload.check_formats,
-    }
-
-
-def _meta(served: ServedType, schema: dict[str, Any], extra: dict[str, Any], settings: Settings,
-          instance_id: str) -> dict[str, str]:
-    """What an instance publishes about a type: schema for producers, policy for the scripts."""
-    policy = {
-        "runtime": served.runtime, "concurrency": served.concurrency, "ack_wait": served.ack_wait_s,
-        "max_deliver": served.max_deliver, "timeout": served.timeout_s, "retention": served.retention_s,
-        **extra,
-    }
-    return {
-        "name": served.name, "schema": dumps(schema), "policy": dumps(policy), "source": served.source,
-        "retention_ms": str(int(served.retention_s * 1000)),
-        "dead_retention_ms": str(int(settings.dead_retention * 1000)),
-        "instance": instance_id, "updated_ms": str(int(time.time() * 1000)),
-    }
 
 
 def rebuild_catalog(old: Catalog, settings: Settings, instance_id: str, runtimes: tuple[str, ...]) -> Catalog:

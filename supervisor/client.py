@@ -36,6 +36,7 @@ from supervisor.errors import (
     WaitTimeout,
 )
 from supervisor.flow import KeyConcurrency, QueuePolicy, SubmitOutcome, derive_key
+from supervisor.policy import PublishedType
 from supervisor.records import Job
 from supervisor.serving import Serving, type_state, type_state_sync
 from supervisor.states import State
@@ -88,24 +89,24 @@ def new_trace_context(request_id: str | None = None) -> dict[str, str]:
 
 
 class _TypeInfo:
-    __slots__ = ("validator", "priority", "deadline_ms", "fetched", "key_concurrency", "queue", "plain",
-                 "serving", "served")
+    """A view of a type's published policy for the enqueue paths: the fields they read per job,
+    derived once per read of the metadata (`PublishedType.read`, at most every 5 s)."""
 
-    def __init__(self, meta: dict[str, str], serving: Serving) -> None:
-        schema = json.loads(meta.get("schema") or "{}")
-        policy = json.loads(meta.get("policy") or "{}")
+    __slots__ = ("validator", "priority", "deadline_ms", "fetched", "key_concurrency", "queue", "plain",
+                 "serving", "served", "policy")
+
+    def __init__(self, name: str, meta: dict[str, str], serving: Serving) -> None:
+        published = PublishedType.read(name, meta)
+        policy = self.policy = published.policy
         self.validator = None
-        if schema:  # jsonschema is loaded only once a type has a schema (keeps CLI start-up light)
+        if published.schema:  # jsonschema is loaded only once a type has a schema (keeps CLI start-up light)
             from supervisor.validation import compile_schema  # noqa: PLC0415
 
             # once per read of the metadata; formats unless a pydantic model judges them (PayloadModel)
-            self.validator = compile_schema(schema, formats=policy.get("check_formats", True))
-        self.priority = int(policy.get("priority") or 0)
-        deadline = policy.get("deadline")
-        self.deadline_ms = int(float(deadline) * 1000) if deadline else 0
-        kc, q = policy.get("key_concurrency"), policy.get("queue")
-        self.key_concurrency = KeyConcurrency.model_validate(kc) if kc else None
-        self.queue = QueuePolicy.model_validate(q) if q else None
+            self.validator = compile_schema(published.schema, formats=published.check_formats)
+        self.priority = policy.priority or 0
+        self.deadline_ms = int(policy.deadline * 1000) if policy.deadline else 0
+        self.key_concurrency, self.queue = policy.key_concurrency, policy.queue
         # No default that needs the script's long form: a job without options is a plain one.
         self.plain = not self.priority and not self.deadline_ms and self.key_concurrency is None
         self.serving = serving
@@ -161,7 +162,7 @@ class _TypeCache:
             return None
         self._absent.pop(name, None)
         try:
-            info = self._types[name] = _TypeInfo(meta, serving)
+            info = self._types[name] = _TypeInfo(name, meta, serving)
         except Exception as exc:  # noqa: BLE001 (metadata another program wrote: whatever its parse raises)
             raise CorruptRecord(keys.meta_key(name), f"{type(exc).__name__}: {exc}") from None
         return info

@@ -37,31 +37,30 @@ from runners.base import CancelSignal, Runner, RunRequest, RunResult, RunStatus,
 from supervisor import keys, telemetry
 from supervisor.broker import Broker, ClaimedJob, claimed_context, dumps
 from supervisor.errors import CorruptRecord, printable
-from supervisor.handler import Backoff
+from supervisor.policy import TypePolicy
 
 log = structlog.get_logger(__name__)
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
-@dataclass(slots=True)
 class ServedType:
-    """The policy of one job type as this instance runs it."""
+    """A view of one job type's resolved `TypePolicy`: what this instance reads of it on every
+    claim, run and settle, computed once when the type is (re)loaded."""
 
-    name: str
-    runtime: str
-    concurrency: int
-    ack_wait_s: float
-    max_deliver: int
-    backoff: Backoff
-    timeout_s: float | None
-    source: str
-    retention_s: float = 86_400.0
-    rate: int = 0  # jobs per rate_period_ms across all instances (0: no limit)
-    rate_period_ms: int = 0
+    __slots__ = ("ack_wait_ms", "ack_wait_s", "backoff", "concurrency", "max_deliver", "name", "policy",
+                 "rate", "rate_period_ms", "retention_s", "runtime", "source", "timeout_s")
 
-    @property
-    def ack_wait_ms(self) -> int:
-        return int(self.ack_wait_s * 1000)
+    def __init__(self, policy: TypePolicy, source: str) -> None:
+        p = self.policy = policy
+        if (p.runtime is None or p.concurrency is None or p.ack_wait is None or p.max_deliver is None
+                or p.retention is None or p.backoff is None):
+            raise ValueError(f"{p.name}: the policy is not resolved against the settings (TypePolicy.resolve)")
+        self.name, self.source, self.runtime, self.concurrency = p.name, source, p.runtime, p.concurrency
+        self.ack_wait_s, self.ack_wait_ms = p.ack_wait, int(p.ack_wait * 1000)
+        self.max_deliver, self.backoff, self.timeout_s = p.max_deliver, p.backoff, p.timeout
+        self.retention_s = p.retention
+        # jobs per rate_period_ms across all instances (0: no limit)
+        self.rate, self.rate_period_ms = (p.rate_limit.count, p.rate_limit.period_ms) if p.rate_limit else (0, 0)
 
 
 @dataclass(slots=True)

@@ -1,7 +1,7 @@
 """Flow-control policy: keyed concurrency, per-key queue policy, rate limits (SPEC §9).
 
 Holds the policy models a job type declares (`key_concurrency=`, `queue=`,
-`rate_limit=`), the derivation of a concurrency key from literals and JSON
+`rate_limit=`; `supervisor.policy.TypePolicy` holds them), the derivation of a concurrency key from literals and JSON
 pointers into the payload, and the outcome `submit` returns. Enforcement is in
 the Lua scripts (enqueue admits or refuses, claim holds a slot per key and the
 rate window), so it holds across every instance.
@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from supervisor.errors import InvalidPayload
 
@@ -60,17 +60,6 @@ class RateLimit:
 
     def describe(self) -> str:
         return f"{self.count}/{self.period_ms / 1000:g}s"
-
-
-def parse_policy(model: type[BaseModel], value: Any, option: str) -> Any:
-    """Validate a decorator option into its model; ValueError naming the option and the field."""
-    if value is None:
-        return None
-    try:
-        return model.model_validate(value)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or option}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"{option}={value!r}: {problems}") from None
 
 
 def resolve_pointer(payload: Any, pointer: str) -> Any:

@@ -33,7 +33,8 @@ from pathlib import Path
 import structlog
 
 from supervisor.errors import DuplicateJobType, HandlerImportError
-from supervisor.handler import JOB_ATTR, JobOptions, JobType
+from supervisor.handler import JOB_ATTR, JobType
+from supervisor.policy import TypePolicy
 
 log = structlog.get_logger(__name__)
 PACKAGE = "jobs"
@@ -172,7 +173,7 @@ def types_in_module(module: types.ModuleType, source: str) -> list[JobType]:
     """Every job type declared by `@job` on a function of `module`."""
     found: list[JobType] = []
     for value in vars(module).values():
-        declared: list[JobOptions] = getattr(value, JOB_ATTR, [])
+        declared: list[TypePolicy] = getattr(value, JOB_ATTR, [])
         if not declared or getattr(value, "__module__", None) != module.__name__:
             continue
         for options in declared:

@@ -23,56 +23,34 @@ to its file with the same stem (`resize_image.py` + `resize_image.toml`).
 When two files claim one name, the first in file-name order keeps it and the
 other is reported as a `DuplicateJobType`.
 
-C# sources. `dotnet run app.cs` exists only from .NET 10 on, and compiling at
-every run would cost seconds per job. So a `.cs` task is compiled once, lazily,
-by its `CommandSpec.prepare` hook, which `runners.command.run_command` awaits
-before every start (a hash check when the cache is fresh) and which
-`TaskDef.prepare()` exposes for warming up. With `dotnet` on PATH (any SDK
->= 6) the hook writes a one-file project into the cache and runs
-`dotnet build` (output `CACHE/NAME.dotnet/NAME.dll`, run with `dotnet`);
-without it, `mcs -out:CACHE/NAME.exe` compiles for Mono (run with `mono`).
-The cache key is the source's SHA-256 plus the toolchain, written next to the
-output as `*.stamp`; outputs are built in a private temporary directory and
-moved into place atomically, so concurrent Runs (or daemons sharing the state
-directory) never see a half-written binary. A compile error fails the Run
-(retryable: fix the file and the retry succeeds) with the compiler's output,
-and is not retried for the same source.
+C# sources (`.cs`) are compiled once per content by `supervisor.csharp.CSharpBuild`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import difflib
-import hashlib
 import json
-import os
 import re
 import shlex
 import shutil
-import signal
 import sys
-import tempfile
 import tomllib
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
-from xml.sax.saxutils import escape as xml_escape
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jsonschema
-import structlog
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from runners.command import DEFAULT_ENV_ALLOW, CommandSpec, ResourceLimits, inherited_env
+from runners.command import DEFAULT_ENV_ALLOW, CommandSpec, ResourceLimits
+from supervisor.csharp import CSharpBuild
 from supervisor.errors import DuplicateJobType, HandlerImportError, InvalidPayload, ToolchainMissing
+from supervisor.policy import TypePolicy
 from supervisor.validation import Validator, check_payload, compile_schema
-
-log = structlog.get_logger(__name__)
 
 Which = Callable[[str], str | None]
 
@@ -82,7 +60,6 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
 
 _IGNORED_SUFFIXES = frozenset({".toml", ".md", ".json", ".pyc", ".swp", ".swx", ".bak", ".tmp", ".orig"})
 _MB = 1024 * 1024
-_COMPILE_TIMEOUT_S = 600.0
 
 
 # --- the sidecar ------------------------------------------------------------------
@@ -96,29 +73,23 @@ class _Limits(BaseModel):
     open_files: int | None = Field(default=None, gt=0)
 
 
-class Sidecar(BaseModel):
-    """The keys a `NAME.toml` sidecar may set (all optional)."""
+class Sidecar(TypePolicy):
+    """The keys a `NAME.toml` sidecar may set (all optional): every option of the job type's
+    policy, under the names `@job` takes (`TypePolicy`), and how to run the program."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    name: str | None = Field(default=None, pattern=NAME_RE.pattern)
+    name: str = Field(default="", pattern=NAME_RE.pattern)  # "": the file's stem
     command: list[str] | None = None
     env: dict[str, str] = Field(default_factory=dict)
     env_allow: list[str] = Field(default_factory=list)
     cwd: str | None = None
-    timeout: float | None = Field(default=None, gt=0)
-    max_deliver: int | None = Field(default=None, ge=1)
-    backoff: list[float] | None = Field(default=None, min_length=1)
-    ack_wait: float | None = Field(default=None, gt=0)
-    concurrency: int | None = Field(default=None, ge=1)
-    priority: int | None = None
-    schedule: str | None = None
-    schedule_payload: dict[str, Any] | None = None
-    timezone: str | None = None
     limits: _Limits | None = None
     grace: float | None = Field(default=None, gt=0)
-    payload_schema: dict[str, Any] | None = None
     payload_schema_file: str | None = None
+
+    def policy(self, name: str) -> TypePolicy:
+        """The policy this sidecar declares for the task `name` (a program: runtime subprocess)."""
+        options = {f: getattr(self, f) for f in TypePolicy.model_fields}
+        return TypePolicy.model_validate({**options, "name": name, "runtime": "subprocess"})
 
     @field_validator("command", mode="before")
     @classmethod
@@ -146,11 +117,11 @@ class Sidecar(BaseModel):
             return out
         return value
 
-    @field_validator("backoff")
+    @field_validator("runtime")
     @classmethod
-    def _backoff(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and any(v < 0 for v in value):
-            raise ValueError("backoff delays must be >= 0")
+    def _runtime(cls, value: str | None) -> str | None:
+        if value not in (None, "subprocess"):
+            raise ValueError('a task is a program of its own: its runtime can only be "subprocess"')
         return value
 
     @field_validator("schedule")
@@ -181,8 +152,9 @@ class Sidecar(BaseModel):
     def _consistent(self) -> Sidecar:
         if self.payload_schema is not None and self.payload_schema_file is not None:
             raise ValueError("set payload_schema or payload_schema_file, not both")
-        if self.schedule is None and (self.schedule_payload is not None or self.timezone is not None):
-            raise ValueError('schedule_payload and timezone need a schedule; add schedule = "..."')
+        if self.schedule is None and (self.schedule_payload is not None or self.timezone is not None
+                                      or self.misfire is not None):
+            raise ValueError('schedule_payload, timezone and misfire need a schedule; add schedule = "..."')
         return self
 
 
@@ -199,15 +171,28 @@ _HINTS: dict[str, str] = {
     "env": 'a table of strings, e.g. env = { MODE = "fast" }',
     "env_allow": 'a list of variable names (shell patterns allowed), e.g. env_allow = ["AWS_REGION"]',
     "cwd": 'a directory relative to the task file, e.g. cwd = "data"',
+    "runtime": 'subprocess, the only runtime of a task (or leave it out), e.g. runtime = "subprocess"',
     "timeout": "seconds > 0, e.g. timeout = 120",
+    "deadline": "seconds > 0 from creation, after which the job expires, e.g. deadline = 3600",
+    "retention": "seconds > 0 to keep finished records, e.g. retention = 86400",
     "max_deliver": "an integer >= 1, e.g. max_deliver = 5",
-    "backoff": "a non-empty list of seconds >= 0, e.g. backoff = [5, 30, 120]",
+    "backoff": (
+        'a non-empty list of seconds >= 0 (the last repeats), a number, "exponential" or a table '
+        "{ base, max, jitter }, e.g. backoff = [5, 30, 120]"
+    ),
     "ack_wait": "seconds > 0, e.g. ack_wait = 300",
     "concurrency": "an integer >= 1, e.g. concurrency = 2",
-    "priority": "an integer, higher runs first, e.g. priority = 10",
+    "priority": "an integer in -4000..4000, higher runs first, e.g. priority = 10",
     "schedule": 'a cron expression of 5 fields (6 with seconds), e.g. schedule = "0 * * * *"',
     "schedule_payload": "a table, e.g. schedule_payload = { full = true }",
     "timezone": 'an IANA time zone name, e.g. timezone = "Europe/Paris"',
+    "misfire": 'what a missed tick does: misfire = "run-once" (the default) or "skip"',
+    "key_concurrency": (
+        'a table with a key of literals and JSON pointers, e.g. key_concurrency = { key = ["tenant", "/tenant"], '
+        'max_active = 1, stale_policy = "fail-stale" }'
+    ),
+    "queue": 'a table, e.g. queue = { max_queued_per_key = 1, when_full = "reject" } (or coalesce, replace-oldest)',
+    "rate_limit": 'jobs per period across all instances, e.g. rate_limit = "100/s" (also /m, /h)',
     "limits": (
         "a table of integers > 0: memory_mb, cpu_seconds, open_files, e.g. limits = { memory_mb = 512 }"
     ),
@@ -292,27 +277,24 @@ def load_sidecar(path: Path) -> Sidecar:
 class TaskDef:
     """One task: a job type whose handler is a program in `tasks/`.
 
-    Policy fields are None when the sidecar does not set them (the settings'
-    defaults then apply). `limits`, `env`, `env_allow`, `cwd` and `grace` live
-    in `command`.
+    `policy` is what its sidecar declares (unset options are None: the settings' defaults
+    then apply); `limits`, `env`, `env_allow`, `cwd` and `grace` live in `command`.
     """
 
-    name: str
+    policy: TypePolicy
     path: Path
     command: CommandSpec
     sidecar: Path | None = None
-    timeout: float | None = None
-    max_deliver: int | None = None
-    backoff: list[float] | None = None
-    ack_wait: float | None = None
-    concurrency: int | None = None
-    priority: int | None = None
-    schedule: str | None = None
-    schedule_payload: dict[str, Any] | None = None
-    timezone: str | None = None
-    payload_schema: dict[str, Any] | None = None
 
     runtime: ClassVar[str] = "subprocess"
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+    @property
+    def payload_schema(self) -> dict[str, Any] | None:
+        return self.policy.payload_schema
 
     @cached_property
     def _validator(self) -> Validator | None:
@@ -350,167 +332,6 @@ class TaskScan:
 
     tasks: dict[str, TaskDef] = field(default_factory=dict)
     errors: list[HandlerImportError] = field(default_factory=list)
-
-
-# --- C# builds --------------------------------------------------------------------
-
-
-async def _run_tool(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
-    """Run a build tool to its end; kill its whole group if we are cancelled or it hangs."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=str(cwd),
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), _COMPILE_TIMEOUT_S)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(BaseException):
-            await asyncio.shield(proc.wait())
-        raise
-    return proc.returncode or 0, out.decode("utf-8", errors="replace")
-
-
-def _tail(text: str, lines: int = 20) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-class CSharpBuild:
-    """Compiles one `.cs` file into the cache once per content (see the module doc).
-
-    Call it (await) before each run: it is a stat and a stamp read when the
-    cache is fresh.
-    """
-
-    def __init__(self, source: Path, cache_dir: Path, toolchain: str, tool: str) -> None:
-        if toolchain not in ("mcs", "dotnet"):
-            raise ValueError(f"unknown C# toolchain {toolchain!r}")
-        self.source = source
-        self.cache_dir = cache_dir
-        self.toolchain = toolchain
-        self.tool = tool
-        self.assembly = re.sub(r"[^A-Za-z0-9_.]", "_", source.stem) or "Task"
-        if toolchain == "mcs":
-            self.output = cache_dir / f"{source.stem}.exe"
-        else:
-            self.output = cache_dir / f"{source.stem}.dotnet" / f"{self.assembly}.dll"
-        self._stamp = cache_dir / f"{source.stem}.{toolchain}.stamp"
-        self._lock = asyncio.Lock()
-        self._digest_memo: tuple[tuple[int, int, int], str] | None = None
-        self._failed: tuple[str, str] | None = None  # (stamp, error) of the last compile error
-        self._tfm: str | None = None
-
-    def _digest(self) -> str:
-        st = self.source.stat()
-        key = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if self._digest_memo is None or self._digest_memo[0] != key:
-            self._digest_memo = (key, hashlib.sha256(self.source.read_bytes()).hexdigest())
-        return self._digest_memo[1]
-
-    def _fresh(self, stamp: str) -> bool:
-        try:
-            return self.output.exists() and self._stamp.read_text(encoding="utf-8") == stamp
-        except OSError:
-            return False
-
-    def _env(self) -> dict[str, str]:
-        env = inherited_env(DEFAULT_ENV_ALLOW, os.environ)
-        env.update(DOTNET_CLI_TELEMETRY_OPTOUT="1", DOTNET_NOLOGO="1", DOTNET_SKIP_FIRST_TIME_EXPERIENCE="1")
-        env.setdefault("DOTNET_CLI_HOME", str(self.cache_dir))
-        return env
-
-    async def _target_framework(self) -> str:
-        if self._tfm is None:
-            code, out = await _run_tool([self.tool, "--version"], self._env(), self.cache_dir)
-            match = re.match(r"\s*(\d+)\.", out)
-            if code != 0 or match is None or int(match.group(1)) < 5:
-                raise HandlerImportError(
-                    str(self.source),
-                    f"cannot tell the .NET SDK version (`dotnet --version`: {out.strip()!r})",
-                )
-            self._tfm = f"net{match.group(1)}.0"
-        return self._tfm
-
-    async def __call__(self) -> None:
-        try:
-            digest = self._digest()
-        except OSError as exc:
-            raise HandlerImportError(str(self.source), f"cannot read the C# source: {exc}") from None
-        async with self._lock:
-            self.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tag = "mcs" if self.toolchain == "mcs" else await self._target_framework()
-            stamp = f"{tag} {digest}"
-            if self._fresh(stamp):
-                return
-            if self._failed is not None and self._failed[0] == stamp:
-                raise HandlerImportError(str(self.source), self._failed[1])
-            work = Path(tempfile.mkdtemp(prefix=f".build-{self.assembly}-", dir=self.cache_dir))
-            try:
-                log.info("task.compiling", source=str(self.source), toolchain=self.toolchain)
-                if self.toolchain == "mcs":
-                    await self._build_mcs(work, stamp)
-                else:
-                    await self._build_dotnet(work, stamp, tag)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-            tmp_stamp = self._stamp.with_name(f".{self._stamp.name}.{uuid.uuid4().hex}")
-            tmp_stamp.write_text(stamp, encoding="utf-8")
-            os.replace(tmp_stamp, self._stamp)
-
-    def _compile_failed(self, stamp: str, code: int, out: str) -> HandlerImportError:
-        cause = f"C# compile failed ({self.toolchain} exited with code {code}):\n{_tail(out)}"
-        self._failed = (stamp, cause)
-        return HandlerImportError(str(self.source), cause)
-
-    async def _build_mcs(self, work: Path, stamp: str) -> None:
-        built = work / self.output.name
-        argv = [self.tool, f"-out:{built}", "-target:exe", "-optimize+", str(self.source)]
-        code, out = await _run_tool(argv, self._env(), work)
-        if code != 0 or not built.exists():
-            raise self._compile_failed(stamp, code, out)
-        os.replace(built, self.output)
-
-    async def _build_dotnet(self, work: Path, stamp: str, tfm: str) -> None:
-        project = work / f"{self.assembly}.csproj"
-        project.write_text(
-            f"""<Project Sdk="Microsoft.NET.Sdk">
-  <PropertyGroup>
-    <OutputType>Exe</OutputType>
-    <TargetFramework>{tfm}</TargetFramework>
-    <AssemblyName>{self.assembly}</AssemblyName>
-    <ImplicitUsings>disable</ImplicitUsings>
-    <Nullable>disable</Nullable>
-    <InvariantGlobalization>true</InvariantGlobalization>
-    <EnableDefaultCompileItems>false</EnableDefaultCompileItems>
-  </PropertyGroup>
-  <ItemGroup>
-    <Compile Include="{xml_escape(str(self.source), {'"': "&quot;"})}" />
-  </ItemGroup>
-</Project>
-""",
-            encoding="utf-8",
-        )
-        out_dir = work / "out"
-        argv = [self.tool, "build", str(project), "-c", "Release", "-o", str(out_dir), "--nologo", "-v", "q"]
-        code, out = await _run_tool(argv, self._env(), work)
-        if code != 0 or not (out_dir / self.output.name).exists():
-            raise self._compile_failed(stamp, code, out)
-        final = self.output.parent
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex}")
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(final, old)
-        try:
-            os.rename(out_dir, final)
-        except OSError:
-            if not self.output.exists():  # nobody else installed a build either
-                raise
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # --- discovery --------------------------------------------------------------------
@@ -695,22 +516,7 @@ def _load_one(cand: _Candidate, python: str, which: Which, cache_dir: Path) -> T
     spec = CommandSpec(
         argv=argv, cwd=str(cwd), env=env, env_allow=allow, limits=limits, prepare=prepare, **extra
     )
-    return TaskDef(
-        name=name,
-        path=path,
-        command=spec,
-        sidecar=cand.sidecar,
-        timeout=side.timeout,
-        max_deliver=side.max_deliver,
-        backoff=side.backoff,
-        ack_wait=side.ack_wait,
-        concurrency=side.concurrency,
-        priority=side.priority,
-        schedule=side.schedule,
-        schedule_payload=side.schedule_payload,
-        timezone=side.timezone,
-        payload_schema=side.payload_schema,
-    )
+    return TaskDef(policy=side.policy(name), path=path, command=spec, sidecar=cand.sidecar)
 
 
 def default_cache_dir() -> Path:

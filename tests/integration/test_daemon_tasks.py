@@ -109,3 +109,30 @@ async def test_pool_worker_dying_mid_job_is_replaced_and_job_redelivered(
     assert job.state is State.COMPLETED and job.result["attempt"] == 2
     assert job.attempts[0].outcome == "failed" and "died" in (job.attempts[0].error or "")
     assert all(j.state is State.COMPLETED for j in after)
+
+
+async def test_a_task_takes_the_options_of_job(redis_url: str, daemon: Any, tmp_path: Path) -> None:
+    # Given a task whose sidecar sets the options tasks once lacked
+    tasks = tmp_path / "tasks"
+    tasks.mkdir(exist_ok=True)
+    (tasks / "keyed.sh").write_text("sleep 30\n")
+    (tasks / "keyed.toml").write_text(
+        'name = "t.keyed-task"\ndeadline = 2\nretention = 600\nrate_limit = "50/s"\n'
+        'key_concurrency = { key = ["tenant", "/k"] }\nqueue = { max_queued_per_key = 0 }\n')
+    daemon()
+    async with Client(redis_url) as client:
+        # Then its published policy shows them
+        meta = await client.broker.type_meta("t.keyed-task")
+        policy = json.loads(meta["policy"])
+        assert (policy["deadline"], policy["retention"], policy["rate_limit"]) == (2, 600, "50/1s")
+        assert policy["key_concurrency"]["key"] == ["tenant", "/k"] and policy["queue"]["max_queued_per_key"] == 0
+        assert meta["retention_ms"] == "600000"
+        # And a second job of the same key is refused while the first is live
+        first = await client.submit("t.keyed-task", {"k": "a"})
+        second = await client.submit("t.keyed-task", {"k": "a"})
+        assert first.outcome == "accepted" and first.key == "tenant:a"
+        assert second.outcome == "rejected" and second.existing == first.job_id
+        # And a job that cannot start before the type's deadline expires
+        late = await client.enqueue("t.keyed-task", {"k": "b"}, delay=4)
+        job = await client.wait(late.id, timeout=30)
+    assert job.state is State.EXPIRED and "deadline" in (job.error or "")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 from pydantic import BaseModel
 
 from supervisor import Backoff, Context, PermanentError, job
+from supervisor.config import Settings
+from supervisor.dispatcher import ServedType
+from supervisor.flow import RateLimit
 from supervisor.handler import JobType
+from supervisor.policy import PublishedType, TypePolicy
 from supervisor.keys import job_key, new_job_id, queue_prefix, tag_from_id
 from supervisor.scripts import SCRIPT_NAMES, script_source
 from supervisor.states import FINISHED, TERMINAL, TRANSITIONS, State, can_transition
@@ -115,3 +120,54 @@ def test_payload_model_validates_like_the_annotation() -> None:
     assert jt.payload.from_json('{"order_id": "x"}') == Order(order_id="x")
     with pytest.raises(Exception, match="order_id"):
         jt.payload.from_json('{"order": 1}')
+
+
+def test_decorator_options_become_the_type_policy() -> None:
+    @job("unit.policy", deadline=60, rate_limit="5/s", key_concurrency={"key": ["/k"]}, retention=120)
+    def handler(payload: dict) -> None:
+        del payload
+
+    (policy,) = handler.__supervisor_jobs__
+    assert isinstance(policy, TypePolicy) and policy.name == "unit.policy"
+    assert (policy.deadline, policy.rate_limit, policy.retention) == (60, RateLimit(5, 1000), 120)
+    assert policy.key_concurrency is not None and policy.key_concurrency.key == ["/k"]
+    assert policy.max_deliver is None and policy.runtime is None, "unset options wait for the settings"
+
+
+def test_policy_defaults_come_from_the_settings_once() -> None:
+    settings = Settings(default_runtime="process", default_concurrency=3, ack_wait=40, max_deliver=7, retention=99)
+    resolved = TypePolicy(name="unit.p", concurrency=5).resolve(settings)
+    assert (resolved.runtime, resolved.concurrency, resolved.ack_wait) == ("process", 5, 40)
+    assert (resolved.max_deliver, resolved.retention, resolved.priority) == (7, 99, 0)
+    assert resolved.backoff == Backoff() and resolved.misfire == "run-once" and resolved.timezone == "UTC"
+
+
+def test_published_policy_reads_back_as_written() -> None:
+    declared = TypePolicy(name="unit.p", deadline=30, priority=4, backoff=[1, 5], rate_limit="10/m",
+                          key_concurrency={"key": ["t", "/t"]}, queue={"when_full": "coalesce"}, timeout=9)
+    resolved = declared.resolve(Settings(retention=86_400))
+    meta = PublishedType(resolved, {"type": "object"}, "jobs/x.py", check_formats=False).meta("i-1", 600)
+    policy = json.loads(meta["policy"])
+    assert policy["deadline"] == 30 and policy["rate_limit"] == "10/60s" and policy["backoff"] == [1, 5]
+    assert policy["key_concurrency"] == {"key": ["t", "/t"], "max_active": 1, "stale_policy": "fail-stale"}
+    assert (meta["retention_ms"], meta["dead_retention_ms"], meta["instance"]) == ("86400000", "600000", "i-1")
+    back = PublishedType.read("unit.p", meta)
+    assert back.schema == {"type": "object"} and back.check_formats is False and back.source == "jobs/x.py"
+    # every published option reads back (the schedule's details are published with the schedule)
+    assert back.policy == resolved.model_copy(update={"timezone": None, "misfire": None})
+
+
+def test_published_policy_of_another_version_reads_leniently_or_raises() -> None:
+    meta = {"policy": json.dumps({"runtime": "inprocess", "priority": 2, "deadline": None, "new_option": 1})}
+    assert PublishedType.read("unit.p", meta).policy.priority == 2
+    with pytest.raises(ValueError, match="priority"):
+        PublishedType.read("unit.p", {"policy": json.dumps({"priority": "high"})})
+
+
+def test_the_dispatcher_view_derives_its_numbers_from_the_policy() -> None:
+    policy = TypePolicy(name="unit.p", ack_wait=2.5, rate_limit="20/5s").resolve(Settings())
+    served = ServedType(policy, "jobs/x.py")
+    assert served.policy is policy
+    assert (served.ack_wait_ms, served.rate, served.rate_period_ms) == (2500, 20, 5000)
+    with pytest.raises(ValueError, match="not resolved"):
+        ServedType(TypePolicy(name="unit.p"), "jobs/x.py")

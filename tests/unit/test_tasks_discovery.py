@@ -14,7 +14,9 @@ import pytest
 
 from runners.command import DEFAULT_ENV_ALLOW, ResourceLimits
 from supervisor.errors import DuplicateJobType, HandlerImportError, InvalidPayload
-from supervisor.tasks import TaskScan, discover_tasks
+from supervisor.flow import KeyConcurrency, QueuePolicy, RateLimit
+from supervisor.policy import Backoff, TypePolicy
+from supervisor.tasks import Sidecar, TaskScan, discover_tasks
 
 REPO = Path(__file__).resolve().parents[2]
 PY = "/opt/python/bin/python3"
@@ -60,7 +62,8 @@ def test_shipped_examples_load_with_their_sidecars(tmp_path: Path) -> None:
     assert set(result.tasks) == {"hello", "images.resize", "validate-payload", "csharp.hello"}
     resize = result.tasks["images.resize"]
     assert resize.command.argv == [PY, str(REPO / "tasks" / "resize_image.py")]
-    assert resize.timeout == 60 and resize.max_deliver == 3 and resize.backoff == [5, 30]
+    policy = resize.policy
+    assert policy.timeout == 60 and policy.max_deliver == 3 and policy.backoff == Backoff.parse([5, 30])
     assert resize.command.limits == ResourceLimits(memory_bytes=1024 * 1024 * 1024, open_files=256)
     assert resize.payload_schema is not None and resize.payload_schema["required"] == ["path", "width"]
     assert result.tasks["hello"].command.argv == ["/usr/bin/bash", str(REPO / "tasks" / "hello.sh")]
@@ -193,9 +196,10 @@ limits = { memory_mb = 256, cpu_seconds = 30, open_files = 64 }
     assert spec.cwd == str(tasks / "work")
     assert spec.grace_s == 2.5
     assert spec.limits == ResourceLimits(memory_bytes=256 * 1024 * 1024, cpu_seconds=30, open_files=64)
-    assert (task.timeout, task.max_deliver, task.backoff, task.ack_wait) == (90.5, 7, [1, 2, 4], 120)
-    assert (task.concurrency, task.priority) == (3, -2)
-    assert (task.schedule, task.schedule_payload, task.timezone) == (
+    p = task.policy
+    assert (p.timeout, p.max_deliver, p.backoff, p.ack_wait) == (90.5, 7, Backoff.parse([1, 2, 4]), 120)
+    assert (p.concurrency, p.priority) == (3, -2)
+    assert (p.schedule, p.schedule_payload, p.timezone) == (
         "*/5 * * * *",
         {"full": True},
         "Europe/Paris",
@@ -210,10 +214,70 @@ def test_unset_policy_fields_are_none(tmp_path: Path) -> None:
 
     assert task.sidecar is None and task.payload_schema is None
     assert all(
-        getattr(task, f) is None
+        getattr(task.policy, f) is None
         for f in ("timeout", "max_deliver", "backoff", "ack_wait", "concurrency", "priority", "schedule")
     )
     task.validate_payload({"anything": [1, 2, 3]})  # no schema, no check
+
+
+def test_a_sidecar_takes_every_option_that_job_takes() -> None:
+    # the sidecar's keys are the policy's options, under the same names, and more
+    assert set(TypePolicy.model_fields) <= set(Sidecar.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "option", "expected"),
+    [
+        ("deadline = 90\n", "deadline", 90.0),
+        ("retention = 600\n", "retention", 600.0),
+        ('key_concurrency = { key = ["tenant", "/tenant"], max_active = 2 }\n', "key_concurrency",
+         KeyConcurrency(key=["tenant", "/tenant"], max_active=2)),
+        ('queue = { max_queued_per_key = 1, when_full = "coalesce" }\n', "queue",
+         QueuePolicy(max_queued_per_key=1, when_full="coalesce")),
+        ('rate_limit = "100/m"\n', "rate_limit", RateLimit(100, 60_000)),
+        ('schedule = "0 * * * *"\nmisfire = "skip"\n', "misfire", "skip"),
+        ('runtime = "subprocess"\n', "runtime", "subprocess"),
+        ('backoff = "exponential"\n', "backoff", Backoff()),
+        ("backoff = 7\n", "backoff", Backoff.parse(7)),
+    ],
+)
+def test_each_job_option_in_a_sidecar_reaches_the_task_policy(
+    tmp_path: Path, sidecar: str, option: str, expected: object
+) -> None:
+    write(tmp_path / "tasks" / "opt.sh")
+    write(tmp_path / "tasks" / "opt.toml", sidecar)
+
+    result = scan(tmp_path)
+
+    assert result.errors == []
+    policy = result.tasks["opt"].policy
+    assert getattr(policy, option) == expected
+    assert policy.runtime == "subprocess", "a task always runs as a program"
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "expected"),
+    [
+        ("deadline = 0\n", ["'deadline'", "greater than 0", "deadline = 3600"]),
+        ('retention = "long"\n', ["'retention'", "retention = 86400"]),
+        ("key_concurrency = { key = [] }\n", ["'key_concurrency.key'", "key_concurrency = {"]),
+        ('queue = { when_full = "drop" }\n', ["'queue.when_full'", "coalesce"]),
+        ('rate_limit = "fast"\n', ["'rate_limit'", "'N/s'", 'rate_limit = "100/s"']),
+        ('runtime = "process"\n', ["'runtime'", '"subprocess"']),
+        ("priority = 5000\n", ["'priority'", "-4000..4000"]),
+        ('misfire = "skip"\n', ["misfire", "need a schedule"]),
+    ],
+)
+def test_bad_job_options_in_a_sidecar_name_the_key_and_the_fix(
+    tmp_path: Path, sidecar: str, expected: list[str]
+) -> None:
+    write(tmp_path / "tasks" / "broken.sh")
+    write(tmp_path / "tasks" / "broken.toml", sidecar)
+
+    cause = error_for(scan(tmp_path), "broken.toml").cause
+
+    for text in expected:
+        assert text in cause, f"{text!r} not in {cause!r}"
 
 
 def test_sidecar_with_command_and_no_file_is_a_task(tmp_path: Path) -> None:
