@@ -12,7 +12,7 @@ and speaks the task protocol, the same for every language:
   `::result {json}`, `::traceback "<JSON string>"` are commands; every other
   line is the job's log; without `::result`, a last stdout line that is JSON
   is the result; a failed Run's stack trace is its `::traceback`, else its last
-  stderr lines (bounded);
+  stderr lines (bounded) (`runners.task_output` reads them);
 - exit 0 completed, 75 retry, 65 permanent, anything else (or a signal) a
   retryable failure.
 
@@ -20,12 +20,8 @@ Process ownership. The child starts in a new session (`start_new_session=True`,
 so its pgid and sid are its pid). A Run owns every process it starts: when it
 is stopped (cancel, timeout) the whole group gets SIGTERM, then SIGKILL after
 `grace_s`; and when the Run ends for any reason, whatever is left of its tree
-is stopped the same way. Processes that left the group (`setsid`, double fork)
-are found three ways: the descendant tree is walked while the Run is alive
-(cheaply, through `/proc/PID/task/TID/children`, psutil as the fallback), and at
-the end every process created since the start is checked for our session id or
-for the `JOB_RUN_ID` marker in its environment. Signals go through psutil, which
-refuses to signal a pid that was reused.
+is stopped the same way, including processes that left the group (`setsid`,
+double fork): `runners.proctree` finds them.
 
 Resource limits. `preexec_fn` is not safe in a threaded parent (the daemon has
 thread pools), and `os.posix_spawn` cannot set rlimits. Setting them with
@@ -40,24 +36,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import json
 import os
 import re
 import shutil
 import signal
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import psutil
 import structlog
 
-from runners.base import TRACEBACK_MAX_BYTES, RunEvents, RunRequest, RunResult, RunStatus, bounded_text
-from runners.stop import REAP_WAIT_S, Escalation, stop
+from runners.base import RunEvents, RunRequest, RunResult, RunStatus
+from runners.proctree import ProcessTree, stop_tree
+from runners.task_output import OutputProtocol, TaskOutput
 
 log = structlog.get_logger(__name__)
 
@@ -82,8 +76,6 @@ _SECRETISH = re.compile(r"SECRET|TOKEN|PASSW(OR)?D|CREDENTIAL|PRIVATE_KEY|API_KE
 EX_DATAERR = 65  # sysexits: permanent failure
 EX_TEMPFAIL = 75  # sysexits: try again later
 
-LOG_TRUNCATED = "[log truncated]"
-_MAX_LINE_BYTES = 8 * 1024 * 1024  # a longer line is cut (a `::result` line included)
 _STDERR_TAIL = 5  # stderr lines quoted in a failure's error
 _PIPE_DRAIN_S = 2.0  # how long to wait for EOF once every process is gone
 
@@ -204,314 +196,7 @@ def limited_argv(argv: list[str], limits: ResourceLimits, prlimit: str | None) -
     return [prlimit, *opts, "--", *argv]
 
 
-# --- output -----------------------------------------------------------------------
-
-
-class _Output:
-    """Splits the child's output into lines and acts on each (protocol commands, log, result)."""
-
-    def __init__(self, events: RunEvents, log_cap_bytes: int) -> None:
-        self._events = events
-        self._cap = log_cap_bytes
-        self._buffers: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
-        self._logged = 0
-        self.truncated = False
-        self.has_result = False
-        self.result: Any = None
-        self.result_error: str | None = None
-        self.last_stdout: str | None = None
-        self.stderr_tail: deque[str] = deque()  # the last stderr lines, about TRACEBACK_MAX_BYTES in all
-        self._tail_size = 0
-        self.traceback: str | None = None  # what a `::traceback` line said
-
-    def feed(self, fd: int, data: bytes) -> None:
-        buf = self._buffers[fd]
-        buf += data
-        if b"\n" in data:
-            *lines, rest = buf.split(b"\n")
-            self._buffers[fd] = buf = bytearray(rest)
-            for raw in lines:
-                self._line(fd, bytes(raw))
-        while len(buf) > _MAX_LINE_BYTES:  # no newline in sight: cut it
-            self._line(fd, bytes(buf[:_MAX_LINE_BYTES]))
-            del buf[:_MAX_LINE_BYTES]
-
-    def flush(self, fd: int) -> None:
-        """The stream ended: a last line without a newline is still a line."""
-        buf = self._buffers[fd]
-        if buf:
-            self._line(fd, bytes(buf))
-            buf.clear()
-
-    def _line(self, fd: int, raw: bytes) -> None:
-        stream = "stdout" if fd == 1 else "stderr"
-        text = raw.decode("utf-8", errors="replace").rstrip("\r")
-        if text.startswith("::") and self._command(text):
-            return
-        if stream == "stdout":
-            if text.strip():
-                self.last_stdout = text
-        else:
-            line = text[-TRACEBACK_MAX_BYTES:]
-            self.stderr_tail.append(line)
-            self._tail_size += len(line) + 1
-            while self._tail_size > TRACEBACK_MAX_BYTES and len(self.stderr_tail) > 1:
-                self._tail_size -= len(self.stderr_tail.popleft()) + 1
-        self._log(text, stream)
-
-    def _command(self, text: str) -> bool:
-        """Act on a protocol command; False when `text` is not one (it is then a log line)."""
-        word, _, rest = text[2:].partition(" ")
-        rest = rest.strip()
-        if word == "progress":
-            percent_s, _, message = rest.partition(" ")
-            try:
-                percent = float(percent_s)
-            except ValueError:
-                return False
-            if percent != percent:  # NaN
-                return False
-            self._call(self._events.progress, min(max(percent, 0.0), 100.0), message.strip() or None, None)
-            return True
-        if word == "heartbeat" and not rest:
-            self._call(self._events.heartbeat)
-            return True
-        if word == "result":
-            try:
-                self.result = json.loads(rest)
-            except ValueError as exc:
-                self.result_error = f"the task printed an invalid ::result line ({exc}): {rest[:200]!r}"
-                self.has_result = False
-                return False
-            self.has_result = True
-            self.result_error = None
-            return True
-        if word == "traceback":
-            try:
-                trace = json.loads(rest)
-            except ValueError:
-                return False
-            if not isinstance(trace, str):
-                return False
-            self.traceback = bounded_text(trace, head=4 * 1024)
-            return True
-        return False
-
-    def trace(self) -> str | None:
-        """A failed Run's stack trace: its `::traceback`, else its last stderr lines (bounded)."""
-        if self.traceback is not None:
-            return self.traceback
-        return bounded_text("\n".join(self.stderr_tail)) if self.stderr_tail else None
-
-    def _log(self, text: str, stream: str) -> None:
-        if self.truncated:
-            return
-        size = len(text.encode("utf-8", errors="replace")) + 1
-        if self._logged + size > self._cap:
-            self.truncated = True
-            self._call(self._events.log, LOG_TRUNCATED, stream)
-            return
-        self._logged += size
-        self._call(self._events.log, text, stream)
-
-    @staticmethod
-    def _call(fn: Callable[..., None], *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception:  # a broken sink must not break the Run
-            log.exception("run.events_failed", callback=getattr(fn, "__name__", repr(fn)))
-
-    def final_result(self) -> Any:
-        """`::result` when given, else the last stdout line when it is JSON, else None."""
-        if self.has_result:
-            return self.result
-        if self.last_stdout is not None:
-            try:
-                return json.loads(self.last_stdout)
-            except ValueError:
-                return None
-        return None
-
-
-class _Protocol(asyncio.SubprocessProtocol):
-    def __init__(self, output: _Output) -> None:
-        self._output = output
-        self.exited = asyncio.Event()
-        self.closed = asyncio.Event()
-
-    def pipe_data_received(self, fd: int, data: bytes | bytearray) -> None:
-        if fd in (1, 2):
-            self._output.feed(fd, bytes(data))
-
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        if fd in (1, 2):
-            self._output.flush(fd)
-
-    def process_exited(self) -> None:
-        self.exited.set()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed.set()
-
-
-# --- the process tree -------------------------------------------------------------
-
-
-def _proc_children(pid: int) -> list[int] | None:
-    """Direct children of `pid` from /proc (None when the kernel lacks the file)."""
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return []
-    except OSError:
-        return None
-    kids: list[int] = []
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
-                kids.extend(int(x) for x in fh.read().split())
-        except FileNotFoundError:
-            if not os.path.exists(f"/proc/{pid}"):
-                return kids
-            if os.path.exists(f"/proc/{pid}/task/{tid}"):
-                return None  # kernel built without CONFIG_PROC_CHILDREN
-        except (OSError, ValueError):
-            continue
-    return kids
-
-
-def _is_gone(proc: psutil.Process) -> bool:
-    try:
-        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return True
-
-
-class _ProcessTree:
-    """Every process a Run started, found however it tried to leave (see the module doc)."""
-
-    def __init__(self, pid: int, run_id: str, started_at: float) -> None:
-        self.pid = pid  # also the pgid and the sid
-        self.run_id = run_id
-        self.started_at = started_at
-        self.known: dict[int, psutil.Process] = {}
-        try:  # our unreaped child: its pid cannot have been reused yet
-            self._root: psutil.Process | None = psutil.Process(pid)
-        except psutil.Error:
-            self._root = None
-
-    def _add(self, pid: int) -> None:
-        if pid == self.pid or pid in self.known:
-            return
-        with contextlib.suppress(psutil.Error):
-            self.known[pid] = psutil.Process(pid)
-
-    def refresh(self) -> None:
-        """Walk the tree from the child and from every known descendant (escapees keep theirs).
-
-        Only live processes are walked from (psutil checks their creation time), so a
-        recycled pid never brings a stranger's children in.
-        """
-        roots = [self._root] if self._root is not None else []
-        todo = [p.pid for p in (*roots, *self.known.values()) if not _is_gone(p)]
-        seen: set[int] = set()
-        while todo:
-            pid = todo.pop()
-            if pid in seen:
-                continue
-            seen.add(pid)
-            kids = _proc_children(pid)
-            if kids is None:  # no /proc children files: psutil scans every process instead
-                try:
-                    kids = [c.pid for c in psutil.Process(pid).children(recursive=True)]
-                except psutil.Error:
-                    kids = []
-            for kid in kids:
-                self._add(kid)
-                todo.append(kid)
-
-    def sweep(self) -> None:
-        """Find processes created since the start that are in our session or carry our marker.
-
-        Blocking (it reads /proc for every process): run it in a thread.
-        """
-        self.refresh()
-        marker = f"JOB_RUN_ID={self.run_id}".encode()
-        since = self.started_at - 2.0  # psutil's create_time is derived from boot time: allow jitter
-        for proc in psutil.process_iter(["create_time"]):
-            pid = proc.pid
-            if pid == self.pid or pid in self.known or (proc.info["create_time"] or 0) < since:
-                continue
-            try:
-                ours = os.getsid(pid) == self.pid
-            except OSError:
-                continue
-            if not ours:
-                try:
-                    with open(f"/proc/{pid}/environ", "rb") as fh:
-                        ours = marker in fh.read().split(b"\0")
-                except OSError:
-                    continue
-            if ours:
-                self.known[pid] = proc
-
-    def alive(self) -> list[psutil.Process]:
-        return [p for p in self.known.values() if not _is_gone(p)]
-
-    def signal(self, sig: signal.Signals) -> None:
-        """Send `sig` to the whole group, then to every known descendant outside it."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
-        for proc in self.alive():
-            with contextlib.suppress(psutil.Error):
-                proc.send_signal(sig)
-
-
 # --- running ----------------------------------------------------------------------
-
-
-async def _wait_gone(tree: _ProcessTree, proto: _Protocol | None, timeout: float) -> bool:
-    """Wait (bounded) until the child has exited and no known descendant is alive."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if (proto is None or proto.exited.is_set()) and not tree.alive():
-            return True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        await asyncio.sleep(min(0.05, remaining))
-        tree.refresh()
-
-
-class _RunTarget:
-    """A Run's processes as a stop target: the group and the known escapees, gone when all are."""
-
-    __slots__ = ("proto", "tree")
-
-    def __init__(self, tree: _ProcessTree, proto: _Protocol | None) -> None:
-        self.tree = tree
-        self.proto = proto
-
-    def send(self, sig: signal.Signals) -> None:
-        self.tree.signal(sig)
-
-    async def gone(self, timeout: float | None) -> bool:
-        return await _wait_gone(self.tree, self.proto, REAP_WAIT_S if timeout is None else timeout)
-
-    def sweep(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.tree.pid, signal.SIGKILL)  # group members we never saw
-
-
-async def _stop(tree: _ProcessTree, proto: _Protocol | None, grace_s: float) -> str:
-    """SIGTERM the group and the known escapees; SIGKILL whatever is left after `grace_s`."""
-    tree.refresh()
-    stopped = await stop(_RunTarget(tree, proto), Escalation(term_s=grace_s, reap_s=REAP_WAIT_S))
-    if not stopped.gone:
-        log.warning("run.unkillable", pid=tree.pid, left=[p.pid for p in tree.alive()])
-    if stopped.signal is signal.SIGTERM:
-        return "SIGTERM"
-    return f"SIGKILL after {grace_s:g}s grace"
 
 
 def _signal_name(num: int) -> str:
@@ -521,7 +206,7 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
-def _failure(text: str, output: _Output) -> str:
+def _failure(text: str, output: TaskOutput) -> str:
     if output.stderr_tail:
         last = list(output.stderr_tail)[-_STDERR_TAIL:]
         return text + "; last stderr lines:\n" + "\n".join("  " + line[:500] for line in last)
@@ -547,46 +232,20 @@ async def run_command(
     if cancel.is_set():
         return RunResult(RunStatus.CANCELLED, error="cancelled before start")
 
-    if spec.prepare is not None:
-        prep = asyncio.ensure_future(spec.prepare())
-        waiter = asyncio.ensure_future(cancel.wait())
-        try:
-            await asyncio.wait({prep, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            if not prep.done():
-                prep.cancel()
-                with contextlib.suppress(BaseException):
-                    await prep
-        if not prep.done() or prep.cancelled():
-            return RunResult(RunStatus.CANCELLED, error="cancelled while preparing the task")
-        if (exc := prep.exception()) is not None:
-            bound.warning("run.prepare_failed", error=str(exc))
-            return RunResult(RunStatus.FAILED, error=f"could not prepare the task: {exc}")
+    if spec.prepare is not None and (refused := await _prepare(spec.prepare, cancel, bound)) is not None:
+        return refused
 
     run_id = uuid.uuid4().hex
-    env = build_env(spec, request, run_id=run_id)
-    loop = asyncio.get_running_loop()
-    output = _Output(events, spec.log_cap_bytes)
+    output = TaskOutput(events, spec.log_cap_bytes)
+    started_at = time.time()
     try:
-        argv = limited_argv(spec.argv, spec.limits, shutil.which("prlimit"))
-        started_at = time.time()
-        transport, proto = await loop.subprocess_exec(
-            lambda: _Protocol(output),
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=spec.cwd,
-            env=env,
-            start_new_session=True,
-        )
+        transport, proto = await _start(spec, build_env(spec, request, run_id=run_id), output)
     except OSError as exc:
         bound.warning("run.start_failed", argv=spec.argv, error=str(exc))
         return RunResult(RunStatus.FAILED, error=f"could not start {spec.argv[0]!r}: {exc}")
 
     pid = transport.get_pid()
-    tree = _ProcessTree(pid, run_id, started_at)
+    tree = ProcessTree(pid, run_id, started_at)
     bound = bound.bind(pid=pid)
     bound.debug("run.started", argv=spec.argv)
     stdin = cast(asyncio.WriteTransport | None, transport.get_pipe_transport(0))
@@ -595,27 +254,9 @@ async def run_command(
             stdin.write(request.payload_json.encode("utf-8"))
             stdin.write_eof()
 
-    timeout = request.timeout_s
-    why_timeout = f"timed out after {timeout:g}s" if timeout is not None else ""
-    if request.deadline is not None:
-        to_deadline = request.deadline - time.time()
-        if timeout is None or to_deadline < timeout:
-            timeout = max(to_deadline, 0.0)
-            why_timeout = "reached the job's deadline"
-
-    reason = "exited"
-    stopped_with = ""
+    timeout, why_timeout = _time_limit(request)
     try:
-        reason = await _wait_exit(proto, tree, cancel, timeout)
-        if reason != "exited":
-            bound.info("run.stopping", reason=reason, grace_s=spec.grace_s)
-            stopped_with = await _stop(tree, proto, spec.grace_s)
-        await asyncio.to_thread(tree.sweep)
-        if left := tree.alive():
-            bound.warning("run.leftovers", pids=[p.pid for p in left])
-            await _stop(tree, None, spec.grace_s)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proto.closed.wait(), _PIPE_DRAIN_S)
+        reason, stopped_with = await _supervise(proto, tree, cancel, timeout, spec.grace_s, bound)
     finally:
         if not proto.exited.is_set() or tree.alive():  # we are being cancelled: no grace
             tree.refresh()
@@ -632,8 +273,76 @@ async def run_command(
     return RunResult(status, result=result, error=error, pid=pid, traceback=trace)
 
 
+async def _start(
+    spec: CommandSpec, env: dict[str, str], output: TaskOutput,
+) -> tuple[asyncio.SubprocessTransport, OutputProtocol]:
+    """Start the program in a session of its own, its output read into `output` (OSError when it cannot)."""
+    argv = limited_argv(spec.argv, spec.limits, shutil.which("prlimit"))
+    return await asyncio.get_running_loop().subprocess_exec(
+        lambda: OutputProtocol(output),
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=spec.cwd,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def _time_limit(request: RunRequest) -> tuple[float | None, str]:
+    """How long the Run may take from now (its timeout or its deadline, the sooner) and why it ends then."""
+    timeout = request.timeout_s
+    why_timeout = f"timed out after {timeout:g}s" if timeout is not None else ""
+    if request.deadline is not None:
+        to_deadline = request.deadline - time.time()
+        if timeout is None or to_deadline < timeout:
+            timeout = max(to_deadline, 0.0)
+            why_timeout = "reached the job's deadline"
+    return timeout, why_timeout
+
+
+async def _prepare(prepare: Callable[[], Awaitable[None]], cancel: asyncio.Event, bound: Any) -> RunResult | None:
+    """Await the task's `prepare` hook (a cancel stops it); the RunResult that ends the Run when it fails."""
+    prep = asyncio.ensure_future(prepare())
+    waiter = asyncio.ensure_future(cancel.wait())
+    try:
+        await asyncio.wait({prep, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not prep.done():
+            prep.cancel()
+            with contextlib.suppress(BaseException):
+                await prep
+    if not prep.done() or prep.cancelled():
+        return RunResult(RunStatus.CANCELLED, error="cancelled while preparing the task")
+    if (exc := prep.exception()) is not None:
+        bound.warning("run.prepare_failed", error=str(exc))
+        return RunResult(RunStatus.FAILED, error=f"could not prepare the task: {exc}")
+    return None
+
+
+async def _supervise(
+    proto: OutputProtocol, tree: ProcessTree, cancel: asyncio.Event, timeout: float | None, grace_s: float,
+    bound: Any,
+) -> tuple[str, str]:
+    """The Run until its processes are gone: (why it ended, how it was stopped when it was)."""
+    reason = await _wait_exit(proto, tree, cancel, timeout)
+    stopped_with = ""
+    if reason != "exited":
+        bound.info("run.stopping", reason=reason, grace_s=grace_s)
+        stopped_with = await stop_tree(tree, proto.exited, grace_s)
+    await asyncio.to_thread(tree.sweep)
+    if left := tree.alive():
+        bound.warning("run.leftovers", pids=[p.pid for p in left])
+        await stop_tree(tree, None, grace_s)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proto.closed.wait(), _PIPE_DRAIN_S)
+    return reason, stopped_with
+
+
 async def _wait_exit(
-    proto: _Protocol, tree: _ProcessTree, cancel: asyncio.Event, timeout: float | None
+    proto: OutputProtocol, tree: ProcessTree, cancel: asyncio.Event, timeout: float | None
 ) -> str:
     """Wait for the child's exit, the cancel event or the timeout; walk the tree meanwhile."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -662,7 +371,7 @@ async def _wait_exit(
 
 
 def _outcome(
-    reason: str, code: int | None, output: _Output, why_timeout: str, stopped_with: str
+    reason: str, code: int | None, output: TaskOutput, why_timeout: str, stopped_with: str
 ) -> tuple[RunStatus, str | None]:
     if reason == "timeout":
         return RunStatus.TIMEOUT, _failure(f"{why_timeout}; stopped with {stopped_with}", output)
@@ -745,7 +454,6 @@ __all__ = [
     "DEFAULT_ENV_ALLOW",
     "EX_DATAERR",
     "EX_TEMPFAIL",
-    "LOG_TRUNCATED",
     "CommandRunner",
     "CommandSpec",
     "ResourceLimits",

@@ -21,7 +21,8 @@ import psutil
 import pytest
 
 from runners.base import RunRequest, RunResult, RunStatus
-from runners.command import LOG_TRUNCATED, CommandRunner, CommandSpec, ResourceLimits, run_command
+from runners.command import CommandRunner, CommandSpec, ResourceLimits, run_command
+from runners.task_output import LOG_TRUNCATED
 from supervisor.errors import HandlerImportError
 from supervisor.tasks import discover_tasks
 
