@@ -2,7 +2,7 @@
 
 A Run is one attempt of a Job on a Runner. The dispatcher hands a runner a
 `RunRequest` and a `RunEvents` sink, and gets back a `RunResult`; a runner
-never touches Redis and never imports `supervisor.app`. Cancellation reaches
+never touches Redis and never imports the daemon (`supervisor.daemon`). Cancellation reaches
 the run through an `asyncio.Event` (cooperative first; runners that own a
 process signal it after `grace_s`); the dispatcher hands them a `CancelSignal`,
 which runners may also watch through a callback instead of a waiting task.
@@ -134,7 +134,18 @@ class RunEvents(Protocol):
 
 
 class Runner(Protocol):
-    """An execution model: `inprocess`, `process` or `subprocess`."""
+    """An execution model: `inprocess`, `process` or `subprocess`.
+
+    Besides `run` and `close`, a runner may have these optional lifecycle hooks; the daemon
+    calls each one only when the runner has it (`lifecycle_hook`), so a runner needs none:
+
+    - `async start() -> None`: called once, before the first job of a type that runs on this
+      runner (the pool starts its workers then, ~0.5 s: only when a type needs them);
+    - `accept(manifest: Path | None) -> None`: the handler sources accepted at a (re)load
+      (`supervisor.accepted`); the pool recycles its workers between jobs when they changed;
+    - `workers_info() -> list[dict[str, Any]]`: one entry per worker process of the runner
+      (`pid`, `rss_bytes`, ...), for presence and the `worker_rss_bytes` gauge.
+    """
 
     kind: str
 
@@ -143,3 +154,15 @@ class Runner(Protocol):
 
     async def close(self) -> None:
         """Release the runner's resources (workers, threads)."""
+
+
+#: The optional lifecycle hooks of a `Runner`, in the order a daemon's life calls them.
+LIFECYCLE_HOOKS = ("start", "accept", "workers_info")
+
+
+def lifecycle_hook(runner: Runner, name: str) -> Callable[..., Any] | None:
+    """`runner`'s optional hook `name` (one of `LIFECYCLE_HOOKS`), or None when it has none."""
+    if name not in LIFECYCLE_HOOKS:
+        raise ValueError(f"{name!r} is not a runner lifecycle hook ({', '.join(LIFECYCLE_HOOKS)})")
+    hook: Callable[..., Any] | None = getattr(runner, name, None)
+    return hook

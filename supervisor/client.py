@@ -40,6 +40,7 @@ from supervisor.policy import PublishedType
 from supervisor.records import Job
 from supervisor.serving import Serving, type_state, type_state_sync
 from supervisor.states import State
+from supervisor.telemetry import Tracing
 from supervisor.wire import DEFAULT_SPIN_US, PackedCall, SyncWire, params_of
 
 if TYPE_CHECKING:  # the daemon passes its Registry; a CLI command never loads handler code
@@ -120,9 +121,10 @@ class _TypeCache:
     absence of metadata (an enqueue with `allow_unknown` of a type no daemon published yet).
     So a type whose last instance stopped serving it is refused at most 5 s later."""
 
-    __slots__ = ("_types", "_listed", "_absent")
+    __slots__ = ("_types", "_listed", "_absent", "_tracing")
 
-    def __init__(self) -> None:
+    def __init__(self, tracing: Tracing) -> None:
+        self._tracing = tracing  # with tracing on no job takes the plain path (a span to open)
         self._types: dict[str, _TypeInfo] = {}
         self._listed: set[str] = set()
         # type name -> (when it was found unpublished, who served it: the refusal names them)
@@ -149,7 +151,7 @@ class _TypeCache:
         off (no span to open)."""
         cached = self._types.get(name)
         if (cached is None or not cached.plain or not (cached.served or allowed)
-                or time.monotonic() - cached.fetched >= _META_TTL_S or telemetry.tracer() is not None):
+                or time.monotonic() - cached.fetched >= _META_TTL_S or self._tracing.tracer() is not None):
             return None
         return cached
 
@@ -187,17 +189,21 @@ class Client:
         redis: a Redis URL or an existing `redis.asyncio.Redis` client.
         registry: the daemon's own registry (validates locally, no Redis read).
         allow_unknown: queue jobs of types no live instance serves (they wait for one).
+        tracing: where producer spans go (default: the process's own OpenTelemetry tracer
+            provider, if it has one; `Tracing()` records none).
     """
 
     def __init__(
         self, redis: str | aioredis.Redis, *, registry: Registry | None = None, allow_unknown: bool = False,
+        tracing: Tracing | None = None,
     ) -> None:
         self._owns = isinstance(redis, str)
         client = connect(redis) if isinstance(redis, str) else redis
         self.broker = Broker(client)
         self.registry = registry
         self.allow_unknown = allow_unknown
-        self._types = _TypeCache()
+        self.tracing = Tracing.from_process() if tracing is None else tracing
+        self._types = _TypeCache(self.tracing)
 
     async def __aenter__(self) -> Client:
         return self
@@ -290,7 +296,7 @@ class Client:
             await self.broker.wire.evalsha_packed(_ENQUEUE, plain[1])  # type: ignore[union-attr]
             return SubmitOutcome("accepted", plain[0], name)
         req = EnqueueRequest(name, payload, **options)
-        with _EnqueueSpan(name, req.context) as tracked:
+        with _EnqueueSpan(self.tracing, name, req.context) as tracked:
             new = await self._prepare(req, allow_unknown, tracked.span)
             (done,) = await self.broker.enqueue(name, [new])
             return tracked.done(_outcome(name, new, done))
@@ -305,13 +311,13 @@ class Client:
         """Queue many jobs in one pipelined round trip (all validated before any is queued)."""
         reqs = [r if isinstance(r, EnqueueRequest) else EnqueueRequest(r[0], r[1]) for r in requests]
         kinds = {name: await self._resolve(name, allow_unknown) for name in dict.fromkeys(r.name for r in reqs)}
-        if (self.broker.wire is not None and telemetry.tracer() is None
+        if (self.broker.wire is not None and self.tracing.tracer() is None
                 and all(isinstance(k, _TypeInfo) and k.plain for k in kinds.values())
                 and all(_plain_request(r) for r in reqs)):
             return await self._enqueue_plain(reqs, kinds)
         checked = [_checked(r, kinds[r.name]) for r in reqs]  # every job validated before any is queued
         # telemetry: one producer span per job when tracing is on (None: off, nothing allocated)
-        spans = [telemetry.start_enqueue_span(r.name, r.context) for r in reqs] if telemetry.tracing() else None
+        spans = [self.tracing.start_enqueue_span(r.name, r.context) for r in reqs] if self.tracing.enabled() else None
         groups: dict[str, list[int]] = {}
         for i, req in enumerate(reqs):
             groups.setdefault(req.name, []).append(i)
@@ -592,8 +598,8 @@ class _EnqueueSpan:
 
     __slots__ = ("span",)
 
-    def __init__(self, name: str, context: dict[str, str] | None) -> None:
-        self.span = telemetry.start_enqueue_span(name, context)
+    def __init__(self, tracing: Tracing, name: str, context: dict[str, str] | None) -> None:
+        self.span = tracing.start_enqueue_span(name, context)
 
     def __enter__(self) -> _EnqueueSpan:
         return self
@@ -643,20 +649,20 @@ class SyncClient:
     """
 
     def __init__(self, redis: str, *, allow_unknown: bool = False,
-                 reply_spin_us: float = DEFAULT_SPIN_US) -> None:
+                 reply_spin_us: float = DEFAULT_SPIN_US, tracing: Tracing | None = None) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="job-supervisor-client", daemon=True)
         self._thread.start()
-        self._client = self._call(self._make(redis, allow_unknown))
+        self._client = self._call(self._make(redis, allow_unknown, tracing))
         # enqueue and submit skip the loop thread: a blocking wire straight to Redis (not for TLS)
         params = params_of(self._client.broker.redis)
         # quiet_threads=2: the caller and this client's loop thread
         self._wire = SyncWire(params, reply_spin_us, quiet_threads=2) if params is not None else None
-        self._types = _TypeCache()
+        self._types = _TypeCache(self._client.tracing)
 
     @staticmethod
-    async def _make(redis: str, allow_unknown: bool) -> Client:
-        return Client(redis, allow_unknown=allow_unknown)
+    async def _make(redis: str, allow_unknown: bool, tracing: Tracing | None) -> Client:
+        return Client(redis, allow_unknown=allow_unknown, tracing=tracing)
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -687,7 +693,7 @@ class SyncClient:
         if _no_options(options) and (job_id := self._enqueue_plain(name, payload, allow_unknown)) is not None:
             return SubmitOutcome("accepted", job_id, name)
         req = EnqueueRequest(name, payload, **options)
-        with _EnqueueSpan(name, req.context) as tracked:
+        with _EnqueueSpan(self._client.tracing, name, req.context) as tracked:
             new = build_job(req, self._resolve(wire, name, allow_unknown), tracked.span)
             script_keys, args = enqueue_call(name, [new])
             (done,) = parse_enqueued(wire.evalsha(_ENQUEUE, script_keys, args))

@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -34,9 +34,12 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runners.base import CancelSignal, Runner, RunRequest, RunResult, RunStatus, traceback_text
-from supervisor import keys, telemetry
+from supervisor import keys
 from supervisor.broker import Broker, ClaimedJob, claimed_context, dumps
 from supervisor.errors import CorruptRecord, printable
+
+if TYPE_CHECKING:  # the daemon hands in its observer (supervisor.run_observer)
+    from supervisor.run_observer import RunObserver
 from supervisor.policy import TypePolicy
 
 log = structlog.get_logger(__name__)
@@ -135,8 +138,9 @@ class Dispatcher:
     """Runs the served types' jobs on their runners and reports outcomes to Redis."""
 
     def __init__(self, broker: Broker, instance_id: str, runners: dict[str, Runner], *,
-                 max_idle_wait: float = 5.0) -> None:
+                 observer: RunObserver, max_idle_wait: float = 5.0) -> None:
         self.broker = broker
+        self.observer = observer  # tracing and metrics of each attempt
         self.instance_id = instance_id
         self.runners = runners
         self.max_idle_wait = max_idle_wait
@@ -382,22 +386,21 @@ class Dispatcher:
     # --- running ---------------------------------------------------------------------
 
     async def _run(self, lane: _Lane, f: InFlight) -> None:
-        job, served = f.job, lane.served
-        # telemetry: metrics, and the process span (None when tracing is off) whose traceparent
-        # replaces the run's copy of the context (TRACEPARENT of tasks, parent of child jobs)
-        tm = telemetry.type_metrics(job.name)
-        tm.started(job.attempt)
+        job, served, observer = f.job, lane.served, self.observer
         try:
             context = claimed_context(job)
         except CorruptRecord as exc:  # not run, not retried: failed with the key named
+            observer.started(job, served.runtime, None)
             log.error("run.record_corrupt", job_id=job.id, job_name=job.name, code=exc.code, key=exc.key,
                       error=exc.detail)
             self._settle(lane, f, RunResult(RunStatus.PERMANENT, error=f"{exc.code}: {exc}"))
-            tm.done()
+            observer.ended(job.name, None, None, None, f.outcome)
             lane.inflight.pop(job.id, None)
             lane.slot_freed.set()
             return
-        span = telemetry.start_process_span(job, served.runtime, self.instance_id, context)
+        # telemetry: counts, and the process span (None when tracing is off) whose traceparent
+        # replaces the run's copy of the context (TRACEPARENT of tasks, parent of child jobs)
+        span = observer.started(job, served.runtime, context)
         f.trace_id = context.get("trace_id")
         f.request_id = context.get("request_id")
         deadline = job.deadline_ms / 1000 if job.deadline_ms else None
@@ -410,39 +413,35 @@ class Dispatcher:
             payload_json=job.payload_json, context=context, deadline=deadline, timeout_s=timeout,
         )
         runner = self.runners[served.runtime]
-        events: Any = _Events(self, f) if span is None else telemetry.TracedEvents(_Events(self, f), span)
-        token = telemetry.attach(span) if span is not None and served.runtime == "inprocess" else None
+        events: Any = _Events(self, f) if span is None else observer.traced(_Events(self, f), span)
+        token = observer.attach(span) if span is not None and served.runtime == "inprocess" else None
         try:
             result = await runner.run(request, events, f.cancel)
         except asyncio.CancelledError:
             lane.inflight.pop(job.id, None)
             lane.slot_freed.set()
-            tm.done()
-            if span is not None:
-                telemetry.end_process_span(span, None, None, "abandoned")
+            observer.ended(job.name, span, None, None, "abandoned")
             raise
         except Exception as exc:  # noqa: BLE001 (a runner bug must fail the attempt, not the daemon)
             log.exception("runner.error", job_id=job.id, job_name=job.name)
             result = RunResult(RunStatus.FAILED, error=f"runner error: {type(exc).__name__}: {exc}",
                                traceback=traceback_text(exc))
-            telemetry.record_exception(span, exc)
+            observer.runner_error(span, exc)
         finally:
             if token is not None:
-                telemetry.detach(token)
+                observer.detach(token)
         if deadline is not None and result.status is RunStatus.TIMEOUT and time.time() >= deadline:
             await self._expire(f)
             # telemetry: the summary line and the count of an attempt that ran past the job's deadline
             duration = time.monotonic() - f.started
             wait_s = max(time.time() - job.created_ms / 1000 - duration, 0.0) if job.created_ms else None
-            tm.finished("expired", duration, wait_s)
+            observer.expired(job.name, duration, wait_s)
             log.info("run.finished", job_id=job.id, job_name=job.name, attempt=job.attempt, outcome="expired",
                      duration_s=round(duration, 6), queue_wait_s=round(wait_s, 6) if wait_s is not None else None,
                      error=result.error, trace_id=f.trace_id, request_id=f.request_id, runtime=served.runtime)
         else:
             self._settle(lane, f, result)
-        tm.done()
-        if span is not None:
-            telemetry.end_process_span(span, result.status, result.error, f.outcome, result.traceback)
+        observer.ended(job.name, span, result.status, result.error, f.outcome, result.traceback)
         lane.inflight.pop(job.id, None)
         lane.slot_freed.set()
 
@@ -470,7 +469,7 @@ class Dispatcher:
         lane.unsettled += 1
         f.outcome = status.value
         self.finished_counts[status.value] = self.finished_counts.get(status.value, 0) + 1
-        telemetry.type_metrics(job.name).finished(status.value, duration, wait_s)
+        self.observer.finished(job.name, status.value, duration, wait_s)
         if self._log_runs:
             log.info("run.finished", job_id=job.id, job_name=job.name, attempt=job.attempt, outcome=status.value,
                      duration_s=round(duration, 6), queue_wait_s=round(wait_s, 6) if wait_s is not None else None,

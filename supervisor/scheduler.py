@@ -16,14 +16,18 @@ import asyncio
 import json
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from supervisor import keys, telemetry
+from supervisor import keys
 from supervisor.client import Client
 from supervisor.errors import CorruptRecord, SupervisorError
 from supervisor.schedule import ScheduleSpec, due_ticks, latest_tick, seconds_until_next, tick_key
+from supervisor.telemetry import span_error
+
+if TYPE_CHECKING:
+    from supervisor.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 SPECS_KEY = f"{keys.PREFIX}:schedules"  # id -> JSON of every published schedule (for `schedules`)
@@ -56,8 +60,10 @@ def spec_document(spec: ScheduleSpec) -> dict[str, Any]:
 class Scheduler:
     """The cron loop of one instance."""
 
-    def __init__(self, client: Client, specs: Iterable[ScheduleSpec]) -> None:
+    def __init__(self, client: Client, specs: Iterable[ScheduleSpec], metrics: Metrics | None = None) -> None:
         self.client = client
+        self.tracing = client.tracing  # a tick's span and its enqueue span go to the same place
+        self.metrics = metrics  # counts the ticks fired (None: not counted)
         self.redis = client.broker.redis
         self.specs = list(specs)
         self._mark = self.redis.register_script(_MARK)
@@ -118,12 +124,12 @@ class Scheduler:
 
     async def _fire(self, spec: ScheduleSpec, tick: float) -> None:
         # telemetry: a root span `schedule <id>` (the tick's enqueue span is its child; None when off)
-        with telemetry.schedule_span(spec.id, spec.job, tick) as span:
+        with self.tracing.schedule_span(spec.id, spec.job, tick) as span:
             try:
                 ref = await self.client.enqueue(spec.job, spec.effective_payload,
                                                 idempotency_key=tick_key(spec, tick))
             except SupervisorError as exc:
-                telemetry.span_error(span, exc)
+                span_error(span, exc)
                 log.error("schedule.enqueue_refused", schedule=spec.id, source=spec.source, tick=int(tick),
                           error=str(exc))
                 return
@@ -134,7 +140,8 @@ class Scheduler:
         await self._mark(keys=[fired_key(spec.job)], args=[spec.id, int(tick)])
         if not ref.existing:
             self.fired += 1
-            telemetry.schedule_fired(spec.id)
+            if self.metrics is not None:
+                self.metrics.schedule_fired(spec.id)
             log.info("schedule.fired", schedule=spec.id, job_name=spec.job, tick=int(tick), job_id=ref.id)
 
 

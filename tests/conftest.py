@@ -192,3 +192,16 @@ def daemon(redis_url: str, jobs_dir: Path, tmp_path: Path) -> Iterator[Callable[
     yield start
     for d in started:
         d.kill()
+
+
+def memory_tracing(exporter: Any) -> Any:
+    """A `Tracing` whose spans go, each as it ends, to `exporter` (an InMemorySpanExporter);
+    its `provider` is there for spans a test opens itself (a web request, a handler's query)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from supervisor.telemetry import Tracing
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return Tracing(provider)

@@ -53,13 +53,15 @@ class ApiState:
     """
 
     def __init__(self, redis: str | aioredis.Redis, token: str | Mapping[str, str] | None, *, max_body_bytes: int,
-                 registry: Registry | None, sse_heartbeat_s: float, sse_block_s: float) -> None:
+                 registry: Registry | None, sse_heartbeat_s: float, sse_block_s: float,
+                 tracing: Any = None) -> None:
         self._url = redis if isinstance(redis, str) else None
         self._redis: aioredis.Redis | None = None if isinstance(redis, str) else redis
         self._client: Client | None = None
         self.token = token
         self.max_body_bytes = max_body_bytes
         self.registry = registry
+        self.tracing = tracing  # None: the process's own (Client's default)
         self.sse_heartbeat_s = sse_heartbeat_s
         self.sse_block_s = sse_block_s
         self.closing = asyncio.Event()  # set on shutdown: SSE streams end at once
@@ -74,7 +76,7 @@ class ApiState:
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.redis, registry=self.registry)
+            self._client = Client(self.redis, registry=self.registry, tracing=self.tracing)
         return self._client
 
     @property
@@ -180,6 +182,7 @@ def create_app(
     registry: Registry | None = None,
     sse_heartbeat_s: float = 15.0,
     sse_block_s: float = 5.0,
+    tracing: Any = None,
 ) -> FastAPI:
     """The admin API as an ASGI app.
 
@@ -193,9 +196,10 @@ def create_app(
         registry: the daemon's registry, so triggers validate locally like child enqueues do.
         sse_heartbeat_s: comment line on an idle /events stream this often.
         sse_block_s: longest XREAD BLOCK of /events (also how often it checks for new types).
+        tracing: where the spans of triggered enqueues go (default: the process's own provider).
     """
     state = ApiState(redis, token, max_body_bytes=max_body_bytes, registry=registry,
-                     sse_heartbeat_s=sse_heartbeat_s, sse_block_s=sse_block_s)
+                     sse_heartbeat_s=sse_heartbeat_s, sse_block_s=sse_block_s, tracing=tracing)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -138,8 +138,9 @@ class RunningApi:
         await self.task
 
 
-async def start_in_daemon(settings: Any, redis: Any, shutdown: Any, registry: Any = None) -> RunningApi | None:
-    """Start the admin API inside the daemon when `api_enabled`; register its stop with `shutdown`.
+async def start_in_daemon(settings: Any, redis: Any, shutdown: Any = None, registry: Any = None,
+                          tracing: Any = None) -> RunningApi | None:
+    """Start the admin API inside the daemon when `api_enabled`; register its stop with `shutdown`, if given.
 
     Binds before returning, so a bad address or a port in use stops the daemon at start
     with a ConfigError (exit 78). Returns the running API (None when it is disabled).
@@ -147,8 +148,10 @@ async def start_in_daemon(settings: Any, redis: Any, shutdown: Any, registry: An
     Args:
         settings: the daemon's Settings (api_enabled, api_host, api_port, api_token, api_max_body_bytes).
         redis: the daemon's `redis.asyncio.Redis` (shared; the API never closes it).
-        shutdown: the daemon's ShutdownManager; the API stops at priority 70 (before Redis at 80).
+        shutdown: a ShutdownManager to stop the API at priority 70 (before Redis at 80); None: the
+            caller stops it (`RunningApi.stop`; the daemon's stop plan does, at that priority).
         registry: the daemon's registry (triggers validate locally).
+        tracing: where the spans of triggered enqueues go (`supervisor.telemetry.Tracing`).
     """
     if not settings.api_enabled:
         return None
@@ -161,7 +164,7 @@ async def start_in_daemon(settings: Any, redis: Any, shutdown: Any, registry: An
     if not tokens:
         log.warning("api.no_token", host=host, note="loopback only; set api_token to require a bearer token")
     app = create_app(redis, tokens, max_body_bytes=settings.api_max_body_bytes,
-                     registry=registry)
+                     registry=registry, tracing=tracing)
     sock = bind_socket(host, port)
     bound_port = sock.getsockname()[1]
     stop = asyncio.Event()
@@ -174,7 +177,8 @@ async def start_in_daemon(settings: Any, redis: Any, shutdown: Any, registry: An
         task.result()  # raises what stopped it
     log.info("api.listening", host=host, port=bound_port, auth=bool(tokens))
     running = RunningApi(host, bound_port, task, stop)
-    shutdown.register("admin-api", running.stop, priority=SHUTDOWN_PRIORITY, timeout=10)
+    if shutdown is not None:
+        shutdown.register("admin-api", running.stop, priority=SHUTDOWN_PRIORITY, timeout=10)
     return running
 
 

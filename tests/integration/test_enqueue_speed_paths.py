@@ -23,11 +23,13 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from pydantic import BaseModel
 from redis.exceptions import ResponseError
 
-from supervisor import keys, serving, telemetry
+from supervisor import keys, serving
 from supervisor.broker import Broker
 from supervisor.client import Client, EnqueueRequest, SyncClient
 from supervisor.errors import InvalidPayload, UnknownJobType
+from supervisor.telemetry import Tracing
 from supervisor.wire import PackedCall, Script, SyncWire, params_of
+from tests.conftest import memory_tracing
 
 PLAIN = "speed.plain"
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
@@ -343,14 +345,12 @@ def test_tracing_on_takes_the_general_path_with_a_span(r: syncredis.Redis, redis
     # Given a plain type the client has cached, then tracing turned on
     _publish(r, PLAIN)
     exporter = InMemorySpanExporter()
-    with SyncClient(redis_url) as client:
+    tracing = Tracing()
+    with SyncClient(redis_url, tracing=tracing) as client:
         client.enqueue(PLAIN, {})
-        telemetry.set_span_exporter_for_tests(exporter)
-        try:
-            # When a job without options is queued
-            ref = client.enqueue(PLAIN, {"traced": True})
-        finally:
-            telemetry.reset_for_tests()
+        tracing.install(memory_tracing(exporter).provider)
+        # When a job without options is queued
+        ref = client.enqueue(PLAIN, {"traced": True})
     # Then it has its producer span, and the job carries that span's context
     (span,) = [s for s in exporter.get_finished_spans() if s.name == f"enqueue {PLAIN}"]
     ctx = json.loads(_record(r, ref.id)["ctx"])

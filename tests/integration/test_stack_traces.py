@@ -17,12 +17,12 @@ import redis.asyncio as aioredis
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from runners.base import TRACEBACK_MAX_BYTES
-from supervisor import Client, State, telemetry
+from supervisor import Client, State
 from supervisor.api.app import create_app
 from supervisor.app import run_daemon
 from supervisor.broker import Broker
 from supervisor.config import load_settings
-from tests.conftest import await_until
+from tests.conftest import await_until, memory_tracing
 
 SECRET = "tok_live_9f8e7d6c5b4a"  # the card token: held only in the handlers' local variables
 TOKEN = "test-token-tb"
@@ -167,7 +167,7 @@ async def test_the_process_span_exception_event_carries_the_stacktrace(
 ) -> None:
     # Given a daemon in this process, tracing to memory
     exporter = InMemorySpanExporter()
-    telemetry.set_span_exporter_for_tests(exporter)
+    tracing = memory_tracing(exporter)
     jobs_dir = use_handlers("tracebacks")
     write_task(tmp_path / "tasks")
     monkeypatch.chdir(tmp_path)
@@ -176,7 +176,7 @@ async def test_the_process_span_exception_event_carries_the_stacktrace(
         instance_name="tb", workers_concurrency=1, otel_exporter="none",
     )
     names = ["t.tb-inprocess", "t.tb-process", "t.tb-subprocess", "tb_task"]
-    daemon = asyncio.create_task(run_daemon(settings))
+    daemon = asyncio.create_task(run_daemon(settings, tracing=tracing))
     try:
         async with Client(redis_url, allow_unknown=True) as client:  # served once its types are published
             await await_until(lambda: client.broker.type_meta("tb_task"), timeout=20, what="types published")
@@ -186,7 +186,6 @@ async def test_the_process_span_exception_event_carries_the_stacktrace(
     finally:
         os.kill(os.getpid(), signal.SIGTERM)  # the daemon's own handler: a graceful drain
         code = await asyncio.wait_for(daemon, 60)
-        telemetry.reset_for_tests()
     assert code == 0
     # Then each process span's job.exception event has the stored trace as exception.stacktrace
     spans = exporter.get_finished_spans()

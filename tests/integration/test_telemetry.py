@@ -20,6 +20,7 @@ import sys
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor import Client, SyncClient, telemetry
 from supervisor.app import run_daemon
+from supervisor.metrics import Metrics
 from supervisor.config import load_settings
 from supervisor.context import child_context
 from supervisor.errors import ConfigError
 from supervisor.states import State
-from tests.conftest import await_until
+from supervisor.telemetry import Tracing
+from tests.conftest import await_until, memory_tracing
 
 # Debian's prometheus package; scripts/test installs it
 PROMTOOL = shutil.which("promtool") or "promtool"
@@ -68,12 +71,20 @@ def sample(name: str, labels: dict[str, str]) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+@pytest.fixture
+def metrics() -> Iterator[Metrics]:
+    """The in-process daemon's metrics, in prometheus_client's registry until the test is over."""
+    made = Metrics()
+    yield made
+    made.unregister()
+
+
 # --- trace context without an exporter ------------------------------------------------------
 
 
 def test_job_context_without_tracing_mints_ids_and_continues_given_traces() -> None:
-    assert telemetry.tracer() is None or telemetry.tracing()  # whatever the process has, no crash
-    telemetry.reset_for_tests()
+    process = Tracing.from_process()
+    assert process.tracer() is None or process.enabled()  # whatever the process has, no crash
     fresh = telemetry.job_context(None, None)
     assert len(fresh["request_id"]) == 16 and len(fresh["trace_id"]) == 32
     assert telemetry.parse_traceparent(fresh["traceparent"])[0] == fresh["trace_id"]  # type: ignore[index]
@@ -99,23 +110,20 @@ def test_otlp_without_the_extra_is_a_clear_config_error(monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
     settings = load_settings(None, otel_exporter="otlp", otel_endpoint="http://127.0.0.1:1")
     with pytest.raises(ConfigError, match=r"job-supervisor\[otlp\]"):
-        telemetry.configure(settings)
+        Tracing.from_settings(settings)
 
 
 def test_sync_client_continues_the_callers_span_from_its_own_thread(redis_url: str) -> None:
     # A web view (any thread) with an active span enqueues through the blocking client: asyncio
     # carries the calling thread's context to the client's loop (call_soon_threadsafe copies it).
     exporter = InMemorySpanExporter()
-    provider = telemetry.set_span_exporter_for_tests(exporter)
-    try:
-        with SyncClient(redis_url, allow_unknown=True) as client:
-            with provider.get_tracer("test").start_as_current_span("GET /checkout") as view:
-                ref = client.enqueue("t.anything", {"x": 1})
-                many = client.enqueue_many([("t.anything", {"x": 2})])
-            job = client.get(ref.id)
-            other = client.get(many[0].id)
-    finally:
-        telemetry.reset_for_tests()
+    tracing = memory_tracing(exporter)
+    with SyncClient(redis_url, allow_unknown=True, tracing=tracing) as client:
+        with tracing.provider.get_tracer("test").start_as_current_span("GET /checkout") as view:
+            ref = client.enqueue("t.anything", {"x": 1})
+            many = client.enqueue_many([("t.anything", {"x": 2})])
+        job = client.get(ref.id)
+        other = client.get(many[0].id)
     enqueues = [s for s in exporter.get_finished_spans() if s.name == "enqueue t.anything"]
     assert len(enqueues) == 2
     assert all(s.parent is not None and s.parent.span_id == view.context.span_id for s in enqueues)
@@ -126,27 +134,25 @@ def test_sync_client_continues_the_callers_span_from_its_own_thread(redis_url: s
 def test_remote_parent_makes_handler_spans_children_of_the_run() -> None:
     # What a pool worker does around a handler when its process has a tracer provider.
     exporter = InMemorySpanExporter()
-    provider = telemetry.set_span_exporter_for_tests(exporter)
+    tracing = memory_tracing(exporter)
     run = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
-    try:
-        with telemetry.remote_parent(run):
-            provider.get_tracer("handler").start_span("SELECT orders").end()
-    finally:
-        telemetry.reset_for_tests()
+    with tracing.remote_parent(run):
+        tracing.provider.get_tracer("handler").start_span("SELECT orders").end()
     (span,) = exporter.get_finished_spans()
     assert span.parent is not None and f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
     assert f"{span.context.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
-    assert telemetry.remote_parent(run).__class__.__name__ == "_NoContext"  # off again: free
+    assert Tracing().remote_parent(run).__class__.__name__ == "_NoContext"  # off: free
 
 
 # --- one trace, in-process daemon -----------------------------------------------------------
 
 
 async def test_one_trace_from_request_through_three_runtimes(
-    redis_url: str, use_handlers: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    redis_url: str, use_handlers: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metrics: Metrics,
 ) -> None:
     exporter = InMemorySpanExporter()
-    provider = telemetry.set_span_exporter_for_tests(exporter)
+    tracing = memory_tracing(exporter)
+    provider = tracing.provider
     jobs = use_handlers("traced")
     write_task(tmp_path / "tasks")
     monkeypatch.chdir(tmp_path)
@@ -158,9 +164,9 @@ async def test_one_trace_from_request_through_three_runtimes(
     )
     before = {t: sample("job_supervisor_jobs_total", {"type": t, "outcome": "completed"}) for t in ("t.traced-echo", "t.traced-parent")}
     runs_before = sample("job_supervisor_job_run_seconds_count", {"type": "t.traced-echo"})
-    daemon = asyncio.create_task(run_daemon(settings))
+    daemon = asyncio.create_task(run_daemon(settings, tracing=tracing, metrics=metrics))
     try:
-        async with Client(redis_url) as client:
+        async with Client(redis_url, tracing=tracing) as client:
             await await_until(lambda: client.broker.type_meta("traced_task"), timeout=20, what="types published")
             with provider.get_tracer("test").start_as_current_span("POST /orders") as root:
                 ref = await client.enqueue("t.traced-parent", {})
@@ -180,7 +186,6 @@ async def test_one_trace_from_request_through_three_runtimes(
     finally:
         os.kill(os.getpid(), signal.SIGTERM)  # the daemon's own handler: a graceful drain
         code = await asyncio.wait_for(daemon, 60)
-        telemetry.reset_for_tests()
     assert code == 0
     assert [j.state for j in (parent, middle, task)] == [State.COMPLETED] * 3
 
