@@ -12,7 +12,7 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-from supervisor.metrics import Metrics, TypeMetrics
+from supervisor.metrics import Metrics
 from supervisor.telemetry import TracedEvents, Tracing, attach, detach, end_process_span, record_exception
 
 
@@ -27,15 +27,11 @@ class RunObserver:
         self._types = metrics.types
         self._instance = instance_id
 
-    def _type(self, name: str) -> TypeMetrics:
-        tm = self._types.get(name)
-        return tm if tm is not None else self._metrics.type_metrics(name)
-
     def started(self, job: Any, runtime: str, context: dict[str, str] | None) -> Span | None:
         """An attempt starts: it counts in flight (and as a redelivery after the first), and gets
         its process span, whose traceparent replaces the one in `context` (the run's copy). None
         when tracing is off, or without a `context` (a record that could not be read)."""
-        tm = self._type(job.name)
+        tm = self._types.get(job.name) or self._metrics.type_metrics(job.name)  # inlined: per attempt
         tm.in_flight += 1
         if job.attempt > 1:
             tm.redeliveries += 1
@@ -64,16 +60,16 @@ class RunObserver:
 
     def finished(self, name: str, outcome: str, duration_s: float | None, wait_s: float | None) -> None:
         """The attempt's outcome is known: counted with its run time and queue wait."""
-        self._type(name).finished(outcome, duration_s, wait_s)
+        (self._types.get(name) or self._metrics.type_metrics(name)).finished(outcome, duration_s, wait_s)
 
     def expired(self, name: str, duration_s: float | None, wait_s: float | None) -> None:
         """The attempt ran past the job's deadline: the job expired."""
-        self._type(name).finished("expired", duration_s, wait_s)
+        (self._types.get(name) or self._metrics.type_metrics(name)).finished("expired", duration_s, wait_s)
 
     def ended(self, name: str, span: Span | None, status: str | None, error: str | None, outcome: str,
               stacktrace: str | None = None) -> None:
         """The attempt is over (whatever its outcome): no longer in flight; its span ends."""
-        self._type(name).in_flight -= 1
+        (self._types.get(name) or self._metrics.type_metrics(name)).in_flight -= 1
         if span is not None:
             end_process_span(span, status, error, outcome, stacktrace)
 
