@@ -20,10 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import redis.asyncio as aioredis
-import structlog
 from pydantic import BaseModel
-from redis.exceptions import ResponseError
 
 from supervisor import keys, telemetry
 from supervisor.broker import SCRIPTS, Broker, Enqueued, NewJob, connect, dumps, enqueue_call, parse_enqueued
@@ -41,13 +38,16 @@ from supervisor.records import Job
 from supervisor.serving import Serving, type_state, type_state_sync
 from supervisor.states import State
 from supervisor.telemetry import Tracing
-from supervisor.wire import DEFAULT_SPIN_US, PackedCall, SyncWire, params_of
+from supervisor.log import LazyLogger
+from supervisor.wire import DEFAULT_SPIN_US, PackedCall, SyncWire, WireParams, params_of, redis_errors
 
 if TYPE_CHECKING:  # the daemon passes its Registry; a CLI command never loads handler code
+    import redis.asyncio as aioredis
+
     from supervisor.registry import Registry
 
 T = TypeVar("T")
-_log = structlog.get_logger(__name__)
+_log = LazyLogger(__name__)
 _META_TTL_S = 5.0
 _ENQUEUE = SCRIPTS["enqueue"]
 _CHUNK = 200  # jobs per enqueue script call in enqueue_many
@@ -440,7 +440,7 @@ class Client:
         stream = keys.events_key(name)
         try:
             last = await self.broker.redis.xrevrange(stream, count=1)
-        except ResponseError as exc:  # WRONGTYPE: something else wrote a non-stream there
+        except redis_errors().ResponseError as exc:  # WRONGTYPE: something else wrote a non-stream there
             raise CorruptRecord(stream, str(exc)) from None
         last_id = last[0][0] if last else "0-0"
         while True:
@@ -642,29 +642,51 @@ def _checked_json(text: str) -> str:
 class SyncClient:
     """The blocking twin of `Client`, for code without an event loop (web views, scripts).
 
-    Runs a private event loop in a daemon thread; safe to share between threads. `enqueue` and
-    `submit` skip that thread: they use a blocking connection of their own, which polls for
+    Runs a private event loop in a daemon thread, started by the first call that needs it; safe
+    to share between threads. `enqueue` and `submit` skip that thread: they use a blocking connection of their own, which polls for
     Redis's reply for up to `reply_spin_us` before it sleeps, when that slows nobody down
     (see `supervisor.wire.SyncWire`; 0 turns it off).
     """
 
     def __init__(self, redis: str, *, allow_unknown: bool = False,
                  reply_spin_us: float = DEFAULT_SPIN_US, tracing: Tracing | None = None) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="job-supervisor-client", daemon=True)
-        self._thread.start()
-        self._client = self._call(self._make(redis, allow_unknown, tracing))
-        # enqueue and submit skip the loop thread: a blocking wire straight to Redis (not for TLS)
-        params = params_of(self._client.broker.redis)
+        self._url, self.allow_unknown = redis, allow_unknown
+        self.tracing = Tracing.from_process() if tracing is None else tracing
+        self._lock = threading.Lock()
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._client: Client | None = None
+        # enqueue and submit skip the loop thread: a blocking wire straight to Redis (not for TLS).
+        # Its parameters come from the URL, so an enqueue needs neither the loop nor redis-py;
+        # for a URL the wire cannot read alone (TLS, redis-py's query options) redis-py says, once.
+        params = WireParams.from_url(redis)
+        if params is None:
+            params = params_of(self._async_client().broker.redis)
         # quiet_threads=2: the caller and this client's loop thread
         self._wire = SyncWire(params, reply_spin_us, quiet_threads=2) if params is not None else None
-        self._types = _TypeCache(self._client.tracing)
+        self._types = _TypeCache(self.tracing)
+
+    def _async_client(self) -> Client:
+        """The asyncio `Client` and its loop thread, made when a call first needs them (every
+        call but `enqueue` and `submit` over the wire)."""
+        with self._lock:
+            if self._client is None:
+                if self._closed:
+                    raise RuntimeError("this SyncClient is closed")
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever, name="job-supervisor-client",
+                                                daemon=True)
+                self._thread.start()
+                self._client = self._call(self._make(self._url, self.allow_unknown, self.tracing))
+            return self._client
 
     @staticmethod
-    async def _make(redis: str, allow_unknown: bool, tracing: Tracing | None) -> Client:
+    async def _make(redis: str, allow_unknown: bool, tracing: Tracing) -> Client:
         return Client(redis, allow_unknown=allow_unknown, tracing=tracing)
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def enqueue(self, name: str, payload: Any = None, **options: Any) -> JobRef:
@@ -677,7 +699,7 @@ class SyncClient:
         """Queue a job without options on the plain fast path and return its id; None when it
         does not take that path (nothing was sent)."""
         wire = self._wire
-        allowed = self._client.allow_unknown if allow_unknown is None else allow_unknown
+        allowed = self.allow_unknown if allow_unknown is None else allow_unknown
         if wire is None or (info := self._types.plain(name, allowed)) is None:
             return None
         job_id, data = _plain_job(name, payload, info)
@@ -688,19 +710,19 @@ class SyncClient:
         """See `Client.submit`."""
         wire = self._wire
         if wire is None:
-            return self._call(self._client.submit(name, payload, **options))
+            return self._call(self._async_client().submit(name, payload, **options))
         allow_unknown = options.pop("allow_unknown", None)
         if _no_options(options) and (job_id := self._enqueue_plain(name, payload, allow_unknown)) is not None:
             return SubmitOutcome("accepted", job_id, name)
         req = EnqueueRequest(name, payload, **options)
-        with _EnqueueSpan(self._client.tracing, name, req.context) as tracked:
+        with _EnqueueSpan(self.tracing, name, req.context) as tracked:
             new = build_job(req, self._resolve(wire, name, allow_unknown), tracked.span)
             script_keys, args = enqueue_call(name, [new])
             (done,) = parse_enqueued(wire.evalsha(_ENQUEUE, script_keys, args))
             return tracked.done(_outcome(name, new, done))
 
     def _resolve(self, wire: SyncWire, name: str, allow_unknown: bool | None) -> _TypeInfo | None:
-        allowed = self._client.allow_unknown if allow_unknown is None else allow_unknown
+        allowed = self.allow_unknown if allow_unknown is None else allow_unknown
         known, info = self._types.cached(name, allowed)
         if known:
             return info
@@ -711,45 +733,50 @@ class SyncClient:
         return info
 
     def key_status(self, name: str, key: str) -> dict[str, Any]:
-        return self._call(self._client.key_status(name, key))
+        return self._call(self._async_client().key_status(name, key))
 
     def enqueue_many(self, requests: Sequence[EnqueueRequest | tuple[str, Any]], **options: Any) -> list[JobRef]:
-        return self._call(self._client.enqueue_many(requests, **options))
+        return self._call(self._async_client().enqueue_many(requests, **options))
 
     def get(self, job_id: str) -> Job:
-        return self._call(self._client.get(job_id))
+        return self._call(self._async_client().get(job_id))
 
     def list(self, name: str | None = None, state: State | str | None = None, limit: int = 100) -> list[Job]:
-        return self._call(self._client.list(name, state, limit))
+        return self._call(self._async_client().list(name, state, limit))
 
     def wait(self, job_id: str, timeout: float | None = None, *, raise_on_failure: bool = False) -> Job:
-        return self._call(self._client.wait(job_id, timeout, raise_on_failure=raise_on_failure))
+        return self._call(self._async_client().wait(job_id, timeout, raise_on_failure=raise_on_failure))
 
     def logs(self, job_id: str, last: int = 1000) -> list[str]:
-        return self._call(self._client.logs(job_id, last))
+        return self._call(self._async_client().logs(job_id, last))
 
     def cancel(self, job_id: str, reason: str = "cancelled by request", *,
                source: str = "client", by: str = "") -> str:
-        return self._call(self._client.cancel(job_id, reason, source=source, by=by))
+        return self._call(self._async_client().cancel(job_id, reason, source=source, by=by))
 
     def retry(self, job_id: str, *, source: str = "client", by: str = "") -> None:
-        self._call(self._client.retry(job_id, source=source, by=by))
+        self._call(self._async_client().retry(job_id, source=source, by=by))
 
     def replay(self, job_id: str, *, source: str = "client", by: str = "") -> None:
-        self._call(self._client.replay(job_id, source=source, by=by))
+        self._call(self._async_client().replay(job_id, source=source, by=by))
 
     def dismiss(self, job_id: str, *, source: str = "client", by: str = "") -> None:
-        self._call(self._client.dismiss(job_id, source=source, by=by))
+        self._call(self._async_client().dismiss(job_id, source=source, by=by))
 
     def close(self) -> None:
-        if self._loop.is_closed():
-            return
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            client, loop, thread = self._client, self._loop, self._thread
         if self._wire is not None:
             self._wire.close()
-        self._call(self._client.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
+        if client is None or loop is None or thread is None:
+            return  # the asyncio side was never needed
+        self._call(client.close())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
 
     def __enter__(self) -> SyncClient:
         return self
