@@ -322,7 +322,7 @@ class Daemon:
         old = p.catalog.current
         new = rebuild_catalog(old, self.settings, self.instance_id, AVAILABLE_RUNTIMES)
         for name, meta in new.metas.items():
-            if old.metas.get(name, {}).get("schema") != meta["schema"] or name not in old.served:
+            if _published_changed(old.metas.get(name), meta) or name not in old.served:
                 await self.broker.publish_type(name, meta)
         p.catalog.current = new
         p.client.registry = new.registry
@@ -496,6 +496,14 @@ async def _wait_for_redis(broker: Broker, url: str, stop: asyncio.Event) -> None
             except TimeoutError:
                 pass
             delay = min(delay * 2, 5.0)
+
+
+def _published_changed(old: dict[str, str] | None, new: dict[str, str]) -> bool:
+    """Whether a reload must publish the type again: its schema, policy, source or retention
+    changed (a sidecar's new deadline or rate limit reaches producers without a restart)."""
+    if old is None:
+        return True
+    return any(old.get(k) != v for k, v in new.items() if k != "updated_ms")
 
 
 def _report_crash(task: asyncio.Task[Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -53,6 +54,11 @@ async def test_add_change_break_remove_a_handler_file(redis_url: str, use_handle
         (jobs_dir / "hot.py").write_text(V2)
         await _until(lambda: _bool(_reloads(d) > seen), what="reload after change")
         assert await _result(client, "t.hot") == "v2"
+        # A policy-only change reaches producers: the type is published again
+        seen = _reloads(d)
+        (jobs_dir / "hot.py").write_text(V2.replace('"t.hot", schedule=None', '"t.hot", schedule=None, priority=7'))
+        await _until(lambda: _bool(_reloads(d) > seen), what="reload after a policy change")
+        assert json.loads((await client.broker.type_meta("t.hot"))["policy"])["priority"] == 7
         # A broken edit is reported, and the last good version keeps serving
         seen = _reloads(d)
         (jobs_dir / "hot.py").write_text(BROKEN)
