@@ -17,10 +17,8 @@ import httpx
 from supervisor.client import SyncClient
 from tests.conftest import wait_until
 
-# `supervisor.cli` imports `cli_ops` to register these commands; importing it here as well
-# keeps the tests independent of that line.
-CLI = [sys.executable, "-c",
-       "import supervisor.cli_ops; from supervisor.cli import main; main(prog_name='job-supervisor')"]
+# `supervisor/cli/__init__.py` adds these commands (supervisor.cli.ops) to `main`.
+CLI = [sys.executable, "-c", "from supervisor.cli import main; main(prog_name='job-supervisor')"]
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -181,7 +181,7 @@ def test_jobs_list_filters_and_pages(redis_url: str, tmp_path: Path) -> None:
     assert _cli("jobs", "list", "--since", "yesterday", env=env, cwd=tmp_path).returncode == 2
 
 
-HEAVY = ("fastapi", "uvicorn", "starlette", "watchfiles", "supervisor.app", "supervisor.api", "supervisor.bench",
+HEAVY = ("fastapi", "uvicorn", "starlette", "watchfiles", "supervisor.app", "supervisor.api", "supervisor_bench",
          "supervisor.dispatcher", "runners.pool", "opentelemetry.sdk.trace", "croniter")
 
 #: What `enqueue`, `jobs get` and `health` (redis:// or unix://) never need: redis-py (redis 8

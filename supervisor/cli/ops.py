@@ -1,8 +1,7 @@
-"""Operator commands added to `job-supervisor`: workers, events, health, api.
+"""Operator commands: `workers`, `events`, `health` and `api` (the admin HTTP API, standalone).
 
-Loaded by `supervisor.cli` (one import line), they register on its `main`
-group. Like the rest of the CLI they talk to Redis directly, so they work
-whether or not a daemon or the API is running (`api` *is* the API).
+Like the rest of the CLI they talk to Redis directly, so they work whether or not
+a daemon or the API is running (`api` *is* the API).
 """
 
 from __future__ import annotations
@@ -17,20 +16,18 @@ from typing import Any
 import click
 
 from supervisor import errors
-from supervisor.cli import (
-    _async,
-    _fail,
-    _print_json,
-    _read,
-    _redis_errors,
-    _redis_url,
-    _settings,
+from supervisor.cli.app import (
     console,
     err_console,
-    main,
-    print_table,
-    wide_option,
+    fail,
+    print_json,
+    read_model,
+    redis_errors,
+    redis_url,
+    run_async,
+    settings_of,
 )
+from supervisor.cli.tables import print_table, wide_option
 from supervisor.errors import ConfigError
 
 
@@ -59,23 +56,23 @@ def _count(value: Any) -> int | None:
 # --- workers -----------------------------------------------------------------------------
 
 
-@main.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @wide_option
 @click.pass_context
-@_async
+@run_async
 async def workers(ctx: click.Context, as_json: bool) -> None:
     """Daemon instances seen in the last hour: alive or stale, their types, in-flight jobs and RSS."""
     from supervisor.broker import connect  # noqa: PLC0415
     from supervisor.presence import list_workers  # noqa: PLC0415
 
-    redis = connect(_redis_url(_settings(ctx)))
+    redis = connect(redis_url(settings_of(ctx)))
     try:
         found = await list_workers(redis)
     finally:
         await redis.aclose()
     if as_json:
-        _print_json(found)
+        print_json(found)
         return
     rows = []
     for w in found:
@@ -102,7 +99,7 @@ def _event_line(doc: dict[str, Any]) -> str:
     return f"{line}  {extras}" if extras else line
 
 
-@main.command()
+@click.command()
 @click.option("--type", "types", multiple=True, help="Only this job type (repeatable).")
 @click.option("--job", "job_id", default=None, help="Only this job's events.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
@@ -118,7 +115,7 @@ def events(ctx: click.Context, types: tuple[str, ...], job_id: str | None, as_js
     except KeyboardInterrupt:
         pass
     except SupervisorError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 async def _follow(ctx: click.Context, types: tuple[str, ...], job_id: str | None, as_json: bool) -> None:
@@ -131,7 +128,7 @@ async def _follow(ctx: click.Context, types: tuple[str, ...], job_id: str | None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    redis = connect(_redis_url(_settings(ctx)))
+    redis = connect(redis_url(settings_of(ctx)))
     follower = EventFollower(redis, types=types or None, job_id=job_id, block_ms=2000)
     delay = 0.2
     try:
@@ -143,7 +140,7 @@ async def _follow(ctx: click.Context, types: tuple[str, ...], job_id: str | None
                         continue
                     click.echo(json.dumps(item.doc, separators=(",", ":")) if as_json else _event_line(item.doc))
                 return
-            except _redis_errors() as exc:
+            except redis_errors() as exc:
                 # Keep the position: the follower resumes where it stood, nothing is skipped.
                 err_console.print(f"Redis unavailable ({exc}); retrying in {delay:.1f}s", highlight=False)
                 with contextlib.suppress(TimeoutError):
@@ -156,7 +153,7 @@ async def _follow(ctx: click.Context, types: tuple[str, ...], job_id: str | None
 # --- health ------------------------------------------------------------------------------
 
 
-@main.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def health(ctx: click.Context, as_json: bool) -> None:
@@ -166,20 +163,20 @@ def health(ctx: click.Context, as_json: bool) -> None:
     serves (its file was removed or fails to load: they would wait forever).
     """
     try:
-        settings = _settings(ctx)
+        settings = settings_of(ctx)
     except ConfigError as exc:
-        _fail(exc)
+        fail(exc)
         return
     from supervisor.admin import health as admin_health  # noqa: PLC0415
 
     try:
-        report = _read(_redis_url(settings), admin_health, connect_timeout_s=3.0, timeout_s=5.0)
-    except Exception as exc:  # noqa: BLE001
-        if not isinstance(exc, (ConfigError, *_redis_errors())):
+        report = read_model(redis_url(settings), admin_health, connect_timeout_s=3.0, timeout_s=5.0)
+    except Exception as exc:
+        if not isinstance(exc, (ConfigError, *redis_errors())):
             raise
         report = {"status": "unavailable", "redis": f"error: {exc}"}  # no Redis to talk to: unset, down, refused
     if as_json:
-        _print_json(report)
+        print_json(report)
     elif report["status"] in ("ok", "degraded"):
         (console if report["status"] == "ok" else err_console).print(
             f"{report['status']}: Redis answers in {report['redis_ping_ms']} ms; {report['instances']} "
@@ -197,7 +194,7 @@ def health(ctx: click.Context, as_json: bool) -> None:
 # --- api ---------------------------------------------------------------------------------
 
 
-@main.command()
+@click.command()
 @click.option("--host", default=None, help="Address to listen on (default: api_host, 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default: api_port, 8765).")
 @click.pass_context
@@ -212,14 +209,14 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
     from supervisor.api.server import check_bind  # noqa: PLC0415
 
     try:
-        settings = _settings(ctx)
+        settings = settings_of(ctx)
         host = str(host or settings.api_host)
         port = int(settings.api_port if port is None else port)
         tokens = settings.api_bearer_tokens()
         check_bind(host, next(iter(tokens.values()), None))
-        url = _redis_url(settings)
+        url = redis_url(settings)
     except ConfigError as exc:
-        _fail(exc)
+        fail(exc)
         return
     log.configure(settings.log_level, settings.log_format)
     import asyncio  # noqa: PLC0415
@@ -227,9 +224,7 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
     try:
         asyncio.run(_serve_api(settings, url, host, port, tokens))
     except ConfigError as exc:
-        _fail(exc)
-
-
+        fail(exc)
 
 
 async def _serve_api(settings: Any, url: str, host: str, port: int, tokens: dict[str, str]) -> None:

@@ -1,7 +1,7 @@
-"""`job-supervisor bench`: registers the command on `supervisor.cli.main` (logic in `supervisor.bench`).
+"""`job-supervisor bench`: its options, then the harness (the `supervisor_bench` package, loaded only here).
 
-`supervisor/cli.py` imports this module once, so `job-supervisor bench` exists;
-`python -m supervisor.cli_bench bench ...` works as well.
+The harness lives outside the product packages; importing this module costs only click,
+so every other command starts as light as before.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import click
 from rich.console import Console
 
 from supervisor import errors
-from supervisor.cli import _fail, _settings, main
+from supervisor.cli.app import fail, settings_of
 from supervisor.errors import ConfigError, SupervisorError
 
 _err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 
-@main.command("bench")
+@click.command("bench")
 @click.option("--redis-url", default=None,
               help="Redis to measure against (default: the settings' REDIS_URL; unset: a private "
                    "redis-server in a temporary folder, appendonly yes, appendfsync everysec).")
@@ -73,13 +73,13 @@ def bench(ctx: click.Context, redis_url: str | None, redis_server: str | None, u
     Progress goes to stderr; the results to stdout (a table, or JSON with --json).
     SIGTERM or SIGINT stops its daemons and private Redis, then exits 128 + the signal's number.
     """
-    from supervisor.bench import BenchError, BenchOptions, BenchStopped, render, run_bench  # noqa: PLC0415
+    from supervisor_bench import BenchError, BenchOptions, BenchStopped, render, run_bench  # noqa: PLC0415
 
     if redis_url is None:
         try:
-            redis_url = _settings(ctx).redis_url_value()
+            redis_url = settings_of(ctx).redis_url_value()
         except ConfigError as exc:
-            _fail(exc)
+            fail(exc)
             return
     wanted = tuple(r.strip() for r in runtimes.split(",") if r.strip())
     options = BenchOptions(
@@ -101,13 +101,10 @@ def bench(ctx: click.Context, redis_url: str | None, redis_server: str | None, u
         _err.print(f"bench: {exc}; its daemons and private Redis are stopped")
         sys.exit(errors.EXIT_SIGNAL + exc.signum)
     except SupervisorError as exc:  # no redis-server for the private Redis, and the like
-        _fail(exc)
+        fail(exc)
         return
     if as_json:
         click.echo(json.dumps(results, indent=2, default=str))
     else:
         render(results, Console(markup=False, width=None if sys.stdout.isatty() else 160))
 
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,382 @@
+"""The bench's harness: one Redis (private or given), a client, daemons started and stopped, and one drain timed.
+
+`Bench` owns what every measurement (`supervisor_bench.sections`) stands on: the Redis it
+measures and its bookkeeping (INFO deltas, a reset that keeps only the bench types'
+metadata), the enqueue loops whose rates are reported, and `drain_once`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis as syncredis
+
+from runners.stop import Escalation, ProcessTarget, stop_sync
+from supervisor import keys
+from supervisor_bench.daemon import Daemon, ResourceSampler
+from supervisor_bench.figures import cpu_delta, cpu_snapshot, payload_of
+from supervisor_bench.handlers import write_handlers
+from supervisor_bench.options import (
+    BENCH_TYPES,
+    CANCEL_TYPES,
+    INPROCESS,
+    PROCESS,
+    SHELL,
+    SUBPROCESS_PY,
+    BenchError,
+    BenchOptions,
+)
+
+
+class Bench:
+    """What every measurement runs against: one Redis, a `Client` on the bench's own event loop,
+    the handler folders and the daemons started so far (`close` stops them all)."""
+
+    def __init__(self, options: BenchOptions) -> None:
+        self.o = options
+        self.root = Path(tempfile.mkdtemp(prefix="jsb-"))
+        self.server: Any = None
+        self.url = options.redis_url or ""
+        self.owns_redis = options.redis_url is None
+        self.r: syncredis.Redis | None = None
+        self.loop = asyncio.new_event_loop()
+        self.client: Any = None
+        self._daemons = 0
+        self._live: list[Daemon] = []
+        self.payload = payload_of(options.payload_bytes)
+
+    # --- set-up ----------------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        """A line of progress (stderr, from the CLI)."""
+        if self.o.progress is not None:
+            self.o.progress(text)
+
+    def on_loop(self, coro: Any) -> Any:
+        """Run `coro` to its end on the bench's event loop (the one its `Client` lives on)."""
+        return self.loop.run_until_complete(coro)
+
+    def setup(self) -> None:
+        if self.owns_redis:
+            from supervisor.redis_server import RedisServer  # noqa: PLC0415
+
+            sock = self.root / "redis.sock" if self.o.unix_socket else None
+            self.server = RedisServer(self.root / "redis", unix_socket=sock, appendonly=True,
+                                      appendfsync="everysec", binary=self.o.redis_server)
+            self.server.start()
+            self.url = self.server.url
+        self.r = syncredis.Redis.from_url(self.url, decode_responses=True)
+        self.r.ping()
+        if not self.owns_redis:
+            self._check_shared_redis()
+        from supervisor.client import Client  # noqa: PLC0415
+
+        self.client = self.on_loop(self._make_client(Client))
+        write_handlers(self.root, self.o)
+
+    async def _make_client(self, cls: Any) -> Any:
+        # allow_unknown: the backlog is queued while no daemon serves the bench types
+        return cls(self.url, allow_unknown=True)
+
+    def _check_shared_redis(self) -> None:
+        """Against a Redis that others use: refuse if a real type shares a bench type's hash tag."""
+        assert self.r is not None
+        ours = {keys.tag_for(n): n for n in BENCH_TYPES + CANCEL_TYPES}
+        for name in self.r.smembers(keys.TYPES_KEY):
+            if name not in ours.values() and keys.tag_for(name) in ours:
+                raise BenchError(
+                    f"job type {name!r} shares the hash tag of {ours[keys.tag_for(name)]!r}: the bench would "
+                    "delete its jobs when cleaning up. Run the bench against another Redis database")
+        policy = self.r.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
+        if policy != "noeviction":
+            raise BenchError(f"Redis maxmemory-policy is {policy!r}; the daemon refuses such a Redis")
+
+    def close(self) -> None:
+        for d in self._live:  # a daemon left by an error, Ctrl-C or SIGTERM
+            d.kill()
+            d.sock.close()
+        for proc in self._unlisted_daemons():
+            stop_sync(ProcessTarget(proc, kill_tree=True), Escalation(term_s=None, reap_s=10))
+        try:
+            with contextlib.suppress(Exception):  # best effort on the way out
+                if self.r is not None and not self.owns_redis:
+                    self.reset(keep_meta=False)
+            with contextlib.suppress(Exception):  # a loop interrupted by a signal may refuse to run again
+                if self.client is not None:
+                    self.on_loop(self.client.close())
+                self.loop.close()
+            if self.r is not None:
+                self.r.close()
+        finally:
+            if self.server is not None:
+                self.server.stop()
+            if not self.o.keep_dir:
+                shutil.rmtree(self.root, ignore_errors=True)
+
+    def _unlisted_daemons(self) -> list[psutil.Process]:
+        """Daemons of ours that `_live` does not know: a signal that arrived between a daemon's
+        spawn and its registration. Ours: a child of this process running in the bench's folder."""
+        known = {d.proc.pid for d in self._live}
+        found = []
+        for proc in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                if proc.pid not in known and proc.cwd() == str(self.root) and "supervisor" in proc.cmdline():
+                    found.append(proc)
+        return found
+
+    # --- Redis bookkeeping -----------------------------------------------------------------
+
+    def reset(self, keep_meta: bool = True) -> None:
+        """Remove every key of the bench types (and only those), keeping their published metadata."""
+        assert self.r is not None
+        if self.owns_redis:
+            metas = {n: self.r.hgetall(keys.meta_key(n)) for n in BENCH_TYPES + CANCEL_TYPES}
+            self.r.flushall()
+            if keep_meta:
+                for name, meta in metas.items():
+                    if meta:
+                        self.r.hset(keys.meta_key(name), mapping=meta)
+                        self.r.sadd(keys.TYPES_KEY, name)
+            return
+        for name in BENCH_TYPES + CANCEL_TYPES:
+            tag = keys.tag_for(name)
+            batch: list[str] = []
+            for key in self.r.scan_iter(match=f"{keys.PREFIX}:{{{tag}}}:*", count=10_000):
+                if keep_meta and key == keys.meta_key(name):
+                    continue
+                batch.append(key)
+                if len(batch) >= 5000:
+                    self.r.unlink(*batch)
+                    batch = []
+            if batch:
+                self.r.unlink(*batch)
+            if not keep_meta:
+                self.r.srem(keys.TYPES_KEY, name)
+
+    def stats(self) -> dict[str, Any]:
+        """Commands processed (total and per command) and memory, from one INFO call."""
+        assert self.r is not None
+        info = self.r.info("all")
+        calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()
+                 if k.startswith("cmdstat_") and isinstance(v, dict)}
+        usec = {k.removeprefix("cmdstat_"): int(v["usec"]) for k, v in info.items()
+                if k.startswith("cmdstat_") and isinstance(v, dict)}
+        return {"total": int(info["total_commands_processed"]), "calls": calls, "usec": usec,
+                "used_memory": int(info["used_memory"]),
+                "dataset": int(info.get("used_memory_dataset", info["used_memory"]))}
+
+    @staticmethod
+    def command_delta(before: dict[str, Any], after: dict[str, Any], own: int = 0) -> dict[str, Any]:
+        """Commands between two `stats()` (less the INFO that took `before`, and `own` bookkeeping)."""
+        calls = {k: after["calls"].get(k, 0) - before["calls"].get(k, 0) for k in after["calls"]}
+        calls.pop("info", None)
+        calls = {k: v for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v > 0}
+        script_usec = sum(after["usec"].get(k, 0) - before["usec"].get(k, 0) for k in ("evalsha", "eval"))
+        return {"total": after["total"] - before["total"] - 1 - own, "calls": calls,
+                "scripts": calls.get("evalsha", 0) + calls.get("eval", 0), "script_usec": script_usec}
+
+    def redis_version(self) -> dict[str, Any]:
+        assert self.r is not None
+        info = self.r.info("server")
+        mem = self.r.info("memory")
+        return {"version": info.get("redis_version"), "malloc": mem.get("mem_allocator"),
+                "url_kind": self.url.split("://")[0], "embedded": self.owns_redis,
+                "appendonly": self.r.config_get("appendonly").get("appendonly"),
+                "appendfsync": self.r.config_get("appendfsync").get("appendfsync")}
+
+    def completed(self, name: str) -> int:
+        assert self.r is not None
+        return int(self.r.zcard(keys.index_key(name, "st:completed")))
+
+    def not_completed_finished(self, name: str) -> dict[str, int]:
+        assert self.r is not None
+        out = {}
+        for st in ("failed", "dead", "cancelled", "expired"):
+            n = int(self.r.zcard(keys.index_key(name, f"st:{st}")))
+            if n:
+                out[st] = n
+        return out
+
+    # --- enqueue ---------------------------------------------------------------------------
+
+    def enqueue_bulk(self, name: str, n: int, chunk: int = 1000) -> float:
+        """Queue `n` no-op jobs with `enqueue_many` in chunks; returns the seconds it took."""
+        from supervisor.client import EnqueueRequest  # noqa: PLC0415
+
+        async def go() -> float:
+            payload = self.payload
+            started = time.perf_counter()
+            left = n
+            while left > 0:
+                k = min(chunk, left)
+                await self.client.enqueue_many([EnqueueRequest(name, payload) for _ in range(k)])
+                left -= k
+            return time.perf_counter() - started
+
+        return float(self.on_loop(go()))
+
+    def enqueue_one_by_one(self, name: str, n: int) -> float:
+        async def go() -> float:
+            payload = self.payload
+            enqueue = self.client.enqueue
+            started = time.perf_counter()
+            for _ in range(n):
+                await enqueue(name, payload)
+            return time.perf_counter() - started
+
+        return float(self.on_loop(go()))
+
+    def enqueue_one_by_one_sync(self, name: str, n: int) -> float:
+        """`SyncClient.enqueue` in a loop (what a web view or script does)."""
+        from supervisor.client import SyncClient  # noqa: PLC0415
+
+        with SyncClient(self.url, allow_unknown=True) as client:  # no daemon serves the type meanwhile
+            payload = self.payload
+            client.enqueue(name, payload)  # connect and fetch the type's schema outside the timing
+            started = time.perf_counter()
+            for _ in range(n):
+                client.enqueue(name, payload)
+            return time.perf_counter() - started
+
+    # --- daemons ---------------------------------------------------------------------------
+
+    def daemon_env(self, jobs_dir: Path, tasks_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL", "WORKERS_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+        env.update({
+            "REDIS_URL": self.url,
+            "JOB_SUPERVISOR_JOBS_DIR": str(jobs_dir),
+            "JOB_SUPERVISOR_TASKS_DIR": str(tasks_dir),
+            "JOB_SUPERVISOR_STATE_DIR": str(self.root / "state"),
+            "JOB_SUPERVISOR_LOG_LEVEL": os.environ.get("BENCH_DAEMON_LOG_LEVEL", "warning"),
+            "JOB_SUPERVISOR_LOG_FORMAT": "json",
+            "JOB_SUPERVISOR_INSTANCE_NAME": "bench",
+            "JOB_SUPERVISOR_MAX_FINISHED_PER_TYPE": str(max(10 * self.o.backlog_jobs, 10 * self.o.jobs, 100_000)),
+            "WORKERS_CONCURRENCY": str(self.o.workers),
+            "PYTHONUNBUFFERED": "1",
+            **(extra or {}),
+        })
+        return env
+
+    def start_daemon(self, label: str, jobs_dir: Path, tasks_dir: Path) -> Daemon:
+        self._daemons += 1
+        d = Daemon(self.root, f"{label}-{self._daemons}", self.daemon_env(jobs_dir, tasks_dir))
+        self._live = [x for x in self._live if x.proc.poll() is None] + [d]
+        return d
+
+    def dirs_for(self, name: str) -> tuple[Path, Path]:
+        if name == SHELL:
+            return self.root / "jobs-none-py", self.root / "tasks-shell"
+        label = {INPROCESS: "inprocess", PROCESS: "process", SUBPROCESS_PY: "subprocess"}[name]
+        return self.root / f"jobs-{label}", self.root / "tasks-none"
+
+    def publish_types(self) -> None:
+        """Start a daemon serving every bench type once, so producers find their metadata."""
+        tasks = self.root / ("tasks-shell" if self.o.serves(SHELL) else "tasks-none")
+        d = self.start_daemon("publish", self.root / "jobs-all", tasks)
+        try:
+            d.wait_ready()
+        finally:
+            d.stop()
+
+    def settle(self) -> float:
+        """Wait until Redis has finished the persistence work the fill started; returns the seconds.
+
+        Queueing a million jobs makes Redis rewrite its AOF several times, and the last rewrite
+        (with the kernel's write-back of hundreds of MB) can still be running when the drain
+        starts: the drain would then measure the fill's aftermath, not the queue's depth. So a
+        drain starts once no AOF rewrite or RDB save is running or scheduled, and, for the
+        private Redis (same machine), after `sync`. Write-back during a drain is still measured.
+        """
+        assert self.r is not None
+        started = time.monotonic()
+        deadline = started + 300.0
+        while time.monotonic() < deadline:
+            p = self.r.info("persistence")
+            busy = ("aof_rewrite_in_progress", "aof_rewrite_scheduled", "rdb_bgsave_in_progress")
+            if not any(int(p.get(k) or 0) for k in busy):
+                break
+            time.sleep(0.05)
+        if self.owns_redis:
+            os.sync()
+        return time.monotonic() - started
+
+    def drain_once(self, name: str, n: int, sample: int | None = None,
+                   enqueue_chunk: int = 1000) -> dict[str, Any]:
+        """Queue `n` jobs, start a daemon, time READY -> `sample` (default n) completed, stop it."""
+        target = sample or n
+        self.reset()
+        before = self.stats()
+        t_enq = self.enqueue_bulk(name, n, enqueue_chunk)
+        time.sleep(0.2)
+        settle_s = self.settle()
+        mid = self.stats()
+        jobs_dir, tasks_dir = self.dirs_for(name)
+        d = self.start_daemon(name.removeprefix("bench."), jobs_dir, tasks_dir)
+        try:
+            w = self._watch_drain(d, name, target)
+            elapsed = w["elapsed"]
+            out = {
+                "jobs": target, "queued": n, "seconds": elapsed, "rate": target / elapsed,
+                "enqueue_rate": n / t_enq, "start_to_ready_s": round(w["ready"] - d.spawned, 3),
+                "settle_s": round(settle_s, 3),
+                "rss": w["rss"],
+                "cpu_percent": {"daemon_and_workers": round(w["daemon_cpu"] / elapsed * 100, 1),
+                                "redis": round(w["redis_cpu"] / elapsed * 100, 1) if w["redis_cpu"] is not None
+                                else None},
+                "other_outcomes": self.not_completed_finished(name),
+            }
+        finally:
+            code = d.stop()
+        enq = self.command_delta(before, mid)
+        drain = self.command_delta(mid, w["after"], own=w["polls"])
+        out["exit_code"] = code
+        out["commands"] = {
+            "enqueue_per_job": enq["total"] / n, "drain_per_job": drain["total"] / target,
+            "per_job": (enq["total"] + drain["total"]) / n if target == n else None,
+            "enqueue_scripts_per_job": enq["scripts"] / n, "drain_scripts_per_job": drain["scripts"] / target,
+            "drain_script_us_per_job": drain["script_usec"] / target,
+            "drain_by_command": drain["calls"],
+        }
+        out["memory_per_job_bytes"] = (mid["used_memory"] - before["used_memory"]) / n
+        out["dataset_per_job_bytes"] = (mid["dataset"] - before["dataset"]) / n
+        return out
+
+    def _watch_drain(self, d: Daemon, name: str, target: int) -> dict[str, Any]:
+        """From the daemon's READY until `target` jobs of `name` completed: the seconds, CPU of the
+        daemon (and workers) and of the private Redis, peak RSS, Redis stats after, polls sent."""
+        ready = d.wait_ready()
+        cpu0 = cpu_snapshot(d.tree())
+        redis_ps = psutil.Process(self.server.process.pid) if self.server and self.server.process else None
+        rcpu0 = cpu_snapshot([redis_ps]) if redis_ps else {}
+        limit = time.monotonic() + max(120.0, target / (1 if name in (SUBPROCESS_PY, SHELL) else 200))
+        with ResourceSampler(d) as rss:
+            polls, finished = self._poll_completed(d, name, target, limit)
+            cpu1 = cpu_snapshot(d.tree())
+            rcpu1 = cpu_snapshot([redis_ps]) if redis_ps else {}
+        return {"ready": ready, "elapsed": finished - ready, "after": self.stats(), "rss": rss.result(),
+                "daemon_cpu": cpu_delta(cpu0, cpu1), "redis_cpu": cpu_delta(rcpu0, rcpu1) if redis_ps else None,
+                "polls": polls}
+
+    def _poll_completed(self, d: Daemon, name: str, target: int, limit: float) -> tuple[int, float]:
+        """Poll the type's completed count until it reaches `target`; (polls, perf_counter time then)."""
+        polls = 0
+        while True:
+            done = self.completed(name)
+            polls += 1
+            if done >= target:
+                return polls, time.perf_counter()
+            if d.proc.poll() is not None:
+                raise BenchError(f"daemon exited with {d.proc.returncode} mid-drain:\n{d.log_tail()}")
+            if time.monotonic() > limit:
+                raise BenchError(f"drain of {name} stalled at {done}/{target} "
+                                 f"(other outcomes: {self.not_completed_finished(name)}):\n{d.log_tail()}")
+            time.sleep(0.005 if target <= 5000 else 0.01)

@@ -1,0 +1,145 @@
+"""`job-supervisor bench`'s human output: one rich table (or line) per section measured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from supervisor_bench.targets import BEST_PEER_DRAIN, BEST_PEER_ENQUEUE
+
+
+def _n(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def render(results: dict[str, Any], console: Any) -> None:
+    """Human tables (rich)."""
+    m, rd = results["machine"], results["redis"]
+    console.print(f"job-supervisor bench: {m['cpus']} CPUs ({m['cpu_model']}), Python {m['python']}, "
+                  f"Redis {rd['version']} ({rd['malloc']}, {'private' if rd['embedded'] else 'given'}, "
+                  f"{rd['url_kind']}, appendonly {rd['appendonly']}), hiredis {'on' if m['hiredis'] else 'off'}; "
+                  f"medians of {results['options']['repeat']} runs; {results['duration_s']}s")
+    busy = m.get("cpu_busy_before_percent") or 0.0
+    if busy > 15.0:
+        console.print(f"warning: the machine was busy before the bench started ({busy:.0f}% CPU in use, 1-min load "
+                      f"average {m['loadavg_at_start'][0]}): other work competes with the bench; figures are low")
+    if "enqueue" in results:
+        _enqueue(results, console)
+    if results.get("drain"):
+        _drain(results, console)
+    if results.get("latency"):
+        _latency(results, console)
+    if results.get("cancel"):
+        _cancel(results, console)
+    if results.get("cli"):
+        _cli(results, console)
+    if results.get("idle"):
+        _idle(results, console)
+    if results.get("backlog"):
+        _backlog(results, console)
+    if results.get("targets"):
+        _targets(results, console)
+
+
+def _enqueue(results: dict[str, Any], console: Any) -> None:
+    """The enqueue table: each way of enqueueing, its rate, Redis commands per job, ratio to the best peer."""
+    e = results["enqueue"]
+    t = Table(title=f"enqueue ({e['jobs']:,} jobs, {e['payload_bytes']} B payload, no daemon)")
+    for col in ("how", "jobs/s", "spread", "Redis commands/job", "best peer", "ratio"):
+        t.add_column(col, justify="right" if col != "how" else "left")
+    for key, label in (("one_at_a_time", "one at a time (Client.enqueue)"),
+                       ("one_at_a_time_sync", "one at a time (SyncClient.enqueue)"),
+                       ("bulk", "bulk (enqueue_many, chunks of 1000)")):
+        s = e[key]
+        cmds = e["commands_per_job"].get(key, e["commands_per_job"]["one_at_a_time"])
+        t.add_row(label, _n(s["median"]), f"±{s['spread_pct']}%", _n(cmds, 1),
+                  _n(BEST_PEER_ENQUEUE), f"{s['median'] / BEST_PEER_ENQUEUE:.2f}x")
+    console.print(t)
+
+
+def _drain(results: dict[str, Any], console: Any) -> None:
+    """The drain table: per runtime, rate, peak RSS, CPU and Redis commands and scripts per job."""
+    t = Table(title="drain of already-queued no-op jobs (READY -> last completed)")
+    for col in ("runtime", "jobs", "jobs/s", "spread", "x best peer", "peak RSS MB daemon + workers",
+                "CPU % daemon+workers / Redis", "Redis cmds/job", "scripts/job"):
+        t.add_column(col, justify="left" if col == "runtime" else "right")
+    o = results["options"]
+    for name, d in results["drain"].items():
+        label = {"inprocess": f"inprocess (concurrency {o['concurrency']})",
+                 "process": f"process ({o['workers']} workers, concurrency {o['process_type_concurrency']})",
+                 "subprocess-py": f"subprocess, Python (concurrency {o['subprocess_concurrency']})",
+                 "shell": f"subprocess, shell (concurrency {o['subprocess_concurrency']})"}.get(name, name)
+        cpu = d["cpu_percent"]
+        t.add_row(label, _n(d["jobs"]), _n(d["rate"]["median"]), f"±{d['rate']['spread_pct']}%",
+                  f"{d['rate']['median'] / BEST_PEER_DRAIN:.2f}x",
+                  f"{d['rss']['daemon_mb']:.0f} + {d['rss']['workers_mb']:.0f}",
+                  f"{_n(cpu['daemon_and_workers'])} / {_n(cpu['redis'])}",
+                  _n(d["commands_per_job"], 1), _n(d["drain_scripts_per_job"], 3))
+    console.print(t)
+
+
+def _latency(results: dict[str, Any], console: Any) -> None:
+    """The enqueue-to-start latency table (client clock to the handler's first line)."""
+    t = Table(title="enqueue-to-start latency, idle daemon (client clock -> handler's first line)")
+    for col in ("runtime", "jobs", "p50 ms", "p99 ms", "max ms", "records p50/p99 ms (1 ms resolution)"):
+        t.add_column(col, justify="left" if col == "runtime" else "right")
+    for name, lat in results["latency"].items():
+        t.add_row(name, str(lat["jobs"]), _n(lat["p50_ms"], 2), _n(lat["p99_ms"], 2), _n(lat["max_ms"], 2),
+                  f"{_n(lat['record_p50_ms'])} / {_n(lat['record_p99_ms'])}")
+    console.print(t)
+
+
+def _cancel(results: dict[str, Any], console: Any) -> None:
+    """The cancel-to-handler latency table."""
+    t = Table(title="cancel-to-handler latency, running jobs, ack_wait=300 (client clock -> handler sees it)")
+    for col in ("runtime", "jobs", "p50 ms", "p99 ms", "max ms"):
+        t.add_column(col, justify="left" if col == "runtime" else "right")
+    for name, c in results["cancel"].items():
+        t.add_row(name, str(c["jobs"]), _n(c["p50_ms"], 2), _n(c["p99_ms"], 2), _n(c["max_ms"], 2))
+    console.print(t)
+
+
+def _cli(results: dict[str, Any], console: Any) -> None:
+    """The CPU line of the quick CLI commands."""
+    console.print("cli start CPU s (user + sys, start to exit): " + ", ".join(
+        f"{name} {c['cpu_s']:.2f}" for name, c in results["cli"].items()))
+
+
+def _idle(results: dict[str, Any], console: Any) -> None:
+    """The idle daemon's line: CPU, Redis commands per second, the commands it sends most."""
+    i = results["idle"]
+    top = ", ".join(f"{k} {v}" for k, v in list(i["by_command"].items())[:6]) or "none"
+    console.print(f"idle daemon ({i['types_served']} types, {i['processes']} processes, {i['rss_mb']} MB): "
+                  f"CPU {i['cpu_percent']}% of a core, {i['commands_per_s']} Redis commands/s over "
+                  f"{i['seconds']}s ({top})")
+
+
+def _backlog(results: dict[str, Any], console: Any) -> None:
+    """The backlog table: drain rate of the first jobs at each queue depth, and their ratio."""
+    b = results["backlog"]
+    t = Table(title=f"backlog: drain rate of the first {b['sample']:,} jobs (inprocess)")
+    for col in ("queued", "jobs/s", "spread", "Redis memory/job B", "dataset/job B", "drain cmds/job",
+                "enqueue_many jobs/s"):
+        t.add_column(col, justify="right")
+    for depth, d in b["depths"].items():
+        t.add_row(_n(int(depth)), _n(d["rate"]["median"]), f"±{d['rate']['spread_pct']}%",
+                  _n(d["memory_per_job_bytes"]), _n(d["dataset_per_job_bytes"]),
+                  _n(d["drain_commands_per_job"], 1), _n(d["enqueue_rate"]["median"]))
+    console.print(t)
+    if b.get("ratio") is not None:
+        console.print(f"deep / shallow: {b['ratio']:.2f}")
+
+
+def _targets(results: dict[str, Any], console: Any) -> None:
+    """The targets table: each figure measured, its target, its ratio to the best peer, met or not."""
+    t = Table(title="targets")
+    for col in ("figure", "measured", "target", "vs best peer", "met"):
+        t.add_column(col, justify="left" if col == "figure" else "right")
+    for tg in results["targets"]:
+        digits = 2 if tg["value"] < 100 else 0
+        t.add_row(tg["label"], _n(tg["value"], digits), _n(tg["target"], 2 if tg["target"] < 100 else 0),
+                  f"{tg['vs_best_peer']}x" if tg.get("vs_best_peer") else "", "yes" if tg["ok"] else "NO")
+    console.print(t)

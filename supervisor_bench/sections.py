@@ -1,0 +1,281 @@
+"""The measurements of `job-supervisor bench`, one function per section, each against a `Bench`.
+
+enqueue (Client one at a time, SyncClient one at a time, enqueue_many), drain per runtime,
+idle cost and enqueue-to-start latency (one daemon), cancel-to-handler latency, the CPU of
+quick CLI commands, and the backlog test. The method of each is in the package docstring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from supervisor_bench.figures import cpu_delta, cpu_snapshot, percentile, summary
+from supervisor_bench.harness import Bench
+from supervisor_bench.options import (
+    BENCH_TYPES,
+    CANCEL_INPROCESS,
+    CANCEL_PROCESS,
+    CLI_COMMANDS,
+    INPROCESS,
+    PROCESS,
+    SHELL,
+    BenchError,
+)
+
+
+def measure_enqueue(b: Bench) -> dict[str, Any]:
+    """Enqueue rates with no daemon running: Client one at a time, SyncClient one at a time, bulk."""
+    one, one_sync, bulk, mem, dataset, cmds_one, cmds_bulk, scripts_bulk = [], [], [], [], [], [], [], []
+    usec_one, usec_bulk = [], []
+    n = b.o.jobs
+    for i in range(b.o.repeat):
+        b.say(f"enqueue: one at a time, {n} jobs (run {i + 1}/{b.o.repeat})")
+        b.reset()
+        s0 = b.stats()
+        one.append(n / b.enqueue_one_by_one(INPROCESS, n))
+        s1 = b.stats()
+        delta = b.command_delta(s0, s1)
+        cmds_one.append(delta["total"] / n)
+        usec_one.append(delta["script_usec"] / n)
+        b.reset()
+        b.say(f"enqueue: one at a time with SyncClient, {n} jobs (run {i + 1}/{b.o.repeat})")
+        one_sync.append(n / b.enqueue_one_by_one_sync(INPROCESS, n))
+        b.reset()
+        b.say(f"enqueue: enqueue_many in chunks of 1000, {n} jobs (run {i + 1}/{b.o.repeat})")
+        s0 = b.stats()
+        bulk.append(n / b.enqueue_bulk(INPROCESS, n))
+        time.sleep(0.2)
+        s1 = b.stats()
+        delta = b.command_delta(s0, s1)
+        cmds_bulk.append(delta["total"] / n)
+        scripts_bulk.append(delta["scripts"] / n)
+        usec_bulk.append(delta["script_usec"] / n)
+        mem.append((s1["used_memory"] - s0["used_memory"]) / n)
+        dataset.append((s1["dataset"] - s0["dataset"]) / n)
+    b.reset()
+    return {
+        "jobs": n, "payload_bytes": len(json.dumps(b.payload)),
+        "one_at_a_time": summary(one), "one_at_a_time_sync": summary(one_sync), "bulk": summary(bulk),
+        "commands_per_job": {"one_at_a_time": statistics.median(cmds_one), "bulk": statistics.median(cmds_bulk),
+                             "bulk_scripts": statistics.median(scripts_bulk)},
+        "redis_script_us_per_job": {"one_at_a_time": statistics.median(usec_one),
+                                    "bulk": statistics.median(usec_bulk)},
+        "memory_per_job_bytes": statistics.median(mem), "dataset_per_job_bytes": statistics.median(dataset),
+    }
+
+
+def measure_drain(b: Bench, name: str, n: int) -> dict[str, Any]:
+    """Drain rate of `n` already-queued jobs of `name` (`Bench.drain_once`, `repeat` times)."""
+    runs = []
+    for i in range(b.o.repeat):
+        b.say(f"drain: {name}, {n} queued jobs (run {i + 1}/{b.o.repeat})")
+        runs.append(b.drain_once(name, n))
+    b.reset()
+    rates = [r["rate"] for r in runs]
+    mid = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]  # the median run's details
+    return {
+        "jobs": n, "rate": summary(rates), "rss": {k: max(r["rss"][k] for r in runs) for k in runs[0]["rss"]},
+        "cpu_percent": mid["cpu_percent"], "start_to_ready_s": statistics.median(r["start_to_ready_s"] for r in runs),
+        "commands": mid["commands"],
+        "commands_per_job": statistics.median(r["commands"]["per_job"] for r in runs),
+        "drain_scripts_per_job": statistics.median(r["commands"]["drain_scripts_per_job"] for r in runs),
+        "drain_script_us_per_job": statistics.median(r["commands"]["drain_script_us_per_job"] for r in runs),
+        "memory_per_job_bytes": statistics.median(r["memory_per_job_bytes"] for r in runs),
+        "other_outcomes": [r["other_outcomes"] for r in runs if r["other_outcomes"]],
+    }
+
+
+def measure_idle_and_latency(b: Bench) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One daemon serving every bench type: first idle, then enqueue-to-start latency."""
+    b.reset()
+    tasks = b.root / ("tasks-shell" if b.o.serves(SHELL) else "tasks-none")
+    d = b.start_daemon("idle", b.root / "jobs-all", tasks)
+    try:
+        d.wait_ready()
+        time.sleep(1.0)  # start-up transients (presence, scheduler, the pool's first beats)
+        b.say(f"idle: {b.o.idle_seconds:g}s")
+        procs = d.tree()
+        c0, s0, t0 = cpu_snapshot(procs), b.stats(), time.perf_counter()
+        time.sleep(b.o.idle_seconds)
+        c1, s1, t1 = cpu_snapshot(d.tree()), b.stats(), time.perf_counter()
+        wall = t1 - t0
+        cmds = b.command_delta(s0, s1)
+        served = [t for t in BENCH_TYPES if b.o.serves(t)]
+        idle = {
+            "seconds": round(wall, 2), "types_served": len(served), "processes": len(procs),
+            "cpu_percent": round(cpu_delta(c0, c1) / wall * 100, 2),
+            "commands_per_s": round(cmds["total"] / wall, 2), "by_command": cmds["calls"],
+            "rss_mb": round(sum(p.memory_info().rss for p in d.tree()) / 2**20, 1),
+        }
+        latency = {}
+        for name in (INPROCESS, PROCESS):
+            if b.o.serves(name):
+                b.say(f"latency: {name}, {b.o.latency_jobs} jobs {b.o.latency_gap_ms:g} ms apart")
+                latency[name.removeprefix("bench.")] = _latency(b, name)
+    finally:
+        d.stop()
+    b.reset()
+    return idle, latency
+
+
+def _latency(b: Bench, name: str) -> dict[str, Any]:
+    """Enqueue-to-start of `latency_jobs` jobs of `name`, `latency_gap_ms` apart (the handler returns its clock)."""
+    gap = b.o.latency_gap_ms / 1000
+
+    async def go() -> list[tuple[str, float]]:
+        sent = []
+        for _ in range(b.o.latency_jobs):
+            t = time.time()
+            ref = await b.client.enqueue(name, b.payload)
+            sent.append((ref.id, t))
+            await asyncio.sleep(gap)
+        return sent
+
+    sent = b.on_loop(go())
+    deadline = time.monotonic() + 60
+    while b.completed(name) < len(sent):
+        if time.monotonic() > deadline:
+            raise BenchError(f"latency jobs of {name} did not complete: {b.completed(name)}/{len(sent)}")
+        time.sleep(0.02)
+    jobs = b.on_loop(b.client.broker.get_many([i for i, _ in sent]))
+    by_id = {j.id: j for j in jobs}
+    precise, record = [], []
+    for job_id, t in sent:
+        job = by_id.get(job_id)
+        if job is None or not isinstance(job.result, float):
+            continue
+        precise.append((job.result - t) * 1000)
+        if job.attempts and job.attempts[0].started and job.created:
+            record.append((job.attempts[0].started - job.created).total_seconds() * 1000)
+    if not precise:
+        raise BenchError(f"no latency samples for {name}")
+    return {
+        "jobs": len(precise), "gap_ms": b.o.latency_gap_ms,
+        "p50_ms": round(percentile(precise, 50), 3), "p99_ms": round(percentile(precise, 99), 3),
+        "max_ms": round(max(precise), 3), "mean_ms": round(statistics.fmean(precise), 3),
+        "record_p50_ms": percentile(record, 50) if record else None,
+        "record_p99_ms": percentile(record, 99) if record else None,
+    }
+
+
+def measure_cancel(b: Bench) -> dict[str, Any]:
+    """Cancel-to-handler latency of running jobs, in a daemon whose every type has ack_wait=300."""
+    b.reset()
+    d = b.start_daemon("cancel", b.root / "jobs-cancel", b.root / "tasks-none")
+    out: dict[str, Any] = {}
+    try:
+        d.wait_ready()
+        for name, runtime in ((CANCEL_INPROCESS, "inprocess"), (CANCEL_PROCESS, "process")):
+            if runtime in b.o.runtimes:
+                b.say(f"cancel latency: {name}, {b.o.cancel_jobs} running jobs cancelled one by one")
+                out[runtime] = b.on_loop(_cancel_latency(b, name))
+    finally:
+        d.stop()
+    b.reset()
+    return out
+
+
+async def _cancel_latency(b: Bench, name: str) -> dict[str, Any]:
+    """Cancel `cancel_jobs` running jobs of `name` one by one; each handler notes when it saw its cancel."""
+    notes = b.root / f"cancel-{name}.txt"
+    notes.write_text("")
+    seen = 0  # bytes of `notes` read so far
+    lines: dict[tuple[str, str], float] = {}
+
+    async def note(job_id: str, what: str, timeout: float = 30.0) -> float:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while (job_id, what) not in lines:
+            if time.monotonic() > deadline:
+                raise BenchError(f"{name}: job {job_id} did not note {what!r} within {timeout:g}s")
+            with notes.open() as f:
+                f.seek(seen)
+                chunk = f.read()
+            whole = chunk[:chunk.rfind("\n") + 1]
+            seen += len(whole)
+            for line in whole.splitlines():
+                jid, w, t = line.split()
+                lines[(jid, w)] = float(t)
+            await asyncio.sleep(0.001)
+        return lines[(job_id, what)]
+
+    samples = []
+    for _ in range(b.o.cancel_jobs):
+        ref = await b.client.enqueue(name, {"out": str(notes)})
+        await note(ref.id, "started")
+        asked = time.time()
+        await b.client.cancel(ref.id, "bench")
+        samples.append((await note(ref.id, "saw") - asked) * 1000)
+        deadline = time.monotonic() + 30
+        while (await b.client.get(ref.id)).state.value != "cancelled":  # settled before the next one
+            if time.monotonic() > deadline:
+                raise BenchError(f"{name}: job {ref.id} did not end cancelled")
+            await asyncio.sleep(0.002)
+    return {"jobs": len(samples), "p50_ms": round(percentile(samples, 50), 3),
+            "p99_ms": round(percentile(samples, 99), 3), "max_ms": round(max(samples), 3)}
+
+
+def measure_cli_start(b: Bench) -> dict[str, Any]:
+    """CPU (user + sys) of whole `job-supervisor` commands, start to exit, median of `repeat` runs each.
+
+    Each command is a child of ours reaped with wait4, so its own rusage is read exactly
+    (no other child's CPU mixes in). `enqueue` uses --allow-unknown: no daemon serves the
+    bench types at this point, and the job it queues is removed with the bench's keys.
+    """
+    assert b.client is not None
+    ref = b.on_loop(b.client.enqueue(INPROCESS, b.payload))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL"))}
+    env["REDIS_URL"] = b.url
+    argv = {"health": ["health"], "jobs get": ["jobs", "get", ref.id],
+            "enqueue": ["enqueue", INPROCESS, json.dumps(b.payload), "--allow-unknown"]}
+    out: dict[str, Any] = {}
+    for name in CLI_COMMANDS:
+        runs = []
+        for _ in range(b.o.repeat):
+            proc = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+                [sys.executable, "-m", "supervisor", *argv[name]], cwd=b.root, env=env,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            if proc.stderr:
+                proc.stderr.close()
+            if name != "health" and proc.returncode != 0:  # health says "degraded": the queued job
+                raise BenchError(f"`job-supervisor {' '.join(argv[name])}` exited {proc.returncode}: {err}")
+            runs.append(usage.ru_utime + usage.ru_stime)
+        out[name] = {"cpu_s": round(statistics.median(runs), 3), "runs": [round(r, 3) for r in runs]}
+    b.reset()
+    return out
+
+
+def measure_backlog(b: Bench) -> dict[str, Any]:
+    """Drain rate of the first `backlog_sample` jobs with a deep queue against a shallow one."""
+    out: dict[str, Any] = {"sample": b.o.backlog_sample, "depths": {}}
+    for depth in (b.o.backlog_small, b.o.backlog_jobs):
+        runs = []
+        for i in range(b.o.repeat):
+            b.say(f"backlog: {depth:,} queued, timing the first {min(b.o.backlog_sample, depth):,} "
+                  f"(run {i + 1}/{b.o.repeat})")
+            runs.append(b.drain_once(INPROCESS, depth, sample=min(b.o.backlog_sample, depth),
+                                     enqueue_chunk=10_000))
+        b.reset()
+        out["depths"][str(depth)] = {
+            "queued": depth, "rate": summary([r["rate"] for r in runs]),
+            "enqueue_rate": summary([r["enqueue_rate"] for r in runs]),
+            "memory_per_job_bytes": statistics.median(r["memory_per_job_bytes"] for r in runs),
+            "dataset_per_job_bytes": statistics.median(r["dataset_per_job_bytes"] for r in runs),
+            "drain_commands_per_job": statistics.median(r["commands"]["drain_per_job"] for r in runs),
+            "settle_s": max(r["settle_s"] for r in runs),
+            "rss": {k: max(r["rss"][k] for r in runs) for k in runs[0]["rss"]},
+        }
+    small = out["depths"][str(b.o.backlog_small)]["rate"]["median"]
+    deep = out["depths"][str(b.o.backlog_jobs)]["rate"]["median"]
+    out["ratio"] = deep / small if small else None
+    return out
