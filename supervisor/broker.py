@@ -2,15 +2,16 @@
 
 The broker knows job types only by name and policy numbers handed to it; it
 knows nothing of handlers or runners. Every state change goes through one
-of the Lua scripts of `supervisor.scripts`; reads are plain commands.
+of the Lua scripts of `supervisor.scripts`, called through a `ScriptTransport`
+(`supervisor.transport`: the lean wire, or redis-py for TLS); reads are plain
+redis-py commands.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
@@ -19,15 +20,16 @@ from supervisor.errors import ConfigError, CorruptRecord, InvalidTransition, Job
 from supervisor.records import Job, check_text, loads, parsed
 from supervisor.scripts import SCRIPT_NAMES, script_source
 from supervisor.states import FINISHED, State
-from supervisor.wire import AsyncWire, Script, is_noscript, params_of, redis_errors
+from supervisor.transport import ScriptTransport, transport_for
+from supervisor.wire import Script, redis_errors
 
 if TYPE_CHECKING:  # redis-py is imported where a connection is made (`connect`): a CLI read needs none
     import redis.asyncio as aioredis
-    from redis.commands.core import AsyncScript
 
 
-#: The transition scripts, by name, as the wire calls them (by SHA; the same sources as redis-py's).
+#: The transition scripts, by name, as the transports call them (by SHA).
 SCRIPTS = {name: Script(script_source(name)) for name in SCRIPT_NAMES}
+ENQUEUE, CLAIM = SCRIPTS["enqueue"], SCRIPTS["claim"]
 
 #: Output lines kept per job, and how long when the type's retention is unknown.
 LOG_LINES = 1000
@@ -175,22 +177,16 @@ class Broker:
     def __init__(self, client: aioredis.Redis, blocking: aioredis.Redis | None = None) -> None:
         self.redis = client
         self.blocking = blocking or client
-        # Transition scripts go through the lean wire (supervisor.wire); redis-py serves the
-        # rest, and the scripts too when the wire cannot speak the URL (TLS).
-        params = params_of(client)
-        self.wire = AsyncWire(params) if params is not None else None
-        self._waiters: dict[str, AsyncWire] = {}  # one blocking connection per waiting queue
-        self._scripts: dict[str, AsyncScript] = {
-            name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
-        }
+        # Transition scripts and blocking waits go through the transport (the lean wire, or
+        # redis-py when the wire cannot speak the URL); redis-py serves the reads.
+        self.transport: ScriptTransport = transport_for(client, self.blocking)
+        self._waiters: dict[str, ScriptTransport] = {}  # one blocking connection per waiting queue
 
     async def _run(self, script: str, name: str, args: Sequence[Any]) -> Any:
         prefix, job_prefix = _prefixes(name)
         # KEYS[1] routes the call to the queue's slot; the script builds its other keys
         # from the same prefix, which carries the same hash tag.
-        if self.wire is not None:
-            return await self.wire.evalsha(SCRIPTS[script], [prefix + "ready"], [prefix, job_prefix, *args])
-        return await self._scripts[script](keys=[prefix + "ready"], args=[prefix, job_prefix, *args])
+        return await self.transport.evalsha(SCRIPTS[script], [prefix + "ready"], [prefix, job_prefix, *args])
 
     async def _run_for_job(self, script: str, job_id: str, args: Sequence[Any]) -> Any:
         name = await self.job_type(job_id)
@@ -246,47 +242,18 @@ class Broker:
     async def enqueue(self, name: str, jobs: Sequence[NewJob]) -> list[Enqueued]:
         """Queue `jobs` of type `name`; says per job what happened (idempotency, key policy)."""
         script_keys, args = enqueue_call(name, jobs)
-        if self.wire is not None:
-            return parse_enqueued(await self.wire.evalsha(SCRIPTS["enqueue"], script_keys, args))
-        return parse_enqueued(await self._scripts["enqueue"](keys=script_keys, args=args))
-
-    async def enqueue_stream(self, chunks: Iterable[tuple[str, Sequence[NewJob]]]) -> list[list[Enqueued]]:
-        """Queue chunks of jobs (one script call each), sending each chunk as soon as it is made.
-
-        `chunks` may be a generator that prepares the next chunk while Redis runs the last
-        one. Returns what happened to each job, chunk by chunk.
-        """
-        return await self.enqueue_calls((name, _enqueue_args(name, jobs)) for name, jobs in chunks)
+        return parse_enqueued(await self.transport.evalsha(ENQUEUE, script_keys, args))
 
     async def enqueue_calls(self, calls: Iterable[tuple[str, list[Any]]], *,
                             outcomes: bool = True) -> list[list[Enqueued]]:
-        """`enqueue_stream` for callers that build the script's ARGV themselves (see enqueue.lua).
-        `outcomes=False`: the replies are not parsed (an empty list is returned), for jobs whose
-        only outcome is 'new' (the script's short form); errors still raise."""
-        script = SCRIPTS["enqueue"]
-        if self.wire is None:  # redis-py: one pipeline
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for name, args in calls:
-                    await self._scripts["enqueue"](keys=[_prefixes(name)[0] + "ready"], args=args, client=pipe)
-                replies = await pipe.execute()
-                return [parse_enqueued(raw) for raw in replies] if outcomes else []
-        await self.wire.open()
-        sent: list[tuple[asyncio.Future[Any], tuple[Any, ...]]] = []
-        for name, args in calls:
-            cmd = ("EVALSHA", script.sha, 1, _prefixes(name)[0] + "ready", *args)
-            sent.append((self.wire.send_nowait(cmd), cmd))
-        out = []
-        for fut, cmd in sent:
-            try:
-                raw = await fut
-            except redis_errors().ResponseError as exc:
-                if not is_noscript(exc):
-                    raise
-                await self.wire.call("SCRIPT", "LOAD", script.source)
-                raw = await self.wire.call(*cmd)
-            if outcomes:
-                out.append(parse_enqueued(raw))
-        return out
+        """Queue chunks of jobs, (type name, the enqueue script's ARGV: `enqueue_args`) each, one
+        script call a chunk, each sent as soon as it is made: `calls` may be a generator that
+        prepares the next chunk while Redis runs the last one. Returns what happened to each job,
+        chunk by chunk; `outcomes=False`: the replies are not parsed (an empty list is returned),
+        for jobs whose only outcome is 'new' (the script's short form); errors still raise."""
+        replies = await self.transport.evalsha_stream(ENQUEUE, ((_prefixes(name)[0] + "ready", args)
+                                                               for name, args in calls))
+        return [parse_enqueued(raw) for raw in replies] if outcomes else []
 
     async def claim(self, name: str, instance: str, n: int, ack_wait_ms: int, max_deliver: int,
                     rate: int = 0, period_ms: int = 0) -> ClaimBatch:
@@ -304,21 +271,11 @@ class Broker:
         waiter's connection, so Redis runs it the moment the wait ends. It claims nothing once
         `halt(name, halt_token)` ran (a fetch loop told to stop while it waited).
         """
-        args = [instance, n, ack_wait_ms, max_deliver, rate, period_ms, halt_token]
-        if self.wire is not None:
-            timeout_s = max(timeout_s, 0.001)
-            prefix, job_prefix = _prefixes(name)
-            _, reply = await self._waiter(name, timeout_s).call_pipelined(
-                ("BZPOPMIN", prefix + "marker", timeout_s),
-                ("EVALSHA", SCRIPTS["claim"].sha, 1, prefix + "ready", prefix, job_prefix, *args))
-            if not isinstance(reply, redis_errors().ResponseError):
-                return _claim_batch(name, reply)
-            if not is_noscript(reply):
-                raise reply
-            # Redis forgot the script: the wait is over; claim the usual way, which loads it
-        else:  # redis-py (TLS): wait, then claim
-            await self.wait_for_work(name, timeout_s)
-        return _claim_batch(name, await self._run("claim", name, args))
+        prefix, job_prefix = _prefixes(name)
+        reply = await self._waiter(name).wait_then_evalsha(
+            prefix + "marker", max(timeout_s, 0.001), CLAIM, [prefix + "ready"],
+            [prefix, job_prefix, instance, n, ack_wait_ms, max_deliver, rate, period_ms, halt_token])
+        return _claim_batch(name, reply)
 
     async def halt(self, names: Iterable[str], halt_token: str, ttl_ms: int) -> None:
         """Tell the claims a fetch loop sent behind its waits (`wait_then_claim` with
@@ -436,20 +393,13 @@ class Broker:
 
     async def wait_for_work(self, name: str, timeout_s: float) -> bool:
         """Block until a producer wakes this type's queue or `timeout_s` passes."""
-        timeout_s = max(timeout_s, 0.001)
-        if self.wire is None:
-            return await self.blocking.bzpopmin(keys.index_key(name, "marker"), timeout=timeout_s) is not None
-        return await self._waiter(name, timeout_s).call("BZPOPMIN", keys.index_key(name, "marker"),
-                                                        timeout_s) is not None
+        return await self._waiter(name).wait(keys.index_key(name, "marker"), max(timeout_s, 0.001))
 
-    def _waiter(self, name: str, timeout_s: float) -> AsyncWire:
-        """The connection this type's blocking waits use (one per waiting queue)."""
-        assert self.wire is not None
+    def _waiter(self, name: str) -> ScriptTransport:
+        """The transport this type's blocking waits use (one per waiting queue)."""
         waiter = self._waiters.get(name)
         if waiter is None:
-            waiter = self._waiters[name] = AsyncWire(self.wire.params)
-        if waiter.params.timeout_s < timeout_s + 10:  # the wire's own timeout must outlast the wait
-            waiter.params = replace(waiter.params, timeout_s=timeout_s + 10)
+            waiter = self._waiters[name] = self.transport.blocking()
         return waiter
 
     # --- reads -----------------------------------------------------------------------
@@ -527,8 +477,7 @@ class Broker:
         return {p.removeprefix("st:"): int(n) for p, n in zip(parts, sizes, strict=True)}
 
     async def close(self) -> None:
-        if self.wire is not None:
-            await self.wire.close()
+        await self.transport.close()
         for waiter in self._waiters.values():
             await waiter.close()
         await self.redis.aclose()
@@ -565,7 +514,8 @@ def _prefixes(name: str) -> tuple[str, str]:
     return got
 
 
-def _enqueue_args(name: str, jobs: Sequence[NewJob]) -> list[Any]:
+def enqueue_args(name: str, jobs: Sequence[NewJob]) -> list[Any]:
+    """The enqueue script's ARGV for `jobs` of type `name`: its short form when every job is plain."""
     prefix, job_prefix = _prefixes(name)
     if all(j.plain for j in jobs):
         args: list[Any] = [prefix, job_prefix, name, len(jobs), 3]
@@ -580,7 +530,7 @@ def _enqueue_args(name: str, jobs: Sequence[NewJob]) -> list[Any]:
 
 def enqueue_call(name: str, jobs: Sequence[NewJob]) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of the enqueue script for `jobs` of type `name` (for any transport)."""
-    return [_prefixes(name)[0] + "ready"], _enqueue_args(name, jobs)
+    return [_prefixes(name)[0] + "ready"], enqueue_args(name, jobs)
 
 
 def parse_enqueued(raw: list[str]) -> list[Enqueued]:

@@ -25,6 +25,7 @@ from supervisor.client import Client
 from supervisor.errors import CorruptRecord, SupervisorError
 from supervisor.schedule import ScheduleSpec, due_ticks, latest_tick, seconds_until_next, tick_key
 from supervisor.telemetry import span_error
+from supervisor.wire import Script
 
 if TYPE_CHECKING:
     from supervisor.metrics import Metrics
@@ -33,11 +34,11 @@ log = structlog.get_logger(__name__)
 SPECS_KEY = f"{keys.PREFIX}:schedules"  # id -> JSON of every published schedule (for `schedules`)
 
 # Move a schedule's last fired tick forward only (two instances may race to record one).
-_MARK = """
+_MARK = Script("""
 local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
 if cur == nil or tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 return cur
-"""
+""")
 
 
 def last_fired_key(job_name: str) -> str:
@@ -66,7 +67,7 @@ class Scheduler:
         self.metrics = metrics  # counts the ticks fired (None: not counted)
         self.redis = client.broker.redis
         self.specs = list(specs)
-        self._mark = self.redis.register_script(_MARK)
+        self._transport = client.broker.transport
         self._changed = asyncio.Event()
         self.fired = 0
 
@@ -119,7 +120,7 @@ class Scheduler:
                 await self._fire(spec, tick)
             baseline = ticks[-1] if ticks else latest_tick(spec, now)
             if writable and baseline is not None and (last is None or baseline > last):
-                await self._mark(keys=[last_fired_key(spec.job)], args=[spec.id, int(baseline)])
+                await self._transport.evalsha(_MARK, [last_fired_key(spec.job)], [spec.id, int(baseline)])
         return max(min(seconds_until_next(spec, now) for spec in self.specs) + 0.002, 0.005)
 
     async def _fire(self, spec: ScheduleSpec, tick: float) -> None:
@@ -137,7 +138,7 @@ class Scheduler:
                 span.set_attribute("job.id", ref.id)
                 span.set_attribute("job.schedule.duplicate", ref.existing)
         # Marked by whichever instance got the job back: another may have created it first.
-        await self._mark(keys=[fired_key(spec.job)], args=[spec.id, int(tick)])
+        await self._transport.evalsha(_MARK, [fired_key(spec.job)], [spec.id, int(tick)])
         if not ref.existing:
             self.fired += 1
             if self.metrics is not None:

@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from supervisor import keys
 from supervisor.errors import UnknownJobType
-from supervisor.wire import AsyncWire, Script, SyncWire
+from supervisor.wire import Script
 
 if TYPE_CHECKING:  # annotations only: a CLI read through supervisor.reads never loads redis-py
     import redis.asyncio as aioredis
+
+    from supervisor.transport import ScriptTransport, SyncScriptTransport
 
 
 def _script(name: str) -> Script:
@@ -105,28 +107,22 @@ def _state(reply: Any) -> tuple[dict[str, str], Serving]:
     return _pairs(meta), parse_serving(_pairs(served), int(now_ms))
 
 
-async def type_state(redis: aioredis.Redis, name: str,
-                     wire: AsyncWire | None = None) -> tuple[dict[str, str], Serving]:
+async def type_state(transport: ScriptTransport, name: str) -> tuple[dict[str, str], Serving]:
     """The type's published metadata ({} when none) and who serves it: one script call."""
-    script_keys = [keys.meta_key(name), served_key(name)]
-    if wire is not None:
-        return _state(await wire.evalsha(TYPE_STATE, script_keys, []))
-    return _state(await _eval(redis, TYPE_STATE, script_keys, []))
+    return _state(await transport.evalsha(TYPE_STATE, [keys.meta_key(name), served_key(name)], []))
 
 
-def type_state_sync(wire: SyncWire, name: str) -> tuple[dict[str, str], Serving]:
-    """`type_state` over a blocking wire (SyncClient)."""
-    return _state(wire.evalsha(TYPE_STATE, [keys.meta_key(name), served_key(name)], []))
+def type_state_sync(transport: SyncScriptTransport, name: str) -> tuple[dict[str, str], Serving]:
+    """`type_state` over a blocking transport (SyncClient)."""
+    return _state(transport.evalsha(TYPE_STATE, [keys.meta_key(name), served_key(name)], []))
 
 
 async def serving_of(redis: aioredis.Redis, names: Iterable[str]) -> dict[str, Serving]:
-    """Who serves each of `names` (for listings: one script call per type)."""
-    return {name: (await type_state(redis, name))[1] for name in names}
-
-
-async def _eval(redis: aioredis.Redis, script: Script, script_keys: list[str], args: list[Any]) -> Any:
-    # redis-py's Script runs EVALSHA and loads the script on NOSCRIPT
-    return await redis.register_script(script.source)(keys=script_keys, args=args)
+    """Who serves each of `names` (for listings: one script call per type). `redis` is what the
+    read models read through: redis-py's client or `supervisor.reads.SyncReads`."""
+    script = redis.register_script(TYPE_STATE.source)  # EVALSHA, the script loaded on NOSCRIPT
+    return {name: _state(await script(keys=[keys.meta_key(name), served_key(name)], args=[]))[1]
+            for name in names}
 
 
 async def announce(redis: aioredis.Redis, instance: str, ttl_ms: int, *, serve: Iterable[str] = (),

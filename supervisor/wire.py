@@ -1,7 +1,7 @@
 """A lean Redis connection for the hot path: hiredis packs every command and parses every reply.
 
-redis-py stays the client for everything else (reads, admin, blocking waits, TLS). The
-transition scripts and enqueues, a few calls per job batch or one per `enqueue`, go through
+redis-py stays the client for everything else (reads, admin, TLS). The transition scripts,
+the daemon's blocking waits and enqueues, a few calls per job batch or one per `enqueue`, go through
 this module instead, because redis-py spends ~100 µs of Python per command on the asyncio
 path (a Task per send under a socket timeout, packing in Python, a pool checkout): measured
 on a 2-core box, 21-argument EVALSHA round trips ran at 5,500/s through redis-py and 15,900/s
@@ -14,11 +14,12 @@ through an `asyncio.Protocol` fed to a `hiredis.Reader` (BENCHMARKS.md).
   It polls for a reply for a short while before it sleeps (`SyncWire` says when and why).
 - `PackedCall`: a script call whose fixed part is packed once, for one-at-a-time enqueue.
 
+`AsyncWire` and `SyncWire` are the fast implementations of `supervisor.transport`'s protocols.
 Both speak redis:// and unix:// with AUTH and SELECT taken from the redis-py client they
 are built from (`params_of`) or from the URL itself (`WireParams.from_url`, so a quick CLI
 command never imports redis-py); for rediss:// (TLS) both return None and the caller keeps
-using redis-py. A script is called by SHA and loaded on NOSCRIPT, which is safe to
-repeat: NOSCRIPT means it did not run. Errors are redis-py's exception types, so callers
+using redis-py. A script is called by SHA and loaded on NOSCRIPT (`_reload`, the one place
+each wire handles it), which is safe to repeat: NOSCRIPT means it did not run. Errors are redis-py's exception types, so callers
 handle one family: `ConnectionError` when the link drops (every call in flight fails; the
 next call reconnects), `TimeoutError` when Redis does not answer within `timeout_s`
 (the connection is dropped: a late reply must never be read as another call's), and
@@ -35,8 +36,8 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from functools import cache
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -164,6 +165,10 @@ class PackedCall:
         return b"".join(parts)
 
 
+def _evalsha(script: Script, keys: Sequence[str], args: Sequence[Any]) -> bytes:
+    return hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+
+
 def _hello(params: WireParams) -> list[tuple[Any, ...]]:
     cmds: list[tuple[Any, ...]] = []
     if params.password is not None:
@@ -245,7 +250,7 @@ class AsyncWire:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
                 self._protocol = proto
                 for cmd in _hello(p):
-                    await self._send(proto, cmd)
+                    await self._send_packed(proto, hiredis.pack_command(cmd))
         except TimeoutError:
             self._drop(redis_errors().TimeoutError(f"connecting to Redis took over {p.connect_timeout_s:g}s"))
             raise redis_errors().TimeoutError(f"connecting to Redis took over {p.connect_timeout_s:g}s") from None
@@ -276,19 +281,10 @@ class AsyncWire:
         if not fut.cancelled():
             fut.exception()  # retrieved here; every caller gets it from its own await
 
-    def _send(self, proto: _Protocol, cmd: tuple[Any, ...]) -> asyncio.Future[Any]:
-        return self._send_packed(proto, hiredis.pack_command(cmd))
-
     def _send_packed(self, proto: _Protocol, data: bytes) -> asyncio.Future[Any]:
         assert proto.transport is not None
         proto.transport.write(data)
         return self._expect(proto.loop)
-
-    def _send_packed_many(self, proto: _Protocol, data: bytes, replies: int) -> list[asyncio.Future[Any]]:
-        """Write `data` (`replies` packed commands) and return a future per reply, in order."""
-        assert proto.transport is not None
-        proto.transport.write(data)
-        return [self._expect(proto.loop) for _ in range(replies)]
 
     def _expect(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
         """A future for the next reply written for (replies come in the order of the commands)."""
@@ -304,7 +300,7 @@ class AsyncWire:
     async def call(self, *cmd: Any) -> Any:
         """Send one command and return its reply."""
         proto = self._protocol or await self._ready()
-        return await self._send(proto, cmd)
+        return await self._send_packed(proto, hiredis.pack_command(cmd))
 
     async def evalsha_packed(self, script: Script, data: bytes) -> Any:
         """Run `data`, an EVALSHA of `script` packed by a `PackedCall`, loading the script first
@@ -315,21 +311,81 @@ class AsyncWire:
         except redis_errors().ResponseError as exc:
             if not is_noscript(exc):
                 raise
+        return await self._reload(script, data)
+
+    async def _reload(self, script: Script, data: bytes) -> Any:
+        """After NOSCRIPT for `data` (an EVALSHA of `script`): load the script, send `data` again.
+        The one place this wire handles NOSCRIPT: the call did not run, so running it is safe."""
         await self.call("SCRIPT", "LOAD", script.source)
         proto = self._protocol or await self._ready()
         return await self._send_packed(proto, data)
 
+    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a script by SHA, loading it first if the server does not have it."""
+        return await self.evalsha_packed(script, _evalsha(script, keys, args))
+
+    async def evalsha_stream(self, script: Script, calls: Iterable[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Run `script` once per (key, args), each written as soon as `calls` makes it (it may
+        prepare the next while Redis runs this one); the replies in order (`ScriptTransport`)."""
+        proto = self._protocol or await self._ready()
+        sent = []
+        for key, args in calls:  # no await in between: the connection cannot change under us
+            data = hiredis.pack_command(("EVALSHA", script.sha, 1, key, *args))
+            sent.append((self._send_packed(proto, data), data))
+        replies = []
+        for fut, data in sent:
+            try:
+                replies.append(await fut)
+            except redis_errors().ResponseError as exc:
+                if not is_noscript(exc):
+                    raise
+                replies.append(await self._reload(script, data))
+        return replies
+
+    async def wait(self, key: str, timeout_s: float) -> bool:
+        """BZPOPMIN `key` for up to `timeout_s`: True when something woke it."""
+        self._outlast(timeout_s)
+        return await self.call("BZPOPMIN", key, timeout_s) is not None
+
+    async def wait_then_evalsha(self, key: str, timeout_s: float, script: Script, keys: Sequence[str],
+                                args: Sequence[Any]) -> Any:
+        """BZPOPMIN `key`, and the script right behind it in the same write: Redis runs the script
+        the moment the wait ends, whatever ended it."""
+        self._outlast(timeout_s)
+        data = _evalsha(script, keys, args)
+        _, reply = await self._pipelined(hiredis.pack_command(("BZPOPMIN", key, timeout_s)) + data, 2)
+        if isinstance(reply, redis_errors().ResponseError):
+            if not is_noscript(reply):
+                raise reply
+            return await self._reload(script, data)  # the wait is over; the script runs now
+        return reply
+
+    def _outlast(self, timeout_s: float) -> None:
+        """This wire's own timeout must outlast a blocking wait of `timeout_s`."""
+        if self.params.timeout_s < timeout_s + 10:
+            self.params = replace(self.params, timeout_s=timeout_s + 10)
+
+    def blocking(self) -> AsyncWire:
+        """A connection of its own for blocking waits (one per waiting queue)."""
+        return AsyncWire(self.params)
+
     async def call_pipelined(self, *cmds: tuple[Any, ...]) -> list[Any]:
         """Send `cmds` back to back and return their replies in order; an error reply is
         returned as its exception (a dropped connection raises). Redis runs a command queued
-        behind a blocking one as soon as that one returns, without waiting for us.
+        behind a blocking one as soon as that one returns, without waiting for us."""
+        return await self._pipelined(b"".join(hiredis.pack_command(cmd) for cmd in cmds), len(cmds))
+
+    async def _pipelined(self, data: bytes, count: int) -> list[Any]:
+        """`call_pipelined` of `data`, `count` packed commands.
 
         One write for all of them, and the replies awaited in turn rather than gathered: they
         come in one read, so the caller resumes one event-loop pass after they arrive (the
         latency of an idle fetch loop's wake-up rides on this).
         """
         proto = self._protocol or await self._ready()
-        futures = self._send_packed_many(proto, b"".join(hiredis.pack_command(cmd) for cmd in cmds), len(cmds))
+        assert proto.transport is not None
+        proto.transport.write(data)
+        futures = [self._expect(proto.loop) for _ in range(count)]
         replies: list[Any] = []
         try:
             for fut in futures:
@@ -345,30 +401,6 @@ class AsyncWire:
                     fut.exception()  # retrieved: no "never retrieved" warning
             raise
         return replies
-
-    async def open(self) -> None:
-        """Connect now (before `send_nowait`)."""
-        await self._ready()
-
-    def send_nowait(self, cmd: tuple[Any, ...]) -> asyncio.Future[Any]:
-        """Write one command now and return the future of its reply (after `open`).
-
-        For producers that prepare the next batch while Redis runs this one.
-        """
-        proto = self._protocol
-        if proto is None:
-            raise redis_errors().ConnectionError(f"not connected to Redis at {self._where()}")
-        return self._send(proto, cmd)
-
-    async def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """Run a script by SHA, loading it first if the server does not have it."""
-        try:
-            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
-        except redis_errors().ResponseError as exc:
-            if not is_noscript(exc):
-                raise
-        await self.call("SCRIPT", "LOAD", script.source)
-        return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def _check_timeout(self) -> None:
         self._watchdog = None
@@ -540,17 +572,14 @@ class SyncWire:
             sock.close()
 
     def call(self, *cmd: Any) -> Any:
-        return self._call_packed(hiredis.pack_command(cmd))
-
-    def _call_packed(self, data: bytes) -> Any:
-        return _raised(self._reply(data))
+        return _raised(self._reply(hiredis.pack_command(cmd)))
 
     def _reply(self, data: bytes) -> Any:
         with self._lock:
             return self._exchange(data)
 
-    def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        return self.evalsha_packed(script, hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)))
+    def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self.evalsha_packed(script, _evalsha(script, keys, args))
 
     def evalsha_packed(self, script: Script, data: bytes) -> Any:
         """Run `data`, an EVALSHA of `script` packed by a `PackedCall`, loading the script first

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from supervisor import Client, State, keys
 from supervisor.broker import Broker, connect
+from supervisor.transport import RedisPyTransport
 from tests.conftest import await_until
 
 NAME = "t.waiting"
@@ -113,7 +114,7 @@ async def test_a_claim_script_redis_forgot_is_loaded_again(
 async def test_without_the_lean_wire_the_wait_then_claim_still_honours_the_halt(
         broker: Broker, redis_url: str, redis: aioredis.Redis) -> None:
     # Given a broker on redis-py alone (as for rediss:// URLs), waiting with its token halted
-    broker.wire = None
+    broker.transport = RedisPyTransport(broker.redis, broker.blocking)
     waiting = await _wait_in_background(broker, redis, "tok-5")
     await redis.set(keys.index_key(NAME, "halt:tok-5"), 1, px=60_000)
     async with Client(redis_url, allow_unknown=True) as client:

@@ -17,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from supervisor.broker import Broker, connect
 from supervisor.reads import SyncReads, run_blocking
+from supervisor.transport import RedisPyTransport
 from supervisor.redis_server import RedisServer
 from supervisor.wire import AsyncWire, Script, SyncWire, WireParams, params_of
 
@@ -151,8 +152,8 @@ async def test_credentials_and_database_come_from_the_url(redis_url: str, redis:
     try:
         url = redis_url.replace("redis://", "redis://wire-user:s3cret@").rsplit("/", 1)[0] + "/3"
         broker = Broker(connect(url))
-        assert broker.wire is not None
-        await broker.wire.call("SET", "where", "db3")
+        assert isinstance(broker.transport, AsyncWire)  # the lean wire, not redis-py
+        await broker.transport.call("SET", "where", "db3")
         await broker.close()
         db3 = syncredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/3", decode_responses=True)
         assert db3.get("where") == "db3"
@@ -178,7 +179,7 @@ async def test_unix_socket_urls_work(tmp_path: Path) -> None:
 def test_tls_urls_stay_on_redis_py() -> None:
     # The wire speaks no TLS: a rediss:// broker keeps redis-py for its scripts
     assert params_of(aioredis.Redis.from_url("rediss://localhost:6380/0")) is None
-    assert Broker(connect("rediss://localhost:6380/0")).wire is None
+    assert isinstance(Broker(connect("rediss://localhost:6380/0")).transport, RedisPyTransport)
 
 
 def test_sync_wire_is_safe_to_share_between_threads(redis_url: str) -> None:
