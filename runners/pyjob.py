@@ -40,14 +40,14 @@ EXIT = {RunStatus.COMPLETED: 0, RunStatus.PERMANENT: 65, RunStatus.RETRY: 75}
 class _ProtocolSink:
     """Context calls become protocol lines on stdout."""
 
-    def progress(self, percent: float, message: str | None, step: str | None) -> None:
+    def progress(self, percent: float, message: str | None, step: str | None) -> None:  # noqa: ARG002  (sink API)
         text = " ".join(p for p in (f"{percent:g}", message or "") if p)
         print(f"::progress {text}", flush=True)
 
     def heartbeat(self) -> None:
         print("::heartbeat", flush=True)
 
-    def enqueue(self, name: str, payload: Any, options: dict[str, Any], submit: bool) -> Any:
+    def enqueue(self, name: str, payload: Any, options: dict[str, Any], submit: bool) -> Any:  # noqa: ARG002  (sink API)
         raise RuntimeError(
             "ctx.enqueue is not available with runtime='subprocess' (the process holds no Redis "
             "credentials); use runtime='process' or 'inprocess' for handlers that enqueue child jobs"

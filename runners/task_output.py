@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -88,7 +89,7 @@ class TaskOutput:
                 percent = float(percent_s)
             except ValueError:
                 return False
-            if percent != percent:  # NaN
+            if math.isnan(percent):
                 return False
             self._call(self._events.progress, min(max(percent, 0.0), 100.0), message.strip() or None, None)
             return True
@@ -162,12 +163,12 @@ class OutputProtocol(asyncio.SubprocessProtocol):
         if fd in (1, 2):
             self._output.feed(fd, bytes(data))
 
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:  # noqa: ARG002  (asyncio's signature)
         if fd in (1, 2):
             self._output.flush(fd)
 
     def process_exited(self) -> None:
         self.exited.set()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002  (asyncio's signature)
         self.closed.set()

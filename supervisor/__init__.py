@@ -26,7 +26,7 @@ _EXPORTS = {
     "State": "states",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605  (computed from _EXPORTS, the one list of the API)
 
 
 def __getattr__(name: str) -> Any:
@@ -42,24 +42,29 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from supervisor.client import Client, EnqueueRequest, JobRef, SyncClient
-    from supervisor.context import Context
-    from supervisor.errors import (
-        InvalidPayload,
-        InvalidTransition,
-        JobFailed,
-        JobNotFound,
-        JobRejected,
-        PermanentError,
-        Retry,
-        SupervisorError,
-        UnknownJobType,
-        WaitTimeout,
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly (`X as X`: re-exported)
+    from supervisor.client import (
+        Client as Client,
+        EnqueueRequest as EnqueueRequest,
+        JobRef as JobRef,
+        SyncClient as SyncClient,
     )
-    from supervisor.flow import SubmitOutcome
-    from supervisor.handler import Failure, job
-    from supervisor.policy import Backoff
-    from supervisor.records import Attempt, Job
-    from supervisor.shutdown import ShutdownManager, ShutdownReport
-    from supervisor.states import State
+    from supervisor.context import Context as Context
+    from supervisor.errors import (
+        InvalidPayload as InvalidPayload,
+        InvalidTransition as InvalidTransition,
+        JobFailed as JobFailed,
+        JobNotFound as JobNotFound,
+        JobRejected as JobRejected,
+        PermanentError as PermanentError,
+        Retry as Retry,
+        SupervisorError as SupervisorError,
+        UnknownJobType as UnknownJobType,
+        WaitTimeout as WaitTimeout,
+    )
+    from supervisor.flow import SubmitOutcome as SubmitOutcome
+    from supervisor.handler import Failure as Failure, job as job
+    from supervisor.policy import Backoff as Backoff
+    from supervisor.records import Attempt as Attempt, Job as Job
+    from supervisor.shutdown import ShutdownManager as ShutdownManager, ShutdownReport as ShutdownReport
+    from supervisor.states import State as State

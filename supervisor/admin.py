@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from supervisor import keys
 from supervisor.errors import CorruptRecord, printable
-from supervisor.serving import serving_of
 from supervisor.records import Job, check_text, loads, parsed
+from supervisor.serving import serving_of
 from supervisor.states import FINISHED, State
 from supervisor.wire import redis_errors
 
@@ -51,11 +51,11 @@ async def schedule_rows(redis: aioredis.Redis, count: int = 3) -> list[dict[str,
     served, but no live instance has this schedule any more); only a firing schedule has `next`
     times. A schedule that no longer parses gets `next: []` and an `error`.
     """
-    from supervisor.schedule import ScheduleError, ScheduleSpec, next_fire_times  # noqa: PLC0415
     from supervisor.presence import list_workers  # noqa: PLC0415
+    from supervisor.schedule import ScheduleError, ScheduleSpec, next_fire_times  # noqa: PLC0415
     from supervisor.scheduler import SPECS_KEY, fired_key  # noqa: PLC0415
 
-    docs, corrupt = _schedule_docs(SPECS_KEY, await redis.hgetall(SPECS_KEY))
+    docs, corrupt = _schedule_docs(SPECS_KEY, cast(dict[str, str], await redis.hgetall(SPECS_KEY)))
     live = {sid for w in await list_workers(redis) if w.get("status") == "alive" for sid in w.get("schedules") or ()}
     served = {name: s.served for name, s in (await serving_of(redis, {d["job"] for d in docs})).items()}
     now_s, now_us = await redis.time()
@@ -205,6 +205,23 @@ def _ms(value: datetime | None) -> int | None:
     return int(at.timestamp() * 1000)
 
 
+async def _indexed_ids(broker: Broker, names: list[str], state: State | None, bad: list[CorruptRecord]) -> list[str]:
+    """The ids in the indexes of `names` (for `state`), each once; a forged member goes to `bad`."""
+    async with broker.redis.pipeline(transaction=False) as pipe:
+        for n in names:
+            for part in _index_parts(state):
+                pipe.zrange(keys.index_key(n, part), 0, -1)
+        indexed = await pipe.execute()
+    ids = []
+    for job_id in dict.fromkeys(i for group in indexed for i in group):
+        try:
+            keys.job_key(job_id)
+            ids.append(job_id)
+        except ValueError as exc:  # a forged index member
+            bad.append(CorruptRecord(job_id, f"an index holds {str(exc).replace(repr(job_id), 'it')}"))
+    return ids
+
+
 async def list_jobs(
     broker: Broker,
     *,
@@ -240,19 +257,8 @@ async def list_jobs(
     since_ms, until_ms = _ms(since), _ms(until)
     names = [name] if name else await broker.type_names()
     redis = broker.redis
-    async with redis.pipeline(transaction=False) as pipe:
-        for n in names:
-            for part in _index_parts(state):
-                pipe.zrange(keys.index_key(n, part), 0, -1)
-        indexed = await pipe.execute()
     bad = corrupt if corrupt is not None else []
-    ids = []
-    for job_id in dict.fromkeys(i for group in indexed for i in group):
-        try:
-            keys.job_key(job_id)
-            ids.append(job_id)
-        except ValueError as exc:  # a forged index member
-            bad.append(CorruptRecord(job_id, f"an index holds {str(exc).replace(repr(job_id), 'it')}"))
+    ids = await _indexed_ids(broker, names, state, bad)
     found: list[tuple[int, str]] = []
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start:start + _CHUNK]
@@ -560,7 +566,7 @@ async def health(redis: aioredis.Redis) -> dict[str, Any]:
 async def unserved_backlog(redis: aioredis.Redis) -> list[dict[str, Any]]:
     """Job types with jobs queued (pending, delayed, retrying or leased) that no live instance
     serves: those jobs wait until one does. One problem per type, with who served it last."""
-    names = sorted(await redis.smembers(keys.TYPES_KEY))
+    names = sorted(cast(set[str], await redis.smembers(keys.TYPES_KEY)))
     parts = ("ready", "sched", "active")
     async with redis.pipeline(transaction=False) as pipe:
         for name in names:

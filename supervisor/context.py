@@ -245,7 +245,7 @@ class RecordingSink:
     def heartbeat(self) -> None:
         self.heartbeats += 1
 
-    def enqueue(self, name: str, payload: Any, options: dict[str, Any], submit: bool) -> Any:
+    def enqueue(self, name: str, payload: Any, options: dict[str, Any], submit: bool) -> Any:  # noqa: ARG002  (sink API)
         from supervisor.client import JobRef  # noqa: PLC0415
 
         self.enqueued.append(EnqueuedChild(name, payload, options))

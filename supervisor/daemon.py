@@ -32,8 +32,7 @@ from runners.command import CommandRunner, CommandSpec
 from runners.inprocess import InProcessRunner
 from runners.pool import ProcessPoolRunner
 from supervisor import __version__
-from supervisor.api.server import SHUTDOWN_PRIORITY as API_PRIORITY
-from supervisor.api.server import RunningApi, start_in_daemon
+from supervisor.api.server import SHUTDOWN_PRIORITY as API_PRIORITY, RunningApi, start_in_daemon
 from supervisor.broker import Broker, connect, mask_url
 from supervisor.catalog import Catalog, build_catalog, rebuild_catalog
 from supervisor.client import Client
@@ -305,7 +304,7 @@ class Daemon:
                 self._apply_settings()
             try:
                 await self.reload(reason)
-            except Exception:  # noqa: BLE001 (a reload must never take the daemon down)
+            except Exception:  # a reload must never take the daemon down
                 log.exception("reload.failed", reason=reason)
             finally:
                 served = self.parts.catalog.current.served if self.parts is not None else {}
@@ -511,15 +510,19 @@ def _report_crash(task: asyncio.Task[Any]) -> None:
         log.error("task.crashed", task=task.get_name(), error=repr(task.exception()))
 
 
-def _ignore(change: Any, path: str) -> bool:
+def _ignore(change: Any, path: str) -> bool:  # noqa: ARG001  (watchfiles' filter signature)
     name = Path(path).name
     return not (name.startswith(".") or name.endswith(("~", ".swp", ".swx", ".tmp", ".pyc"))
                 or "__pycache__" in path)
 
 
+def _watched_dirs(settings: Settings) -> list[Path]:
+    return [Path(p) for p in (settings.jobs_dir, settings.tasks_dir) if Path(p).is_dir()]
+
+
 async def _watch_files(settings: Settings, reload_requested: asyncio.Event) -> None:
     """Hot reload: a change in jobs/ or tasks/ (debounced) asks the main loop for a reload."""
-    dirs = [Path(p) for p in (settings.jobs_dir, settings.tasks_dir) if Path(p).is_dir()]
+    dirs = _watched_dirs(settings)
     if not dirs:
         return
     # rust_timeout bounds how long a cancelled watcher takes to let go (SIGTERM waits for it).

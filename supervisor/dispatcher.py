@@ -29,9 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ConnectionError as RedisConnectionError, ResponseError, TimeoutError as RedisTimeoutError
 
 from runners.base import CancelSignal, Runner, RunRequest, RunResult, RunStatus, traceback_text
 from supervisor import keys
@@ -185,12 +183,14 @@ class Dispatcher:
                     self._halts.add(task)
                     task.add_done_callback(self._halts.discard)
         for name, served in wanted.items():
-            lane = self.lanes.get(name)
-            if lane is None:
+            known = self.lanes.get(name)
+            if known is None:
                 lane = self.lanes[name] = _Lane(served)
                 added.append(name)
-            elif lane.retired:
-                added.append(name)
+            else:
+                lane = known
+                if lane.retired:
+                    added.append(name)
             lane.served = served
             lane.retired = False
             if self.fetching and (lane.fetch is None or lane.fetch.done()):
@@ -422,7 +422,7 @@ class Dispatcher:
             lane.slot_freed.set()
             observer.ended(job.name, span, None, None, "abandoned")
             raise
-        except Exception as exc:  # noqa: BLE001 (a runner bug must fail the attempt, not the daemon)
+        except Exception as exc:  # a runner bug must fail the attempt, not the daemon
             log.exception("runner.error", job_id=job.id, job_name=job.name)
             result = RunResult(RunStatus.FAILED, error=f"runner error: {type(exc).__name__}: {exc}",
                                traceback=traceback_text(exc))

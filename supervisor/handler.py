@@ -151,7 +151,7 @@ class JobType:
             )
         try:
             hints = typing.get_type_hints(fn)
-        except Exception as exc:  # noqa: BLE001 (report any annotation problem as a load error)
+        except Exception as exc:  # report any annotation problem as a load error
             raise TypeError(f"cannot resolve annotations of {fn.__qualname__}: {exc}") from exc
         annotation = hints.get(params[0].name, inspect.Parameter.empty)
         return cls(

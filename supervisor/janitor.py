@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field
+from typing import cast
 
 import structlog
 
@@ -65,8 +66,8 @@ class Janitor:
         now_ms = now_s * 1000 + now_us // 1000
         for name in await self.broker.type_names():
             counts = report.by_type.setdefault(name, {"expired": 0, "trimmed": 0, "stale": 0})
-            due = await redis.zrangebyscore(keys.index_key(name, "deadline"), "-inf", now_ms,
-                                            start=0, num=self.batch)
+            due = cast(list[str], await redis.zrangebyscore(keys.index_key(name, "deadline"), "-inf", now_ms,
+                                                            start=0, num=self.batch))
             for job_id in due:
                 try:
                     result = await self.broker.expire(job_id)
@@ -82,10 +83,11 @@ class Janitor:
                 field_ = "dead_retention_ms" if state in PARKED else "retention_ms"
                 default = DEFAULT_DEAD_RETENTION_MS if state in PARKED else DEFAULT_RETENTION_MS
                 retention = _retention_ms(name, meta, field_, default)
-                old = await redis.zrangebyscore(idx, "-inf", now_ms - retention, start=0, num=self.batch)
+                old = cast(list[str], await redis.zrangebyscore(idx, "-inf", now_ms - retention, start=0,
+                                                                num=self.batch))
                 # Everything but the newest max_finished, in one command: janitors running at once
                 # agree on the set (a count read first and a range read later would over-trim).
-                beyond = await redis.zrange(idx, 0, -(self.max_finished + 1))
+                beyond = cast(list[str], await redis.zrange(idx, 0, -(self.max_finished + 1)))
                 if beyond:
                     old = list(dict.fromkeys(old + beyond[: self.batch]))
                 if old:
@@ -95,7 +97,7 @@ class Janitor:
                         pipe.zrem(idx, *old)
                         removed = (await pipe.execute())[-1]
                     counts["trimmed"] += int(removed)  # another janitor may have taken some
-                oldest = await redis.zrange(idx, 0, 99)
+                oldest = cast(list[str], await redis.zrange(idx, 0, 99))
                 if oldest:
                     async with redis.pipeline(transaction=False) as pipe:
                         for job_id in oldest:

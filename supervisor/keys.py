@@ -31,7 +31,7 @@ TAG_LEN = 6
 def tag_for(name: str) -> str:
     """The hash tag of a job type's queue. A name read from Redis that is not UTF-8 (another
     program's entry in the types registry, kept as lone surrogates) hashes as its bytes."""
-    return hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:TAG_LEN]
+    return hashlib.sha1(name.encode("utf-8", "surrogateescape"), usedforsecurity=False).hexdigest()[:TAG_LEN]
 
 
 def queue_prefix(name: str) -> str:

@@ -57,7 +57,7 @@ class LazyLogger:
     the client): importing structlog costs ~0.04 s of CPU (it loads rich's tracebacks).
     """
 
-    __slots__ = ("_name", "_logger")
+    __slots__ = ("_logger", "_name")
 
     def __init__(self, name: str) -> None:
         self._name = name

@@ -71,7 +71,7 @@ class Backoff:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
         if self.delays:
             return self.delays[min(attempt, len(self.delays)) - 1]
-        raw = min(self.max, self.base * 2 ** max(attempt - 1, 0))
+        raw: float = min(self.max, self.base * 2 ** max(attempt - 1, 0))
         return raw * random.uniform(0.5, 1.0) if self.jitter else raw  # noqa: S311 (not crypto)
 
     def describe(self) -> Any:
@@ -199,7 +199,7 @@ def _problems(exc: ValidationError, given: list[str]) -> list[str]:
 
 
 # Declared, not published: the schedule's details go out with the schedule, the schema on its own.
-_UNPUBLISHED = frozenset({"name", "schedule_payload", "timezone", "misfire", "payload_schema"})
+_UNPUBLISHED: set[str] = {"name", "schedule_payload", "timezone", "misfire", "payload_schema"}  # pydantic takes a set
 _POLICY_FIELDS = frozenset(TypePolicy.model_fields) - {"name"}
 
 

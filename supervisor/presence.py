@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from supervisor import keys, serving
 from supervisor.errors import CorruptRecord, printable
@@ -109,10 +109,11 @@ class Presence:
 async def list_workers(redis: aioredis.Redis) -> list[dict[str, Any]]:
     """Every instance not yet forgotten: live ones with their heartbeat, others as stale."""
     now = time.time()
-    entries = await redis.zrangebyscore(INSTANCES_KEY, "-inf", "+inf", withscores=True)
+    entries = cast(list[tuple[str, float]],
+                   await redis.zrangebyscore(INSTANCES_KEY, "-inf", "+inf", withscores=True))
     if not entries:
         return []
-    docs = await redis.mget([instance_key(i) for i, _ in entries])
+    docs = cast(list[str | None], await redis.mget([instance_key(i) for i, _ in entries]))
     out = []
     for (instance, seen), raw in zip(entries, docs, strict=True):
         doc = None

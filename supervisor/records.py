@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from supervisor.errors import CorruptRecord
 from supervisor.keys import tag_for
@@ -223,4 +223,4 @@ class Job:
                 return {k: conv(v) for k, v in value.items()}
             return value
 
-        return conv(asdict(self))
+        return cast(dict[str, Any], conv(asdict(self)))

@@ -18,7 +18,6 @@ from typing import Any
 from runners.stop import Escalation, ProcessTarget, stop_sync
 from supervisor.errors import EmbeddedRedisError
 
-
 #: Largest hash value Redis keeps in the compact encoding (see `RedisServer._argv`).
 HASH_MAX_VALUE = 1024
 
@@ -105,7 +104,7 @@ class RedisServer:
             argv += ["--port", str(self.port)]
         return argv
 
-    def start(self, timeout: float = 15.0) -> "RedisServer":
+    def start(self, timeout: float = 15.0) -> RedisServer:
         """Start the server and return once it answers PING (EmbeddedRedisError otherwise)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.unix_socket is None and self.port is None:
@@ -161,7 +160,7 @@ class RedisServer:
             if proc.stderr:
                 proc.stderr.close()
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *_exc: object) -> None:

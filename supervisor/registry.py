@@ -99,7 +99,7 @@ class _SourceLoader(importlib.abc.Loader):
             raise
         self._ran.add(src.stem)
 
-    def get_source(self, fullname: str) -> str:
+    def get_source(self, fullname: str) -> str:  # noqa: ARG002  (importlib's loader signature)
         return importlib.util.decode_source(self.source.data)
 
 
@@ -110,8 +110,9 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
         self.sources = dict(sources)
         self.ran: set[str] = set()
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None,
-                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(self, fullname: str, path: Sequence[str] | None,  # noqa: ARG002  (importlib's finder signature)
+                  target: types.ModuleType | None = None,  # noqa: ARG002  (same)
+                  ) -> importlib.machinery.ModuleSpec | None:
         package, _, stem = fullname.partition(".")
         source = self.sources.get(stem) if package == PACKAGE else None
         if source is None:

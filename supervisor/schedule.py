@@ -292,6 +292,7 @@ def _check_cron(value: Any) -> str:
             raise _Invalid(f"unknown alias {expr!r} (known: {', '.join(_ALIASES)})")
         return alias
     parts = expr.split(" ")
+    names: tuple[str, ...]
     if len(parts) == 5:
         names = _FIELDS_5
     elif len(parts) == 6:

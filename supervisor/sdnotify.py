@@ -130,9 +130,8 @@ class Notifier:
         for key, value in fields:
             if value is None:
                 continue
-            if isinstance(value, bool):
-                value = int(value)
-            lines.append(f"{key}={str(value).replace(chr(10), ' ')}")
+            text = str(int(value)) if isinstance(value, bool) else str(value)
+            lines.append(f"{key}={text.replace(chr(10), ' ')}")
         if not lines:
             return False
         return self._send("\n".join(lines))

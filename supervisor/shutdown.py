@@ -421,9 +421,9 @@ class ShutdownManager:
             # The stop cancelled itself; nobody cancelled our task.
             cancelled = entry(ResourceStatus.FAILED, "CancelledError: stop was cancelled")
             return self._failed(cancelled), False
-        exc = fut.exception()
-        if exc is not None:
-            return self._failed(entry(ResourceStatus.FAILED, _describe(exc))), False
+        error = fut.exception()
+        if error is not None:
+            return self._failed(entry(ResourceStatus.FAILED, _describe(error))), False
         done = entry(ResourceStatus.STOPPED)
         log.info("shutdown.resource.stopped", resource=res.id, duration_s=round(done.duration_s, 3))
         return done, False

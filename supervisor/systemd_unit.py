@@ -13,7 +13,6 @@ rather than carrying a second copy that could drift.
 from __future__ import annotations
 
 import os
-
 import re
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath

@@ -110,10 +110,11 @@ class Sidecar(TypePolicy):
             out: dict[str, Any] = {}
             for key, item in value.items():
                 if isinstance(item, bool):
-                    item = "true" if item else "false"
+                    out[key] = "true" if item else "false"
                 elif isinstance(item, int | float):
-                    item = str(item)
-                out[key] = item
+                    out[key] = str(item)
+                else:
+                    out[key] = item
             return out
         return value
 
@@ -462,9 +463,10 @@ def _expand(command: list[str], path: Path, python: str) -> list[str]:
     subs = {"{file}": str(path), "{dir}": str(path.parent), "{python}": python}
     out = []
     for arg in command:
+        expanded = arg
         for key, value in subs.items():
-            arg = arg.replace(key, value)
-        out.append(arg)
+            expanded = expanded.replace(key, value)
+        out.append(expanded)
     return out
 
 

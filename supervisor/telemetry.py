@@ -44,8 +44,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import context as otel_context, trace
 from opentelemetry.trace import (
     NonRecordingSpan,
     NoOpTracerProvider,
@@ -240,7 +239,7 @@ class Tracing:
             thread = threading.Thread(target=flush, name="telemetry-flush", daemon=True)
             thread.start()
             deadline = time.monotonic() + timeout_s
-            while thread.is_alive() and time.monotonic() < deadline:
+            while thread.is_alive() and time.monotonic() < deadline:  # noqa: ASYNC110  (a thread has no awaitable)
                 await asyncio.sleep(0.02)
             if thread.is_alive():
                 log.warning("telemetry.flush_timeout", timeout_s=timeout_s,

@@ -138,7 +138,7 @@ class Bench:
         """Remove every key of the bench types (and only those), keeping their published metadata."""
         assert self.r is not None
         if self.owns_redis:
-            metas = {n: self.r.hgetall(keys.meta_key(n)) for n in BENCH_TYPES + CANCEL_TYPES}
+            metas: dict[str, Any] = {n: self.r.hgetall(keys.meta_key(n)) for n in BENCH_TYPES + CANCEL_TYPES}
             self.r.flushall()
             if keep_meta:
                 for name, meta in metas.items():

@@ -179,7 +179,7 @@ def daemon(redis_url: str, jobs_dir: Path, tmp_path: Path) -> Iterator[Callable[
         })
         log_path = tmp_path / f"daemon{n}.log"
         with log_path.open("wb") as out:
-            proc = subprocess.Popen(  # noqa: S603
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "supervisor", "run", *(args or [])],
                 cwd=tmp_path, env=full_env, stdout=out, stderr=subprocess.STDOUT,
             )

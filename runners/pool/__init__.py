@@ -55,8 +55,8 @@ Design, and why:
   once, so a busy handler can still be cancelled and queued jobs handed back.
 """
 
-from runners.pool.runner import ProcessPoolRunner
 from runners.pool.child import worker_main
+from runners.pool.runner import ProcessPoolRunner
 from runners.pool.workers import default_start_method, describe_exit
 
 __all__ = ["ProcessPoolRunner", "default_start_method", "describe_exit", "worker_main"]

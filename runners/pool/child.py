@@ -30,8 +30,7 @@ import structlog
 from runners.base import RunResult
 from runners.invoke import bind_log_context, call, prepare
 from runners.pool.protocol import decode_reply, pack, pack_enqueue, unpack
-from supervisor import accepted
-from supervisor import log as log_setup
+from supervisor import accepted, log as log_setup
 from supervisor.context import Context
 from supervisor.errors import HandlerImportError
 from supervisor.handler import JobType

@@ -21,6 +21,7 @@ from multiprocessing.process import BaseProcess
 
 from runners.base import RunEvents, RunRequest, RunResult
 from runners.pool.pipe import Outbox, PipeEnd
+from runners.stop import Stopped
 
 
 class WorkerState(StrEnum):
@@ -90,7 +91,7 @@ class Worker(PipeEnd):
         self.replace_after_job = False  # retired while running: its replacement starts when the job ends
         self.types: list[str] = []
         self.timers: list[asyncio.TimerHandle] = []
-        self.stopping: asyncio.Future[None] | None = None  # its stop escalation, while one runs
+        self.stopping: asyncio.Future[Stopped] | None = None  # its stop escalation, while one runs
 
     @property
     def load(self) -> int:

@@ -6,7 +6,6 @@ is not counted, as `job-supervisor bench` times a drain from the daemon's READY)
 (needs `pip install "dramatiq[redis]==2.2.1"`; run it with that venv's python)
 """
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -32,7 +31,7 @@ r = redis.Redis.from_url(url)
 rates = []
 for _ in range(3):
     r.flushdb()
-    for i in range(n):
+    for _ in range(n):
         peer_dramatiq_actor.noop.send({"n": "x" * 90})
     worker = subprocess.Popen([sys.executable, "-m", "dramatiq", "peer_dramatiq_actor", "--processes", "2",
                                "--threads", "8"], cwd=here, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

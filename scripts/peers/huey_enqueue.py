@@ -3,19 +3,24 @@
     python huey_enqueue.py redis://127.0.0.1:6379/1 [N]
 (needs `pip install huey==3.5.4 "redis[hiredis]"`; run it with that venv's python)
 """
-import json, statistics, sys, time
+import json
+import statistics
+import sys
+import time
+
 from huey import RedisHuey
+
 url = sys.argv[1]
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
 huey = RedisHuey("peerbench", url=url)
 @huey.task()
-def noop(x):
+def noop(x):  # noqa: ARG001  (the task takes the payload and ignores it)
     return None
 rates = []
 for _ in range(3):
     huey.flush()
     t = time.perf_counter()
-    for i in range(n):
+    for _ in range(n):
         noop({"n": "x" * 90})
     rates.append(n / (time.perf_counter() - t))
 huey.flush()

@@ -23,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from importlib import resources
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis

@@ -97,13 +97,13 @@ async def serve(app: Any, host: str, port: int, shutdown_event: asyncio.Event, *
     """
     sock = sock or bind_socket(host, port)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", proxy_headers=False,
-                            server_header=False, timeout_graceful_shutdown=max(1, round(graceful_s)),
+                            server_header=False, timeout_graceful_shutdown=max(1, graceful_s),
                             timeout_keep_alive=5)
     server = _Server(config)
     api_state = getattr(getattr(app, "state", None), "api", None)
 
     async def watch() -> None:
-        while not server.started and not server.should_exit:
+        while not server.started and not server.should_exit:  # noqa: ASYNC110  (uvicorn offers no event)
             await asyncio.sleep(0.01)
         if started is not None and server.started:
             started.set()

@@ -90,7 +90,7 @@ def jobs_get(ctx: click.Context, job_id: str, as_json: bool) -> None:
     _show_job(read_model(redis_url(settings_of(ctx)), lambda redis: read_job(redis, job_id)), as_json)
 
 
-class _Since(click.ParamType):
+class _Since(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click; we support 8.1
     """`--since`: an age back from now (90s, 10m, 2h, 7d) or an ISO-8601 time (naive = UTC)."""
 
     name = "WHEN"

@@ -129,7 +129,7 @@ def test_shell_samples_run(page: Path) -> None:
 
 def _synopsis() -> list[tuple[list[str], set[str]]]:
     """The commands of docs/cli.md's synopsis: (command words, options named), alternatives expanded."""
-    lang, text, _line, _marked = next(b for b in _blocks(DOCS / "cli.md") if "job-supervisor run" in b[1])
+    _lang, text, _line, _marked = next(b for b in _blocks(DOCS / "cli.md") if "job-supervisor run" in b[1])
     entries: list[tuple[str, str]] = []
     for raw in text.splitlines():
         if raw.startswith("job-supervisor "):

@@ -139,7 +139,8 @@ def test_daemon_refuses_public_api_without_token(redis_url: str, tmp_path: Path)
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL"))}
-    env.update({"REDIS_URL": redis_url, "JOB_SUPERVISOR_API_ENABLED": "true", "JOB_SUPERVISOR_API_HOST": "0.0.0.0",
+    env.update({"REDIS_URL": redis_url, "JOB_SUPERVISOR_API_ENABLED": "true",
+                "JOB_SUPERVISOR_API_HOST": "0.0.0.0",  # noqa: S104  (the refusal of a public bind is the test)
                 "JOB_SUPERVISOR_JOBS_DIR": str(tmp_path), "JOB_SUPERVISOR_TASKS_DIR": str(tmp_path)})
     done = subprocess.run([sys.executable, "-m", "supervisor", "run"], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=60, check=False)

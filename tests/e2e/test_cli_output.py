@@ -52,7 +52,7 @@ def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProc
 
 def _tsv(text: str) -> list[dict[str, str]]:
     """Rows of the first TSV table in `text`, each line split on tabs into exactly the header's fields."""
-    block = text.split("\n\n")[0].strip("\n").split("\n")
+    block = text.split("\n\n", maxsplit=1)[0].strip("\n").split("\n")
     header = block[0].split("\t")
     rows = [line.split("\t") for line in block[1:]]
     assert all(len(r) == len(header) for r in rows), f"ragged TSV:\n{text}"

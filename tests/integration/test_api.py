@@ -10,9 +10,9 @@ import asyncio
 import base64
 import json
 import time
-from datetime import UTC, datetime, timedelta
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -465,10 +465,10 @@ async def test_shutdown_ends_open_streams(redis_url: str) -> None:
 
 async def test_start_in_daemon_serves_and_stops_with_the_shutdown_manager(redis_url: str) -> None:
     import signal
-    from supervisor.config import Settings
 
     from supervisor.api.server import SHUTDOWN_PRIORITY, start_in_daemon
     from supervisor.broker import connect
+    from supervisor.config import Settings
     from supervisor.errors import ConfigError
     from supervisor.shutdown import ShutdownManager
 
@@ -477,7 +477,7 @@ async def test_start_in_daemon_serves_and_stops_with_the_shutdown_manager(redis_
     try:
         assert await start_in_daemon(Settings(api_enabled=False), redis, shutdown) is None
         with pytest.raises(ConfigError, match="without a token"):
-            await start_in_daemon(Settings(api_enabled=True, api_host="0.0.0.0", api_port=0,
+            await start_in_daemon(Settings(api_enabled=True, api_host="0.0.0.0", api_port=0,  # noqa: S104  (tested)
                                                   api_token=None), redis, shutdown)
         sock = bind_socket("127.0.0.1", 0)  # a port in use is a ConfigError, not uvicorn's sys.exit
         with pytest.raises(ConfigError, match="cannot serve"):

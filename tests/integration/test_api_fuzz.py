@@ -9,8 +9,8 @@ Redis, seeded with a published type, jobs in several states and a schedule. Left
 
 from __future__ import annotations
 
-import os
 import asyncio
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass

@@ -46,7 +46,7 @@ MAX_IDLE_CPU_PERCENT = 10.0
 def run_bench(redis_url: str, cwd: Path) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL", "WORKERS_", "NOTIFY_SOCKET"))}
-    proc = subprocess.run(  # noqa: S603 (our own interpreter and module)
+    proc = subprocess.run(
         [sys.executable, "-m", "supervisor", "bench", "--quick", "--json", "--runtimes", "inprocess,process",
          "--workers", "2", "--redis-url", redis_url],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=110, check=False,

@@ -34,7 +34,7 @@ def test_bench_stopped_by_a_signal_stops_its_redis_and_daemons(sig: int, tmp_pat
     # Given a small bench on its own private Redis (no REDIS_URL), with its redis-server and a daemon up
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL", "WORKERS_", "NOTIFY_SOCKET"))}
-    bench = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+    bench = subprocess.Popen(
         [sys.executable, "-m", "supervisor", "bench", "--quick", "--runtimes", "inprocess", "--jobs", "200",
          "--only", "drain"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

@@ -86,7 +86,9 @@ async def test_handler_can_ask_for_retry_with_delay(redis_url: str, use_handlers
     assert gap >= 0.09
 
 
-async def test_invalid_payload_is_refused_at_enqueue(redis_url: str, use_handlers: Any, daemon: Any, redis: Any) -> None:
+async def test_invalid_payload_is_refused_at_enqueue(
+    redis_url: str, use_handlers: Any, daemon: Any, redis: Any
+) -> None:
     use_handlers("basic")
     daemon()
     async with Client(redis_url) as client:
@@ -146,7 +148,7 @@ async def test_deadline_expires_a_job_that_could_not_run(redis_url: str) -> None
     async with Client(redis_url, allow_unknown=True) as client:
         ref = await client.enqueue("t.echo", {"value": "late"}, deadline=0.2, delay=0.5)
         await asyncio.sleep(0.6)  # let both the delay and the deadline pass before a daemon exists
-    from supervisor.broker import Broker, connect  # noqa: PLC0415
+    from supervisor.broker import Broker, connect
 
     broker = Broker(connect(redis_url))
     batch = await broker.claim("t.echo", "test", 5, 1000, 5)
@@ -157,7 +159,7 @@ async def test_deadline_expires_a_job_that_could_not_run(redis_url: str) -> None
 
 
 async def test_cancel_pending_and_wrong_state(redis_url: str) -> None:
-    from supervisor import InvalidTransition  # noqa: PLC0415
+    from supervisor import InvalidTransition
 
     async with Client(redis_url, allow_unknown=True) as client:
         ref = await client.enqueue("t.echo", {}, delay=60)

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import await_until, wait_until
 from supervisor import Client, State
+from tests.conftest import await_until, wait_until
 
 DRAIN_TIMEOUT = 2.0
 #: The issue's bound is drain_timeout + 1 s; a little slack for a loaded CI machine's

@@ -198,7 +198,7 @@ def test_unknown_types_are_refused_or_listed_by_the_sync_client(r: syncredis.Red
     with SyncClient(redis_url) as client:
         # When it is queued without allow_unknown, twice
         for _ in range(2):
-            with pytest.raises(UnknownJobType, match="speed.nobody"):
+            with pytest.raises(UnknownJobType, match=r"speed.nobody"):
                 client.enqueue("speed.nobody", {})
         # Then nothing is queued; with allow_unknown it is, and the type is listed
         assert r.zcard(keys.index_key("speed.nobody", "ready")) == 0
@@ -224,11 +224,11 @@ async def test_an_unpublished_type_is_looked_up_once_per_five_seconds_not_per_jo
         # Then its metadata was read once, not once per job, and every job is queued
         assert _meta_reads(r) - before == 1
         # And without allow_unknown it is still refused from the cached answer
-        with pytest.raises(UnknownJobType, match="speed.unpublished"):
+        with pytest.raises(UnknownJobType, match=r"speed.unpublished"):
             sync.enqueue("speed.unpublished", {}, allow_unknown=False)
     async with Client(redis_url, allow_unknown=True) as client:
         refs = [await client.enqueue("speed.unpublished", {"i": i}) for i in range(20)]
-        with pytest.raises(UnknownJobType, match="speed.unpublished"):
+        with pytest.raises(UnknownJobType, match=r"speed.unpublished"):
             await client.enqueue("speed.unpublished", {}, allow_unknown=False)
     assert _meta_reads(r) - before == 2
     queued = r.zrange(keys.index_key("speed.unpublished", "ready"), 0, -1)
@@ -378,7 +378,7 @@ def test_sync_wire_reports_refused_credentials_and_selects_the_database(r: syncr
         wire, refused = SyncWire(good), SyncWire(bad)
         wire.call("SET", "where", "db2")
         # Then the refusal is Redis's own answer, not a later NOAUTH, and SELECT took effect
-        with pytest.raises(ResponseError, match="WRONGPASS|invalid"):
+        with pytest.raises(ResponseError, match=r"WRONGPASS|invalid"):
             refused.call("PING")
         wire.close()
         refused.close()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import collections
-import shutil
+import functools
+import itertools
 import signal
 import time
 from pathlib import Path
@@ -13,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import await_until
 from supervisor import Client, EnqueueRequest, JobRejected, State
+from tests.conftest import await_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +47,7 @@ async def test_four_instances_never_overlap_within_a_key(redis_url: str, use_han
         by_key[j.payload["tenant"]].append((j.result["started"], j.result["ended"]))
     for key, spans in by_key.items():
         spans.sort()
-        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(spans):
             assert start >= end, f"two jobs of key {key} overlapped"
     assert len({j.instance for j in jobs}) > 1
 

@@ -23,8 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import redis as syncredis
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from supervisor import keys
 from supervisor.client import SyncClient
@@ -235,7 +234,7 @@ def test_a_claimed_job_whose_record_is_corrupt_fails_permanently_and_is_named(se
     assert {c["key"] for c in listed["corrupt"]} == {keys.job_key(bad_payload.id), keys.job_key(bad_ctx.id)}
     assert {c["code"] for c in listed["corrupt"]} == {"record_corrupt"}
     assert {j["id"] for j in listed["jobs"]} >= {ref.id for ref in good}
-    cli = subprocess.run([sys.executable, "-m", "supervisor", "jobs", "get", bad_payload.id],  # noqa: S603
+    cli = subprocess.run([sys.executable, "-m", "supervisor", "jobs", "get", bad_payload.id],
                          env={**os.environ, "REDIS_URL": d.env["REDIS_URL"]}, capture_output=True, text=True,
                          timeout=60, check=False)
     assert cli.returncode == 1, cli.stderr

@@ -6,15 +6,14 @@ import asyncio
 import functools
 import json
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from supervisor import Client, State
 from tests.conftest import await_until
-from supervisor import Client, State, UnknownJobType
 
 V1 = '''
 from supervisor import job

@@ -25,7 +25,16 @@ from runners.base import RunResult, RunStatus
 from runners.pool import ProcessPoolRunner
 from tests.conftest import await_until
 from tests.integration.test_pool_runner import (
-    HANDLERS, ChildEnqueues, MakePool, Recorder, gone, pids_settle, pools, request, run)
+    HANDLERS,
+    ChildEnqueues,
+    MakePool,
+    Recorder,
+    gone,
+    pids_settle,
+    pools,
+    request,
+    run,
+)
 
 GATED = '''
 """Handlers that let a test decide when a job ends, and record when jobs start."""

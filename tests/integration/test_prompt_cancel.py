@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import await_until
 from supervisor import Client, State
+from tests.conftest import await_until
 
 #: Far below the 100 s heartbeat; covers the subprocess's 1 s grace and a slow CI machine.
 PROMPT_S = 6.0
@@ -54,7 +54,7 @@ async def test_cancel_of_a_running_job_ends_it_cancelled_at_once(
         took = time.monotonic() - asked
         job = await client.get(ref.id)
     assert job.error == "operator stop" and job.attempts[-1].outcome == "cancelled"
-    assert [e for e in d.events("run.cancel_requested") if e["job_id"] == ref.id][0]["via"] == "channel"
+    assert next(e for e in d.events("run.cancel_requested") if e["job_id"] == ref.id)["via"] == "channel"
     if name == "ignores-term":
         # the task ignored SIGTERM: its group got SIGKILL after the 1 s grace
         finished = [e for e in d.events("run.finished") if e["job_id"] == ref.id]

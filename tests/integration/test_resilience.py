@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import collections
+import functools
 import signal
 import time
 from pathlib import Path
@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import await_until
 from supervisor import Client, EnqueueRequest, State
 from supervisor.broker import Broker, connect
 from supervisor.redis_server import RedisServer, free_port
-
+from tests.conftest import await_until
 
 _until = functools.partial(await_until, timeout=20.0)  # a condition, with a deadline
 

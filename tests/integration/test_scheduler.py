@@ -89,7 +89,8 @@ async def test_invalid_schedule_is_reported_and_the_rest_runs(redis_url: str, us
     use_handlers("cron_bad", "basic")
     d = daemon()
     errors = {e["value"]: e for e in d.events("schedule.invalid")}
-    assert "61 * * * *" in errors and "cron" in errors["61 * * * *"]["error"] and "cron_bad.py" in errors["61 * * * *"]["path"]
+    assert "61 * * * *" in errors and "cron" in errors["61 * * * *"]["error"]
+    assert "cron_bad.py" in errors["61 * * * *"]["path"]
     assert "Mars/Olympus" in errors and errors["Mars/Olympus"]["field"] == "timezone"
     async with Client(redis_url) as client:
         job = await client.wait((await client.enqueue("t.bad-cron", {})).id, timeout=10)
@@ -97,7 +98,9 @@ async def test_invalid_schedule_is_reported_and_the_rest_runs(redis_url: str, us
     assert job.result == "served anyway" and echo.state is State.COMPLETED
 
 
-async def test_settings_schedule_and_schedules_command(redis_url: str, use_handlers: Any, daemon: Any, tmp_path: Any) -> None:
+async def test_settings_schedule_and_schedules_command(
+    redis_url: str, use_handlers: Any, daemon: Any, tmp_path: Any
+) -> None:
     use_handlers("basic", "cron")
     config = tmp_path / "settings.toml"
     config.write_text('[schedules.nightly-echo]\njob = "t.echo"\ncron = "0 3 * * *"\n'

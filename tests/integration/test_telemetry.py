@@ -10,19 +10,20 @@ by default, and scrape `metrics_port`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
-import signal
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -32,10 +33,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor import Client, SyncClient, telemetry
 from supervisor.app import run_daemon
-from supervisor.metrics import Metrics
 from supervisor.config import load_settings
 from supervisor.context import child_context
 from supervisor.errors import ConfigError
+from supervisor.metrics import Metrics
 from supervisor.states import State
 from supervisor.telemetry import Tracing
 from tests.conftest import await_until, memory_tracing
@@ -162,7 +163,8 @@ async def test_one_trace_from_request_through_three_runtimes(
         metrics_port=free_port(),  # gauges are refreshed only when something can scrape them
         schedules={"traced-tick": {"job": "t.traced-tick", "cron": "* * * * * *"}},
     )
-    before = {t: sample("job_supervisor_jobs_total", {"type": t, "outcome": "completed"}) for t in ("t.traced-echo", "t.traced-parent")}
+    before = {t: sample("job_supervisor_jobs_total", {"type": t, "outcome": "completed"})
+              for t in ("t.traced-echo", "t.traced-parent")}
     runs_before = sample("job_supervisor_job_run_seconds_count", {"type": "t.traced-echo"})
     daemon = asyncio.create_task(run_daemon(settings, tracing=tracing, metrics=metrics))
     try:
@@ -202,7 +204,7 @@ async def test_one_trace_from_request_through_three_runtimes(
     chain = [root, e1, p1, e2, p2, e3, p3]
     # One trace, each span the child of the one before: request -> enqueue -> process -> enqueue -> ...
     assert {s.context.trace_id for s in chain} == {root.context.trace_id}
-    for parent_span, child_span in zip(chain, chain[1:]):
+    for parent_span, child_span in itertools.pairwise(chain):
         assert child_span.parent is not None and child_span.parent.span_id == parent_span.context.span_id, \
             (child_span.name, parent_span.name)
     assert [s.kind for s in (e1, p1, e2, p2, e3, p3)] == [SpanKind.PRODUCER, SpanKind.CONSUMER] * 3
@@ -241,8 +243,10 @@ async def test_one_trace_from_request_through_three_runtimes(
                     and s.parent.span_id == tick.context.span_id]
     assert tick_enqueue
     # Metrics count what ran.
-    assert sample("job_supervisor_jobs_total", {"type": "t.traced-echo", "outcome": "completed"}) - before["t.traced-echo"] == 5
-    assert sample("job_supervisor_jobs_total", {"type": "t.traced-parent", "outcome": "completed"}) - before["t.traced-parent"] == 1
+    echo_total = sample("job_supervisor_jobs_total", {"type": "t.traced-echo", "outcome": "completed"})
+    parent_total = sample("job_supervisor_jobs_total", {"type": "t.traced-parent", "outcome": "completed"})
+    assert echo_total - before["t.traced-echo"] == 5
+    assert parent_total - before["t.traced-parent"] == 1
     assert sample("job_supervisor_job_run_seconds_count", {"type": "t.traced-echo"}) - runs_before == 5
     assert sample("job_supervisor_jobs_in_flight", {"type": "t.traced-echo"}) == 0
     assert sample("job_supervisor_scheduler_ticks_total", {"schedule": tick.attributes["job.schedule"]}) >= 1
@@ -254,7 +258,7 @@ async def test_one_trace_from_request_through_three_runtimes(
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()  # noqa: S310
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
@@ -281,18 +285,19 @@ async def test_logs_are_json_with_job_and_trace_ids_and_metrics_count_what_ran(
                                   timeout=30)
         # Scraped while jobs run: in flight, then counted.
         sleepers = await client.enqueue_many([("t.traced-sleep", {"seconds": 1.5}) for _ in range(3)])
-        await await_until(lambda: value(scrape(port), "job_supervisor_jobs_in_flight", type="t.traced-sleep") == 3, timeout=10,
-                          what="3 jobs in flight")
+        await await_until(lambda: value(scrape(port), "job_supervisor_jobs_in_flight", type="t.traced-sleep") == 3,
+                          timeout=10, what="3 jobs in flight")
         n = 7
         for ref in await client.enqueue_many([("t.traced-echo", {"i": i}) for i in range(n)]):
             assert (await client.wait(ref.id, timeout=30)).state is State.COMPLETED
         for ref in sleepers:
             await client.wait(ref.id, timeout=30)
         records = await client.list("t.traced-echo", State.COMPLETED, limit=100)
-        await await_until(lambda: value(scrape(port), "job_supervisor_queue_depth", type="t.traced-echo", state="completed") == n,
+        await await_until(lambda: value(scrape(port), "job_supervisor_queue_depth", type="t.traced-echo",
+                                        state="completed") == n,
                           timeout=10, what="job_supervisor_queue_depth")
         m = scrape(port)
-        exposition = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()  # noqa: S310
+        exposition = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     assert len(records) == n
     # Prometheus's own linter on what a scraper gets: names, prefixes, units, help texts.
     lint = subprocess.run([PROMTOOL, "check", "metrics"], input=exposition, capture_output=True, timeout=30,
@@ -372,9 +377,9 @@ async def test_console_exporter_writes_one_json_span_per_line(
 
 
 class _Collector(BaseHTTPRequestHandler):
-    received: list[tuple[str, str, bytes]] = []
+    received: ClassVar[list[tuple[str, str, bytes]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         type(self).received.append((self.path, self.headers.get("Content-Type", ""), body))
         self.send_response(200)

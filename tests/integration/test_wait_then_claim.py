@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+
 import redis.asyncio as aioredis
 
 from supervisor import Client, State, keys

@@ -11,14 +11,12 @@ from pathlib import Path
 import pytest
 import redis as syncredis
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ConnectionError as RedisConnectionError, ResponseError, TimeoutError as RedisTimeoutError
 
 from supervisor.broker import Broker, connect
 from supervisor.reads import SyncReads, run_blocking
-from supervisor.transport import RedisPyTransport
 from supervisor.redis_server import RedisServer
+from supervisor.transport import RedisPyTransport
 from supervisor.wire import AsyncWire, Script, SyncWire, WireParams, params_of
 
 
@@ -159,7 +157,7 @@ async def test_credentials_and_database_come_from_the_url(redis_url: str, redis:
         assert db3.get("where") == "db3"
         db3.close()
         bad = _wire(url.replace("s3cret", "wrong"))
-        with pytest.raises(ResponseError, match="WRONGPASS|invalid"):
+        with pytest.raises(ResponseError, match=r"WRONGPASS|invalid"):
             await bad.call("PING")
         await bad.close()
     finally:

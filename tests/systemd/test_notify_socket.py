@@ -19,6 +19,7 @@ Every wait has a deadline; nothing sleeps and hopes.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import signal
 import socket
 import struct
@@ -229,7 +230,7 @@ def test_watchdog_pings_at_least_every_watchdog_usec(notify: NotifySocket, notif
     # means SIGABRT; the daemon pings every WATCHDOG_USEC/2), starting right after READY=1
     times = _watchdog_times(notify)
     assert times[0] - ready.at < WATCHDOG_S, f"first WATCHDOG=1 {times[0] - ready.at:.3f}s after READY=1"
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) < WATCHDOG_S, f"WATCHDOG=1 gap of {max(gaps):.3f}s >= {WATCHDOG_S}s:\n{notify.dump()}"
     # ... and paced, not a flood
     assert min(gaps) > WATCHDOG_S / 4, f"WATCHDOG=1 gaps {gaps}"

@@ -84,7 +84,7 @@ def _cannot_boot() -> str | None:
     if not any(line.split()[-1:] == ["overlay"] for line in filesystems.splitlines()):
         return "the kernel has no overlay filesystem"
     install = Path(sys.prefix).resolve(), Path(__file__).resolve().parents[2]
-    if any(p == Path("/tmp") or Path("/tmp") in p.parents for p in install):
+    if any(p == Path("/tmp") or Path("/tmp") in p.parents for p in install):  # noqa: S108  (a check, not a use)
         # The sandbox's boot empties /tmp and the unit's PrivateTmp=yes hides it: an install
         # under /tmp cannot be what a systemd service runs. Clone the project elsewhere.
         return f"the checkout or its venv is under /tmp ({install[1]}), which the unit's PrivateTmp hides"
@@ -109,7 +109,7 @@ class Sandbox:
     def exec(self, *argv: str, env: dict[str, str] | None = None, check: bool = True,
              timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run argv inside the sandbox (all its namespaces, cwd /), with a clean environment."""
-        done = subprocess.run(  # noqa: S603 (our own script and argv)
+        done = subprocess.run(
             [str(SANDBOX_SH), "exec", str(self.pid), *argv], capture_output=True, text=True,
             env={**CLEAN_ENV, **(env or {})}, timeout=timeout, check=False,
         )
@@ -130,7 +130,7 @@ class Sandbox:
 
     def journal(self) -> str:
         try:
-            return subprocess.run(  # noqa: S603
+            return subprocess.run(
                 [str(SANDBOX_SH), "exec", str(self.pid), "journalctl", "--no-pager", "-o", "cat", "-u", UNIT_NAME],
                 capture_output=True, text=True, env=CLEAN_ENV, timeout=30, check=False,
             ).stdout
@@ -188,7 +188,7 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     out = tmp_path / "out"
     out.mkdir()
     t0 = time.monotonic()
-    started = subprocess.run(  # noqa: S603
+    started = subprocess.run(
         [str(SANDBOX_SH), "start", str(out)], capture_output=True, text=True, env=CLEAN_ENV, timeout=60, check=False,
     )
     boot_log = (out / "boot.log").read_text(errors="replace") if (out / "boot.log").exists() else ""
@@ -199,12 +199,12 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
         yield sb
     finally:
         (out / "journal.txt").write_text(sb.journal())  # kept with the test's tmp_path for post-mortems
-        stopped = subprocess.run(  # noqa: S603
+        stopped = subprocess.run(
             [str(SANDBOX_SH), "stop", str(sb.pid)], capture_output=True, text=True,
             env={**CLEAN_ENV, "SDNS_STOP_TIMEOUT": "30"}, timeout=60, check=False,
         )
         if stopped.returncode != 0:
-            subprocess.run([str(SANDBOX_SH), "kill", str(sb.pid)], capture_output=True,  # noqa: S603
+            subprocess.run([str(SANDBOX_SH), "kill", str(sb.pid)], capture_output=True,
                            env=CLEAN_ENV, timeout=30, check=False)
 
 

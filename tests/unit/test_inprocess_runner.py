@@ -509,7 +509,7 @@ def test_sync_cancel_event_is_set_from_another_thread(ask_first: bool) -> None:
 async def test_cancel_signal_calls_back_once() -> None:
     calls: list[str] = []
     errors: list[dict[str, Any]] = []
-    asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
     signal = CancelSignal()
 
     def fails() -> None:

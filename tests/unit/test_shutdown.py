@@ -89,7 +89,7 @@ async def test_sync_and_async_stop_callables() -> None:
     manager = ShutdownManager()
     manager.register("sync", sync_stop, priority=1)
     manager.register("async", recorder(calls, "async"), priority=2)
-    manager.register("lambda", lambda: recorder(calls, "lambda")(), priority=3)
+    manager.register("lambda", lambda: recorder(calls, "lambda")(), priority=3)  # noqa: PLW0108  (a lambda is the case)
 
     # When shutting down
     report = await manager.shutdown("test")

@@ -13,8 +13,8 @@ from supervisor.config import Settings
 from supervisor.dispatcher import ServedType
 from supervisor.flow import RateLimit
 from supervisor.handler import JobType
-from supervisor.policy import PublishedType, TypePolicy
 from supervisor.keys import job_key, new_job_id, queue_prefix, tag_from_id
+from supervisor.policy import PublishedType, TypePolicy
 from supervisor.scripts import SCRIPT_NAMES, script_source
 from supervisor.states import FINISHED, TERMINAL, TRANSITIONS, State, can_transition
 
