@@ -92,15 +92,17 @@ class RedisPyTransport:
         self._blocking = blocking or redis
 
     async def call(self, *cmd: Any) -> Any:
-        return await self.redis.execute_command(*cmd)
+        return await self.redis.execute_command(*cmd)  # type: ignore[no-untyped-call]
 
     async def _evalsha(self, script: Script, numkeys_keys_args: Sequence[Any]) -> Any:
         """EVALSHA, and on NOSCRIPT the script loaded and the call made again (the one place)."""
         try:
-            return await self.redis.execute_command("EVALSHA", script.sha, *numkeys_keys_args)
+            return await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", script.sha, *numkeys_keys_args)
         except redis_errors().NoScriptError:
             await self.redis.script_load(script.source)
-        return await self.redis.execute_command("EVALSHA", script.sha, *numkeys_keys_args)
+        return await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            "EVALSHA", script.sha, *numkeys_keys_args)
 
     async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return await self._evalsha(script, (len(keys), *keys, *args))

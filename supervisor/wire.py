@@ -166,7 +166,8 @@ class PackedCall:
 
 
 def _evalsha(script: Script, keys: Sequence[str], args: Sequence[Any]) -> bytes:
-    return hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+    packed: bytes = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+    return packed
 
 
 def _hello(params: WireParams) -> list[tuple[Any, ...]]:
@@ -353,7 +354,8 @@ class AsyncWire:
         the moment the wait ends, whatever ended it."""
         self._outlast(timeout_s)
         data = _evalsha(script, keys, args)
-        _, reply = await self._pipelined(hiredis.pack_command(("BZPOPMIN", key, timeout_s)) + data, 2)
+        wait: tuple[Any, ...] = ("BZPOPMIN", key, timeout_s)
+        _, reply = await self._pipelined(hiredis.pack_command(wait) + data, 2)
         if isinstance(reply, redis_errors().ResponseError):
             if not is_noscript(reply):
                 raise reply
