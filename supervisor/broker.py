@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from supervisor import keys
 from supervisor.errors import ConfigError, CorruptRecord, InvalidTransition, JobNotFound, RedisUnsafe, printable
@@ -227,15 +227,15 @@ class Broker:
     async def publish_type(self, name: str, meta: dict[str, str]) -> None:
         """Publish a type's schema and policy so producers can validate against it."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(keys.meta_key(name), mapping=meta)
+            pipe.hset(keys.meta_key(name), mapping=meta)  # type: ignore[arg-type]  # redis-py's key type is invariant
             pipe.sadd(keys.TYPES_KEY, name)
             await pipe.execute()
 
     async def type_meta(self, name: str) -> dict[str, str]:
-        return await self.redis.hgetall(keys.meta_key(name))
+        return cast(dict[str, str], await self.redis.hgetall(keys.meta_key(name)))
 
     async def type_names(self) -> list[str]:
-        return sorted(await self.redis.smembers(keys.TYPES_KEY))
+        return sorted(cast(set[str], await self.redis.smembers(keys.TYPES_KEY)))
 
     # --- transitions -----------------------------------------------------------------
 
@@ -315,22 +315,26 @@ class Broker:
 
     async def complete(self, name: str, items: Sequence[tuple[str, str, str, str]]) -> list[str]:
         """active -> completed for (id, lease, result JSON, progress JSON or '') items; 'ok' or 'fenced:<state>'."""
-        return await self._run("complete", name, [len(items), *_flat(items)])
+        outcomes: list[str] = await self._run("complete", name, [len(items), *_flat(items)])
+        return outcomes
 
     async def fail(
         self, name: str, max_deliver: int, items: Sequence[tuple[str, str, str, str, int, str, str]],
     ) -> list[str]:
         """active -> retry|failed|dead for (id, lease, mode, error, delay_ms, progress JSON or '', traceback
         or '') items."""
-        return await self._run("fail", name, [max_deliver, len(items), *_flat(items)])
+        outcomes: list[str] = await self._run("fail", name, [max_deliver, len(items), *_flat(items)])
+        return outcomes
 
     async def heartbeat(self, name: str, ack_wait_ms: int, items: Sequence[tuple[str, str, str]]) -> list[str]:
         """Extend leases for (id, lease, progress JSON or '') items; 'ok' | 'cancel' | 'lost' each."""
-        return await self._run("heartbeat", name, [ack_wait_ms, len(items), *_flat(items)])
+        outcomes: list[str] = await self._run("heartbeat", name, [ack_wait_ms, len(items), *_flat(items)])
+        return outcomes
 
     async def release(self, name: str, items: Sequence[tuple[str, str]]) -> list[str]:
         """active -> pending for (id, lease) items, without counting the delivery."""
-        return await self._run("release", name, [len(items), *_flat(items)])
+        outcomes: list[str] = await self._run("release", name, [len(items), *_flat(items)])
+        return outcomes
 
     async def cancel(self, job_id: str, reason: str = "cancelled", lease: str = "", *,
                      source: str = "client", by: str = "") -> str:
@@ -344,7 +348,7 @@ class Broker:
         return str(result)
 
     async def expire(self, job_id: str, lease: str = "") -> str:
-        result, state = await self._run_for_job("expire", job_id, [lease])
+        result, _state = await self._run_for_job("expire", job_id, [lease])
         if result == "gone":
             raise JobNotFound(job_id)
         return str(result)
@@ -384,7 +388,7 @@ class Broker:
         except ValueError:
             raise JobNotFound(job_id) from None
         try:
-            lines = await self.redis.lrange(key, -last, -1)
+            lines = cast(list[str], await self.redis.lrange(key, -last, -1))
         except redis_errors().ResponseError as exc:  # WRONGTYPE: something else wrote a non-list there
             raise CorruptRecord(key, str(exc)) from None
         return [printable(line) for line in lines]  # bytes that were not UTF-8, escaped
@@ -459,12 +463,12 @@ class Broker:
         ids: list[str] = []
         for st in states:
             if st in FINISHED:
-                ids += await self.redis.zrevrange(keys.index_key(name, f"st:{st.value}"), 0, limit - 1)
+                ids += cast(list[str], await self.redis.zrevrange(keys.index_key(name, f"st:{st.value}"), 0, limit - 1))
             elif st is State.ACTIVE:
-                ids += await self.redis.zrange(keys.index_key(name, "active"), 0, limit - 1)
+                ids += cast(list[str], await self.redis.zrange(keys.index_key(name, "active"), 0, limit - 1))
             else:  # pending and retry share the ready and scheduled sets; the record tells them apart
                 for part in ("ready", "sched"):
-                    ids += await self.redis.zrange(keys.index_key(name, part), 0, limit - 1)
+                    ids += cast(list[str], await self.redis.zrange(keys.index_key(name, part), 0, limit - 1))
         return ids
 
     async def counts(self, name: str) -> dict[str, int]:

@@ -12,12 +12,13 @@ through a transport (`supervisor.transport`).
 from __future__ import annotations
 
 import asyncio
+import builtins
 import secrets
 import threading
 import time
 from collections.abc import Coroutine, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from supervisor import keys
 from supervisor.broker import ENQUEUE, Broker, connect, enqueue_call, parse_enqueued
@@ -49,6 +50,8 @@ if TYPE_CHECKING:  # the daemon passes its Registry; a CLI command never loads h
 
 T = TypeVar("T")
 _log = LazyLogger(__name__)
+#: What XRANGE/XREAD give for one stream: (entry id, fields) pairs.
+_Entries = list[tuple[str, dict[str, str]]]
 
 
 def new_trace_context(request_id: str | None = None) -> dict[str, str]:
@@ -197,7 +200,7 @@ class Client:
         jobs.sort(key=lambda j: j.created or datetime.min.replace(tzinfo=UTC), reverse=True)
         return jobs[:limit]
 
-    async def logs(self, job_id: str, last: int = 1000) -> list[str]:
+    async def logs(self, job_id: str, last: int = 1000) -> builtins.list[str]:  # `list` is a method here
         """The job's output lines (a task's stdout/stderr), oldest first, capped at the last 1000."""
         return await self.broker.logs(job_id, last)
 
@@ -231,7 +234,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         stream = keys.events_key(name)
         try:
-            last = await self.broker.redis.xrevrange(stream, count=1)
+            last = cast(_Entries, await self.broker.redis.xrevrange(stream, count=1))
         except redis_errors().ResponseError as exc:  # WRONGTYPE: something else wrote a non-stream there
             raise CorruptRecord(stream, str(exc)) from None
         last_id = last[0][0] if last else "0-0"
@@ -244,7 +247,9 @@ class Client:
             left = 1.0 if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 raise WaitTimeout(f"job {job_id} is still {job.state} after {timeout:g}s")
-            rows = await self.broker.redis.xread({stream: last_id}, count=1000, block=max(int(min(left, 1.0) * 1000), 1))
+            block_ms = max(int(min(left, 1.0) * 1000), 1)
+            rows = cast(list[tuple[str, _Entries]],
+                        await self.broker.redis.xread({stream: last_id}, count=1000, block=block_ms))
             for _stream, entries in rows:
                 if entries:
                     last_id = entries[-1][0]
@@ -255,9 +260,9 @@ class SyncClient:
     """The blocking twin of `Client`, for code without an event loop (web views, scripts).
 
     Runs a private event loop in a daemon thread, started by the first call that needs it; safe
-    to share between threads. `enqueue` and `submit` skip that thread: they use a blocking connection of their own, which polls for
-    Redis's reply for up to `reply_spin_us` before it sleeps, when that slows nobody down
-    (see `supervisor.wire.SyncWire`; 0 turns it off).
+    to share between threads. `enqueue` and `submit` skip that thread: they use a blocking connection
+    of their own, which polls for Redis's reply for up to `reply_spin_us` before it sleeps, when that
+    slows nobody down (see `supervisor.wire.SyncWire`; 0 turns it off).
     """
 
     def __init__(self, redis: str, *, allow_unknown: bool = False,
@@ -350,7 +355,7 @@ class SyncClient:
     def wait(self, job_id: str, timeout: float | None = None, *, raise_on_failure: bool = False) -> Job:
         return self._call(self._async_client().wait(job_id, timeout, raise_on_failure=raise_on_failure))
 
-    def logs(self, job_id: str, last: int = 1000) -> list[str]:
+    def logs(self, job_id: str, last: int = 1000) -> builtins.list[str]:  # `list` is a method here
         return self._call(self._async_client().logs(job_id, last))
 
     def cancel(self, job_id: str, reason: str = "cancelled by request", *,

@@ -115,8 +115,18 @@ class _TypeInfo:
     """A view of a type's published policy for the enqueue paths: the fields they read per job,
     derived once per read of the metadata (`PublishedType.read`, at most every 5 s)."""
 
-    __slots__ = ("validator", "priority", "deadline_ms", "fetched", "key_concurrency", "queue", "plain",
-                 "serving", "served", "policy")
+    __slots__ = (
+        "deadline_ms",
+        "fetched",
+        "key_concurrency",
+        "plain",
+        "policy",
+        "priority",
+        "queue",
+        "served",
+        "serving",
+        "validator",
+    )
 
     def __init__(self, name: str, meta: dict[str, str], serving: Serving) -> None:
         published = PublishedType.read(name, meta)
@@ -143,7 +153,7 @@ class _TypeCache:
     absence of metadata (an enqueue with `allow_unknown` of a type no daemon published yet).
     So a type whose last instance stopped serving it is refused at most 5 s later."""
 
-    __slots__ = ("_types", "_listed", "_absent")
+    __slots__ = ("_absent", "_listed", "_types")
 
     def __init__(self) -> None:
         self._types: dict[str, _TypeInfo] = {}
@@ -211,7 +221,7 @@ class Pipeline:
         registry: the daemon's own registry: its types validate locally, never from Redis.
     """
 
-    __slots__ = ("tracing", "allow_unknown", "registry", "_types")
+    __slots__ = ("_types", "allow_unknown", "registry", "tracing")
 
     def __init__(self, tracing: Tracing, allow_unknown: bool, registry: Registry | None = None) -> None:
         self.tracing, self.allow_unknown, self.registry = tracing, allow_unknown, registry

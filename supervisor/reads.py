@@ -42,7 +42,8 @@ class SyncReads:
         self.wire = SyncWire(params, spin_us=0)  # a handful of reads: no CPU spent polling
 
     async def ping(self) -> bool:
-        return self.wire.call("PING") == "PONG"
+        pong: bool = self.wire.call("PING") == "PONG"
+        return pong
 
     async def hgetall(self, key: str) -> dict[str, str]:
         flat = self.wire.call("HGETALL", key)
@@ -67,7 +68,7 @@ class SyncReads:
     def register_script(self, source: str) -> _Script:
         return _Script(self.wire, Script(source))
 
-    def pipeline(self, transaction: bool = False) -> _Pipeline:
+    def pipeline(self, transaction: bool = False) -> _Pipeline:  # noqa: ARG002  (redis-py's signature)
         return _Pipeline(self)
 
     async def aclose(self) -> None:

@@ -19,9 +19,9 @@ Both speak redis:// and unix:// with AUTH and SELECT taken from the redis-py cli
 are built from (`params_of`) or from the URL itself (`WireParams.from_url`, so a quick CLI
 command never imports redis-py); for rediss:// (TLS) both return None and the caller keeps
 using redis-py. A script is called by SHA and loaded on NOSCRIPT (`_reload`, the one place
-each wire handles it), which is safe to repeat: NOSCRIPT means it did not run. Errors are redis-py's exception types, so callers
-handle one family: `ConnectionError` when the link drops (every call in flight fails; the
-next call reconnects), `TimeoutError` when Redis does not answer within `timeout_s`
+each wire handles it), which is safe to repeat: NOSCRIPT means it did not run. Errors are
+redis-py's exception types, so callers handle one family: `ConnectionError` when the link drops
+(every call in flight fails; the next call reconnects), `TimeoutError` when Redis does not answer within `timeout_s`
 (the connection is dropped: a late reply must never be read as another call's), and
 `ResponseError` for an error reply.
 """
@@ -131,11 +131,11 @@ def params_of(client: Any, timeout_s: float = 30.0) -> WireParams | None:
 class Script:
     """A Lua script called by SHA (loaded on first NOSCRIPT)."""
 
-    __slots__ = ("source", "sha")
+    __slots__ = ("sha", "source")
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()  # Redis's script id
 
 
 class PackedCall:
@@ -180,7 +180,8 @@ def _hello(params: WireParams) -> list[tuple[Any, ...]]:
 
 
 def _error(reply: hiredis.ReplyError) -> ResponseError:
-    return redis_errors().ResponseError(str(reply))
+    error: ResponseError = redis_errors().ResponseError(str(reply))
+    return error
 
 
 def _raised(reply: Any) -> Any:
@@ -529,7 +530,7 @@ class SyncWire:
                 got = sock.recv_into(buf)
                 if not got:
                     raise OSError("Redis closed the connection")
-                reader.feed(buf, 0, got)
+                reader.feed(buf, 0, got)  # type: ignore[arg-type]  # hiredis reads any buffer; its stub says bytes
                 reply = reader.gets()
             return reply
         except BlockingIOError:  # the kernel's SO_RCVTIMEO / SO_SNDTIMEO ran out
@@ -562,7 +563,7 @@ class SyncWire:
                 return False
             if not got:
                 raise OSError("Redis closed the connection")
-            reader.feed(buf, 0, got)
+            reader.feed(buf, 0, got)  # type: ignore[arg-type]  # hiredis reads any buffer; its stub says bytes
             reply = reader.gets()
             if reply is not False:
                 self._misses = 0
