@@ -226,7 +226,7 @@ class _Watch:
 
     def _time_out(self) -> None:
         self.ended_by = "timeout"
-        self._ctx._set_cancelled()  # noqa: SLF001
+        self._ctx._set_cancelled()  # noqa: SLF001  (the runtime owns the Context)
         self._stop_task()
 
     def _stop_task(self) -> None:

@@ -480,7 +480,7 @@ class Dispatcher:
         try:
             await self.broker.expire(f.job.id, lease=f.job.lease)
             f.outcome = "expired"
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001  (logged; the janitor expires it later)
             log.warning("expire.failed", job_id=f.job.id, error=str(exc))
 
     # --- settling --------------------------------------------------------------------

@@ -49,7 +49,7 @@ class Janitor:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s * random.uniform(0.8, 1.2))  # noqa: S311
+            await asyncio.sleep(self.interval_s * random.uniform(0.8, 1.2))  # noqa: S311  (jitter, not crypto)
             try:
                 report = await self.sweep()
             except (ConnectionError, OSError, Exception) as exc:  # noqa: BLE001 (Redis down: next sweep)

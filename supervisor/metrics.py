@@ -161,7 +161,7 @@ class Metrics:
             try:
                 server.shutdown()
                 server.server_close()
-            except Exception:  # noqa: BLE001,S110
+            except Exception:  # noqa: BLE001,S110  (best effort at stop)
                 pass
 
     def unregister(self) -> None:

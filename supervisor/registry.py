@@ -90,7 +90,7 @@ class _SourceLoader(importlib.abc.Loader):
         before = linecache.cache.get(src.path)
         linecache.cache[src.path] = (len(text), None, text.splitlines(True), src.path)
         try:
-            exec(compile(src.data, src.path, "exec", dont_inherit=True), module.__dict__)  # noqa: S102
+            exec(compile(src.data, src.path, "exec", dont_inherit=True), module.__dict__)  # noqa: S102  (loading handlers)
         except BaseException:
             if before is None:  # the last good text's lines stay in tracebacks
                 linecache.cache.pop(src.path, None)

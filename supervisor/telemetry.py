@@ -233,7 +233,7 @@ class Tracing:
                     provider.force_flush()
                     if owned:
                         provider.shutdown()
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001  (an exporter's failure is logged, not raised)
                     log.warning("telemetry.flush_failed", error=str(exc))
 
             thread = threading.Thread(target=flush, name="telemetry-flush", daemon=True)

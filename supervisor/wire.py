@@ -223,7 +223,7 @@ class _Protocol(asyncio.Protocol):
                 fut.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.wire._lost(self, exc)  # noqa: SLF001
+        self.wire._lost(self, exc)  # noqa: SLF001  (the wire's own protocol)
 
 
 class AsyncWire:

@@ -45,7 +45,7 @@ def machine_info() -> dict[str, Any]:
     try:
         from redis.utils import HIREDIS_AVAILABLE  # noqa: PLC0415
     except ImportError:  # pragma: no cover
-        HIREDIS_AVAILABLE = False  # noqa: N806
+        HIREDIS_AVAILABLE = False  # noqa: N806  (redis-py's name)
     return {
         "cpus": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

@@ -232,7 +232,7 @@ class _Child:
         jt, ctx = job
         ctx._cancel.set()  # noqa: SLF001 (the runner owns the context)
         if jt.is_async:
-            self.loop.call_soon_threadsafe(ctx._set_cancelled)  # noqa: SLF001
+            self.loop.call_soon_threadsafe(ctx._set_cancelled)  # noqa: SLF001  (the runtime owns the Context)
 
     # --- jobs ------------------------------------------------------------------------------
 
@@ -250,7 +250,7 @@ class _Child:
             self._current = (jt, ctx)
             cancelled_early = self._cancel_early
         if cancelled_early:
-            ctx._set_cancelled()  # noqa: SLF001
+            ctx._set_cancelled()  # noqa: SLF001  (same)
         # Each job runs in its own copy of the context: what it binds vanishes with it.
         return self._result(job_id, contextvars.copy_context().run(self._call, jt, ctx))
 

@@ -25,7 +25,7 @@ module.write_text(
     f"dramatiq.set_broker(RedisBroker(url={url!r}))\n"
     "@dramatiq.actor(max_retries=0)\ndef noop(x):\n    return None\n")
 sys.path.insert(0, str(here))
-import peer_dramatiq_actor  # noqa: E402
+import peer_dramatiq_actor  # noqa: E402  (written just above)
 
 r = redis.Redis.from_url(url)
 rates = []

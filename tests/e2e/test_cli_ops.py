@@ -96,7 +96,7 @@ def test_events_follows_the_live_stream(redis_url: str, use_handlers: Any, daemo
 
 
 def test_api_refuses_a_public_address_without_a_token(redis_url: str, tmp_path: Path) -> None:
-    refused = _cli("api", "--host", "0.0.0.0", env=_env(REDIS_URL=redis_url), cwd=tmp_path)  # noqa: S104
+    refused = _cli("api", "--host", "0.0.0.0", env=_env(REDIS_URL=redis_url), cwd=tmp_path)  # noqa: S104  (refused: the test)
     assert refused.returncode == 78, refused.stderr
     assert "without a token" in refused.stderr and "JOB_SUPERVISOR_API_TOKEN" in refused.stderr
 
