@@ -2,7 +2,7 @@
 
 A Run is one attempt of a Job on a Runner. The dispatcher hands a runner a
 `RunRequest` and a `RunEvents` sink, and gets back a `RunResult`; a runner
-never touches Redis and never imports the daemon (`supervisor.daemon`). Cancellation reaches
+never touches Redis and never imports the daemon (`supervisor.daemon.daemon`). Cancellation reaches
 the run through an `asyncio.Event` (cooperative first; runners that own a
 process signal it after `grace_s`); the dispatcher hands them a `CancelSignal`,
 which runners may also watch through a callback instead of a waiting task.
@@ -142,7 +142,7 @@ class Runner(Protocol):
     - `async start() -> None`: called once, before the first job of a type that runs on this
       runner (the pool starts its workers then, ~0.5 s: only when a type needs them);
     - `accept(manifest: Path | None) -> None`: the handler sources accepted at a (re)load
-      (`supervisor.accepted`); the pool recycles its workers between jobs when they changed;
+      (`supervisor.daemon.accepted`); the pool recycles its workers between jobs when they changed;
     - `workers_info() -> list[dict[str, Any]]`: one entry per worker process of the runner
       (`pid`, `rss_bytes`, ...), for presence and the `worker_rss_bytes` gauge.
     """

@@ -3,7 +3,7 @@
 Runs the Python job types with `runtime="subprocess"`.
 
 With MANIFEST (the daemon passes one), the handlers are imported from
-the sources the daemon accepted (`supervisor.accepted`), not from the files of
+the sources the daemon accepted (`supervisor.daemon.accepted`), not from the files of
 JOBS_DIR as they are now: a broken edit leaves the last good version running.
 
 The call itself is `runners.invoke`'s, as in every Python runtime; this
@@ -30,9 +30,9 @@ from typing import Any
 
 from runners.base import RunResult, RunStatus
 from runners.invoke import call, prepare
-from supervisor import accepted
+from supervisor.daemon import accepted
+from supervisor.daemon.registry import load_jobs
 from supervisor.errors import HandlerImportError
-from supervisor.registry import load_jobs
 
 EXIT = {RunStatus.COMPLETED: 0, RunStatus.PERMANENT: 65, RunStatus.RETRY: 75}
 

@@ -14,16 +14,17 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Client": "client", "EnqueueRequest": "client", "JobRef": "client", "SyncClient": "client",
+    "Client": "producers.client", "EnqueueRequest": "producers.client", "JobRef": "producers.client",
+    "SyncClient": "producers.client",
     "Context": "context",
     "InvalidPayload": "errors", "InvalidTransition": "errors", "JobFailed": "errors", "JobNotFound": "errors",
     "JobRejected": "errors", "PermanentError": "errors", "Retry": "errors", "SupervisorError": "errors",
     "UnknownJobType": "errors", "WaitTimeout": "errors",
     "SubmitOutcome": "flow",
     "Backoff": "policy", "Failure": "handler", "job": "handler",
-    "Attempt": "records", "Job": "records",
-    "ShutdownManager": "shutdown", "ShutdownReport": "shutdown",
-    "State": "states",
+    "Attempt": "engine.records", "Job": "engine.records",
+    "ShutdownManager": "daemon.shutdown", "ShutdownReport": "daemon.shutdown",
+    "State": "engine.states",
 }
 
 __all__ = sorted(_EXPORTS)  # noqa: PLE0605  (computed from _EXPORTS, the one list of the API)
@@ -43,13 +44,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly (`X as X`: re-exported)
-    from supervisor.client import (
-        Client as Client,
-        EnqueueRequest as EnqueueRequest,
-        JobRef as JobRef,
-        SyncClient as SyncClient,
-    )
     from supervisor.context import Context as Context
+    from supervisor.daemon.shutdown import ShutdownManager as ShutdownManager, ShutdownReport as ShutdownReport
+    from supervisor.engine.records import Attempt as Attempt, Job as Job
+    from supervisor.engine.states import State as State
     from supervisor.errors import (
         InvalidPayload as InvalidPayload,
         InvalidTransition as InvalidTransition,
@@ -65,6 +63,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from supervisor.flow import SubmitOutcome as SubmitOutcome
     from supervisor.handler import Failure as Failure, job as job
     from supervisor.policy import Backoff as Backoff
-    from supervisor.records import Attempt as Attempt, Job as Job
-    from supervisor.shutdown import ShutdownManager as ShutdownManager, ShutdownReport as ShutdownReport
-    from supervisor.states import State as State
+    from supervisor.producers.client import (
+        Client as Client,
+        EnqueueRequest as EnqueueRequest,
+        JobRef as JobRef,
+        SyncClient as SyncClient,
+    )

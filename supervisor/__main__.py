@@ -1,5 +1,5 @@
 """`python -m supervisor` = the `job-supervisor` command."""
 
-from supervisor.cli import main
+from supervisor.operators.cli import main
 
 main()

@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: console on a TTY, JSON lines otherwise (journald).")
-    # --- observability (supervisor.telemetry) ---
+    # --- observability (supervisor.observability.telemetry) ---
     otel_exporter: Literal["none", "console", "otlp"] = Field(
         "none", description="Trace exporter: none (no-op tracer, no cost), console (one JSON span per line "
                             "on stderr) or otlp (OTLP/HTTP; needs the `otlp` extra).")
@@ -141,7 +141,7 @@ class Settings(BaseSettings):
         """The `[schedules.NAME]` entries as ScheduleSpecs (ConfigError naming the bad one)."""
         if not self.schedules:
             return []  # and croniter stays unloaded: every CLI command loads the settings
-        from supervisor.schedule import ScheduleError, ScheduleSpec  # noqa: PLC0415
+        from supervisor.daemon.schedule import ScheduleError, ScheduleSpec  # noqa: PLC0415
 
         specs = []
         for name, entry in self.schedules.items():
@@ -163,7 +163,7 @@ class Settings(BaseSettings):
 
     def masked(self) -> dict[str, Any]:
         """Every setting as JSON-ready values, secrets replaced by ***."""
-        from supervisor.broker import mask_url  # noqa: PLC0415 (avoid a cycle at import)
+        from supervisor.engine.broker import mask_url  # noqa: PLC0415 (avoid a cycle at import)
 
         out: dict[str, Any] = {}
         for name in type(self).model_fields:

@@ -46,7 +46,7 @@ def child_context(parent: dict[str, str], parent_job: str) -> dict[str, str]:
 
     `traceparent` is the running attempt's own: the dispatcher sets the run's context to
     its process span, so the child's enqueue span (and with it the child) hangs under it.
-    The client gives the child its own span id at enqueue (see `supervisor.telemetry`).
+    The client gives the child its own span id at enqueue (see `supervisor.observability.telemetry`).
     """
     trace_id = parent.get("trace_id") or secrets.token_hex(16)
     traceparent = parent.get("traceparent") or ""
@@ -246,7 +246,7 @@ class RecordingSink:
         self.heartbeats += 1
 
     def enqueue(self, name: str, payload: Any, options: dict[str, Any], submit: bool) -> Any:  # noqa: ARG002  (sink API)
-        from supervisor.client import JobRef  # noqa: PLC0415
+        from supervisor.producers.client import JobRef  # noqa: PLC0415
 
         self.enqueued.append(EnqueuedChild(name, payload, options))
         ref = JobRef(id=f"test-{len(self.enqueued)}", name=name, existing=False)

@@ -1,7 +1,7 @@
 """The `@job` decorator and `JobType`, a job type's handler, payload model and policy.
 
 `@job` only attaches metadata to the function; nothing is registered
-globally. The loader (`supervisor.registry`) finds decorated functions in
+globally. The loader (`supervisor.daemon.registry`) finds decorated functions in
 the files of `jobs/` and builds a `JobType` for each.
 """
 

@@ -35,7 +35,7 @@ settings) it starts a private `redis-server` with `appendonly yes`, `appendfsync
 like the daemon's embedded mode.
 
 Outside the product packages (`supervisor`, `runners`): it uses their public API and runs
-daemons as subprocesses. `supervisor/cli/bench.py` (the command's options) imports it only
+daemons as subprocesses. `supervisor/operators/cli/bench.py` (the command's options) imports it only
 when `bench` runs. The modules: `options` (what it can be told, its job types), `harness`
 (the Redis, client and daemons every measurement stands on, one drain timed), `daemon` (a
 daemon under test), `sections` (one function per measurement), `run` (one whole run),

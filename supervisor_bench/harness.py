@@ -20,7 +20,7 @@ import psutil
 import redis as syncredis
 
 from runners.stop import Escalation, ProcessTarget, stop_sync
-from supervisor import keys
+from supervisor.engine import keys
 from supervisor_bench.daemon import Daemon, ResourceSampler
 from supervisor_bench.figures import cpu_delta, cpu_snapshot, payload_of
 from supervisor_bench.handlers import write_handlers
@@ -66,7 +66,7 @@ class Bench:
 
     def setup(self) -> None:
         if self.owns_redis:
-            from supervisor.redis_server import RedisServer  # noqa: PLC0415
+            from supervisor.daemon.redis_server import RedisServer  # noqa: PLC0415
 
             sock = self.root / "redis.sock" if self.o.unix_socket else None
             self.server = RedisServer(self.root / "redis", unix_socket=sock, appendonly=True,
@@ -77,7 +77,7 @@ class Bench:
         self.r.ping()
         if not self.owns_redis:
             self._check_shared_redis()
-        from supervisor.client import Client  # noqa: PLC0415
+        from supervisor.producers.client import Client  # noqa: PLC0415
 
         self.client = self.on_loop(self._make_client(Client))
         write_handlers(self.root, self.o)
@@ -209,7 +209,7 @@ class Bench:
 
     def enqueue_bulk(self, name: str, n: int, chunk: int = 1000) -> float:
         """Queue `n` no-op jobs with `enqueue_many` in chunks; returns the seconds it took."""
-        from supervisor.client import EnqueueRequest  # noqa: PLC0415
+        from supervisor.producers.client import EnqueueRequest  # noqa: PLC0415
 
         async def go() -> float:
             payload = self.payload
@@ -236,7 +236,7 @@ class Bench:
 
     def enqueue_one_by_one_sync(self, name: str, n: int) -> float:
         """`SyncClient.enqueue` in a loop (what a web view or script does)."""
-        from supervisor.client import SyncClient  # noqa: PLC0415
+        from supervisor.producers.client import SyncClient  # noqa: PLC0415
 
         with SyncClient(self.url, allow_unknown=True) as client:  # no daemon serves the type meanwhile
             payload = self.payload

@@ -25,8 +25,8 @@ import pytest
 import redis as syncredis
 import redis.asyncio as aioredis
 
-from supervisor.broker import Broker, connect
-from supervisor.redis_server import RedisServer
+from supervisor.daemon.redis_server import RedisServer
+from supervisor.engine.broker import Broker, connect
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDLERS = Path(__file__).parent / "handlers"
@@ -200,7 +200,7 @@ def memory_tracing(exporter: Any) -> Any:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    from supervisor.telemetry import Tracing
+    from supervisor.observability.telemetry import Tracing
 
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))

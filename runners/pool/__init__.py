@@ -16,7 +16,7 @@ Design, and why:
   pydantic, structlog, the `supervisor` package), so replacing a crashed worker
   takes a few milliseconds instead of a fresh interpreter's ~0.4 s. Handler files
   are *not* preloaded: every worker loads them itself, from the sources the
-  daemon accepted (`accept(manifest)`, see `supervisor.accepted`), never from
+  daemon accepted (`accept(manifest)`, see `supervisor.daemon.accepted`), never from
   the folder as it is now: after a broken edit, workers keep serving the last
   good version, and a new accepted version recycles them between jobs.
   As with any non-fork start method, a `__main__` script must guard its entry point with

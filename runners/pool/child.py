@@ -30,12 +30,13 @@ import structlog
 from runners.base import RunResult
 from runners.invoke import bind_log_context, call, prepare
 from runners.pool.protocol import decode_reply, pack, pack_enqueue, unpack
-from supervisor import accepted, log as log_setup
 from supervisor.context import Context
+from supervisor.daemon import accepted
+from supervisor.daemon.registry import Registry, load_jobs
 from supervisor.errors import HandlerImportError
 from supervisor.handler import JobType
-from supervisor.registry import Registry, load_jobs
-from supervisor.telemetry import Tracing
+from supervisor.observability import log as log_setup
+from supervisor.observability.telemetry import Tracing
 
 
 def worker_main(conn: Connection, jobs_dir: str, options: dict[str, Any]) -> None:

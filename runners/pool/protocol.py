@@ -27,8 +27,8 @@ import structlog
 from pydantic import BaseModel
 
 import supervisor.errors
-from supervisor.client import JobRef
 from supervisor.errors import SupervisorError
+from supervisor.producers.client import JobRef
 
 log = structlog.get_logger(__name__)
 

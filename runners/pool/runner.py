@@ -50,8 +50,8 @@ class ProcessPoolRunner:
     other workers.
 
     Args:
-        jobs_dir: the handler folder every worker loads (`supervisor.registry.load_jobs`).
-        manifest: the handler sources the daemon accepted (`supervisor.accepted`), which
+        jobs_dir: the handler folder every worker loads (`supervisor.daemon.registry.load_jobs`).
+        manifest: the handler sources the daemon accepted (`supervisor.daemon.accepted`), which
             workers import instead of the folder's files (None: the files as they are).
         workers: pool size (settings.workers_concurrency): at most this many runs at once.
         queue_depth: jobs a worker may hold queued ahead of the one it runs (0: none, a

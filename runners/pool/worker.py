@@ -4,7 +4,7 @@ A worker is `starting` until it has loaded its handlers, `ready` while it takes
 jobs, `retiring` once it was taken out of service (it finishes its job and
 exits, or was signalled) and `dead` once its process was reaped. Every change
 goes through `Worker.transition`, which refuses one the table does not allow,
-as job states do (`supervisor.states`).
+as job states do (`supervisor.engine.states`).
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 import pytest
 from playwright.async_api import Dialog, Response, async_playwright
 
-from supervisor.api.app import create_app
-from supervisor.api.server import bind_socket, serve
+from supervisor.operators.api.app import create_app
+from supervisor.operators.api.server import bind_socket, serve
 
 TOKEN = "docs-token"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

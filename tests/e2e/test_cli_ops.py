@@ -14,11 +14,11 @@ from typing import Any
 
 import httpx
 
-from supervisor.client import SyncClient
+from supervisor.producers.client import SyncClient
 from tests.conftest import wait_until
 
-# `supervisor/cli/__init__.py` adds these commands (supervisor.cli.ops) to `main`.
-CLI = [sys.executable, "-c", "from supervisor.cli import main; main(prog_name='job-supervisor')"]
+# `supervisor/operators/cli/__init__.py` adds these commands (supervisor.operators.cli.ops) to `main`.
+CLI = [sys.executable, "-c", "from supervisor.operators.cli import main; main(prog_name='job-supervisor')"]
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
-from supervisor.cli import main
-from supervisor.client import SyncClient
+from supervisor.operators.cli import main
+from supervisor.producers.client import SyncClient
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -181,8 +181,8 @@ def test_jobs_list_filters_and_pages(redis_url: str, tmp_path: Path) -> None:
     assert _cli("jobs", "list", "--since", "yesterday", env=env, cwd=tmp_path).returncode == 2
 
 
-HEAVY = ("fastapi", "uvicorn", "starlette", "watchfiles", "supervisor.app", "supervisor.api", "supervisor_bench",
-         "supervisor.dispatcher", "runners.pool", "opentelemetry.sdk.trace", "croniter")
+HEAVY = ("fastapi", "uvicorn", "starlette", "watchfiles", "supervisor.daemon.app", "supervisor.operators.api",
+         "supervisor_bench", "supervisor.daemon.dispatcher", "runners.pool", "opentelemetry.sdk.trace", "croniter")
 
 #: What `enqueue`, `jobs get` and `health` (redis:// or unix://) never need: redis-py (redis 8
 #: imports redis.asyncio and OpenTelemetry's metrics SDK), structlog (nothing is logged), psutil.
@@ -194,7 +194,7 @@ def test_quick_commands_import_only_what_they_use(redis_url: str, tmp_path: Path
     with SyncClient(redis_url, allow_unknown=True) as client:
         job_id = client.enqueue("t.light", {}).id
     probe = ("import json, sys\n"
-             "from supervisor.cli import main\n"
+             "from supervisor.operators.cli import main\n"
              "try:\n    main(sys.argv[1:], prog_name='job-supervisor')\n"
              "except SystemExit:\n    pass\n"
              "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n")
@@ -204,15 +204,15 @@ def test_quick_commands_import_only_what_they_use(redis_url: str, tmp_path: Path
         modules = json.loads(done.stderr.strip().splitlines()[-1])
         loaded = [m for m in modules if m.startswith(HEAVY + QUICK_PATH_HEAVY)]
         assert loaded == [], f"`{' '.join(args)}` imported {loaded}"
-        assert "supervisor.wire" in modules  # it did talk to Redis: through the blocking wire
+        assert "supervisor.engine.wire" in modules  # it did talk to Redis: through the blocking wire
         if args[0] == "jobs":  # a read: not even the producer's Client, schema validation or logging
-            assert not [m for m in modules if m.startswith(("jsonschema", "supervisor.client", "structlog"))]
+            assert not [m for m in modules if m.startswith(("jsonschema", "supervisor.producers.client", "structlog"))]
     # --help of each loads no settings (pydantic-settings) and no Redis client at all
     for args in (["jobs", "get", "--help"], ["health", "--help"], ["enqueue", "--help"]):
         done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True,
                               env=_env(REDIS_URL=redis_url), cwd=tmp_path, timeout=60, check=False)
         modules = json.loads(done.stderr.strip().splitlines()[-1])
-        assert not [m for m in modules if m.startswith(("supervisor.config", "pydantic", "supervisor.wire",
+        assert not [m for m in modules if m.startswith(("supervisor.config", "pydantic", "supervisor.engine.wire",
                                                         *QUICK_PATH_HEAVY))], f"`{' '.join(args)}`"
 
 

@@ -19,9 +19,9 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from supervisor.api.app import create_app
-from supervisor.api.server import bind_socket, serve
-from supervisor.client import Client
+from supervisor.operators.api.app import create_app
+from supervisor.operators.api.server import bind_socket, serve
+from supervisor.producers.client import Client
 from tests.conftest import await_until
 
 TOKEN = "test-token-5f2c"
@@ -466,11 +466,11 @@ async def test_shutdown_ends_open_streams(redis_url: str) -> None:
 async def test_start_in_daemon_serves_and_stops_with_the_shutdown_manager(redis_url: str) -> None:
     import signal
 
-    from supervisor.api.server import SHUTDOWN_PRIORITY, start_in_daemon
-    from supervisor.broker import connect
     from supervisor.config import Settings
+    from supervisor.daemon.shutdown import ShutdownManager
+    from supervisor.engine.broker import connect
     from supervisor.errors import ConfigError
-    from supervisor.shutdown import ShutdownManager
+    from supervisor.operators.api.server import SHUTDOWN_PRIORITY, start_in_daemon
 
     redis = connect(redis_url)
     shutdown = ShutdownManager()

@@ -22,13 +22,13 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from supervisor import serving
-from supervisor.api.app import create_app
-from supervisor.api.server import bind_socket, serve
-from supervisor.broker import Broker, connect
-from supervisor.client import Client
-from supervisor.redis_server import RedisServer
-from supervisor.scheduler import SPECS_KEY
+from supervisor.daemon.redis_server import RedisServer
+from supervisor.daemon.scheduler import SPECS_KEY
+from supervisor.engine import serving
+from supervisor.engine.broker import Broker, connect
+from supervisor.operators.api.app import create_app
+from supervisor.operators.api.server import bind_socket, serve
+from supervisor.producers.client import Client
 
 pytestmark = pytest.mark.slow
 TOKEN = "fuzz-token"

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from supervisor import Client
-from supervisor.broker import Broker, ClaimBatch
+from supervisor.engine.broker import Broker, ClaimBatch
 from tests.conftest import await_until
 
 NAME = "t.due"

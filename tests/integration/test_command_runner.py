@@ -23,8 +23,8 @@ import pytest
 from runners.base import RunRequest, RunResult, RunStatus
 from runners.command import CommandRunner, CommandSpec, ResourceLimits, run_command
 from runners.task_output import LOG_TRUNCATED
+from supervisor.daemon.tasks import discover_tasks
 from supervisor.errors import HandlerImportError
-from supervisor.tasks import discover_tasks
 
 REPO = Path(__file__).resolve().parents[2]
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

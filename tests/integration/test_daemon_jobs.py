@@ -148,7 +148,7 @@ async def test_deadline_expires_a_job_that_could_not_run(redis_url: str) -> None
     async with Client(redis_url, allow_unknown=True) as client:
         ref = await client.enqueue("t.echo", {"value": "late"}, deadline=0.2, delay=0.5)
         await asyncio.sleep(0.6)  # let both the delay and the deadline pass before a daemon exists
-    from supervisor.broker import Broker, connect
+    from supervisor.engine.broker import Broker, connect
 
     broker = Broker(connect(redis_url))
     batch = await broker.claim("t.echo", "test", 5, 1000, 5)

@@ -23,12 +23,12 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from pydantic import BaseModel
 from redis.exceptions import ResponseError
 
-from supervisor import keys, serving
-from supervisor.broker import Broker
-from supervisor.client import Client, EnqueueRequest, SyncClient
+from supervisor.engine import keys, serving
+from supervisor.engine.broker import Broker
+from supervisor.engine.wire import PackedCall, Script, SyncWire, params_of
 from supervisor.errors import InvalidPayload, UnknownJobType
-from supervisor.telemetry import Tracing
-from supervisor.wire import PackedCall, Script, SyncWire, params_of
+from supervisor.observability.telemetry import Tracing
+from supervisor.producers.client import Client, EnqueueRequest, SyncClient
 from tests.conftest import memory_tracing
 
 PLAIN = "speed.plain"

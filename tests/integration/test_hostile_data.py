@@ -25,12 +25,12 @@ import pytest
 import redis as syncredis
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
-from supervisor import keys
-from supervisor.client import SyncClient
+from supervisor.daemon.presence import INSTANCES_KEY, instance_key
+from supervisor.daemon.scheduler import SPECS_KEY, last_fired_key
+from supervisor.engine import keys
+from supervisor.engine.states import FINISHED, State
 from supervisor.errors import CorruptRecord, JobNotFound
-from supervisor.presence import INSTANCES_KEY, instance_key
-from supervisor.scheduler import SPECS_KEY, last_fired_key
-from supervisor.states import FINISHED, State
+from supervisor.producers.client import SyncClient
 from tests.conftest import DaemonProcess, wait_until
 from tests.integration.test_api_fuzz import _start as start_api  # the API under uvicorn, in a thread
 

@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 from supervisor import Client, State
-from supervisor.broker import Broker, connect
-from supervisor.janitor import Janitor
-from supervisor.presence import list_workers
+from supervisor.daemon.janitor import Janitor
+from supervisor.daemon.presence import list_workers
+from supervisor.engine.broker import Broker, connect
 
 
 async def test_janitor_expires_past_deadline_and_trims_finished(redis_url: str) -> None:

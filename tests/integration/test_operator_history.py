@@ -19,9 +19,10 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 
-from supervisor import Client, State, keys
-from supervisor.api.app import create_app
-from supervisor.client import new_trace_context
+from supervisor import Client, State
+from supervisor.engine import keys
+from supervisor.operators.api.app import create_app
+from supervisor.producers.client import new_trace_context
 
 TOKENS = {"alice": "alice-secret", "ci": "ci-secret"}
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from supervisor import Client, InvalidPayload, State, SyncClient
-from supervisor.api.app import create_app
+from supervisor.operators.api.app import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-payloads"

@@ -23,8 +23,8 @@ import pytest
 
 from runners.base import RunRequest, RunResult, RunStatus
 from runners.pool import ProcessPoolRunner
-from supervisor.client import JobRef
 from supervisor.errors import UnknownJobType
+from supervisor.producers.client import JobRef
 from tests.conftest import await_until
 
 HANDLERS = '''

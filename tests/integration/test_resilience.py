@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from supervisor import Client, EnqueueRequest, State
-from supervisor.broker import Broker, connect
-from supervisor.redis_server import RedisServer, free_port
+from supervisor.daemon.redis_server import RedisServer, free_port
+from supervisor.engine.broker import Broker, connect
 from tests.conftest import await_until
 
 _until = functools.partial(await_until, timeout=20.0)  # a condition, with a deadline

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from supervisor import Client, State
-from supervisor.scheduler import last_fired_key
+from supervisor.daemon.scheduler import last_fired_key
 from tests.conftest import await_until
 
 

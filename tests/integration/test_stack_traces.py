@@ -18,10 +18,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from runners.base import TRACEBACK_MAX_BYTES
 from supervisor import Client, State
-from supervisor.api.app import create_app
-from supervisor.app import run_daemon
-from supervisor.broker import Broker
 from supervisor.config import load_settings
+from supervisor.daemon.app import run_daemon
+from supervisor.engine.broker import Broker
+from supervisor.operators.api.app import create_app
 from tests.conftest import await_until, memory_tracing
 
 SECRET = "tok_live_9f8e7d6c5b4a"  # the card token: held only in the handlers' local variables

@@ -2,7 +2,7 @@
 
 `verify` checks that ExecStart='s binary exists, so the unit is rendered for
 this checkout (the real console script, or a stub if it is not installed)
-with `supervisor.systemd_unit.render_unit`, exactly as
+with `supervisor.daemon.systemd_unit.render_unit`, exactly as
 `job-supervisor systemd-unit` does for an install.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.systemd_unit import (
+from supervisor.daemon.systemd_unit import (
     UNIT_NAME,
     default_exec_start,
     render_unit,

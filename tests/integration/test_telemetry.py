@@ -31,14 +31,15 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from supervisor import Client, SyncClient, telemetry
-from supervisor.app import run_daemon
+from supervisor import Client, SyncClient
 from supervisor.config import load_settings
 from supervisor.context import child_context
+from supervisor.daemon.app import run_daemon
+from supervisor.engine.states import State
 from supervisor.errors import ConfigError
-from supervisor.metrics import Metrics
-from supervisor.states import State
-from supervisor.telemetry import Tracing
+from supervisor.observability import telemetry
+from supervisor.observability.metrics import Metrics
+from supervisor.observability.telemetry import Tracing
 from tests.conftest import await_until, memory_tracing
 
 # Debian's prometheus package; scripts/test installs it

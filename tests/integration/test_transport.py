@@ -1,4 +1,4 @@
-"""Every script transport (supervisor.transport) against a real redis-server: the lean wire and
+"""Every script transport (supervisor.engine.transport) against a real redis-server: the lean wire and
 redis-py run scripts alike, load a script Redis forgot, and carry the clients' enqueue paths."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from supervisor import keys, serving
-from supervisor.broker import Broker, connect
-from supervisor.client import Client, EnqueueRequest
-from supervisor.transport import LoopTransport, RedisPyTransport, ScriptTransport, transport_for
-from supervisor.wire import AsyncWire, PackedCall, Script
+from supervisor.engine import keys, serving
+from supervisor.engine.broker import Broker, connect
+from supervisor.engine.transport import LoopTransport, RedisPyTransport, ScriptTransport, transport_for
+from supervisor.engine.wire import AsyncWire, PackedCall, Script
+from supervisor.producers.client import Client, EnqueueRequest
 from tests.conftest import await_until
 
 INCR = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")

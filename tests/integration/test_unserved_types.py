@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from supervisor.api.app import create_app
-from supervisor.client import SyncClient
 from supervisor.errors import UnknownJobType
+from supervisor.operators.api.app import create_app
+from supervisor.producers.client import SyncClient
 from tests.conftest import wait_until
 
 GONE = '''

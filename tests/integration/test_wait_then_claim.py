@@ -8,9 +8,10 @@ import time
 
 import redis.asyncio as aioredis
 
-from supervisor import Client, State, keys
-from supervisor.broker import Broker, connect
-from supervisor.transport import RedisPyTransport
+from supervisor import Client, State
+from supervisor.engine import keys
+from supervisor.engine.broker import Broker, connect
+from supervisor.engine.transport import RedisPyTransport
 from tests.conftest import await_until
 
 NAME = "t.waiting"

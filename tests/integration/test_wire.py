@@ -1,4 +1,4 @@
-"""The lean hot-path connection (supervisor.wire) against a real redis-server."""
+"""The lean hot-path connection (supervisor.engine.wire) against a real redis-server."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import redis as syncredis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError, ResponseError, TimeoutError as RedisTimeoutError
 
-from supervisor.broker import Broker, connect
-from supervisor.reads import SyncReads, run_blocking
-from supervisor.redis_server import RedisServer
-from supervisor.transport import RedisPyTransport
-from supervisor.wire import AsyncWire, Script, SyncWire, WireParams, params_of
+from supervisor.daemon.redis_server import RedisServer
+from supervisor.engine.broker import Broker, connect
+from supervisor.engine.reads import SyncReads, run_blocking
+from supervisor.engine.transport import RedisPyTransport
+from supervisor.engine.wire import AsyncWire, Script, SyncWire, WireParams, params_of
 
 
 def _wire(url: str, **overrides: object) -> AsyncWire:

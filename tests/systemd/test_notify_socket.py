@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.client import SyncClient
+from supervisor.producers.client import SyncClient
 from tests.conftest import DaemonProcess, wait_until
 
 pytestmark = pytest.mark.timeout(60)

@@ -3,7 +3,7 @@
 Each test boots a throw-away systemd in new namespaces with `sd_sandbox.sh`
 (an overlay of / whose writes land in a tmpfs; the test's OUTDIR is the only
 host path written, bind-mounted at /srv/out), installs the unit exactly as
-`supervisor.systemd_unit.render_unit` writes it for this checkout's venv,
+`supervisor.daemon.systemd_unit.render_unit` writes it for this checkout's venv,
 plus a drop-in with the test's settings, and drives it with systemctl the way
 an operator does. The daemon runs without REDIS_URL, so it starts its own
 embedded Redis in the state directory (/srv/out/state), and the CLI finds it
@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.systemd_unit import UNIT_NAME, default_exec_start, render_unit
+from supervisor.daemon.systemd_unit import UNIT_NAME, default_exec_start, render_unit
 from tests.conftest import HANDLERS, wait_until
 
 HERE = Path(__file__).resolve().parent
@@ -53,7 +53,7 @@ HOME_DIRS = (Path("/root"), Path("/home"), Path("/run/user"))
 #: all are running (one process, so the jobs start together even on a slow machine).
 ENQUEUE_ACTIVE = """
 import json, sys, time
-from supervisor.client import SyncClient
+from supervisor.producers.client import SyncClient
 url, name, payload, n = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
 with SyncClient(url) as client:
     ids = [client.enqueue(name, payload).id for _ in range(n)]

@@ -1,4 +1,4 @@
-"""The enqueue pipeline's pure parts (supervisor.enqueue): what counts as an option, and how a new
+"""The enqueue pipeline's pure parts (supervisor.producers.enqueue): what counts as an option, and how a new
 job's id and trace context are minted."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from supervisor import keys
-from supervisor.enqueue import OPTION_NAMES, EnqueueOptions, EnqueueRequest, has_options, mint
+from supervisor.engine import keys
+from supervisor.producers.enqueue import OPTION_NAMES, EnqueueOptions, EnqueueRequest, has_options, mint
 
 
 def test_the_keyword_options_are_the_request_fields_and_allow_unknown() -> None:

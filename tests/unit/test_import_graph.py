@@ -73,13 +73,13 @@ def _cycle_from(start: str, graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_import_cycles() -> None:
     graph = _graph()
-    assert "supervisor.cli.app" in graph and "supervisor_bench.harness" in graph  # it did read the tree
+    assert "supervisor.operators.cli.app" in graph and "supervisor_bench.harness" in graph  # it did read the tree
     cycles = [c for c in (_cycle_from(m, graph) for m in sorted(graph)) if c]
     assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
 def test_the_product_does_not_import_the_bench() -> None:
-    # Only `job-supervisor bench` loads it, from inside the command (supervisor/cli/bench.py)
+    # Only `job-supervisor bench` loads it, from inside the command (supervisor/operators/cli/bench.py)
     graph = _graph()
     product = {m: edges for m, edges in graph.items() if not m.startswith("supervisor_bench")}
     assert not {m for m, edges in product.items() if any(e.startswith("supervisor_bench") for e in edges)}

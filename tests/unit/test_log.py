@@ -7,7 +7,7 @@ import io
 import pytest
 import structlog
 
-from supervisor import log
+from supervisor.observability import log
 
 
 @pytest.mark.parametrize("fmt", ["json", "console"])

@@ -1,4 +1,4 @@
-"""Unit tests for supervisor.schedule: cron syntax, DST, due ticks, validation."""
+"""Unit tests for supervisor.daemon.schedule: cron syntax, DST, due ticks, validation."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from croniter import croniter
 
-from supervisor.errors import SupervisorError
-from supervisor.schedule import (
+from supervisor.daemon.schedule import (
     ScheduleError,
     ScheduleSpec,
     due_ticks,
@@ -24,6 +23,7 @@ from supervisor.schedule import (
     seconds_until_next,
     tick_key,
 )
+from supervisor.errors import SupervisorError
 
 SOURCE = "jobs/cleanup.py"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.sdnotify import Notifier
+from supervisor.daemon.sdnotify import Notifier
 
 pytestmark = pytest.mark.timeout(10)
 

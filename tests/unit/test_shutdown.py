@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from structlog.testing import capture_logs
 
-from supervisor.shutdown import (
+from supervisor.daemon.shutdown import (
     ResourceStatus,
     ShutdownManager,
     ShutdownOutcome,

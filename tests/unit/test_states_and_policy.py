@@ -10,13 +10,13 @@ from pydantic import BaseModel
 
 from supervisor import Backoff, Context, PermanentError, job
 from supervisor.config import Settings
-from supervisor.dispatcher import ServedType
+from supervisor.daemon.dispatcher import ServedType
+from supervisor.engine.keys import job_key, new_job_id, queue_prefix, tag_from_id
+from supervisor.engine.scripts import SCRIPT_NAMES, script_source
+from supervisor.engine.states import FINISHED, TERMINAL, TRANSITIONS, State, can_transition
 from supervisor.flow import RateLimit
 from supervisor.handler import JobType
-from supervisor.keys import job_key, new_job_id, queue_prefix, tag_from_id
 from supervisor.policy import PublishedType, TypePolicy
-from supervisor.scripts import SCRIPT_NAMES, script_source
-from supervisor.states import FINISHED, TERMINAL, TRANSITIONS, State, can_transition
 
 
 def test_state_table_matches_spec() -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from runners.command import DEFAULT_ENV_ALLOW, ResourceLimits
+from supervisor.daemon.tasks import Sidecar, TaskScan, discover_tasks
 from supervisor.errors import DuplicateJobType, HandlerImportError, InvalidPayload
 from supervisor.flow import KeyConcurrency, QueuePolicy, RateLimit
 from supervisor.policy import Backoff, TypePolicy
-from supervisor.tasks import Sidecar, TaskScan, discover_tasks
 
 REPO = Path(__file__).resolve().parents[2]
 PY = "/opt/python/bin/python3"

@@ -1,0 +1,35 @@
+"""Where the CLI starts a daemon: `run_daemon` (the composition root itself is `supervisor.daemon.daemon.Daemon`).
+
+Start: settings -> Redis (given, or a private embedded one) -> safety checks -> handlers ->
+presence (the types served) -> publish types -> dispatcher -> READY=1. Stop (SIGTERM/SIGINT):
+the stop plan (`Daemon.stop_plan`, run by the ShutdownManager) stops fetching, drains in-flight
+jobs, releases the leases of jobs still running, closes the runners, then closes Redis, and
+stops the embedded Redis last. All of that up to the runners' close fits in `drain_timeout`
+counted from the signal (`supervisor.daemon.stop_plan.DrainBudget`). A second signal skips the rest
+of the drain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from supervisor.config import Settings
+from supervisor.daemon.daemon import Daemon
+from supervisor.observability.metrics import Metrics
+from supervisor.observability.telemetry import Tracing
+
+
+async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings] | None = None, *,
+                     tracing: Tracing | None = None, metrics: Metrics | None = None) -> int:
+    """Run a daemon until SIGTERM/SIGINT; returns the process exit code.
+
+    Args:
+        settings: validated settings.
+        reload_settings: reads the settings again on SIGHUP (None: SIGHUP reloads handlers only).
+        tracing: where spans go (default: by `settings.otel_exporter`).
+        metrics: the Prometheus metrics (default: made by the daemon, unregistered at its stop).
+    """
+    return await Daemon(settings, reload_settings, tracing=tracing, metrics=metrics).run()
+
+
+__all__ = ["run_daemon"]

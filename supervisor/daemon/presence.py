@@ -1,0 +1,140 @@
+"""Worker presence: every instance publishes who it is and what it runs, with a TTL.
+
+Each instance writes `js:instance:<id>` (JSON, expires after `3 x interval`)
+and its last-seen time in the sorted set `js:instances`. Readers see an
+instance whose key expired but whose entry remains as `stale`; the janitor
+forgets such entries after `forget_after_s`. The same heartbeat says, per job
+type, that this instance serves it (`supervisor.engine.serving`): `describe()`'s
+`types`, and the load errors of `type_errors` (name -> error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from supervisor.engine import keys, serving
+from supervisor.engine.records import loads
+from supervisor.errors import CorruptRecord, printable
+from supervisor.observability.log import LazyLogger
+
+if TYPE_CHECKING:  # `health` and `workers` read presence without redis-py or psutil (supervisor.engine.reads)
+    import psutil
+    import redis.asyncio as aioredis
+
+log = LazyLogger(__name__)
+INSTANCES_KEY = f"{keys.PREFIX}:instances"
+FORGET_AFTER_S = 3600.0
+
+
+def instance_key(instance_id: str) -> str:
+    return f"{keys.PREFIX}:instance:{instance_id}"
+
+
+def process_stats(pid: int) -> dict[str, Any]:
+    """RSS (bytes) and CPU (percent since the last call) of one process; {} if it is gone."""
+    import psutil  # noqa: PLC0415
+
+    try:
+        proc = _procs.setdefault(pid, psutil.Process(pid))
+        with proc.oneshot():
+            return {"pid": pid, "rss": proc.memory_info().rss, "cpu_percent": proc.cpu_percent(None)}
+    except psutil.Error:
+        _procs.pop(pid, None)
+        return {}
+
+
+_procs: dict[int, psutil.Process] = {}
+
+
+class Presence:
+    """Publishes this instance's heartbeat every `interval_s`."""
+
+    def __init__(self, redis: aioredis.Redis, instance_id: str, describe: Callable[[], dict[str, Any]],
+                 interval_s: float = 10.0, version: str = "") -> None:
+        self.redis = redis
+        self.instance_id = instance_id
+        self.describe = describe
+        self.interval_s = interval_s
+        self.started = time.time()
+        self.base = {"instance": instance_id, "host": socket.gethostname(), "pid": os.getpid(),
+                     "version": version, "started": self.started}
+        self._served: set[str] = set()  # what the last heartbeat said this instance serves
+        self._errored: set[str] = set()  # ... and the names it reported a load error for
+
+    def snapshot(self) -> dict[str, Any]:
+        doc = {**self.base, **self.describe(), "seen": time.time()}
+        workers = [process_stats(os.getpid())]
+        workers += [process_stats(p) for p in doc.pop("worker_pids", [])]
+        doc["workers"] = [w for w in workers if w]
+        return doc
+
+    async def publish(self) -> None:
+        """One heartbeat (also called at once after a hot reload, so a removed type stops
+        counting as served without waiting for the next beat)."""
+        doc = self.snapshot()
+        type_errors: dict[str, str] = doc.pop("type_errors", None) or {}
+        served = set(doc.get("types") or ())
+        ttl_ms = int(self.interval_s * 3000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(instance_key(self.instance_id), json.dumps(doc, default=str), px=ttl_ms)
+            pipe.zadd(INSTANCES_KEY, {self.instance_id: doc["seen"]})
+            await pipe.execute()
+        await serving.announce(self.redis, self.instance_id, ttl_ms, serve=served, stop=self._served - served,
+                               errors=type_errors, clear=self._errored - type_errors.keys())
+        self._served, self._errored = served, set(type_errors)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.publish()
+            except (ConnectionError, OSError, Exception) as exc:  # noqa: BLE001 (Redis down: next beat)
+                log.warning("redis.unavailable", op="presence", error=str(exc))
+            await asyncio.sleep(self.interval_s)
+
+    async def withdraw(self) -> None:
+        """On a clean stop: disappear at once instead of going stale. What it said it serves
+        lapses on its own (`supervisor.engine.serving`), so producers are not refused during a restart."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(instance_key(self.instance_id))
+            pipe.zrem(INSTANCES_KEY, self.instance_id)
+            await pipe.execute()
+
+
+async def list_workers(redis: aioredis.Redis) -> list[dict[str, Any]]:
+    """Every instance not yet forgotten: live ones with their heartbeat, others as stale."""
+    now = time.time()
+    entries = cast(list[tuple[str, float]],
+                   await redis.zrangebyscore(INSTANCES_KEY, "-inf", "+inf", withscores=True))
+    if not entries:
+        return []
+    docs = cast(list[str | None], await redis.mget([instance_key(i) for i, _ in entries]))
+    out = []
+    for (instance, seen), raw in zip(entries, docs, strict=True):
+        doc = None
+        if raw:
+            try:
+                doc = loads(raw)
+                if not isinstance(doc, dict) or not isinstance(doc.get("instance"), str):
+                    raise ValueError(f"a {type(doc).__name__} that is not an instance's heartbeat")
+                doc["age_s"] = round(now - float(doc.get("seen", seen)), 3)
+                doc["status"] = "alive"
+            except (ValueError, TypeError) as exc:  # written by another program: named, not fatal
+                err = CorruptRecord(instance_key(instance), str(exc))
+                doc = {"instance": printable(instance), "seen": seen, "status": "corrupt",
+                       "error": str(err), "code": err.code}
+        if doc is None:
+            doc = {"instance": printable(instance), "seen": seen, "status": "stale"}
+        doc.setdefault("age_s", round(now - seen, 3))
+        out.append(doc)
+    return sorted(out, key=lambda d: (d["status"] != "alive", d["instance"]))
+
+
+async def forget_stale(redis: aioredis.Redis, forget_after_s: float = FORGET_AFTER_S) -> int:
+    """Drop instances not seen for `forget_after_s` (janitor)."""
+    return int(await redis.zremrangebyscore(INSTANCES_KEY, "-inf", time.time() - forget_after_s))

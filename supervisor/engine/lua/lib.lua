@@ -1,0 +1,143 @@
+-- Shared by every transition script; supervisor/engine/scripts.py prepends it and
+-- generates legal_table() (the SPEC §3 table) from supervisor/engine/states.py.
+-- Key names are built from ARGV prefixes that all carry one type's hash tag,
+-- so every key a script touches is in one Redis Cluster slot.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- An integer as Redis will store it. redis.call formats every Lua number it is given with
+-- printf("%.17g"), a slow path of libc; the hot scripts format a value used per job once,
+-- with this integer format, and pass text (constants are written as text for the same reason).
+local function int_s(x)
+  return string.format('%d', x)
+end
+
+-- Run `cmd key` with the items of `list` as further arguments, in slices small enough for
+-- unpack (Lua's stack) and even-sized, so score/member pairs stay together.
+local function call_spread(cmd, key, list)
+  for i = 1, #list, 4000 do
+    redis.call(cmd, key, unpack(list, i, math.min(i + 3999, #list)))
+  end
+end
+
+-- The reply of a redis.pcall, or nil when it is an error (a key of the wrong type, written by
+-- another program): scripts skip such a record instead of failing every job of their call.
+local function rec(reply)
+  if type(reply) == 'table' and reply.err then return nil end
+  return reply
+end
+
+local LEGAL = nil
+local function legal(from, to)
+  if LEGAL == nil then LEGAL = legal_table() end
+  local allowed = LEGAL[from]
+  return allowed ~= nil and allowed[to] == true
+end
+
+-- Append one lifecycle event to the type's stream (bounded, approximate trim). `ctx` is the
+-- job's context JSON (or false): its request and trace ids go on the event, so an event can be
+-- followed back to the request that caused it without reading the job.
+local function ctx_ids(ctx)
+  if not ctx then return '', '' end
+  -- Our clients write a minted request id (16 hex) and the trace id (32 hex) first: read them at
+  -- their places, a third of a pattern search's cost on the enqueue path; anything else is searched.
+  if string.sub(ctx, 1, 15) == '{"request_id":"' and string.sub(ctx, 32, 45) == '","trace_id":"'
+      and string.sub(ctx, 78, 78) == '"' then
+    return string.sub(ctx, 16, 31), string.sub(ctx, 46, 77)
+  end
+  return string.match(ctx, '"request_id":%s*"([^"]*)"') or '', string.match(ctx, '"trace_id":%s*"([^"]*)"') or ''
+end
+
+local function emit(P, event, id, state, attempt, ctx, ...)
+  local rid, tid = ctx_ids(ctx)
+  redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*',
+    'event', event, 'id', id, 'state', state, 'attempt', attempt or '0', 'request_id', rid, 'trace_id', tid, ...)
+end
+
+-- The history field (a JSON array kept as text) with `entry` (JSON object text) appended.
+-- `h` is the field's current value when the caller read it already (false: absent), nil to read it here.
+local function history_append(jk, entry, h)
+  if h == nil then h = redis.call('HGET', jk, 'history') end
+  if h then return string.sub(h, 1, -2) .. ',' .. entry .. ']' end
+  return '[' .. entry .. ']'
+end
+
+-- The history field with one more attempt entry. `attempt` and `started` are the record's own
+-- integer fields (text or number; false: absent). `tb`: the attempt's stack trace, when it failed with one.
+local function history_with(jk, attempt, started, now, outcome, instance, err, h, tb)
+  local entry = '{"attempt":' .. (attempt or '0') .. ',"started":' .. (started or 'null')
+    .. ',"ended":' .. now .. ',"outcome":"' .. outcome .. '"'
+  if instance then entry = entry .. ',"instance":' .. cjson.encode(instance) end
+  if err then entry = entry .. ',"error":' .. cjson.encode(err) end
+  if tb then entry = entry .. ',"traceback":' .. cjson.encode(tb) end
+  return history_append(jk, entry .. '}', h)
+end
+
+-- Record an operator's action (cancel, retry, replay, dismiss) in the job's history, with who
+-- asked: `source` is cli | api | client, `by` the API token's name ('' when there is none).
+local function record_action(jk, action, now, source, by)
+  local entry = '{"action":"' .. action .. '","at":' .. now .. ',"source":' .. cjson.encode(source or '')
+  if by and by ~= '' then entry = entry .. ',"by":' .. cjson.encode(by) end
+  redis.call('HSET', jk, 'history', history_append(jk, entry .. '}'))
+end
+
+-- How long a finished record is kept, from the type's published policy.
+local function retention_ms(P, state)
+  local field = 'retention_ms'
+  if state == 'failed' or state == 'dead' then field = 'dead_retention_ms' end
+  return tonumber(redis.call('HGET', P .. 'meta', field)) or DEFAULT_RETENTION[field]
+end
+
+-- A job reached a finished state: index it by finish time, let retention trim it.
+local function park(P, jk, id, state, now, ret, idem)
+  local idx = P .. 'st:' .. state
+  redis.call('ZADD', idx, now, id)
+  redis.call('ZREMRANGEBYSCORE', idx, '-inf', now - ret)
+  redis.call('PEXPIRE', jk, ret)
+  redis.call('ZREM', P .. 'deadline', id)
+  if idem then redis.call('PEXPIRE', P .. 'idem:' .. idem, ret) end
+end
+
+-- A parked job comes back to life (retry, replay): it is kept until it finishes again.
+local function unpark(P, jk, id, state, idem)
+  redis.call('ZREM', P .. 'st:' .. state, id)
+  redis.call('PERSIST', jk)
+  if idem then redis.call('PERSIST', P .. 'idem:' .. idem) end
+end
+
+-- Touch the queue's wake-up key. Skipped while the marker is still there: nobody consumed it
+-- since the last touch, so the next (or a now blocked) BZPOPMIN gets it anyway.
+local function wake(P)
+  local marker = P .. 'marker'
+  if redis.call('EXISTS', marker) == 0 then redis.call('ZADD', marker, 0, 'm') end
+end
+
+local PRIORITY_SHIFT = 1099511627776 -- 2^40: score = -priority * 2^40 + seq
+
+-- Keyed concurrency. Per key K of a type: kj:K (live jobs: pending, retry, active; by score),
+-- ka:K (active jobs), kw:K (jobs popped while K was at max_active, waiting for a slot),
+-- kstat:K (last decision, stale takeovers).
+
+-- A job stops being active (finished: it also stops being live). Frees its slot and lets
+-- the oldest waiting job of the key back into the ready set.
+local function key_leave(P, id, ckey, finished)
+  if not ckey or ckey == '' then return end
+  if finished then
+    redis.call('ZREM', P .. 'kj:' .. ckey, id)
+    redis.call('ZREM', P .. 'kw:' .. ckey, id)
+  end
+  if redis.call('SREM', P .. 'ka:' .. ckey, id) == 1 then
+    local w = redis.call('ZPOPMIN', P .. 'kw:' .. ckey, 1)
+    if w[1] then
+      redis.call('ZADD', P .. 'ready', w[2], w[1])
+      wake(P)
+    end
+  end
+end
+
+local function key_decision(P, ckey, decision, reason, now)
+  redis.call('HSET', P .. 'kstat:' .. ckey, 'decision', decision, 'reason', reason, 'at', now)
+end

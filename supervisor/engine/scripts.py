@@ -1,0 +1,55 @@
+"""The Lua transition scripts, assembled once per process.
+
+Each transition of SPEC §3 is one script in `supervisor/engine/lua/`; every script
+is prefixed with `lib.lua` and with the legality table generated from
+`supervisor.engine.states`, so Redis enforces exactly the table Python documents.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+from supervisor.engine.keys import CANCEL_CHANNEL_PREFIX
+from supervisor.engine.states import TRANSITIONS
+
+#: Approximate cap of each type's lifecycle event stream.
+EVENTS_MAXLEN = 100_000
+#: Largest result (bytes of JSON) a `completed` event carries; a larger one is read from the job.
+EVENT_RESULT_MAX = 4096
+#: Retention when no instance published a policy for the type (ms).
+DEFAULT_RETENTION_MS = 86_400_000
+DEFAULT_DEAD_RETENTION_MS = 30 * 86_400_000
+
+SCRIPT_NAMES = (
+    "enqueue", "claim", "complete", "fail", "cancel", "expire",
+    "release", "revive", "dismiss", "heartbeat",
+)
+
+
+def _legal_table() -> str:
+    rows = []
+    for source, targets in TRANSITIONS.items():
+        inner = ", ".join(f"['{t.value}'] = true" for t in sorted(targets))
+        rows.append(f"  ['{source.value}'] = {{{inner}}},")
+    # Built on first use only: every call of a script runs its whole chunk, and the hot
+    # scripts (enqueue, claim, complete) check their one source state directly.
+    return "local function legal_table() return {\n" + "\n".join(rows) + "\n} end\n"
+
+
+def _read(name: str) -> str:
+    return resources.files("supervisor.engine").joinpath("lua", f"{name}.lua").read_text()
+
+
+@cache
+def script_source(name: str) -> str:
+    """The full source of one transition script, ready for EVAL."""
+    header = (
+        _legal_table()
+        + f"local EVENTS_MAXLEN = '{EVENTS_MAXLEN}'\n"  # text: see int_s in lib.lua
+        + f"local EVENT_RESULT_MAX = {EVENT_RESULT_MAX}\n"
+        + f"local CANCEL_CHANNEL = '{CANCEL_CHANNEL_PREFIX}'\n"
+        + "local DEFAULT_RETENTION = {retention_ms = "
+        + f"{DEFAULT_RETENTION_MS}, dead_retention_ms = {DEFAULT_DEAD_RETENTION_MS}}}\n"
+    )
+    return header + _read("lib") + "\n" + _read(name)

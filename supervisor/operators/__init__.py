@@ -1,0 +1,1 @@
+"""Operators: the admin read model, the HTTP API and dashboard assets, the command line."""

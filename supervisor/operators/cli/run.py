@@ -1,0 +1,64 @@
+"""`job-supervisor run`: settings -> the daemon (supervisor.daemon.app) -> its exit code."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from supervisor.errors import ConfigError, SupervisorError
+from supervisor.operators.cli.app import fail, settings_of
+
+
+@click.command()
+@click.option("--jobs-dir", type=click.Path(path_type=Path), default=None, help="Python handlers folder.")
+@click.option("--tasks-dir", type=click.Path(path_type=Path), default=None, help="Polyglot tasks folder.")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None, help="TOML settings file.")
+@click.pass_context
+def run(ctx: click.Context, jobs_dir: Path | None, tasks_dir: Path | None, config: Path | None) -> None:
+    """Run the daemon until SIGTERM/SIGINT (graceful drain; a second signal stops fast)."""
+    from supervisor.daemon.app import run_daemon  # noqa: PLC0415
+    from supervisor.observability import log  # noqa: PLC0415
+
+    if config is not None:
+        ctx.find_root().obj["config"] = config
+    try:
+        settings = settings_of(ctx, jobs_dir=jobs_dir, tasks_dir=tasks_dir)
+    except ConfigError as exc:
+        fail(exc)
+        return
+    log.configure(settings.log_level, settings.log_format)
+    import asyncio  # noqa: PLC0415
+
+    try:
+        code = asyncio.run(run_daemon(settings, lambda: settings_of(ctx, jobs_dir=jobs_dir, tasks_dir=tasks_dir)))
+    except SupervisorError as exc:
+        fail(exc)
+        return
+    _exit_daemon(code)
+
+
+def _exit_daemon(code: int) -> None:
+    """Exit with `code` now, even with handler threads still running: a sync handler that ignored
+    its cancel cannot be stopped, its job was released already, and Python would wait for it at
+    exit, past the drain's budget."""
+    import os  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    deadline = time.monotonic() + 0.2  # idle pool threads are on their way out: let them go
+    for t in threading.enumerate():
+        if t is not threading.main_thread() and not t.daemon:
+            t.join(max(deadline - time.monotonic(), 0))
+    stuck = [t.name for t in threading.enumerate()
+             if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if not stuck:
+        sys.exit(code)
+    import structlog  # noqa: PLC0415
+
+    structlog.get_logger(__name__).warning("daemon.exit_leaving_threads", threads=stuck,
+                                           note="sync handlers that ignored their cancel; their jobs were released")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

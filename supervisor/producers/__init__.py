@@ -1,0 +1,1 @@
+"""Producers: the clients that enqueue, inspect, wait for and cancel jobs."""
