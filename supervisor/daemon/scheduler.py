@@ -124,6 +124,11 @@ class Scheduler:
         return max(min(seconds_until_next(spec, now) for spec in self.specs) + 0.002, 0.005)
 
     async def _fire(self, spec: ScheduleSpec, tick: float) -> None:
+        # Shielded: a stop that cancels the loop mid-fire still lets a created tick be counted,
+        # logged and marked (otherwise its job exists with no `schedule.fired` line).
+        await asyncio.shield(self._fire_tick(spec, tick))
+
+    async def _fire_tick(self, spec: ScheduleSpec, tick: float) -> None:
         # telemetry: a root span `schedule <id>` (the tick's enqueue span is its child; None when off)
         with self.tracing.schedule_span(spec.id, spec.job, tick) as span:
             try:
@@ -137,13 +142,13 @@ class Scheduler:
             if span is not None:
                 span.set_attribute("job.id", ref.id)
                 span.set_attribute("job.schedule.duplicate", ref.existing)
-        # Marked by whichever instance got the job back: another may have created it first.
-        await self._transport.evalsha(_MARK, [fired_key(spec.job)], [spec.id, int(tick)])
         if not ref.existing:
             self.fired += 1
             if self.metrics is not None:
                 self.metrics.schedule_fired(spec.id)
             log.info("schedule.fired", schedule=spec.id, job_name=spec.job, tick=int(tick), job_id=ref.id)
+        # Marked by whichever instance got the job back: another may have created it first.
+        await self._transport.evalsha(_MARK, [fired_key(spec.job)], [spec.id, int(tick)])
 
 
 def _last_fired(spec: ScheduleSpec, raw: Any) -> tuple[float | None, bool]:
