@@ -19,7 +19,7 @@ import structlog
 from runners.command import CommandSpec
 from supervisor.config import Settings
 from supervisor.daemon import accepted
-from supervisor.daemon.dispatcher import ServedType
+from supervisor.daemon.lanes import ServedType
 from supervisor.daemon.registry import Registry, load_jobs
 from supervisor.daemon.schedule import ScheduleError, ScheduleSpec
 from supervisor.daemon.tasks import TaskDef, discover_tasks, load_sidecar

@@ -34,8 +34,9 @@ from runners.pool import ProcessPoolRunner
 from supervisor import __version__
 from supervisor.config import Settings
 from supervisor.daemon.catalog import Catalog, build_catalog, rebuild_catalog
-from supervisor.daemon.dispatcher import REDIS_DOWN, Dispatcher
+from supervisor.daemon.dispatcher import Dispatcher
 from supervisor.daemon.janitor import Janitor
+from supervisor.daemon.liveness import REDIS_DOWN
 from supervisor.daemon.presence import Presence
 from supervisor.daemon.redis_server import RedisServer, embedded_socket
 from supervisor.daemon.scheduler import Scheduler

@@ -25,70 +25,22 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError, ResponseError, TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
 from runners.base import CancelSignal, Runner, RunRequest, RunResult, RunStatus, traceback_text
+from supervisor.daemon.lanes import InFlight, Lane, ServedType
+from supervisor.daemon.liveness import REDIS_DOWN, Liveness
 from supervisor.engine import keys
 from supervisor.engine.broker import Broker, ClaimedJob, claimed_context, dumps
 from supervisor.errors import CorruptRecord, printable
 
 if TYPE_CHECKING:  # the daemon hands in its observer (supervisor.observability.run_observer)
     from supervisor.observability.run_observer import RunObserver
-from supervisor.policy import TypePolicy
 
 log = structlog.get_logger(__name__)
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
-
-
-class ServedType:
-    """A view of one job type's resolved `TypePolicy`: what this instance reads of it on every
-    claim, run and settle, computed once when the type is (re)loaded."""
-
-    __slots__ = ("ack_wait_ms", "ack_wait_s", "backoff", "concurrency", "max_deliver", "name", "policy",
-                 "rate", "rate_period_ms", "retention_s", "runtime", "source", "timeout_s")
-
-    def __init__(self, policy: TypePolicy, source: str) -> None:
-        p = self.policy = policy
-        if (p.runtime is None or p.concurrency is None or p.ack_wait is None or p.max_deliver is None
-                or p.retention is None or p.backoff is None):
-            raise ValueError(f"{p.name}: the policy is not resolved against the settings (TypePolicy.resolve)")
-        self.name, self.source, self.runtime, self.concurrency = p.name, source, p.runtime, p.concurrency
-        self.ack_wait_s, self.ack_wait_ms = p.ack_wait, int(p.ack_wait * 1000)
-        self.max_deliver, self.backoff, self.timeout_s = p.max_deliver, p.backoff, p.timeout
-        self.retention_s = p.retention
-        # jobs per rate_period_ms across all instances (0: no limit)
-        self.rate, self.rate_period_ms = (p.rate_limit.count, p.rate_limit.period_ms) if p.rate_limit else (0, 0)
-
-
-@dataclass(slots=True)
-class InFlight:
-    """A job this instance is running."""
-
-    job: ClaimedJob
-    served: ServedType
-    cancel: asyncio.Event
-    started: float
-    task: asyncio.Task[None] | None = None
-    progress: str | None = None
-    trace_id: str | None = None
-    request_id: str | None = None  # telemetry: on every line logged for the job (job.output, run.finished)
-    log_lines: list[str] = field(default_factory=list)
-    lease_lost: bool = False
-    outcome: str = "running"  # or "releasing": stopped by the drain timeout, handed back to the queue
-
-    @property
-    def fate(self) -> str:
-        """What became of the job, for the shutdown report: finished, released, cancelled, or
-        left (still running when the daemon stopped, or its release failed: its lease lapses)."""
-        if self.outcome in ("released", "cancelled"):
-            return self.outcome
-        if self.outcome in ("running", "releasing") or self.outcome.startswith("fenced"):
-            return "left"
-        return "finished"
 
 
 class _Events:
@@ -114,25 +66,7 @@ class _Events:
         self._d.beat_soon()
 
 
-@dataclass(slots=True)
-class _Lane:
-    """Per-type state: in-flight jobs, the fetch loop, and outcomes waiting to be written."""
-
-    served: ServedType
-    inflight: dict[str, InFlight] = field(default_factory=dict)
-    slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
-    fetch: asyncio.Task[None] | None = None
-    waiting: bool = False
-    retired: bool = False  # removed by a reload: claims nothing more, finishes what it runs
-    halt_token: str = ""  # names the claims sent behind this lane's waits (Broker.wait_then_claim)
-    completes: list[tuple[str, str, str, str]] = field(default_factory=list)
-    fails: list[tuple[str, str, str, str, int, str, str]] = field(default_factory=list)
-    cancels: list[tuple[str, str, str]] = field(default_factory=list)
-    logs: dict[str, list[str]] = field(default_factory=dict)
-    unsettled: int = 0
-
-
-class Dispatcher:
+class Dispatcher(Liveness):
     """Runs the served types' jobs on their runners and reports outcomes to Redis."""
 
     def __init__(self, broker: Broker, instance_id: str, runners: dict[str, Runner], *,
@@ -142,7 +76,7 @@ class Dispatcher:
         self.instance_id = instance_id
         self.runners = runners
         self.max_idle_wait = max_idle_wait
-        self.lanes: dict[str, _Lane] = {}
+        self.lanes: dict[str, Lane] = {}
         self.fetching = False
         self._settle_now = asyncio.Event()
         self._settled = asyncio.Event()
@@ -161,7 +95,7 @@ class Dispatcher:
     def serve(self, types: Iterable[ServedType]) -> None:
         """Set the types to serve (before `start`)."""
         for served in types:
-            self.lanes[served.name] = _Lane(served)
+            self.lanes[served.name] = Lane(served)
 
     def update(self, types: Iterable[ServedType]) -> tuple[list[str], list[str]]:
         """Serve exactly `types` from now on (hot reload); returns (added, removed) names.
@@ -185,7 +119,7 @@ class Dispatcher:
         for name, served in wanted.items():
             known = self.lanes.get(name)
             if known is None:
-                lane = self.lanes[name] = _Lane(served)
+                lane = self.lanes[name] = Lane(served)
                 added.append(name)
             else:
                 lane = known
@@ -206,10 +140,6 @@ class Dispatcher:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._cancel_loop(), name="cancel-listener"),
         ]
-
-    @property
-    def inflight(self) -> list[InFlight]:
-        return [f for lane in self.lanes.values() for f in lane.inflight.values()]
 
     async def stop_fetching(self) -> None:
         """Claim nothing more; jobs in flight keep running.
@@ -294,7 +224,7 @@ class Dispatcher:
 
     # --- fetching --------------------------------------------------------------------
 
-    async def _fetch_loop(self, lane: _Lane) -> None:
+    async def _fetch_loop(self, lane: Lane) -> None:
         """Claim while there is work; when a claim comes back empty, block on the queue's
         wake-up key with the next claim queued right behind the wait (one round trip from a
         producer's wake-up to claimed jobs; `_halt` keeps that claim from claiming on stop)."""
@@ -349,7 +279,7 @@ class Dispatcher:
             if batch.next_due_ms is not None:
                 wait = min(wait, max((batch.next_due_ms - batch.now_ms) / 1000, 0.001))
 
-    async def _halt(self, lanes: list[_Lane]) -> None:
+    async def _halt(self, lanes: list[Lane]) -> None:
         """End the waits of `lanes` with the claims queued behind them claiming nothing; each
         lane takes a fresh token for the waits it may still make."""
         by_token: dict[str, list[str]] = {}
@@ -366,12 +296,7 @@ class Dispatcher:
     def _new_token(self) -> str:
         return f"{self.instance_id}:{next(self._tokens)}"
 
-    async def _redis_down(self, op: str, name: str, exc: BaseException, backoff: float) -> float:
-        log.warning("redis.unavailable", op=op, job_type=name, error=str(exc), retry_in_s=round(backoff, 2))
-        await asyncio.sleep(backoff)
-        return min(backoff * 2, 2.0)
-
-    def _start(self, lane: _Lane, job: ClaimedJob) -> None:
+    def _start(self, lane: Lane, job: ClaimedJob) -> None:
         inflight = InFlight(job, lane.served, CancelSignal(), time.monotonic())
         lane.inflight[job.id] = inflight
         if self.shutdown_jobs is not None:
@@ -385,7 +310,7 @@ class Dispatcher:
 
     # --- running ---------------------------------------------------------------------
 
-    async def _run(self, lane: _Lane, f: InFlight) -> None:
+    async def _run(self, lane: Lane, f: InFlight) -> None:
         job, served, observer = f.job, lane.served, self.observer
         try:
             context = claimed_context(job)
@@ -445,7 +370,7 @@ class Dispatcher:
         lane.inflight.pop(job.id, None)
         lane.slot_freed.set()
 
-    def _settle(self, lane: _Lane, f: InFlight, result: RunResult) -> None:
+    def _settle(self, lane: Lane, f: InFlight, result: RunResult) -> None:
         job, served = f.job, lane.served
         if f.outcome == "releasing" and result.status is RunStatus.CANCELLED:
             return  # `release` hands it back to the queue (not a cancellation)
@@ -523,7 +448,7 @@ class Dispatcher:
             if all(lane.unsettled == 0 for lane in self.lanes.values()):
                 self._settled.set()
 
-    async def _settle_apart(self, lane: _Lane, completes: list[Any], fails: list[Any], exc: Exception) -> int:
+    async def _settle_apart(self, lane: Lane, completes: list[Any], fails: list[Any], exc: Exception) -> int:
         """Settle a batch that a script refused one outcome at a time, so only the job whose
         record is at fault loses its outcome (its lease lapses and a claim reaps it). Returns how
         many outcomes were put back for the next round (Redis went down meanwhile)."""
@@ -552,7 +477,7 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001 (finished or taken over elsewhere: nothing to do)
             log.info("run.cancel_refused", job_id=job_id, error=str(exc))
 
-    def _check(self, lane: _Lane, items: list[Any], statuses: list[str]) -> None:
+    def _check(self, lane: Lane, items: list[Any], statuses: list[str]) -> None:
         for item, status in zip(items, statuses, strict=True):
             if status.startswith("fenced"):
                 log.warning("run.fenced", job_id=item[0], job_name=lane.served.name, status=status,
@@ -570,111 +495,3 @@ class Dispatcher:
             return False
         return True
 
-    # --- heartbeats ------------------------------------------------------------------
-
-    def beat_soon(self) -> None:
-        self._beat_now.set()
-
-    def _beat_interval(self) -> float:
-        if not self.lanes:
-            return 60.0
-        return max(min(lane.served.ack_wait_s for lane in self.lanes.values()) / 3, 0.05)
-
-    async def _flush_running_logs(self) -> None:
-        lines: dict[str, list[str]] = {}
-        retention: dict[str, float] = {}
-        pending = [f for f in self.inflight if f.log_lines]
-        for f in pending:
-            lines[f.job.id], f.log_lines = f.log_lines, []
-            retention[f.job.id] = f.served.retention_s
-        if not lines:
-            return
-        try:
-            await self.broker.append_logs(lines, retention)
-        except REDIS_DOWN as exc:
-            log.warning("redis.unavailable", op="logs", error=str(exc))
-            for f in pending:  # keep them for the next flush
-                f.log_lines[:0] = lines[f.job.id]
-
-    async def _heartbeat_loop(self) -> None:
-        last_full = time.monotonic()
-        while True:
-            interval = self._beat_interval()
-            try:
-                await asyncio.wait_for(self._beat_now.wait(), timeout=interval)
-            except TimeoutError:
-                pass
-            self._beat_now.clear()
-            full = self._full_beat or time.monotonic() - last_full >= interval * 0.9
-            self._full_beat = False
-            if full:
-                last_full = time.monotonic()
-            await self._flush_running_logs()
-            for lane in self.lanes.values():
-                group = [f for f in lane.inflight.values() if full or f.progress]
-                if not group:
-                    continue
-                items = [(f.job.id, f.job.lease, f.progress or "") for f in group]
-                try:
-                    statuses = await self.broker.heartbeat(lane.served.name, lane.served.ack_wait_ms, items)
-                except REDIS_DOWN as exc:
-                    log.warning("redis.unavailable", op="heartbeat", job_type=lane.served.name, error=str(exc))
-                    continue
-                for f, (_, _, sent), status in zip(group, items, statuses, strict=True):
-                    if f.progress == sent:
-                        f.progress = None
-                    if status == "cancel" and not f.cancel.is_set():
-                        log.info("run.cancel_requested", job_id=f.job.id, job_name=f.job.name)
-                        f.cancel.set()
-                    elif status == "lost" and not f.lease_lost:
-                        f.lease_lost = True
-                        log.warning("run.lease_lost", job_id=f.job.id, job_name=f.job.name,
-                                    note="another instance took the job over; this run's outcome will be refused")
-                        f.cancel.set()
-
-    # --- cancel requests -------------------------------------------------------------
-
-    async def _cancel_loop(self) -> None:
-        """Listen on this instance's cancel channel and cancel the runs it names.
-
-        Once subscribed (again), one full heartbeat asks Redis about every job in flight, so
-        a request published while the subscription was down is not left to the next renewal.
-        """
-        channel = keys.cancel_channel(self.instance_id)
-        backoff = 0.05
-        while True:
-            pubsub = self.broker.redis.pubsub()
-            try:
-                await pubsub.subscribe(channel)
-                while (await pubsub.get_message(timeout=30.0) or {}).get("type") != "subscribe":
-                    pass  # the server has us on the channel only once it confirms
-                self._full_beat = True
-                self._beat_now.set()
-                backoff = 0.05
-                while True:
-                    # a timeout, not a block: the read checks the connection's health meanwhile
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30.0)
-                    if msg is not None and msg.get("type") == "message":
-                        self._cancel_requested(msg["data"])
-            except REDIS_DOWN as exc:
-                backoff = await self._redis_down("cancel-subscribe", channel, exc, backoff)
-            except Exception as exc:  # noqa: BLE001 (e.g. a foreign message: resubscribe, keep serving)
-                log.warning("cancel.subscription_error", channel=channel, error=repr(exc))
-                backoff = await self._redis_down("cancel-subscribe", channel, exc, backoff)
-            finally:
-                await pubsub.aclose()
-
-    def _cancel_requested(self, data: str | bytes) -> None:
-        job_id = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
-        for lane in self.lanes.values():
-            f = lane.inflight.get(job_id)
-            if f is not None:
-                if not f.cancel.is_set():
-                    log.info("run.cancel_requested", job_id=job_id, job_name=f.job.name, via="channel")
-                    f.cancel.set()
-                return
-        # Not (yet) ours: its claim's reply may still be on its way (another connection).
-        now = time.monotonic()
-        if len(self._early_cancels) > 1000:
-            self._early_cancels = {k: t for k, t in self._early_cancels.items() if now - t < 60}
-        self._early_cancels[job_id[:64]] = now

@@ -21,7 +21,8 @@ from typing import Any
 import structlog
 
 from runners.base import Runner
-from supervisor.daemon.dispatcher import Dispatcher, InFlight
+from supervisor.daemon.dispatcher import Dispatcher
+from supervisor.daemon.lanes import InFlight
 from supervisor.daemon.sdnotify import Notifier
 from supervisor.daemon.shutdown import ShutdownManager, StopCallable
 

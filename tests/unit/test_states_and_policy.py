@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from supervisor import Backoff, Context, PermanentError, job
 from supervisor.config import Settings
-from supervisor.daemon.dispatcher import ServedType
+from supervisor.daemon.lanes import ServedType
 from supervisor.engine.keys import job_key, new_job_id, queue_prefix, tag_from_id
 from supervisor.engine.scripts import SCRIPT_NAMES, script_source
 from supervisor.engine.states import FINISHED, TERMINAL, TRANSITIONS, State, can_transition
