@@ -121,20 +121,15 @@ def render_unit(
     """
     work = _abs_path("working_dir", working_dir)
     state = _abs_path("state_dir", state_dir)
-    if isinstance(exec_start, str):
-        if not exec_start.strip() or "\n" in exec_start:
-            raise ValueError("exec_start must be one non-empty line")
-        command = exec_start.strip()
-    else:
-        if not exec_start:
-            raise ValueError("exec_start argv must not be empty")
-        # Only absoluteness matters here: systemd_quote() copes with spaces.
-        if not PurePosixPath(exec_start[0]).is_absolute():
-            raise ValueError(f"exec_start[0] must be an absolute path, got {exec_start[0]!r}")
-        command = " ".join(systemd_quote(a) for a in exec_start)
+    command = _exec_command(exec_start)
     text = shipped_unit_path().read_text(encoding="utf-8") if template is None else template
+    replacements = _replacements(command, work, state, user, group, read_only_paths)
+    return _rewrite(text, replacements, state)
 
-    # Directive -> new line(s); None drops the directive for a comment.
+
+def _replacements(command: str, work: PurePosixPath, state: PurePosixPath, user: str | None,
+                  group: str | None, read_only_paths: Sequence[str]) -> dict[str, str | None]:
+    """Directive -> new line(s); None drops the directive for a comment."""
     state_rel = _under(state, _STATE_ROOT)
     replacements: dict[str, str | None] = {
         "ExecStart=": f"ExecStart={command}",
@@ -154,7 +149,25 @@ def render_unit(
         replacements["User="] = f"User={_name('user', user)}"
     if group is not None:
         replacements["Group="] = f"Group={_name('group', group)}"
+    return replacements
 
+
+def _exec_command(exec_start: str | Sequence[str]) -> str:
+    """The ExecStart= value: a ready-made line verbatim, or an argv quoted for systemd."""
+    if isinstance(exec_start, str):
+        if not exec_start.strip() or "\n" in exec_start:
+            raise ValueError("exec_start must be one non-empty line")
+        return exec_start.strip()
+    if not exec_start:
+        raise ValueError("exec_start argv must not be empty")
+    # Only absoluteness matters here: systemd_quote() copes with spaces.
+    if not PurePosixPath(exec_start[0]).is_absolute():
+        raise ValueError(f"exec_start[0] must be an absolute path, got {exec_start[0]!r}")
+    return " ".join(systemd_quote(a) for a in exec_start)
+
+
+def _rewrite(text: str, replacements: dict[str, str | None], state: PurePosixPath) -> str:
+    """`text` with each directive of `replacements` replaced once (None: commented out)."""
     seen: set[str] = set()
     out: list[str] = []
     for line in text.splitlines():

@@ -267,34 +267,43 @@ async def list_jobs(
                 pipe.hmget(keys.job_key(job_id), _LIST_FIELDS)
             rows = await pipe.execute(raise_on_error=False)
         for job_id, row in zip(chunk, rows, strict=True):
-            if isinstance(row, Exception):  # WRONGTYPE: not a hash
-                bad.append(CorruptRecord(keys.job_key(job_id), str(row)))
-                continue
-            created, st, ctx, ckey, key_field = row
-            if st is None:
-                continue  # trimmed since it was indexed
-            if state is not None and st != state.value:
-                continue
-            try:
-                created_ms = int(created or 0)
-            except ValueError:
-                bad.append(CorruptRecord(keys.job_key(job_id), f"field 'created': {created!r} is not a time"))
-                continue
-            if since_ms is not None and created_ms < since_ms:
-                continue
-            if until_ms is not None and created_ms >= until_ms:
-                continue
-            if key is not None and job_key_of(ctx, ckey, key_field) != key:
-                continue
-            if after is not None and (created_ms, job_id) >= after:
-                continue
-            found.append((created_ms, job_id))
+            created_ms = _listed(job_id, row, state, since_ms, until_ms, key, after, bad)
+            if created_ms is not None:
+                found.append((created_ms, job_id))
     found.sort(reverse=True)
     page = found[:limit]
     jobs = await broker.get_many((job_id for _, job_id in page), bad) if page else []
     next_cursor = encode_cursor(*page[-1]) if len(found) > limit and page else None
     return jobs, next_cursor
 
+
+
+def _listed(job_id: str, row: Any, state: State | None, since_ms: int | None, until_ms: int | None,
+            key: str | None, after: tuple[int, str] | None, bad: list[CorruptRecord]) -> int | None:
+    """The creation time (ms) of a job whose `_LIST_FIELDS` row passes the filters of
+    `list_jobs`, else None (a record job-supervisor did not write is added to `bad`)."""
+    if isinstance(row, Exception):  # WRONGTYPE: not a hash
+        bad.append(CorruptRecord(keys.job_key(job_id), str(row)))
+        return None
+    created, st, ctx, ckey, key_field = row
+    if st is None:
+        return None  # trimmed since it was indexed
+    if state is not None and st != state.value:
+        return None
+    try:
+        created_ms = int(created or 0)
+    except ValueError:
+        bad.append(CorruptRecord(keys.job_key(job_id), f"field 'created': {created!r} is not a time"))
+        return None
+    if since_ms is not None and created_ms < since_ms:
+        return None
+    if until_ms is not None and created_ms >= until_ms:
+        return None
+    if key is not None and job_key_of(ctx, ckey, key_field) != key:
+        return None
+    if after is not None and (created_ms, job_id) >= after:
+        return None
+    return created_ms
 
 # --- lifecycle events ----------------------------------------------------------------------
 

@@ -218,6 +218,13 @@ def create_app(
     )
     app.state.api = state
     app.include_router(router)
+    _add_docs_routes(app)
+    app.add_middleware(Guard, state=state)
+    return app
+
+
+def _add_docs_routes(app: FastAPI) -> None:
+    """The OpenAPI document and the Swagger UI page with its packaged assets."""
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi_document() -> Any:
@@ -234,9 +241,6 @@ def create_app(
             raise StarletteHTTPException(404)
         body = resources.files("supervisor.operators.api").joinpath("static", asset).read_bytes()
         return Response(body, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
-
-    app.add_middleware(Guard, state=state)
-    return app
 
 
 def _error_model() -> Any:

