@@ -32,6 +32,18 @@ ROOT = Path(__file__).resolve().parents[1]
 HANDLERS = Path(__file__).parent / "handlers"
 
 
+def cli_env(**extra: str) -> dict[str, str]:
+    """This process's environment without our settings, plus JSON logs and `extra`: for a CLI run."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL", "WORKERS_"))}
+    return {**base, "JOB_SUPERVISOR_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`job-supervisor ARGS` as a real subprocess (`python -m supervisor`), its output captured."""
+    return subprocess.run([sys.executable, "-m", "supervisor", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=60, check=False)
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
     """Poll `predicate` until it returns a truthy value; fail the test after `timeout`."""
     deadline = time.monotonic() + timeout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -11,17 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import HANDLERS, wait_until
+from tests.conftest import HANDLERS, cli_env, run_cli, wait_until
 
-
-def _env(**extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL", "WORKERS_"))}
-    return {**base, "JOB_SUPERVISOR_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **extra}
-
-
-def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "supervisor", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=60, check=False)
+_env, _cli = cli_env, run_cli  # the shared CLI helpers, under this file's short names
 
 
 def test_cli_enqueue_wait_get_list_json(redis_url: str, use_handlers: Any, daemon: Any, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import click
 
 from supervisor.operators.cli import main
 from supervisor.producers.client import SyncClient
+from tests.conftest import cli_env, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,14 +41,7 @@ def long_name(payload: dict, ctx: Context) -> dict:
 '''
 
 
-def _env(**extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL", "WORKERS_"))}
-    return {**base, "JOB_SUPERVISOR_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **extra}
-
-
-def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "supervisor", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=60, check=False)
+_env, _cli = cli_env, run_cli  # the shared CLI helpers, under this file's short names
 
 
 def _tsv(text: str) -> list[dict[str, str]]:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from supervisor import Client, State
 from supervisor.engine import keys
 from supervisor.operators.api.app import create_app
 from supervisor.producers.client import new_trace_context
+from tests.conftest import cli_env, run_cli
 
 TOKENS = {"alice": "alice-secret", "ci": "ci-secret"}
 
@@ -38,9 +37,7 @@ async def _settled(client: Client, job_id: str, state: State, timeout: float = 2
 
 
 def _cli(redis_url: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL"))}
-    return subprocess.run([sys.executable, "-m", "supervisor", *args], capture_output=True, text=True,
-                          env={**env, "REDIS_URL": redis_url}, cwd=cwd, timeout=60, check=False)
+    return run_cli(*args, env=cli_env(REDIS_URL=redis_url), cwd=cwd)
 
 
 async def test_actions_are_recorded_with_who_asked_and_attempts_keep_counting(
