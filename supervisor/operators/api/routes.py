@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutErr
 
 from supervisor.daemon.presence import list_workers
 from supervisor.engine.states import State
-from supervisor.errors import CorruptRecord, JobRejected
+from supervisor.errors import CorruptRecord
 from supervisor.operators import admin
 from supervisor.operators.api.errors import ApiError, error_body
 from supervisor.operators.api.schemas import (
@@ -40,6 +40,7 @@ from supervisor.operators.api.schemas import (
     job_out,
 )
 from supervisor.producers.client import new_trace_context
+from supervisor.producers.enqueue import ref_or_raise
 
 bearer = HTTPBearer(auto_error=False, description="The API token (setting api_token).")
 router = APIRouter()
@@ -203,11 +204,10 @@ async def trigger(
         name, payload, delay=body.delay, run_at=body.run_at, priority=body.priority,
         idempotency_key=body.idempotency_key, deadline=body.deadline, concurrency_key=body.concurrency_key,
         context=context, allow_unknown=body.allow_unknown)
-    if done.outcome == "rejected":
-        raise JobRejected(done.name, done.key or "", done.reason or "", done.existing)
-    if done.outcome == "coalesced":
+    ref = ref_or_raise(done)  # a refused key: JobRejected, answered 409 with the key and the live job
+    if ref.existing:
         response.status_code = 200
-    return {"id": done.job_id, "name": done.name, "outcome": done.outcome, "existing": done.outcome == "coalesced",
+    return {"id": ref.id, "name": ref.name, "outcome": done.outcome, "existing": ref.existing,
             "key": done.key, "replaced": done.existing if done.outcome == "replaced" else None,
             "reason": done.reason}
 
