@@ -34,7 +34,6 @@ else
 end
 redis.call('HSET', jk, unpack(fields))
 if lease == '' then record_action(jk, 'cancel', now, source, by) end
-park(P, jk, id, 'cancelled', now, retention_ms(P, 'cancelled'), f[6])
-key_leave(P, id, f[8], true)
+finish(P, jk, id, 'cancelled', now, f[6], f[8])
 emit(P, 'cancelled', id, 'cancelled', f[3], f[9], 'reason', fields[6])
 return {'cancelled', st}

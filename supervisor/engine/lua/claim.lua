@@ -53,20 +53,17 @@ for _, id in ipairs(lapsed) do
     if dl and now >= dl then
       redis.call('HSET', jk, 'state', 'expired', 'history', hist, 'finished', now,
         'error', 'deadline passed while its worker was gone')
-      park(P, jk, id, 'expired', now, retention_ms(P, 'expired'), f[6])
-      key_leave(P, id, ckey, true)
+      finish(P, jk, id, 'expired', now, f[6], ckey)
       emit(P, 'expired', id, 'expired', f[2], f[10])
     elseif (tonumber(f[2]) or max_deliver) - (tonumber(f[11]) or 0) >= max_deliver then -- dbase: see revive.lua
       redis.call('HSET', jk, 'state', 'dead', 'history', hist, 'finished', now,
         'error', err .. '; max_deliver (' .. max_deliver .. ') reached')
-      park(P, jk, id, 'dead', now, retention_ms(P, 'dead'), f[6])
-      key_leave(P, id, ckey, true)
+      finish(P, jk, id, 'dead', now, f[6], ckey)
       emit(P, 'dead', id, 'dead', f[2], f[10], 'error', err)
     elseif ckey and f[9] ~= 'requeue-stale' then
       err = 'stale: ' .. err .. '; its key slot was taken over (stale_policy fail-stale)'
       redis.call('HSET', jk, 'state', 'failed', 'history', hist, 'finished', now, 'error', err)
-      park(P, jk, id, 'failed', now, retention_ms(P, 'failed'), f[6])
-      key_leave(P, id, ckey, true)
+      finish(P, jk, id, 'failed', now, f[6], ckey)
       emit(P, 'failed', id, 'failed', f[2], f[10], 'error', err)
     else
       if ckey then redis.call('HSET', jk, 'kheld', 1) end -- requeue-stale: keeps its slot
@@ -108,8 +105,7 @@ for i = 1, #popped, 2 do
     local slot = true
     if dl and now >= dl then
       redis.call('HSET', jk, 'state', 'expired', 'finished', now, 'error', 'deadline passed before it ran')
-      park(P, jk, id, 'expired', now, retention_ms(P, 'expired'), f[7])
-      key_leave(P, id, ckey, true)
+      finish(P, jk, id, 'expired', now, f[7], ckey)
       emit(P, 'expired', id, 'expired', f[3], f[5])
       slot = false
     elseif ckey and f[10] then

@@ -22,7 +22,6 @@ else
   redis.call('ZREM', P .. 'sched', id)
 end
 redis.call('HSET', jk, unpack(fields))
-park(P, jk, id, 'expired', now, retention_ms(P, 'expired'), f[6])
-key_leave(P, id, f[8], true)
+finish(P, jk, id, 'expired', now, f[6], f[8])
 emit(P, 'expired', id, 'expired', f[3], f[9])
 return {'expired', st}

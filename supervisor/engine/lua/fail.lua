@@ -62,8 +62,7 @@ for i = 0, n - 1 do
       if to == 'dead' then err = err .. ' (max_deliver ' .. max_deliver .. ' reached)' end
       if to == 'cancelled' then err = f[7] end
       redis.call('HSET', jk, 'state', to, 'error', err, 'history', hist, 'finished', now)
-      park(P, jk, id, to, now, retention_ms(P, to), f[6])
-      key_leave(P, id, f[8], true)
+      finish(P, jk, id, to, now, f[6], f[8])
       emit(P, to, id, to, d, f[9], 'error', err)
     end
     out[#out + 1] = to

@@ -138,6 +138,12 @@ local function key_leave(P, id, ckey, finished)
   end
 end
 
+-- A live job reached a finished state: parked for its retention, and out of its key's sets.
+local function finish(P, jk, id, state, now, idem, ckey)
+  park(P, jk, id, state, now, retention_ms(P, state), idem)
+  key_leave(P, id, ckey, true)
+end
+
 local function key_decision(P, ckey, decision, reason, now)
   redis.call('HSET', P .. 'kstat:' .. ckey, 'decision', decision, 'reason', reason, 'at', now)
 end
