@@ -1,4 +1,12 @@
-"""Request and response models of the admin API (they are also its OpenAPI document)."""
+"""Request and response models of the admin API (they are also its OpenAPI document).
+
+Queue control and history (issue 19), for the CLI and the dashboard alike:
+    POST /types/{name}/pause, POST /types/{name}/resume   -> PauseOut (no body; idempotent)
+    POST /jobs/bulk/{action}   body BulkIn                 -> BulkOut  (action: BulkAction)
+    GET  /types/{name}/history?minutes=60 (1..1440)       -> HistoryOut
+    GET  /history?minutes=60   (1..1440)                   -> HistoryAllOut
+    GET  /types                                            -> TypeOut, with `paused` and `paused_info`
+"""
 
 from __future__ import annotations
 
@@ -111,6 +119,12 @@ class LoadErrorOut(BaseModel):
     error: str
 
 
+class PauseInfo(BaseModel):
+    at: str = Field(description="ISO-8601, UTC: when the type was paused.")
+    source: str = Field(description="cli, api or client.")
+    by: str | None = Field(None, description="The API token's name, or the CLI's local user.")
+
+
 class TypeOut(BaseModel):
     name: str
     source: str | None = None
@@ -127,8 +141,95 @@ class TypeOut(BaseModel):
     last_served: LastServedOut | None = Field(None, description="The last instance that served it, and when.")
     load_errors: list[LoadErrorOut] = Field(default_factory=list,
                                             description="Load errors instances report for a file of this name.")
+    paused: bool = Field(False, description="Paused: enqueues are accepted, no instance claims its jobs.")
+    paused_info: PauseInfo | None = Field(None, description="When and by whom it was paused (null: not paused).")
 
     model_config = ConfigDict(populate_by_name=True)
+
+
+class PauseOut(BaseModel):
+    """The type's paused flag after `POST /types/{name}/pause` or `/resume`."""
+
+    name: str
+    paused: bool
+    changed: bool = Field(description="False when the type already was in that state (the call is idempotent).")
+    paused_info: PauseInfo | None = None
+
+
+BulkAction = Literal["retry", "replay", "dismiss", "cancel", "delete", "purge"]
+
+
+class BulkIn(BaseModel):
+    """The filter of a bulk action (every field optional; given fields must all match) and whether to act.
+
+    Which states an action takes: retry: failed; replay and dismiss: dead; cancel: waiting, pending,
+    retry (at once) and active (cancellation requested); delete: every state but active; purge:
+    finished states only (completed, failed, dead, cancelled, expired, dismissed) of one `type`.
+    A `state` outside the action's states is a 422."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str | None = Field(None, max_length=200, description="Job type (default: every type; purge needs one).")
+    state: str | None = Field(None, description="Only jobs in this state (default: every state the action takes).")
+    key: str | None = Field(None, max_length=1000, description="Only jobs with this concurrency key.")
+    since: AwareDatetime | None = Field(None, description="Created at or after (ISO-8601 with a zone).")
+    until: AwareDatetime | None = Field(None, description="Created before (ISO-8601 with a zone).")
+    error: str | None = Field(None, min_length=1, max_length=1000,
+                              description="Only jobs whose error contains this text (case-insensitive).")
+    limit: int | None = Field(None, ge=1, description="Act on at most this many matching jobs.")
+    dry_run: bool = Field(False, description="Count the matching jobs, change nothing.")
+
+
+class BulkOut(BaseModel):
+    """What a bulk action did (or, on a dry run, would do)."""
+
+    action: str
+    dry_run: bool
+    matched: int = Field(description="Jobs that match the filter, in a state the action takes.")
+    done: int = Field(description="Jobs acted on (0 on a dry run).")
+    skipped: int = Field(description="Matched jobs whose state changed before the action reached them.")
+    by_state: dict[str, int] = Field(default_factory=dict, description="Matched jobs by state.")
+    batches: int = Field(description="Script calls made (each scans at most 500 index entries).")
+    longest_call_ms: float = Field(description="The longest single script call, in ms (what Redis was blocked).")
+    elapsed_ms: float
+
+
+class Percentiles(BaseModel):
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+
+class HistoryPoint(BaseModel):
+    """One minute of a type (or of all types), from the counters the transition scripts keep."""
+
+    minute: str = Field(description="ISO-8601, UTC: the start of the minute.")
+    enqueued: int = 0
+    completed: int = 0
+    failed: int = Field(0, description="Jobs that ended failed (permanent failure, or stale under a key).")
+    dead: int = Field(0, description="Jobs that ended dead (max_deliver reached).")
+    retried: int = Field(0, description="Failed attempts (or lapsed leases) scheduled for another attempt.")
+    run_ms: Percentiles = Field(default_factory=Percentiles,
+                                description="Run time of the attempts that ended in the minute (ms).")
+    wait_ms: Percentiles = Field(default_factory=Percentiles,
+                                 description="Queue wait of the jobs first claimed in the minute (ms, from "
+                                             "creation or run_at to the first start).")
+
+
+class HistoryOut(BaseModel):
+    """Per-minute points, oldest first, one per minute (empty minutes have zero counts)."""
+
+    type: str | None = Field(None, description="The type; null for the totals of every type.")
+    minutes: int
+    points: list[HistoryPoint]
+
+
+class HistoryAllOut(BaseModel):
+    """The totals across every type, and each type's own points (GET /history)."""
+
+    minutes: int
+    totals: list[HistoryPoint]
+    types: dict[str, list[HistoryPoint]]
 
 
 class TriggerIn(BaseModel):
