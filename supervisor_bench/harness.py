@@ -80,7 +80,7 @@ class Bench:
         from supervisor.producers.client import Client  # noqa: PLC0415
 
         self.client = self.on_loop(self._make_client(Client))
-        write_handlers(self.root, self.o)
+        write_handlers(self.root, self.o, self.url)
 
     async def _make_client(self, cls: Any) -> Any:
         # allow_unknown: the backlog is queued while no daemon serves the bench types
@@ -171,6 +171,8 @@ class Bench:
                 if k.startswith("cmdstat_") and isinstance(v, dict)}
         return {"total": int(info["total_commands_processed"]), "calls": calls, "usec": usec,
                 "used_memory": int(info["used_memory"]),
+                "cpu": float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
+                "net_in": int(info["total_net_input_bytes"]), "net_out": int(info["total_net_output_bytes"]),
                 "dataset": int(info.get("used_memory_dataset", info["used_memory"]))}
 
     @staticmethod
@@ -311,7 +313,7 @@ class Bench:
 
     def drain_once(self, name: str, n: int, sample: int | None = None,
                    enqueue_chunk: int = 1000) -> dict[str, Any]:
-        """Queue `n` jobs, start a daemon, time READY -> `sample` (default n) completed, stop it."""
+        """Queue `n` jobs, start `daemons` daemons, time READY -> `sample` (default n) completed, stop them."""
         target = sample or n
         self.reset()
         before = self.stats()
@@ -320,53 +322,106 @@ class Bench:
         settle_s = self.settle()
         mid = self.stats()
         jobs_dir, tasks_dir = self.dirs_for(name)
-        d = self.start_daemon(name.removeprefix("bench."), jobs_dir, tasks_dir)
+        started_wall = time.time()
+        ds = [self.start_daemon(name.removeprefix("bench."), jobs_dir, tasks_dir) for _ in range(self.o.daemons)]
         try:
-            w = self._watch_drain(d, name, target)
+            w = self._watch_drain(ds, name, target)
             elapsed = w["elapsed"]
             out = {
                 "jobs": target, "queued": n, "seconds": elapsed, "rate": target / elapsed,
-                "enqueue_rate": n / t_enq, "start_to_ready_s": round(w["ready"] - d.spawned, 3),
-                "settle_s": round(settle_s, 3),
+                "enqueue_rate": n / t_enq, "start_to_ready_s": round(w["ready"] - ds[0].spawned, 3),
+                "settle_s": round(settle_s, 3), "daemons": len(ds),
                 "rss": w["rss"],
                 "cpu_percent": {"daemon_and_workers": round(w["daemon_cpu"] / elapsed * 100, 1),
                                 "redis": round(w["redis_cpu"] / elapsed * 100, 1) if w["redis_cpu"] is not None
                                 else None},
                 "other_outcomes": self.not_completed_finished(name),
+                **self._life_times(name, started_wall, target),
             }
         finally:
-            code = d.stop()
-        enq = self.command_delta(before, mid)
-        drain = self.command_delta(mid, w["after"], own=w["polls"])
-        out["exit_code"] = code
-        out["commands"] = {
-            "enqueue_per_job": enq["total"] / n, "drain_per_job": drain["total"] / target,
-            "per_job": (enq["total"] + drain["total"]) / n if target == n else None,
-            "enqueue_scripts_per_job": enq["scripts"] / n, "drain_scripts_per_job": drain["scripts"] / target,
-            "drain_script_us_per_job": drain["script_usec"] / target,
-            "drain_by_command": drain["calls"],
-        }
-        out["memory_per_job_bytes"] = (mid["used_memory"] - before["used_memory"]) / n
-        out["dataset_per_job_bytes"] = (mid["dataset"] - before["dataset"]) / n
+            codes = [d.stop() for d in ds]
+        out["exit_code"] = next((c for c in codes if c), codes[0])
+        out.update(self._redis_cost(before, mid, w["after"], n, target, w["polls"]))
+        if self.o.handler == "redis-roundtrip" and name in (INPROCESS, PROCESS):
+            out["roundtrips"] = self._roundtrips(name)
         return out
 
-    def _watch_drain(self, d: Daemon, name: str, target: int) -> dict[str, Any]:
-        """From the daemon's READY until `target` jobs of `name` completed: the seconds, CPU of the
-        daemon (and workers) and of the private Redis, peak RSS, Redis stats after, polls sent."""
-        ready = d.wait_ready()
-        cpu0 = cpu_snapshot(d.tree())
+    def _life_times(self, name: str, started_wall: float, target: int) -> dict[str, Any]:
+        """From the daemons' spawn (wall clock) to the first and the last completion, from the
+        finished index (its scores are Redis's clock in ms: the same machine's clock), and the
+        steady rate between them (first to last job)."""
+        assert self.r is not None
+        idx = keys.index_key(name, "st:completed")
+        first = self.r.zrange(idx, 0, 0, withscores=True)
+        last = self.r.zrange(idx, -1, -1, withscores=True)
+        if not first or not last:
+            return {}
+        t_first, t_last = float(first[0][1]) / 1000, float(last[0][1]) / 1000
+        steady = (target - 1) / (t_last - t_first) if t_last > t_first else None
+        return {"start_to_first_s": round(t_first - started_wall, 3),
+                "start_to_last_s": round(t_last - started_wall, 3),
+                "rate_from_start": target / (t_last - started_wall), "steady_rate": steady}
+
+    def _redis_cost(self, before: dict[str, Any], mid: dict[str, Any], after: dict[str, Any], n: int,
+                    target: int, polls: int) -> dict[str, Any]:
+        """What Redis spent on the fill (before -> mid) and on the drain (mid -> after): commands
+        (the bench's own polls left out), script time, CPU (INFO cpu), network bytes, memory."""
+        enq = self.command_delta(before, mid)
+        drain = self.command_delta(mid, after, own=polls)
+        per_job = target == n
+
+        def us(a: dict[str, Any], b: dict[str, Any], k: int) -> float:
+            return float(b["cpu"] - a["cpu"]) * 1e6 / k
+
+        def net(a: dict[str, Any], b: dict[str, Any], k: int) -> float:
+            return float(b["net_in"] - a["net_in"] + b["net_out"] - a["net_out"]) / k
+
+        return {
+            "commands": {
+                "enqueue_per_job": enq["total"] / n, "drain_per_job": drain["total"] / target,
+                "per_job": (enq["total"] + drain["total"]) / n if per_job else None,
+                "enqueue_scripts_per_job": enq["scripts"] / n, "drain_scripts_per_job": drain["scripts"] / target,
+                "drain_script_us_per_job": drain["script_usec"] / target,
+                "enqueue_script_us_per_job": enq["script_usec"] / n,
+                "drain_by_command": drain["calls"],
+            },
+            # INFO cpu (used_cpu_sys + used_cpu_user): all of Redis's work, network and AOF included
+            "redis_cpu_us_per_job": {"enqueue": us(before, mid, n), "drain": us(mid, after, target),
+                                     "life": us(before, mid, n) + us(mid, after, target) if per_job else None},
+            "redis_net_bytes_per_job": {"enqueue": net(before, mid, n), "drain": net(mid, after, target)},
+            "memory_per_job_bytes": (mid["used_memory"] - before["used_memory"]) / n,
+            "dataset_per_job_bytes": (mid["dataset"] - before["dataset"]) / n,
+        }
+
+    def _roundtrips(self, name: str) -> int:
+        """How many round trips the handlers of `name` made (their counter), to check none was skipped."""
+        from supervisor_bench.handlers import roundtrip_key  # noqa: PLC0415
+
+        assert self.r is not None
+        return int(self.r.get(roundtrip_key(name)) or 0)
+
+    def _watch_drain(self, ds: list[Daemon], name: str, target: int) -> dict[str, Any]:
+        """From the daemons' READY (all of them) until `target` jobs of `name` completed: the seconds,
+        CPU of the daemons (and workers) and of the private Redis, peak RSS (the first daemon's
+        tree), Redis stats after, polls sent."""
+        ready = max(d.wait_ready() for d in ds)
+
+        def trees() -> list[psutil.Process]:
+            return [p for d in ds for p in d.tree()]
+
+        cpu0 = cpu_snapshot(trees())
         redis_ps = psutil.Process(self.server.process.pid) if self.server and self.server.process else None
         rcpu0 = cpu_snapshot([redis_ps]) if redis_ps else {}
         limit = time.monotonic() + max(120.0, target / (1 if name in (SUBPROCESS_PY, SHELL) else 200))
-        with ResourceSampler(d) as rss:
-            polls, finished = self._poll_completed(d, name, target, limit)
-            cpu1 = cpu_snapshot(d.tree())
+        with ResourceSampler(ds[0]) as rss:
+            polls, finished = self._poll_completed(ds, name, target, limit)
+            cpu1 = cpu_snapshot(trees())
             rcpu1 = cpu_snapshot([redis_ps]) if redis_ps else {}
         return {"ready": ready, "elapsed": finished - ready, "after": self.stats(), "rss": rss.result(),
                 "daemon_cpu": cpu_delta(cpu0, cpu1), "redis_cpu": cpu_delta(rcpu0, rcpu1) if redis_ps else None,
                 "polls": polls}
 
-    def _poll_completed(self, d: Daemon, name: str, target: int, limit: float) -> tuple[int, float]:
+    def _poll_completed(self, ds: list[Daemon], name: str, target: int, limit: float) -> tuple[int, float]:
         """Poll the type's completed count until it reaches `target`; (polls, perf_counter time then)."""
         polls = 0
         while True:
@@ -374,9 +429,10 @@ class Bench:
             polls += 1
             if done >= target:
                 return polls, time.perf_counter()
-            if d.proc.poll() is not None:
-                raise BenchError(f"daemon exited with {d.proc.returncode} mid-drain:\n{d.log_tail()}")
+            for d in ds:
+                if d.proc.poll() is not None:
+                    raise BenchError(f"daemon exited with {d.proc.returncode} mid-drain:\n{d.log_tail()}")
             if time.monotonic() > limit:
                 raise BenchError(f"drain of {name} stalled at {done}/{target} "
-                                 f"(other outcomes: {self.not_completed_finished(name)}):\n{d.log_tail()}")
+                                 f"(other outcomes: {self.not_completed_finished(name)}):\n{ds[0].log_tail()}")
             time.sleep(0.005 if target <= 5000 else 0.01)

@@ -18,6 +18,9 @@ CANCEL_PROCESS = "bench.cancel-process"
 CANCEL_TYPES = (CANCEL_INPROCESS, CANCEL_PROCESS)
 RUNTIMES = ("inprocess", "process", "subprocess")
 SECTIONS = ("idle", "latency", "enqueue", "drain", "cancel", "cli")
+#: What the in-process and process bench handlers do per job: nothing, or one Redis round trip
+#: (an INCR of the type's counter with the natural client: redis.asyncio when async, redis when sync).
+HANDLERS = ("noop", "redis-roundtrip")
 #: The commands whose start-up CPU the `cli` section measures (what a script calls most).
 CLI_COMMANDS = ("health", "jobs get", "enqueue")
 
@@ -33,9 +36,12 @@ class BenchOptions:
     repeat: int = 3
     runtimes: tuple[str, ...] = RUNTIMES
     workers: int = 2  # WORKERS_CONCURRENCY of the process runtime
-    concurrency: int = 200  # per-type concurrency of the inprocess no-op
-    # per-type concurrency of the process no-op (default 16 x workers: the knee of BENCHMARKS.md's sweep)
+    concurrency: int = 200  # per-type concurrency of the inprocess no-op (0: the settings' default_concurrency)
+    # per-type concurrency of the process no-op (default 16 x workers: the knee of BENCHMARKS.md's sweep;
+    # 0: the settings' default_concurrency)
     process_concurrency: int | None = None
+    handler: str = "noop"  # HANDLERS: what the inprocess and process handlers do per job
+    daemons: int = 1  # daemons started side by side for each drain (each serving the drained type)
     subprocess_jobs: int = 200  # N for the subprocess runtimes (a fork per job)
     subprocess_concurrency: int = 8
     payload_bytes: int = 100
@@ -66,7 +72,8 @@ class BenchOptions:
 
     @property
     def process_type_concurrency(self) -> int:
-        return self.process_concurrency or 16 * self.workers
+        """The process type's concurrency (0: the settings' default, `concurrency=` left out)."""
+        return 16 * self.workers if self.process_concurrency is None else self.process_concurrency
 
     def serves(self, name: str) -> bool:
         """Whether bench type `name` is measured: its runtime is one of `runtimes`."""

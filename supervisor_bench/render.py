@@ -30,6 +30,8 @@ def render(results: dict[str, Any], console: Any) -> None:
         _enqueue(results, console)
     if results.get("drain"):
         _drain(results, console)
+    if results.get("drain"):
+        _life(results, console)
     if results.get("latency"):
         _latency(results, console)
     if results.get("cancel"):
@@ -62,14 +64,16 @@ def _enqueue(results: dict[str, Any], console: Any) -> None:
 
 def _drain(results: dict[str, Any], console: Any) -> None:
     """The drain table: per runtime, rate, peak RSS, CPU and Redis commands and scripts per job."""
-    t = Table(title="drain of already-queued no-op jobs (READY -> last completed)")
+    handler = results["options"].get("handler", "noop")
+    t = Table(title=f"drain of already-queued {handler} jobs (READY -> last completed)")
     for col in ("runtime", "jobs", "jobs/s", "spread", "x best peer", "peak RSS MB daemon + workers",
                 "CPU % daemon+workers / Redis", "Redis cmds/job", "scripts/job"):
         t.add_column(col, justify="left" if col == "runtime" else "right")
     o = results["options"]
     for name, d in results["drain"].items():
-        label = {"inprocess": f"inprocess (concurrency {o['concurrency']})",
-                 "process": f"process ({o['workers']} workers, concurrency {o['process_type_concurrency']})",
+        label = {"inprocess": f"inprocess (concurrency {o['concurrency'] or 'default'})",
+                 "process": f"process ({o['workers']} workers, "
+                            f"concurrency {o['process_type_concurrency'] or 'default'})",
                  "subprocess-py": f"subprocess, Python (concurrency {o['subprocess_concurrency']})",
                  "shell": f"subprocess, shell (concurrency {o['subprocess_concurrency']})"}.get(name, name)
         cpu = d["cpu_percent"]
@@ -78,6 +82,25 @@ def _drain(results: dict[str, Any], console: Any) -> None:
                   f"{d['rss']['daemon_mb']:.0f} + {d['rss']['workers_mb']:.0f}",
                   f"{_n(cpu['daemon_and_workers'])} / {_n(cpu['redis'])}",
                   _n(d["commands_per_job"], 1), _n(d["drain_scripts_per_job"], 3))
+    console.print(t)
+
+
+def _life(results: dict[str, Any], console: Any) -> None:
+    """A job's whole life per drained runtime: from the daemons' spawn, steady, and Redis's cost per job."""
+    o = results["options"]
+    t = Table(title=f"drain from the daemons' start ({o.get('handler', 'noop')} handler, {o.get('daemons', 1)} "
+                    "daemon(s)): spawn -> first / last job; Redis per job: enqueue + drain")
+    for col in ("runtime", "start->first s", "start->last s", "jobs/s from start", "steady jobs/s",
+                "Redis CPU us/job enq + drain", "Redis cmds/job enq + drain", "net B/job enq + drain"):
+        t.add_column(col, justify="left" if col == "runtime" else "right")
+    for name, d in results["drain"].items():
+        if "start_to_last_s" not in d:
+            continue
+        cpu, net = d["redis_cpu_us_per_job"], d["redis_net_bytes_per_job"]
+        t.add_row(name, _n(d["start_to_first_s"], 2), _n(d["start_to_last_s"], 2), _n(d["rate_from_start"]["median"]),
+                  _n(d["steady_rate"]), f"{_n(cpu['enqueue'], 1)} + {_n(cpu['drain'], 1)}",
+                  f"{_n(d['enqueue_commands_per_job'], 1)} + {_n(d['drain_commands_per_job'], 1)}",
+                  f"{_n(net['enqueue'])} + {_n(net['drain'])}")
     console.print(t)
 
 

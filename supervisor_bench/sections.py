@@ -89,7 +89,34 @@ def measure_drain(b: Bench, name: str, n: int) -> dict[str, Any]:
         "drain_script_us_per_job": statistics.median(r["commands"]["drain_script_us_per_job"] for r in runs),
         "memory_per_job_bytes": statistics.median(r["memory_per_job_bytes"] for r in runs),
         "other_outcomes": [r["other_outcomes"] for r in runs if r["other_outcomes"]],
+        "daemons": b.o.daemons, "handler": b.o.handler,
+        **_life_figures(runs),
     }
+
+
+def _life_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the figures of a job's whole life across runs: spawn to first and last job,
+    the steady rate, Redis CPU (INFO cpu) and network bytes per job, the handlers' round trips."""
+    def med(get: Any) -> Any:
+        values = [v for v in (get(r) for r in runs) if v is not None]
+        return statistics.median(values) if values else None
+
+    out: dict[str, Any] = {
+        "start_to_first_s": med(lambda r: r.get("start_to_first_s")),
+        "start_to_last_s": med(lambda r: r.get("start_to_last_s")),
+        "rate_from_start": summary([r["rate_from_start"] for r in runs if r.get("rate_from_start")] or [0.0]),
+        "steady_rate": med(lambda r: r.get("steady_rate")),
+        "redis_cpu_us_per_job": {k: med(lambda r, k=k: r["redis_cpu_us_per_job"][k])
+                                 for k in ("enqueue", "drain", "life")},
+        "redis_net_bytes_per_job": {k: med(lambda r, k=k: r["redis_net_bytes_per_job"][k])
+                                    for k in ("enqueue", "drain")},
+        "enqueue_script_us_per_job": med(lambda r: r["commands"]["enqueue_script_us_per_job"]),
+        "enqueue_commands_per_job": med(lambda r: r["commands"]["enqueue_per_job"]),
+        "drain_commands_per_job": med(lambda r: r["commands"]["drain_per_job"]),
+    }
+    if any("roundtrips" in r for r in runs):
+        out["roundtrips"] = [r.get("roundtrips") for r in runs]
+    return out
 
 
 def measure_idle_and_latency(b: Bench) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -42,10 +42,16 @@ _OPTIONS = (
                  help="Comma-separated runtimes to drain."),
     click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
                  help="WORKERS_CONCURRENCY of the process runtime."),
-    click.option("--concurrency", type=click.IntRange(min=1), default=200, show_default=True,
-                 help="Per-type concurrency of the inprocess no-op."),
-    click.option("--process-concurrency", type=click.IntRange(min=1), default=None,
-                 help="Per-type concurrency of the process no-op [default: 16 x workers]."),
+    click.option("--concurrency", type=click.IntRange(min=0), default=200, show_default=True,
+                 help="Per-type concurrency of the inprocess handler (0: the settings' default_concurrency)."),
+    click.option("--process-concurrency", type=click.IntRange(min=0), default=None,
+                 help="Per-type concurrency of the process handler [default: 16 x workers; 0: the settings' "
+                      "default_concurrency]."),
+    click.option("--handler", type=click.Choice(["noop", "redis-roundtrip"]), default="noop", show_default=True,
+                 help="What the inprocess and process handlers do per job: nothing, or one Redis round trip "
+                      "(INCR, redis.asyncio in the async handler, blocking redis in the sync one)."),
+    click.option("--daemons", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Daemons started side by side for each drain (e.g. one per core)."),
     click.option("--subprocess-jobs", type=click.IntRange(min=1), default=200, show_default=True,
                  help="N for the subprocess runtimes (one fork per job)."),
     click.option("--subprocess-concurrency", type=click.IntRange(min=1), default=8, show_default=True),
@@ -81,7 +87,8 @@ def _bench_options(command: _F) -> _F:
 @click.pass_context
 def bench(ctx: click.Context, redis_url: str | None, redis_server: str | None, unix_socket: bool, jobs: int,
           quick: bool, repeat: int, runtimes: str, workers: int, concurrency: int,
-          process_concurrency: int | None, subprocess_jobs: int, subprocess_concurrency: int,
+          process_concurrency: int | None, handler: str, daemons: int, subprocess_jobs: int,
+          subprocess_concurrency: int,
           payload_bytes: int, latency_jobs: int, latency_gap_ms: float, cancel_jobs: int, idle_seconds: float,
           backlog: bool,
           backlog_jobs: int, backlog_small: int, backlog_sample: int, only: str, keep_dir: bool,
@@ -103,6 +110,7 @@ def bench(ctx: click.Context, redis_url: str | None, redis_server: str | None, u
     options = BenchOptions(
         redis_url=redis_url, redis_server=redis_server, unix_socket=unix_socket, jobs=jobs, repeat=repeat,
         runtimes=wanted, workers=workers, concurrency=concurrency, process_concurrency=process_concurrency,
+        handler=handler, daemons=daemons,
         subprocess_jobs=subprocess_jobs, subprocess_concurrency=subprocess_concurrency,
         payload_bytes=payload_bytes, latency_jobs=latency_jobs, latency_gap_ms=latency_gap_ms,
         cancel_jobs=cancel_jobs, idle_seconds=idle_seconds, backlog=backlog, backlog_jobs=backlog_jobs,

@@ -1,0 +1,40 @@
+"""`job-supervisor bench --handler redis-roundtrip` (issue 17, item 5): every job's handler makes
+one Redis round trip, the drain is timed from the daemons' spawn, and Redis's cost per job is
+reported. Counts only (no timing target: those belong to the bench itself)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+JOBS = 300
+
+
+def test_roundtrip_handlers_each_make_one_round_trip(redis_url: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL", "WORKERS_", "NOTIFY_SOCKET"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "supervisor", "bench", "--json", "--handler", "redis-roundtrip", "--only", "drain",
+         "--runtimes", "inprocess,process", "--jobs", str(JOBS), "--repeat", "1", "--daemons", "2",
+         "--concurrency", "0", "--workers", "1", "--redis-url", redis_url],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=110, check=False,
+    )
+    assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    r = json.loads(proc.stdout)
+    assert r["options"]["handler"] == "redis-roundtrip" and r["options"]["daemons"] == 2
+    for runtime in ("inprocess", "process"):
+        d = r["drain"][runtime]
+        # every job ran its handler once, and each handler made its one INCR (no retries: no failures)
+        assert d["roundtrips"] == [JOBS], (runtime, d["roundtrips"])
+        assert not d["other_outcomes"]
+        assert 0 < d["start_to_first_s"] <= d["start_to_last_s"]
+        assert d["redis_cpu_us_per_job"]["life"] > 0 and d["redis_net_bytes_per_job"]["drain"] > 0
+        # the handler's INCR is one command of the drain's; enqueue is the one script call per chunk
+        assert d["drain_commands_per_job"] >= 1 and d["enqueue_commands_per_job"] > 0
