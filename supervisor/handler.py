@@ -81,7 +81,7 @@ class PayloadModel:
         self._validator: Validator | None = None
         if schema is not None:
             self._validator = compile_schema(schema)
-            self._validator.check_schema(schema)  # a bad schema is a load error of the file
+            self._validator.check_schema()  # a bad schema is a load error of the file
             self.schema = schema
         elif annotation is not inspect.Parameter.empty and annotation is not Any:
             self._adapter = TypeAdapter(annotation)

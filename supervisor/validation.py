@@ -9,23 +9,61 @@ Formats are jsonschema's own `FORMAT_CHECKER` of the schema's draft: email (an "
 jsonschema checks it), idn-email, date, ipv4, ipv6, uuid and regex with the stdlib; date-time
 with `rfc3339-validator`; uri and uri-reference with `rfc3986-validator`. jsonschema skips a
 format silently when its package is missing, so both are dependencies of the project.
+
+jsonschema is the judge, but importing it costs a short-lived CLI process ~90 ms (attrs,
+referencing, its metaschemas). So a schema written only in the keywords that draft 2020-12 and
+draft-07 read alike (`fast_check.py` lists them) is first checked by a fastjsonschema function
+compiled from it, with the promised formats checked by `fast_check.py`'s copies of jsonschema's
+own checks. A payload that passes is accepted without importing jsonschema; one that fails, and
+any payload of a schema outside that subset, goes to jsonschema, which lists every problem (and
+has the last word: a payload it accepts is accepted). `tests/unit/test_validation_agreement.py`
+checks that the fast check never accepts what jsonschema rejects.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 from pydantic import ValidationError
 
+from supervisor import fast_check
 from supervisor.errors import InvalidPayload
+
+if TYPE_CHECKING:  # imported when a payload fails the fast check, or its schema has no fast check
+    import jsonschema
 
 #: Problems listed in one error; beyond them only their number is given (`(and 3 more)`).
 MAX_PROBLEMS = 20
 _MAX_INPUT_REPR = 80
 
-Validator = jsonschema.protocols.Validator
+class Validator:
+    """The compiled checks of one schema: the fast check when the schema allows one, and
+    jsonschema's validator, built on first need."""
+
+    __slots__ = ("_fast", "_full", "formats", "schema")
+
+    def __init__(self, schema: dict[str, Any], formats: bool) -> None:
+        self.schema = schema
+        self.formats = formats
+        self._fast = fast_check.compile_fast(schema, formats=formats)
+        self._full: jsonschema.protocols.Validator | None = None
+
+    def accepts_fast(self, value: Any) -> bool:
+        """True when the fast check accepts `value` (then jsonschema would too)."""
+        return self._fast is not None and self._fast(value)
+
+    def check_schema(self) -> None:
+        """Raises jsonschema.SchemaError when the schema itself is not valid in its draft."""
+        type(self.full()).check_schema(self.schema)
+
+    def full(self) -> jsonschema.protocols.Validator:
+        if self._full is None:
+            import jsonschema  # noqa: PLC0415 (see the module docstring)
+
+            cls = jsonschema.validators.validator_for(self.schema, default=jsonschema.Draft202012Validator)
+            self._full = cls(self.schema, format_checker=cls.FORMAT_CHECKER if self.formats else None)
+        return self._full
 
 
 def compile_schema(schema: dict[str, Any], *, formats: bool = True) -> Validator:
@@ -34,13 +72,15 @@ def compile_schema(schema: dict[str, Any], *, formats: bool = True) -> Validator
 
     Compile once per loaded schema and keep it: building one costs far more than a check.
     """
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER if formats else None)
+    return Validator(schema, formats)
 
 
 def check_payload(name: str, validator: Validator, value: Any) -> None:
     """Raises InvalidPayload listing every way `value` breaks the schema of job type `name`."""
-    problems, more = _bounded((_schema_path(e), e.message) for e in validator.iter_errors(value))
+    if validator.accepts_fast(value):
+        return
+    errors = validator.full().iter_errors(value)
+    problems, more = _bounded((_schema_path(e), e.message) for e in errors)
     if problems:
         raise InvalidPayload(name, problems=problems, more=more)
 
