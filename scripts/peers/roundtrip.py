@@ -118,7 +118,7 @@ def main() -> None:
     try:
         peers = {p: run([str(PEERS_PY), str(DRIVER), p, "drain", f"{url}/{db}", str(a.jobs), str(a.repeat)],
                         f"{p}: drain of {a.jobs} jobs x {a.repeat}") for p, db in (("huey", 1), ("dramatiq", 2))}
-        ours = {key: bench(url, args + ["--only", "drain"], a.jobs, a.repeat, label)
+        ours = {key: bench(url, [*args, "--only", "drain"], a.jobs, a.repeat, label)
                 for key, (label, args) in zip(("defaults", "two", "process"), OURS, strict=True)}
         rows = {"huey": peer_row("huey 3.5.4 (2 worker processes)", peers["huey"]),
                 "dramatiq": peer_row("dramatiq 2.2.1 (2 processes x 8 threads)", peers["dramatiq"]),
