@@ -12,20 +12,24 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
+from supervisor.engine.redis_url import mask_url, parse_redis_url, with_sentinel_credentials
 from supervisor.errors import ConfigError
 
 DEFAULT_CONFIG = Path("config/job-supervisor.toml")
 Runtime = Literal["inprocess", "process", "subprocess"]
+Durability = Literal["async", "replicated"]
+Globs = Annotated[list[str], NoDecode]  # from env and flags as `orders.*,images.*` (not JSON)
 
 
 def _default_state_dir() -> Path:
@@ -48,8 +52,25 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("REDIS_URL", "JOB_SUPERVISOR_REDIS_URL", "redis_url"),
-        description="Redis to use (redis://, rediss://, unix://). Unset: start a private embedded Redis.",
+        description="Redis to use (redis://, rediss://, unix://, redis+sentinel://, redis+cluster://; "
+                    "docs/scaling.md). Unset: start a private embedded Redis.",
     )
+    sentinel_username: str | None = Field(None, description="User name the sentinels of a redis+sentinel:// URL "
+                                                            "want (the URL's own credentials are the master's).")
+    sentinel_password: SecretStr | None = Field(None, description="Password the sentinels of a redis+sentinel:// "
+                                                                  "URL want.")
+    durability: Durability = Field(
+        "async", description="async: a write is acknowledged once the master has it (a failover may lose the "
+                             "last writes); replicated: enqueues and the transitions that would lose work wait "
+                             "for one replica (WAIT) first. A type's own `durability` overrides it.")
+    replica_wait: float = Field(1.0, gt=0, le=60, description="durability = replicated: longest wait for a "
+                                                             "replica's acknowledgement (seconds) before the "
+                                                             "write fails as not replicated.")
+    serve_types: Globs = Field(
+        default_factory=list, description="Serve only the job types matching these globs (e.g. orders.*, "
+                                          "images.*; empty: every type of jobs/ and tasks/). `run --types`.")
+    exclude_types: Globs = Field(
+        default_factory=list, description="Never serve the job types matching these globs. `run --exclude-types`.")
     workers_concurrency: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         gt=0,
@@ -121,9 +142,15 @@ class Settings(BaseSettings):
     def _check_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
-        url = value.get_secret_value()
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        parse_redis_url(value.get_secret_value())  # a ValueError names the problem and the right form
+        return value
+
+    @field_validator("serve_types", "exclude_types", mode="before")
+    @classmethod
+    def _split_globs(cls, value: Any) -> Any:
+        """A comma-separated string (`orders.*,images.*`, as the flags and env take it) as a list."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @classmethod
@@ -152,7 +179,12 @@ class Settings(BaseSettings):
         return specs
 
     def redis_url_value(self) -> str | None:
-        return self.redis_url.get_secret_value() if self.redis_url else None
+        """REDIS_URL, with the sentinels' own credentials (the settings) added to a sentinel URL."""
+        if not self.redis_url:
+            return None
+        return with_sentinel_credentials(
+            self.redis_url.get_secret_value(), self.sentinel_username,
+            self.sentinel_password.get_secret_value() if self.sentinel_password else None)
 
     def api_bearer_tokens(self) -> dict[str, str]:
         """Every accepted admin API token by name (api_token's name is ''); empty: no check."""
@@ -163,8 +195,6 @@ class Settings(BaseSettings):
 
     def masked(self) -> dict[str, Any]:
         """Every setting as JSON-ready values, secrets replaced by ***."""
-        from supervisor.engine.broker import mask_url  # noqa: PLC0415 (avoid a cycle at import)
-
         out: dict[str, Any] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)

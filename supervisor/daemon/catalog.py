@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,10 @@ def _serve(catalog: Catalog, published: PublishedType, settings: Settings, insta
     form and its schedule."""
     policy = published.policy
     served = ServedType(policy, published.source)
+    if not serves(settings, served.name):  # dedicated instances: another one serves it
+        log.info("jobs.not_served_here", job_type=served.name, serve_types=settings.serve_types,
+                 exclude_types=settings.exclude_types)
+        return False
     if served.runtime not in runtimes:
         catalog.errors[served.source] = HandlerImportError(
             served.source, f"{served.name}: runtime {served.runtime!r} is not available; "
@@ -155,6 +160,14 @@ def _serve(catalog: Catalog, published: PublishedType, settings: Settings, insta
     if policy.schedule:
         _add_schedule(catalog, policy.schedule_entry(), schedule_source or published.source)
     return True
+
+
+def serves(settings: Settings, name: str) -> bool:
+    """Whether this instance serves the type `name`: it matches a glob of `serve_types` (when
+    any is set) and none of `exclude_types` (`run --types` / `--exclude-types`)."""
+    if settings.serve_types and not any(fnmatchcase(name, glob) for glob in settings.serve_types):
+        return False
+    return not any(fnmatchcase(name, glob) for glob in settings.exclude_types)
 
 
 def _task_name(path: Path) -> str:

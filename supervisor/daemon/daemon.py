@@ -51,7 +51,8 @@ from supervisor.daemon.stop_plan import (
     register_plan,
     stop_fetching,
 )
-from supervisor.engine.broker import Broker, connect, mask_url
+from supervisor.engine.broker import Broker, connect
+from supervisor.engine.redis_url import mask_url
 from supervisor.errors import ConfigError, EmbeddedRedisError
 from supervisor.handler import JobType
 from supervisor.observability.metrics import Metrics
@@ -376,6 +377,7 @@ class Daemon:
         now, catalog = time.monotonic(), p.catalog.current
         return {
             "types": sorted(catalog.served),
+            "serve_types": self.settings.serve_types, "exclude_types": self.settings.exclude_types,
             "in_flight": [{"id": f.job.id, "name": f.job.name, "attempt": f.job.attempt,
                            "age_s": round(now - f.started, 3)} for f in p.dispatcher.inflight],
             "worker_pids": [w["pid"] for w in self.workers_info() if w.get("pid")],

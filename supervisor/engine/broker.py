@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from supervisor.engine import keys
 from supervisor.engine.records import Job, check_text, loads, parsed
+from supervisor.engine.redis_url import FORMS, mask_url, parse_redis_url
 from supervisor.engine.scripts import SCRIPT_NAMES, script_source
 from supervisor.engine.states import FINISHED, State
 from supervisor.engine.transport import ScriptTransport, transport_for
@@ -53,17 +54,30 @@ class NewJob:
     max_queued: int = 0
     when_full: str = "reject"
     stale_policy: str = "fail-stale"
+    # Workflows (supervisor.engine.deps): with `waits` (dependencies + 1 for the gate) the job is
+    # made `waiting`; a `batch` member notifies its batch when it settles.
+    waits: int = 0
+    on_dependency_failure: str = ""
+    batch: str = ""
 
     def args(self) -> list[Any]:
-        return [self.id, self.payload_json, self.priority, self.delay_ms, self.deadline_ms,
+        args = [self.id, self.payload_json, self.priority, self.delay_ms, self.deadline_ms,
                 self.idempotency_key, self.context_json, self.parent, self.concurrency_key,
                 self.max_active, self.max_queued, self.when_full, self.stale_policy]
+        if self.waits or self.batch:
+            args += (self.waits, self.on_dependency_failure, self.batch)
+        return args
+
+    @property
+    def stride(self) -> int:
+        """How many values the enqueue script's long form takes for this job (13, or 16 in a workflow)."""
+        return 16 if self.waits or self.batch else 13
 
     @property
     def plain(self) -> bool:
         """Nothing but a payload: the enqueue script takes it in its short form."""
         return not (self.priority or self.delay_ms or self.deadline_ms or self.idempotency_key or self.parent
-                    or self.concurrency_key)
+                    or self.concurrency_key or self.waits or self.batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +129,8 @@ class ClaimBatch:
 
 
 def connect(url: str, **options: Any) -> aioredis.Redis:
-    """An asyncio Redis client for `url` (redis://, rediss://, unix://).
+    """An asyncio Redis client for `url`: any form of `supervisor.engine.redis_url` (one server,
+    the master of a Sentinel group, a Redis Cluster).
 
     No automatic retries: a transition script that timed out may have run, and only the
     caller knows whether running it again is safe (every loop of the daemon retries with
@@ -125,6 +140,10 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
     from redis.asyncio.retry import Retry  # noqa: PLC0415
     from redis.backoff import NoBackoff  # noqa: PLC0415
 
+    try:
+        target = parse_redis_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"setting 'redis_url' (env REDIS_URL) = {mask_url(url)!r}: {exc}") from None
     options.setdefault("retry", Retry(NoBackoff(), 0))
     options.setdefault("socket_timeout", 30.0)
     options.setdefault("socket_connect_timeout", 5.0)
@@ -133,23 +152,17 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
     # A value that is not UTF-8 (foreign or hostile bytes in a key) decodes to lone surrogates
     # instead of failing the read; the record parsers report it (supervisor.engine.records).
     options.setdefault("encoding_errors", "surrogateescape")
+    if target.kind != "server":
+        from supervisor.engine.topology import connect_target  # noqa: PLC0415
+
+        return connect_target(target, decode_responses=True, **options)
     try:
         return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **options)
     except ValueError as exc:
         raise ConfigError(
             f"setting 'redis_url' (env REDIS_URL) = {mask_url(url)!r} is not a Redis URL: {exc}. "
-            "Use redis://[user:password@]host:port/db, rediss:// for TLS, or unix:///path/redis.sock"
+            f"Use {FORMS}"
         ) from exc
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    cred, _, host = rest.rpartition("@")
-    user = cred.split(":", 1)[0] if ":" in cred else ""
-    return f"{scheme}://{user}:***@{host}"
 
 
 async def read_job(redis: Any, job_id: str) -> Job:
@@ -526,9 +539,10 @@ def enqueue_args(name: str, jobs: Sequence[NewJob]) -> list[Any]:
         for j in jobs:
             args += (j.id, j.payload_json, j.context_json)
         return args
-    args = [prefix, job_prefix, name, len(jobs), 13]
+    stride = max(j.stride for j in jobs)  # one stride per call: a job of a workflow pads the others
+    args = [prefix, job_prefix, name, len(jobs), stride]
     for j in jobs:
-        args += j.args()
+        args += j.args() if j.stride == stride else (*j.args(), 0, "", "")
     return args
 
 

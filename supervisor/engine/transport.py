@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import hiredis
 
+from supervisor.engine.topology import SentinelWire, sentinel_params, sentinel_pool
 from supervisor.engine.wire import AsyncWire, Script, params_of, redis_errors
 
 if TYPE_CHECKING:  # redis-py is imported by whoever made the client
@@ -80,6 +81,9 @@ def transport_for(client: aioredis.Redis, blocking: aioredis.Redis | None = None
     params = params_of(client)
     if params is not None:
         return AsyncWire(params)
+    pool = sentinel_pool(client)
+    if pool is not None and "SSL" not in pool.connection_class.__name__:
+        return SentinelWire(sentinel_params(client), pool)
     return RedisPyTransport(client, blocking or client)
 
 

@@ -116,9 +116,10 @@ class WireParams:
 
 
 def params_of(client: Any, timeout_s: float = 30.0) -> WireParams | None:
-    """The connection parameters of a redis-py client, or None when the wire cannot speak them (TLS)."""
+    """The connection parameters of a redis-py client, or None when the wire cannot speak them (TLS; a
+    Sentinel group's master, which has no fixed address: `supervisor.engine.topology.SentinelWire`)."""
     pool = getattr(client, "connection_pool", None)
-    if pool is None or "SSL" in pool.connection_class.__name__:
+    if pool is None or "SSL" in pool.connection_class.__name__ or hasattr(pool, "sentinel_manager"):
         return None
     kw = pool.connection_kwargs
     return WireParams(

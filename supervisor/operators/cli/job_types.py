@@ -31,9 +31,9 @@ async def types(ctx: click.Context, as_json: bool) -> None:
         print_json({"types": rows, "load_errors": [{"instance": i, "path": p, "error": e}
                                                     for (i, p), e in sorted(errors.items())]})
         return
-    print_table([("type", True), ("served", True), ("last served (UTC)", True), ("runtime", True),
+    print_table([("type", True), ("served by", False), ("last served (UTC)", True), ("runtime", True),
                  ("ready", True), ("scheduled", True), ("active", True), ("dead", True), ("source", False)],
-                [[r["name"], "yes" if r["served"] else "NO",
+                [[r["name"], ", ".join(r.get("served_by") or ()) or ("yes" if r["served"] else "NO"),
                   utc(r["last_served"]["at"]) if r["last_served"] else "never",
                   str(r["policy"].get("runtime")), str(r["counts"]["ready"]), str(r["counts"]["sched"]),
                   str(r["counts"]["active"]), str(r["counts"]["dead"]), str(r["source"])] for r in rows])

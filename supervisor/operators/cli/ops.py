@@ -78,6 +78,9 @@ async def workers(ctx: click.Context, as_json: bool) -> None:
     for w in found:
         types = w.get("types") or []
         types_text = ", ".join(types) if isinstance(types, list) else str(types)
+        if w.get("serve_types") or w.get("exclude_types"):  # a dedicated instance: what it was told to serve
+            types_text += f"  (--types {','.join(w.get('serve_types') or ['*'])}" + (
+                f" --exclude-types {','.join(w['exclude_types'])})" if w.get("exclude_types") else ")")
         inflight = _count(w.get("in_flight", w.get("inflight")))
         rss = ", ".join(f"{p.get('pid')}: {p.get('rss', 0) / 1_048_576:.1f}" for p in w.get("workers") or [])
         rows.append([str(w.get("instance")), str(w.get("host") or ""), str(w.get("pid") or ""), w["status"],

@@ -15,16 +15,23 @@ from supervisor.operators.cli.app import fail, settings_of
 @click.option("--jobs-dir", type=click.Path(path_type=Path), default=None, help="Python handlers folder.")
 @click.option("--tasks-dir", type=click.Path(path_type=Path), default=None, help="Polyglot tasks folder.")
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None, help="TOML settings file.")
+@click.option("--types", "serve_types", default=None, metavar="GLOBS",
+              help="Serve only the job types matching these comma-separated globs, e.g. 'orders.*,images.*' "
+                   "(setting serve_types).")
+@click.option("--exclude-types", "exclude_types", default=None, metavar="GLOBS",
+              help="Never serve the job types matching these globs (setting exclude_types).")
 @click.pass_context
-def run(ctx: click.Context, jobs_dir: Path | None, tasks_dir: Path | None, config: Path | None) -> None:
+def run(ctx: click.Context, jobs_dir: Path | None, tasks_dir: Path | None, config: Path | None,
+        serve_types: str | None, exclude_types: str | None) -> None:
     """Run the daemon until SIGTERM/SIGINT (graceful drain; a second signal stops fast)."""
     from supervisor.daemon.app import run_daemon  # noqa: PLC0415
     from supervisor.observability import log  # noqa: PLC0415
 
     if config is not None:
         ctx.find_root().obj["config"] = config
+    flags = {"jobs_dir": jobs_dir, "tasks_dir": tasks_dir, "serve_types": serve_types, "exclude_types": exclude_types}
     try:
-        settings = settings_of(ctx, jobs_dir=jobs_dir, tasks_dir=tasks_dir)
+        settings = settings_of(ctx, **flags)
     except ConfigError as exc:
         fail(exc)
         return
@@ -32,7 +39,7 @@ def run(ctx: click.Context, jobs_dir: Path | None, tasks_dir: Path | None, confi
     import asyncio  # noqa: PLC0415
 
     try:
-        code = asyncio.run(run_daemon(settings, lambda: settings_of(ctx, jobs_dir=jobs_dir, tasks_dir=tasks_dir)))
+        code = asyncio.run(run_daemon(settings, lambda: settings_of(ctx, **flags)))
     except SupervisorError as exc:
         fail(exc)
         return

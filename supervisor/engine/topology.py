@@ -1,0 +1,129 @@
+"""Reaching Redis past one server: the master of a Sentinel group, and (redis-py's) clients for both.
+
+- `connect_target`: redis-py's asyncio client for a `redis+sentinel://` target (its pool asks the
+  sentinels for the master on every new connection, and drops a connection that meets a
+  replica: `READONLY`) or a `redis+cluster://` one (redis-py's `RedisCluster`).
+- `SentinelWire`: the lean wire (`supervisor.engine.wire.AsyncWire`) to the current master: it
+  asks the sentinels where the master is each time it connects, and drops its connection when
+  the server says it is no longer the master (`READONLY`), so the next call follows a failover.
+- `watch_failover`: listens to the sentinels' `+switch-master` and moves every wire at once,
+  whichever comes first of that and a failed call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from supervisor.engine.redis_url import RedisTarget
+from supervisor.engine.wire import AsyncWire, WireParams, redis_errors
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+    from redis.asyncio.sentinel import SentinelConnectionPool
+
+
+def connect_target(target: RedisTarget, **options: Any) -> aioredis.Redis:
+    """redis-py's asyncio client for a sentinel or cluster target (`options` as redis-py takes them)."""
+    if target.kind == "cluster":
+        from redis.asyncio.cluster import ClusterNode, RedisCluster  # noqa: PLC0415
+
+        options.pop("retry", None)  # the cluster client follows MOVED/ASK with its own retries
+        cluster = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.hosts],
+                               username=target.username, password=target.password, ssl=target.tls, **options)
+        return cluster  # type: ignore[return-value]  # the same command API as a Redis client
+    from redis.asyncio.sentinel import Sentinel  # noqa: PLC0415
+
+    sentinel_kwargs = {"username": target.sentinel_username, "password": target.sentinel_password,
+                       "ssl": target.tls, "decode_responses": True,
+                       "socket_connect_timeout": options.get("socket_connect_timeout", 5.0),
+                       "socket_timeout": options.get("socket_connect_timeout", 5.0)}
+    sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs, username=target.username,
+                        password=target.password, db=target.db, ssl=target.tls, **options)
+    master: aioredis.Redis = sentinel.master_for(target.service)
+    return master
+
+
+def sentinel_pool(client: Any) -> SentinelConnectionPool | None:
+    """The sentinel-managed pool of a redis-py client made by `connect_target`, else None."""
+    pool = getattr(client, "connection_pool", None)
+    return pool if pool is not None and hasattr(pool, "sentinel_manager") else None
+
+
+#: Every live SentinelWire of this process, by service: what `+switch-master` moves.
+_WIRES: weakref.WeakSet[SentinelWire] = weakref.WeakSet()
+
+
+class SentinelWire(AsyncWire):
+    """The lean wire to the master of a Sentinel group (see the module docstring)."""
+
+    def __init__(self, params: WireParams, pool: SentinelConnectionPool) -> None:
+        super().__init__(params)
+        self._pool = pool
+        _WIRES.add(self)
+
+    @property
+    def service(self) -> str:
+        return str(self._pool.service_name)
+
+    async def _connect(self) -> Any:
+        # Each connection goes where the sentinels say the master is now: the way through a failover.
+        host, port = await self._pool.sentinel_manager.discover_master(self._pool.service_name)
+        self.params = replace(self.params, host=str(host), port=int(port))
+        return await super()._connect()
+
+    def _expect(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        fut = super()._expect(loop)
+        fut.add_done_callback(self._readonly)
+        return fut
+
+    def _readonly(self, fut: asyncio.Future[Any]) -> None:
+        """A READONLY reply: this server is a replica now (an old master back after a failover)."""
+        if not fut.cancelled() and "READONLY" in str(fut.exception() or ""):
+            fut.get_loop().call_soon(self.moved)
+
+    def moved(self) -> None:
+        """The master moved: drop the connection (calls in flight fail; the next one reconnects)."""
+        if self._protocol is not None:
+            self._drop(redis_errors().ConnectionError(f"the master of {self.service!r} moved"))
+
+    def blocking(self) -> SentinelWire:
+        return SentinelWire(self.params, self._pool)
+
+
+def sentinel_params(client: Any, timeout_s: float = 30.0) -> WireParams:
+    """The wire's parameters for the master behind a sentinel-managed redis-py client (the
+    address is found at each connect)."""
+    kw = client.connection_pool.connection_kwargs
+    return WireParams(username=kw.get("username"), password=kw.get("password"), db=int(kw.get("db") or 0),
+                      connect_timeout_s=float(kw.get("socket_connect_timeout") or 5.0), timeout_s=timeout_s)
+
+
+async def watch_failover(client: Any, stop: asyncio.Event) -> None:
+    """Until `stop`: on a sentinel's `+switch-master` for this client's service, move every
+    `SentinelWire` of the service to the new master at once (a failed call would move it too,
+    later). Sentinels that do not answer are tried again after a second."""
+    pool = sentinel_pool(client)
+    if pool is None:
+        return
+    service = pool.service_name
+    while not stop.is_set():
+        for sentinel in pool.sentinel_manager.sentinels:
+            try:
+                async with sentinel.pubsub() as pubsub:
+                    await pubsub.subscribe("+switch-master")
+                    while not stop.is_set():
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        data = message and str(message.get("data") or "")
+                        if data and data.split(" ", 1)[0] == service:
+                            for wire in list(_WIRES):
+                                if wire.service == service:
+                                    wire.moved()
+            except (redis_errors().RedisError, OSError):
+                continue
+        await asyncio.sleep(1.0)
+
+
+__all__ = ["SentinelWire", "connect_target", "sentinel_params", "sentinel_pool", "watch_failover"]
