@@ -23,8 +23,10 @@ DEFAULT_DEAD_RETENTION_MS = 30 * 86_400_000
 
 SCRIPT_NAMES = (
     "enqueue", "claim", "complete", "fail", "cancel", "expire",
-    "release", "revive", "dismiss", "heartbeat",
+    "release", "revive", "dismiss", "heartbeat", "pause", "bulk",
 )
+#: Scripts that act for an operator: `lua/actions.lua` (the single-job actions) comes after lib.lua.
+_WITH_ACTIONS = frozenset({"revive", "dismiss", "cancel", "bulk"})
 
 
 def _legal_table() -> str:
@@ -52,4 +54,5 @@ def script_source(name: str) -> str:
         + "local DEFAULT_RETENTION = {retention_ms = "
         + f"{DEFAULT_RETENTION_MS}, dead_retention_ms = {DEFAULT_DEAD_RETENTION_MS}}}\n"
     )
-    return header + _read("lib") + "\n" + _read(name)
+    actions = _read("actions") + "\n" if name in _WITH_ACTIONS else ""
+    return header + _read("lib") + "\n" + actions + _read(name)

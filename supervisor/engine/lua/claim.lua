@@ -17,6 +17,8 @@ local now = now_ms()
 if ARGV[9] and redis.call('EXISTS', P .. 'halt:' .. ARGV[9]) == 1 then
   return {now, -1, {}}
 end
+-- A paused type (pause.lua) claims nothing, and nothing falls due: resume wakes the fetch loops.
+if redis.call('EXISTS', P .. 'paused') == 1 then return {now, -1, {}} end
 local ready, active = P .. 'ready', P .. 'active'
 
 -- The first delayed job and the first lease to lapse: when neither is due (the usual case),
@@ -36,6 +38,7 @@ end
 
 local first_active = redis.call('ZRANGE', active, 0, 0, 'WITHSCORES')
 local lapsed = {}
+local hc = {} -- for the history: queue waits, and what lapsed leases became
 if first_active[2] and tonumber(first_active[2]) <= now then
   lapsed = redis.call('ZRANGEBYSCORE', active, '-inf', now, 'LIMIT', 0, 100)
 end
@@ -59,16 +62,19 @@ for _, id in ipairs(lapsed) do
       redis.call('HSET', jk, 'state', 'dead', 'history', hist, 'finished', now,
         'error', err .. '; max_deliver (' .. max_deliver .. ') reached')
       finish(P, jk, id, 'dead', now, f[6], ckey)
+      hc.d = (hc.d or 0) + 1
       emit(P, 'dead', id, 'dead', f[2], f[10], 'error', err)
     elseif ckey and f[9] ~= 'requeue-stale' then
       err = 'stale: ' .. err .. '; its key slot was taken over (stale_policy fail-stale)'
       redis.call('HSET', jk, 'state', 'failed', 'history', hist, 'finished', now, 'error', err)
       finish(P, jk, id, 'failed', now, f[6], ckey)
+      hc.f = (hc.f or 0) + 1
       emit(P, 'failed', id, 'failed', f[2], f[10], 'error', err)
     else
       if ckey then redis.call('HSET', jk, 'kheld', 1) end -- requeue-stale: keeps its slot
       redis.call('HSET', jk, 'state', 'retry', 'history', hist, 'error', err)
       redis.call('ZADD', ready, tonumber(f[5]) or 0, id)
+      hc.r = (hc.r or 0) + 1
       emit(P, 'lease-expired', id, 'retry', f[2], f[10], 'error', err)
     end
   end
@@ -98,7 +104,7 @@ for i = 1, #popped, 2 do
   local id = popped[i]
   local jk = JP .. id
   local f = rec(redis.pcall('HMGET', jk, 'state', 'payload', 'deliveries', 'deadline', 'ctx', 'created', 'idem',
-                           'ckey', 'kmax', 'kheld', 'lease')) or {}
+                           'ckey', 'kmax', 'kheld', 'lease', 'run_at')) or {}
   local ckey = f[8]
   if f[1] == 'pending' or f[1] == 'retry' then
     local dl = tonumber(f[4])
@@ -123,6 +129,9 @@ for i = 1, #popped, 2 do
       local d = (tonumber(f[3]) or 0) + 1
       local lease = (tonumber(f[11]) or 0) + 1
       local d_s = int_s(d)
+      if d == 1 then -- queue wait, first delivery only: from creation, or from run_at when delayed
+        hist_time(hc, 'W', now - math.max(tonumber(f[6]) or now, tonumber(f[12]) or 0))
+      end
       redis.call('HSET', jk, 'state', 'active', 'deliveries', d_s, 'started', started, 'worker', inst,
                  'lease', int_s(lease))
       leased[#leased + 1] = lease_until
@@ -140,6 +149,7 @@ for i = 1, #popped, 2 do
   end
 end
 if #leased > 0 then call_spread('ZADD', active, leased) end
+if next(hc) then hist_add(P, now, hc) end
 -- Wake another idle instance when work remains that it could start now (never while
 -- rate-limited: the waiters would only spin until the window opens). A ZPOPMIN that
 -- returned fewer than `n` emptied the ready set: no need to ask.

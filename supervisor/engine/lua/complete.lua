@@ -8,6 +8,7 @@ local ret = retention_ms(P, 'completed')
 local now_s, ret_s = int_s(now), int_s(ret) -- formatted once for the batch
 local out = {}
 local done, parked, deadlines = {}, {}, {}
+local hc = {} -- run-time buckets for the history
 for i = 0, n - 1 do
   local b = 4 + i * 4
   local id, lease, result, progress = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
@@ -28,6 +29,7 @@ for i = 0, n - 1 do
     if f[6] then redis.call('PEXPIRE', P .. 'idem:' .. f[6], ret_s) end
     if f[9] then deadlines[#deadlines + 1] = id end
     done[#done + 1] = id
+    hist_time(hc, 'R', now - (tonumber(f[4]) or now))
     parked[#parked + 1] = now_s
     parked[#parked + 1] = id
     key_leave(P, id, f[7], true)
@@ -40,6 +42,8 @@ for i = 0, n - 1 do
   end
 end
 if #done > 0 then
+  hc.c = #done
+  hist_add(P, now, hc)
   call_spread('ZREM', P .. 'active', done)
   local idx = P .. 'st:completed'
   call_spread('ZADD', idx, parked)

@@ -18,8 +18,10 @@ if n == 1 and stride == 3 then
   local rid, tid = ctx_ids(ARGV[8])
   local eid = redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', 'enqueued', 'id', id,
                          'state', 'pending', 'attempt', '0', 'request_id', rid, 'trace_id', tid)
+  local created = string.match(eid, '^%d+')
   redis.call('HSET', JP .. id, 'name', name, 'state', 'pending', 'payload', ARGV[7], 'score', seq,
-             'created', string.match(eid, '^%d+'), 'ctx', ARGV[8])
+             'created', created, 'ctx', ARGV[8])
+  hist_add(P, tonumber(created), {e = 1})
   redis.call('ZADD', P .. 'ready', seq, id)
   -- wake(P) in one call: adding the marker when it is there already changes nothing, so Redis
   -- neither propagates it nor wakes anyone (the same effect as EXISTS first, one call fewer).
@@ -87,9 +89,11 @@ if stride == 3 then
     out[#out + 1] = ''
   end
   call_spread('ZADD', P .. 'ready', ready)
+  hist_add(P, now, {e = n})
   wake(P)
   return out
 end
+local added = 0 -- new jobs, for the history
 for i = 0, n - 1 do
   local b = 6 + i * 13
   local id, payload, prio = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2])
@@ -142,6 +146,7 @@ for i = 0, n - 1 do
       redis.call('ZADD', P .. 'ready', score, id)
     end
     if #f > 0 then redis.call('HSET', jk, unpack(f)) end
+    added = added + 1
     local rid, tid = ctx_ids(ctx)
     redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', 'enqueued', 'id', id,
                'state', 'pending', 'attempt', 0, 'request_id', rid, 'trace_id', tid)
@@ -155,5 +160,6 @@ for i = 0, n - 1 do
     end
   end
 end
+if added > 0 then hist_add(P, now, {e = added}) end
 wake(P)
 return out

@@ -27,6 +27,8 @@ end
 
 local now = now_ms()
 local out = {}
+local hc = {} -- run times and outcomes for the history
+local HIST_FIELD = {retry = 'r', failed = 'f', dead = 'd'}
 for i = 0, n - 1 do
   local b = 5 + i * 7
   local id, lease, mode, err, delay = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], tonumber(ARGV[b + 4])
@@ -51,6 +53,9 @@ for i = 0, n - 1 do
     end
     local hist = history_with(jk, d, f[4], now, outcome, f[5], err, h, tb)
     redis.call('ZREM', P .. 'active', id)
+    hist_time(hc, 'R', now - (tonumber(f[4]) or now))
+    local hf = HIST_FIELD[to]
+    if hf then hc[hf] = (hc[hf] or 0) + 1 end
     if progress ~= '' then redis.call('HSET', jk, 'progress', progress) end
     if to == 'retry' then
       redis.call('HSET', jk, 'state', 'retry', 'error', err, 'history', hist, 'run_at', now + delay)
@@ -68,4 +73,5 @@ for i = 0, n - 1 do
     out[#out + 1] = to
   end
 end
+if next(hc) then hist_add(P, now, hc) end
 return out

@@ -147,3 +147,28 @@ end
 local function key_decision(P, ckey, decision, reason, now)
   redis.call('HSET', P .. 'kstat:' .. ckey, 'decision', decision, 'reason', reason, 'at', now)
 end
+
+-- Per-minute history of a type, for plots (supervisor.operators.history reads it): one hash per
+-- type and minute, P .. 'hist:' .. (ms // 60000), expiring 25 h after its first field (so 24 h
+-- are always there). Fields: e enqueued, c completed, f failed, d dead, r retried (an attempt
+-- failed, or its lease lapsed, and the job will run again); R<b> and W<b> count run times and
+-- queue waits in log-scale buckets, 4 per doubling: bucket b > 0 holds ms in [2^((b-1)/4), 2^(b/4)),
+-- bucket 0 under 1 ms. `counts` maps fields to increments: one HINCRBY per distinct field,
+-- written by the script that already touches the job (no extra round trip).
+local function hist_add(P, now, counts)
+  local key = P .. 'hist:' .. int_s(math.floor(now / 60000))
+  local fresh = false
+  for f, n in pairs(counts) do
+    local s = int_s(n)
+    if redis.call('HINCRBY', key, f, s) == n then fresh = true end -- a new field: maybe a new hash
+  end
+  if fresh then redis.call('EXPIRE', key, '90000') end
+end
+
+local HIST_PER_LN = 4 / math.log(2)
+-- Count one duration (ms) into `counts` under its bucket field; `kind` is 'R' (run) or 'W' (wait).
+local function hist_time(counts, kind, ms)
+  local f = kind .. '0'
+  if ms >= 1 then f = kind .. int_s(math.floor(math.log(ms) * HIST_PER_LN) + 1) end
+  counts[f] = (counts[f] or 0) + 1
+end
