@@ -11,8 +11,8 @@ body parsing (so a request without the token never learns whether its body
 or path is valid):
 
 - bearer token (`Authorization: Bearer <token>`), compared with
-  `hmac.compare_digest`, on every path but `/health` and the `/docs` page
-  (a static shell; the schema it loads, `/openapi.json`, needs the token).
+  `hmac.compare_digest`, on every path but `/health`, the `/docs` page and the
+  dashboard's `/ui/` files (static shells; the data they load needs the token).
   `token=None` turns the check off: callers allow that on loopback only.
 - body cap: `Content-Length` above `max_body_bytes` is refused with 413
   before reading; a chunked body is counted as it arrives.
@@ -36,13 +36,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from supervisor.daemon.registry import Registry
 from supervisor.engine.broker import Broker, connect
-from supervisor.operators.api import errors as api_errors
+from supervisor.operators.api import errors as api_errors, ui_routes
 from supervisor.operators.api.routes import router
 from supervisor.producers.client import Client
 
 DEFAULT_MAX_BODY_BYTES = 1_048_576
-PUBLIC_PATHS = frozenset({"/health", "/docs"})
-PUBLIC_PREFIX = "/docs/assets/"  # the docs page's static files (no data in them)
+PUBLIC_PATHS = frozenset({"/health", "/docs", "/ui"})
+# The docs page's and the dashboard's static files (no data in them; their data requests send the token).
+PUBLIC_PREFIX = ("/docs/assets/", "/ui/")
 
 
 class ApiState:
@@ -218,6 +219,8 @@ def create_app(
     )
     app.state.api = state
     app.include_router(router)
+    app.include_router(ui_routes.reads)  # the dashboard's extra reads (token required)
+    app.include_router(ui_routes.pages)  # the dashboard at /ui/ (static, public like /docs)
     _add_docs_routes(app)
     app.add_middleware(Guard, state=state)
     return app

@@ -1,0 +1,197 @@
+"""The dashboard at /ui/ in a real headless Chromium (Debian's, driven by Playwright), against a
+real daemon subprocess that serves the admin API and runs the jobs.
+
+Each test saves a screenshot of the pages it visits into `$DASHBOARD_ARTIFACTS` (default
+`tests/artifacts/dashboard/`, git-ignored). Waits are Playwright's own (a condition with a
+deadline), never sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, Request, expect, sync_playwright
+from test_docs_page import CHROMIUM, CHROMIUM_ARGS
+
+from supervisor import SyncClient
+from tests.conftest import HANDLERS, DaemonProcess, wait_until
+
+TOKEN = "dashboard-token"
+ARTIFACTS = Path(os.environ.get("DASHBOARD_ARTIFACTS") or Path(__file__).parents[1] / "artifacts" / "dashboard")
+XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def served(daemon: Callable[..., DaemonProcess], jobs_dir: Path) -> Callable[[], tuple[DaemonProcess, str]]:
+    """Start (or start again, on the same port) a daemon that runs the dashboard's handlers and serves the API."""
+    (jobs_dir / "dashboard.py").write_text((HANDLERS / "dashboard.py").read_text())
+    port = _free_port()
+    env = {"JOB_SUPERVISOR_API_ENABLED": "true", "JOB_SUPERVISOR_API_PORT": str(port),
+           "JOB_SUPERVISOR_API_TOKEN": TOKEN, "JOB_SUPERVISOR_PRESENCE_INTERVAL": "1"}
+
+    def start() -> tuple[DaemonProcess, str]:
+        d = daemon(env=env)
+        wait_until(lambda: d.events("api.listening"), 10, what="api.listening")
+        return d, f"http://127.0.0.1:{port}"
+
+    return start
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[SyncClient]:
+    c = SyncClient(redis_url)
+    yield c
+    c.close()
+
+
+def _open(browser: Browser, url: str, *, width: int = 1280, height: int = 900) -> Page:
+    """A fresh tab (its own sessionStorage) logged in with the token through the login form."""
+    page = browser.new_context(viewport={"width": width, "height": height}).new_page()
+    page.on("pageerror", lambda e: print("page error:", e))  # shown with a failure's output
+    page.goto(f"{url}/ui/")
+    page.get_by_label("API token").fill("wrong")
+    page.get_by_role("button", name="Open the dashboard").click()
+    expect(page.get_by_role("alert")).to_contain_text("token")
+    page.get_by_label("API token").fill(TOKEN)
+    page.get_by_role("button", name="Open the dashboard").click()
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    expect(page.locator(".live")).to_have_attribute("data-state", "live")
+    return page
+
+
+def _shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _count(page: Page, type_name: str, column: str) -> Any:
+    return page.locator(f'tr[data-type="{type_name}"] td[data-count="{column}"]')
+
+
+def test_login_live_counts_and_a_failed_jobs_stack_trace_shown_as_text(
+        browser: Browser, served: Callable[[], tuple[DaemonProcess, str]], client: SyncClient) -> None:
+    _, url = served()
+    page = _open(browser, url)
+    loads: list[str] = []
+    page.on("framenavigated", lambda frame: loads.append(frame.url))
+    requested: list[Request] = []
+    page.on("request", lambda r: requested.append(r))  # noqa: PLW0108 (Playwright cannot wrap a builtin method)
+
+    # Given the overview, when jobs run, then their type's counts change on the page by themselves.
+    expect(_count(page, "ui.work", "completed")).to_have_text("0")
+    client.enqueue_many([("ui.work", {"seconds": 0.05}) for _ in range(30)])
+    expect(_count(page, "ui.work", "completed")).to_have_text("30", timeout=20_000)
+    assert not [u for u in loads if "#" not in u], f"the page reloaded: {loads}"
+    assert all("token" not in r.url.lower() and TOKEN not in r.url for r in requested)
+    assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in requested if "/ui/" not in r.url)
+    _shot(page, "overview")
+
+    # A job that failed with HTML and script in its error: the dead-letter list, then its page.
+    ref = client.enqueue("ui.fail", {"message": XSS, "note": XSS})
+    client.wait(ref.id, timeout=20)
+    page.get_by_role("link", name="Dead letters").click()
+    row = page.locator(f'tr[data-job="{ref.id}"]')
+    expect(row).to_contain_text("<script>window.__xss = 1</script>")
+    _shot(page, "dead-letters")
+    row.get_by_role("link", name=ref.id).click()
+    expect(page.get_by_role("heading", name=f"Job {ref.id}")).to_contain_text("dead")
+    trace = page.locator(".traceback").first
+    expect(trace).to_contain_text("in _charge")
+    expect(trace).to_contain_text("ValueError")
+    expect(page.locator(".payload")).to_contain_text('"note": "<script>')
+    expect(page.locator(".job-error")).to_contain_text(f"ValueError: {XSS}")
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("main img, main script").count() == 0
+    expect(page.get_by_role("button", name="Replay")).to_be_visible()
+    _shot(page, "job")
+
+    # Every other page renders, and the search finds the job by its request id.
+    request_id = client.get(ref.id).context["request_id"]
+    page.get_by_role("link", name="Jobs", exact=True).click()
+    page.get_by_role("searchbox").fill(request_id)
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator(f'tr[data-job="{ref.id}"]')).to_contain_text("request_id")
+    _shot(page, "jobs-search")
+    page.get_by_role("link", name="Jobs", exact=True).click()
+    expect(page.locator("tr[data-job]")).to_have_count(31)
+    _shot(page, "jobs")
+    page.get_by_role("link", name="Workers").click()
+    expect(page.locator("article[data-instance^='d0:']")).to_contain_text("alive")
+    _shot(page, "workers")
+    page.get_by_role("link", name="Schedules").click()
+    expect(page.get_by_role("heading", name="Schedules")).to_be_visible()
+    page.get_by_role("link", name="Keys").click()
+    expect(page.get_by_role("heading", name="Keys")).to_be_visible()
+    assert not [u for u in loads if "#" not in u], f"the page reloaded: {loads}"
+
+
+def test_phone_width_and_keyboard(browser: Browser, served: Callable[[], tuple[DaemonProcess, str]],
+                                  client: SyncClient) -> None:
+    _, url = served()
+    client.enqueue("ui.work", {})
+    page = _open(browser, url, width=390, height=844)
+    expect(page.locator('tr[data-type="ui.work"]')).to_be_visible()
+    # Nothing wider than the phone but the tables, which scroll inside their own box.
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    _shot(page, "overview-phone")
+    # Keyboard: the skip link comes first, then the navigation; Enter follows a link.
+    page.keyboard.press("Tab")
+    expect(page.locator(":focus")).to_have_text("Skip to content")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    expect(page.locator(":focus")).to_have_text("Jobs")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Jobs")).to_be_visible()
+
+
+def test_live_progress_and_a_lost_connection_resumed_from_the_last_event(
+        browser: Browser, served: Callable[[], tuple[DaemonProcess, str]], client: SyncClient,
+        tmp_path: Path) -> None:
+    d, url = served()
+    page = _open(browser, url)
+    gate, gate2 = tmp_path / "gate", tmp_path / "gate2"
+    ref = client.enqueue("ui.gated", {"gate": str(gate), "gate2": str(gate2)})
+    page.goto(f"{url}/ui/#/job/{ref.id}")
+    progress = page.locator("[data-progress]")
+    expect(progress).to_have_attribute("data-progress", "30", timeout=15_000)
+    _shot(page, "job-progress")
+    gate.touch()
+    expect(progress).to_have_attribute("data-progress", "90", timeout=15_000)
+    gate2.touch()
+    expect(page.get_by_role("heading", name=f"Job {ref.id}")).to_contain_text("completed", timeout=15_000)
+
+    # The daemon (and its API) stops: the page says so; it comes back: the stream resumes
+    # from the last event id it saw, and the page catches up without a reload.
+    streams: list[Request] = []
+    page.on("request", lambda r: streams.append(r) if r.url.endswith("/events") else None)
+    assert d.stop() == 0
+    banner = page.locator(".live")
+    expect(banner).to_have_attribute("data-state", "lost", timeout=15_000)
+    expect(banner).to_contain_text("Connection lost")
+    later = client.enqueue("ui.work", {}, allow_unknown=True)
+    served()
+    expect(banner).to_have_attribute("data-state", "live", timeout=20_000)
+    assert streams and streams[-1].headers.get("last-event-id"), "the reconnect did not resume"
+    client.wait(later.id, timeout=20)
+    page.get_by_role("link", name="Overview").click()
+    expect(_count(page, "ui.work", "completed")).to_have_text("1", timeout=15_000)

@@ -1,0 +1,42 @@
+"""Handlers the dashboard's browser tests run (tests/browser/test_dashboard.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from supervisor import Context, job
+
+
+@job("ui.work", concurrency=20, max_deliver=1)
+async def work(payload: dict, ctx: Context) -> dict[str, bool]:
+    await asyncio.sleep(float(payload.get("seconds", 0)))
+    return {"ok": True}
+
+
+@job("ui.other", concurrency=20)
+async def other(payload: dict, ctx: Context) -> dict[str, bool]:
+    return {"ok": True}
+
+
+@job("ui.fail", max_deliver=1)
+def fail(payload: dict, ctx: Context) -> dict[str, bool]:
+    """Fails its first `fail_attempts` attempts (default: every one) with the payload's message."""
+    if ctx.attempt <= int(payload.get("fail_attempts", 99)):
+        _charge(str(payload.get("message", "card declined")))
+    return {"ok": True}
+
+
+def _charge(message: str) -> None:
+    raise ValueError(message)
+
+
+@job("ui.gated", ack_wait=3)
+async def gated(payload: dict, ctx: Context) -> str:
+    """Reports 30%, waits for the file `gate` to exist, reports 90%, waits for `gate2`."""
+    for percent, gate in ((30, payload["gate"]), (90, payload["gate2"])):
+        await ctx.progress(percent, f"step at {percent}%", step=str(percent))
+        ctx.heartbeat()
+        while not Path(gate).exists():
+            await asyncio.sleep(0.05)
+    return "done"
