@@ -55,7 +55,8 @@ def job(name: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..
             queue ({"max_queued_per_key": 0, "when_full": "reject" | "coalesce" |
             "replace-oldest"}: how many jobs of a key may wait, and what an enqueue beyond that
             does); rate_limit ("100/s", also /m, /h: most jobs of this type started per period,
-            across all instances).
+            across all instances); durability ("async" or "replicated": enqueues and settles of
+            this type wait for a replica before they are acknowledged; default from settings).
 
     The function takes the payload (annotated with a pydantic model, or any type
     pydantic can validate) and optionally a `Context`; it may be sync or async.

@@ -152,6 +152,8 @@ class TypePolicy(BaseModel):
     timezone: str | None = None  # of the schedule (UTC)
     misfire: str | None = None  # "run-once" (default) or "skip"
     payload_schema: dict[str, Any] | None = None  # JSON Schema when the handler has no annotation
+    # "replicated": enqueues and settles wait for a replica (WAIT) before they are acknowledged
+    durability: Literal["async", "replicated"] | None = None  # default: settings.durability
 
     @classmethod
     def declare(cls, where: str, **options: Any) -> TypePolicy:
@@ -173,6 +175,7 @@ class TypePolicy(BaseModel):
             "priority": self.priority or 0,
             "timezone": self.timezone or "UTC",
             "misfire": self.misfire or "run-once",
+            "durability": self.durability or settings.durability,
         })
 
     def schedule_entry(self) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from supervisor.daemon.stop_plan import (
 )
 from supervisor.engine.broker import Broker, connect
 from supervisor.engine.redis_url import mask_url
+from supervisor.engine.topology import watch_failover
 from supervisor.errors import ConfigError, EmbeddedRedisError
 from supervisor.handler import JobType
 from supervisor.observability.metrics import Metrics
@@ -180,6 +181,9 @@ class Daemon:
         await self._open_redis()
         catalog = LiveCatalog(build_catalog(self.settings, self.instance_id, AVAILABLE_RUNTIMES))
         client = Client(self.broker.redis, registry=catalog.current.registry, tracing=self.tracing)
+        self.broker.replica_wait_ms = client.broker.replica_wait_ms = int(self.settings.replica_wait * 1000)
+        client.broker.replicated = self.broker.replicated  # one set: its child jobs wait as the settles do
+        _mark_replicated(self.broker, catalog.current)
         runners = self._make_runners(catalog, client)
         dispatcher = Dispatcher(self.broker, self.instance_id, runners,
                                 observer=RunObserver(self.tracing, self.metrics, self.instance_id),
@@ -278,6 +282,7 @@ class Daemon:
             self._spawn("metrics", self.metrics.run_gauges(  # queue_depth, worker_rss_bytes
                 self.broker, self.workers_info, min(self.settings.presence_interval, 5.0)))
         self._spawn("scheduler", parts.scheduler.run(), report=False)
+        self._spawn("failover", watch_failover(self.broker.redis))  # Sentinel only; till Redis closes
 
     async def _start_runners(self, parts: Parts) -> None:
         """Call the `start` hook of each runner a served type needs, once (the pool: ~0.5 s)."""
@@ -327,6 +332,7 @@ class Daemon:
                 await self.broker.publish_type(name, meta)
         p.catalog.current = new
         p.client.registry = new.registry
+        _mark_replicated(self.broker, new)
         added, removed = p.dispatcher.update(new.served.values())
         p.scheduler.update(new.schedules)
         await p.scheduler.publish()
@@ -436,7 +442,7 @@ class Daemon:
 
     async def _stop_background(self) -> None:
         published = "presence" in self._tasks
-        await self._stop_tasks("presence", "janitor", "metrics")
+        await self._stop_tasks("presence", "janitor", "metrics", "failover")
         if published and self.parts is not None:
             try:
                 await self.parts.presence.withdraw()
@@ -461,6 +467,12 @@ class Daemon:
         task = self._tasks[name] = asyncio.create_task(coro, name=name)
         if report:
             task.add_done_callback(_report_crash)
+
+
+def _mark_replicated(broker: Broker, catalog: Catalog) -> None:
+    """The served types of `durability = "replicated"` wait for a replica (`Broker.replicated`)."""
+    broker.replicated.clear()
+    broker.replicated.update(name for name, t in catalog.served.items() if t.policy.durability == "replicated")
 
 
 def _embedded_server(state_dir: Path) -> RedisServer:

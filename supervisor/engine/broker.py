@@ -20,7 +20,7 @@ from supervisor.engine.records import Job, check_text, loads, parsed
 from supervisor.engine.redis_url import FORMS, mask_url, parse_redis_url
 from supervisor.engine.scripts import SCRIPT_NAMES, script_source
 from supervisor.engine.states import FINISHED, State
-from supervisor.engine.transport import ScriptTransport, transport_for
+from supervisor.engine.transport import ScriptTransport, replicated_call, transport_for
 from supervisor.engine.wire import Script, redis_errors
 from supervisor.errors import ConfigError, CorruptRecord, InvalidTransition, JobNotFound, RedisUnsafe, printable
 
@@ -31,6 +31,11 @@ if TYPE_CHECKING:  # redis-py is imported where a connection is made (`connect`)
 #: The transition scripts, by name, as the transports call them (by SHA).
 SCRIPTS = {name: Script(script_source(name)) for name in SCRIPT_NAMES}
 ENQUEUE, CLAIM = SCRIPTS["enqueue"], SCRIPTS["claim"]
+#: What a failover must not roll back once acknowledged (durability = "replicated"): a job queued, a
+#: result or failure recorded, a job handed back or acted on. A claim or a heartbeat rolled back
+#: costs a run at most (the old lease is fenced), never a job.
+_DURABLE = frozenset(SCRIPTS[n] for n in ("enqueue", "complete", "fail", "release", "cancel", "expire", "revive",
+                                          "dismiss"))
 
 #: Output lines kept per job, and how long when the type's retention is unknown.
 LOG_LINES = 1000
@@ -194,12 +199,22 @@ class Broker:
         # redis-py when the wire cannot speak the URL); redis-py serves the reads.
         self.transport: ScriptTransport = transport_for(client, self.blocking)
         self._waiters: dict[str, ScriptTransport] = {}  # one blocking connection per waiting queue
+        # Types of `durability = "replicated"`: their enqueues and the transitions that would lose
+        # work if a failover rolled them back wait for a replica (WAIT) before they return.
+        self.replicated: set[str] = set()
+        self.replica_wait_ms = 1000
+
+    async def _call(self, script: Script, name: str, keys_: list[str], args: Sequence[Any]) -> Any:
+        """One script call for the type `name`, replicated before it returns when the type is."""
+        if name in self.replicated and script in _DURABLE:
+            return await replicated_call(self.transport, script, keys_, args, self.replica_wait_ms)
+        return await self.transport.evalsha(script, keys_, args)
 
     async def _run(self, script: str, name: str, args: Sequence[Any]) -> Any:
         prefix, job_prefix = _prefixes(name)
         # KEYS[1] routes the call to the queue's slot; the script builds its other keys
         # from the same prefix, which carries the same hash tag.
-        return await self.transport.evalsha(SCRIPTS[script], [prefix + "ready"], [prefix, job_prefix, *args])
+        return await self._call(SCRIPTS[script], name, [prefix + "ready"], [prefix, job_prefix, *args])
 
     async def _run_for_job(self, script: str, job_id: str, args: Sequence[Any]) -> Any:
         name = await self.job_type(job_id)
@@ -255,7 +270,7 @@ class Broker:
     async def enqueue(self, name: str, jobs: Sequence[NewJob]) -> list[Enqueued]:
         """Queue `jobs` of type `name`; says per job what happened (idempotency, key policy)."""
         script_keys, args = enqueue_call(name, jobs)
-        return parse_enqueued(await self.transport.evalsha(ENQUEUE, script_keys, args))
+        return parse_enqueued(await self._call(ENQUEUE, name, script_keys, args))
 
     async def enqueue_calls(self, calls: Iterable[tuple[str, list[Any]]], *,
                             outcomes: bool = True) -> list[list[Enqueued]]:
@@ -264,8 +279,11 @@ class Broker:
         prepares the next chunk while Redis runs the last one. Returns what happened to each job,
         chunk by chunk; `outcomes=False`: the replies are not parsed (an empty list is returned),
         for jobs whose only outcome is 'new' (the script's short form); errors still raise."""
-        replies = await self.transport.evalsha_stream(ENQUEUE, ((_prefixes(name)[0] + "ready", args)
-                                                               for name, args in calls))
+        if self.replicated:  # each chunk acknowledged by a replica before the next is sent
+            replies = [await self._call(ENQUEUE, name, [_prefixes(name)[0] + "ready"], args) for name, args in calls]
+        else:
+            replies = await self.transport.evalsha_stream(ENQUEUE, ((_prefixes(name)[0] + "ready", args)
+                                                                   for name, args in calls))
         return [parse_enqueued(raw) for raw in replies] if outcomes else []
 
     async def claim(self, name: str, instance: str, n: int, ack_wait_ms: int, max_deliver: int,

@@ -87,6 +87,39 @@ def transport_for(client: aioredis.Redis, blocking: aioredis.Redis | None = None
     return RedisPyTransport(client, blocking or client)
 
 
+async def replicated_call(transport: ScriptTransport, script: Script, keys: Sequence[str], args: Sequence[Any],
+                          timeout_ms: int) -> Any:
+    """`evalsha`, and `WAIT 1 timeout_ms` behind it in the same write on the same connection, so
+    the reply is given only once a replica has the script's writes (durability = "replicated").
+    A replica that does not acknowledge in time raises TimeoutError: the write may be lost on
+    a failover, so it is not acknowledged (a retry of an enqueue should carry an idempotency key)."""
+    cmd = ("EVALSHA", script.sha, len(keys), *keys, *args)
+    wait = ("WAIT", 1, timeout_ms)
+    for _attempt in range(2):  # NOSCRIPT: loaded, then run again (it did not run)
+        if isinstance(transport, AsyncWire):
+            reply, acked = await transport.call_pipelined(cmd, wait)
+        elif isinstance(transport, RedisPyTransport):
+            async with transport.redis.pipeline(transaction=False) as pipe:
+                pipe.execute_command(*cmd)
+                pipe.execute_command(*wait)
+                reply, acked = await pipe.execute(raise_on_error=False)
+        else:
+            raise TypeError(f"{type(transport).__name__} cannot wait for a replica")
+        if isinstance(reply, redis_errors().ResponseError) and str(reply).startswith("NOSCRIPT"):
+            await transport.call("SCRIPT", "LOAD", script.source)
+            continue
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(acked, Exception):
+            raise acked
+        if int(acked) < 1:
+            raise redis_errors().TimeoutError(
+                f"no replica acknowledged the write within {timeout_ms} ms (durability = replicated): "
+                "it may be lost if the master fails now; check the replica's link (INFO replication)")
+        return reply
+    raise redis_errors().ResponseError(f"NOSCRIPT after loading the script {script.sha}")
+
+
 class RedisPyTransport:
     """`ScriptTransport` over redis-py's asyncio client. The clients belong to the caller:
     `close` leaves them open."""
@@ -167,4 +200,5 @@ class LoopTransport:
         return None  # the asyncio transport is closed by its owner
 
 
-__all__ = ["LoopTransport", "RedisPyTransport", "ScriptTransport", "SyncScriptTransport", "transport_for"]
+__all__ = ["LoopTransport", "RedisPyTransport", "ScriptTransport", "SyncScriptTransport", "replicated_call",
+           "transport_for"]

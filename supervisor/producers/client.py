@@ -119,6 +119,8 @@ class Client:
         kind, unlisted = self._pipeline.learn(name, allow_unknown, *await type_state(transport, name))
         if unlisted:
             await transport.call("SADD", keys.TYPES_KEY, name)
+        if replicated(kind):
+            self.broker.replicated.add(name)
         return kind
 
     async def enqueue(self, name: str, payload: Any = None, **options: Unpack[EnqueueOptions]) -> JobRef:
@@ -256,6 +258,12 @@ class Client:
 
 
 
+def replicated(kind: Any) -> bool:
+    """Whether a type (what `Pipeline.learn` gave) is published with `durability = "replicated"`."""
+    policy = getattr(kind, "policy", None)
+    return policy is not None and policy.durability == "replicated"
+
+
 class SyncClient:
     """The blocking twin of `Client`, for code without an event loop (web views, scripts).
 
@@ -325,8 +333,11 @@ class SyncClient:
     def _submit(self, name: str, payload: Any, options: EnqueueOptions) -> SubmitOutcome:
         """`Client._submit`, blocking."""
         req, allow_unknown = request_of(name, payload, options)
+        kind = self._resolve(name, allow_unknown)
+        if replicated(kind):  # acknowledged once a replica has it: through the client that waits for one
+            return self._call(self._async_client()._submit(name, payload, options))  # noqa: SLF001
         with EnqueueSpan(self.tracing, name, req.context) as tracked:
-            new = self._pipeline.prepare(req, self._resolve(name, allow_unknown), tracked.span)
+            new = self._pipeline.prepare(req, kind, tracked.span)
             (done,) = parse_enqueued(self._transport.evalsha(ENQUEUE, *enqueue_call(name, [new])))
             return tracked.done(name, new, done)
 

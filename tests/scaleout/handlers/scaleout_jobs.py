@@ -1,0 +1,27 @@
+"""Handlers of the scale-out tests: each run appends its job id to the witness file (an
+independent record, beside Redis's, of which jobs ran to their end)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from pydantic import BaseModel
+
+from supervisor import Context, job
+
+
+class Work(BaseModel):
+    n: int = 0
+
+
+def _witness(ctx: Context) -> None:
+    with open(os.environ["SCALEOUT_WITNESS"], "a", encoding="utf-8") as out:
+        out.write(f"{ctx.job_id}\n")
+
+
+@job("so.work", concurrency=20, ack_wait=3, max_deliver=20, backoff=[0.1])
+async def work(payload: Work, ctx: Context) -> dict[str, int]:
+    await asyncio.sleep(0.01)
+    _witness(ctx)
+    return {"n": payload.n}
