@@ -101,20 +101,20 @@ def sentinel_params(client: Any, timeout_s: float = 30.0) -> WireParams:
                       connect_timeout_s=float(kw.get("socket_connect_timeout") or 5.0), timeout_s=timeout_s)
 
 
-async def watch_failover(client: Any, stop: asyncio.Event) -> None:
-    """Until `stop`: on a sentinel's `+switch-master` for this client's service, move every
+async def watch_failover(client: Any) -> None:
+    """Until cancelled: on a sentinel's `+switch-master` for this client's service, move every
     `SentinelWire` of the service to the new master at once (a failed call would move it too,
     later). Sentinels that do not answer are tried again after a second."""
     pool = sentinel_pool(client)
     if pool is None:
         return
     service = pool.service_name
-    while not stop.is_set():
+    while True:
         for sentinel in pool.sentinel_manager.sentinels:
             try:
                 async with sentinel.pubsub() as pubsub:
                     await pubsub.subscribe("+switch-master")
-                    while not stop.is_set():
+                    while True:
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                         data = message and str(message.get("data") or "")
                         if data and data.split(" ", 1)[0] == service:
