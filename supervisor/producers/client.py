@@ -20,8 +20,9 @@ from collections.abc import Coroutine, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from supervisor.engine import keys
+from supervisor.engine import control, keys
 from supervisor.engine.broker import ENQUEUE, Broker, connect, enqueue_call, parse_enqueued
+from supervisor.engine.control import BulkFilter, BulkReport, PauseState
 from supervisor.engine.records import Job
 from supervisor.engine.serving import type_state, type_state_sync
 from supervisor.engine.states import State
@@ -119,8 +120,6 @@ class Client:
         kind, unlisted = self._pipeline.learn(name, allow_unknown, *await type_state(transport, name))
         if unlisted:
             await transport.call("SADD", keys.TYPES_KEY, name)
-        if replicated(kind):
-            self.broker.replicated.add(name)
         return kind
 
     async def enqueue(self, name: str, payload: Any = None, **options: Unpack[EnqueueOptions]) -> JobRef:
@@ -226,6 +225,22 @@ class Client:
         """dead -> dismissed."""
         await self.broker.dismiss(job_id, source=source, by=by)
 
+    async def pause(self, name: str, *, source: str = "client", by: str = "") -> PauseState:
+        """Pause job type `name` on every instance: enqueues are accepted, no job of it is claimed
+        (running ones finish) until `resume`; the flag lives in Redis, so it outlasts restarts."""
+        return await control.set_paused(self.broker, name, True, source=source, by=by)
+
+    async def resume(self, name: str, *, source: str = "client", by: str = "") -> PauseState:
+        """Resume a paused job type (its idle instances are woken at once)."""
+        return await control.set_paused(self.broker, name, False, source=source, by=by)
+
+    async def bulk(self, action: str, flt: BulkFilter | None = None, *, dry_run: bool = False,
+                   source: str = "client", by: str = "") -> BulkReport:
+        """Run `action` (retry, replay, dismiss, cancel, delete, purge) on every job matching `flt`,
+        in bounded batches, each recorded in the job's history; `dry_run` only counts. ValueError
+        names a filter the action cannot take (see `supervisor.engine.control.bulk`)."""
+        return await control.bulk(self.broker, action, flt or BulkFilter(), dry_run=dry_run, source=source, by=by)
+
     async def wait(self, job_id: str, timeout: float | None = None, *, raise_on_failure: bool = False) -> Job:
         """Wait until the job is finished (completed, failed, dead, cancelled, expired, dismissed).
 
@@ -256,12 +271,6 @@ class Client:
                 if entries:
                     last_id = entries[-1][0]
 
-
-
-def replicated(kind: Any) -> bool:
-    """Whether a type (what `Pipeline.learn` gave) is published with `durability = "replicated"`."""
-    policy = getattr(kind, "policy", None)
-    return policy is not None and policy.durability == "replicated"
 
 
 class SyncClient:
@@ -333,11 +342,8 @@ class SyncClient:
     def _submit(self, name: str, payload: Any, options: EnqueueOptions) -> SubmitOutcome:
         """`Client._submit`, blocking."""
         req, allow_unknown = request_of(name, payload, options)
-        kind = self._resolve(name, allow_unknown)
-        if replicated(kind):  # acknowledged once a replica has it: through the client that waits for one
-            return self._call(self._async_client()._submit(name, payload, options))  # noqa: SLF001
         with EnqueueSpan(self.tracing, name, req.context) as tracked:
-            new = self._pipeline.prepare(req, kind, tracked.span)
+            new = self._pipeline.prepare(req, self._resolve(name, allow_unknown), tracked.span)
             (done,) = parse_enqueued(self._transport.evalsha(ENQUEUE, *enqueue_call(name, [new])))
             return tracked.done(name, new, done)
 
@@ -381,6 +387,19 @@ class SyncClient:
 
     def dismiss(self, job_id: str, *, source: str = "client", by: str = "") -> None:
         self._call(self._async_client().dismiss(job_id, source=source, by=by))
+
+    def pause(self, name: str, *, source: str = "client", by: str = "") -> PauseState:
+        """See `Client.pause`."""
+        return self._call(self._async_client().pause(name, source=source, by=by))
+
+    def resume(self, name: str, *, source: str = "client", by: str = "") -> PauseState:
+        """See `Client.resume`."""
+        return self._call(self._async_client().resume(name, source=source, by=by))
+
+    def bulk(self, action: str, flt: BulkFilter | None = None, *, dry_run: bool = False,
+             source: str = "client", by: str = "") -> BulkReport:
+        """See `Client.bulk`."""
+        return self._call(self._async_client().bulk(action, flt, dry_run=dry_run, source=source, by=by))
 
     def close(self) -> None:
         with self._lock:

@@ -79,6 +79,7 @@ async def test_bulk_filters_key_and_time_range_and_delete_purge(redis_url: str, 
         keyed = [i for _ in range(3)  # one live job per key at a time: each dies before the next
                  for i in await _seed(client, broker, 1, "retry", "x", concurrency_key="acme")]
         plain = await _seed(client, broker, 4, "retry", "x")
+        await asyncio.sleep(0.01)  # `created` is in ms: t_mid falls between the two groups, in no job's ms
         t_mid = datetime.now(UTC)
         await asyncio.sleep(0.01)
         late = await _seed(client, broker, 2, "retry", "x")

@@ -20,18 +20,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
 from supervisor.daemon.presence import list_workers
+from supervisor.engine.control import BulkFilter
 from supervisor.engine.states import State
 from supervisor.errors import CorruptRecord
-from supervisor.operators import admin
+from supervisor.operators import admin, history, listing
 from supervisor.operators.api.errors import ApiError, error_body
 from supervisor.operators.api.schemas import (
     ActionOut,
+    BulkAction,
+    BulkIn,
+    BulkOut,
     ErrorResponse,
     ExecutionsOut,
     HealthOut,
+    HistoryAllOut,
+    HistoryOut,
     JobOut,
     JobPage,
     LogsOut,
+    PauseOut,
     ScheduleOut,
     TriggerIn,
     TriggerOut,
@@ -93,13 +100,34 @@ async def list_jobs(
     """Jobs newest first (by creation time, then id), one page at a time."""
     corrupt: list[CorruptRecord] = []
     try:
-        jobs, next_cursor = await admin.list_jobs(
+        jobs, next_cursor = await listing.list_jobs(
             _state(request).broker, name=type_, state=state, key=key, since=since, until=until,
             limit=limit, cursor=cursor, corrupt=corrupt)
     except ValueError as exc:
         raise ApiError("invalid_request", f"cursor: {exc}", "cursor") from None
     return {"jobs": [job_out(j) for j in jobs], "next_cursor": next_cursor,
             "corrupt": [{"code": e.code, "message": str(e), "key": e.key} for e in corrupt]}
+
+
+@guarded.post("/jobs/bulk/{action}", response_model=BulkOut, tags=["jobs"], responses=_errors(422))
+async def bulk_action(request: Request, action: Annotated[BulkAction, Path()], body: BulkIn) -> Any:
+    """Act on every job that matches the filter (the fields given must all match), or with
+    `dry_run` count them first. Runs in script calls that each scan at most 500 index entries,
+    so a filter over millions of records never holds Redis for long; each job's history records
+    the action (delete and purge remove the record). Which states each action takes: see BulkIn.
+    Registered before /jobs/{job_id}/...: `bulk` is never a job id."""
+    try:
+        state = State(body.state) if body.state else None
+    except ValueError:
+        raise ApiError("invalid_request", f"state: {body.state!r} is not a job state; use one of "
+                       f"{', '.join(s.value for s in State)}", "state") from None
+    flt = BulkFilter(type=body.type, state=state, key=body.key, since=body.since, until=body.until,
+                     error=body.error, limit=body.limit)
+    try:
+        report = await _state(request).client.bulk(action, flt, dry_run=body.dry_run, **_actor(request))
+    except ValueError as exc:
+        raise ApiError("invalid_request", str(exc), "type" if "needs a type" in str(exc) else "state") from None
+    return report.to_dict()
 
 
 @guarded.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=_errors(404))
@@ -171,6 +199,37 @@ async def list_types(request: Request) -> Any:
     instance serves each (`served`, `served_by`), which one last did and when (`last_served`), and
     the load errors instances report for a file of that name."""
     return await admin.type_rows(_state(request).broker)
+
+
+@guarded.post("/types/{name}/pause", response_model=PauseOut, tags=["types"])
+async def pause_type(request: Request, name: Annotated[str, Path(max_length=200)]) -> Any:
+    """Pause the type on every instance: enqueues are still accepted, no instance claims its jobs
+    (running ones finish) until resumed; the flag is kept in Redis, so it outlasts restarts.
+    Idempotent: `changed` is false when it was paused already."""
+    return (await _state(request).client.pause(name, **_actor(request))).to_dict()
+
+
+@guarded.post("/types/{name}/resume", response_model=PauseOut, tags=["types"])
+async def resume_type(request: Request, name: Annotated[str, Path(max_length=200)]) -> Any:
+    """Resume a paused type: its idle instances are woken and claim at once."""
+    return (await _state(request).client.resume(name, **_actor(request))).to_dict()
+
+
+Minutes = Annotated[int, Query(ge=1, le=history.MAX_MINUTES, description="How many minutes, ending now.")]
+
+
+@guarded.get("/types/{name}/history", response_model=HistoryOut, tags=["types"])
+async def type_history(request: Request, name: Annotated[str, Path(max_length=200)], minutes: Minutes = 60) -> Any:
+    """Per-minute counts (enqueued, completed, failed, dead, retried) and run-time and queue-wait
+    percentiles of one type, oldest first, one point per minute (kept 24 h)."""
+    return await history.type_history(_state(request).redis, name, minutes)
+
+
+@guarded.get("/history", response_model=HistoryAllOut, tags=["types"])
+async def all_history(request: Request, minutes: Minutes = 60) -> Any:
+    """Every published type's per-minute points, and their totals (percentiles of the merged buckets)."""
+    state = _state(request)
+    return await history.all_history(state.redis, await state.broker.type_names(), minutes)
 
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")

@@ -105,6 +105,16 @@ def reported(fn: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def local_user() -> str:
+    """Who runs the CLI, for the history of what it does (an operator action's `by`)."""
+    import getpass  # noqa: PLC0415
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return ""
+
+
 def run_async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     """An `async def` command, run by asyncio (and `reported`)."""
     @wraps(fn)

@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import click
 
-from supervisor.operators.cli.app import err_console, print_json, redis_url, run_async, settings_of
+from supervisor.operators.cli.app import (
+    console,
+    err_console,
+    local_user,
+    print_json,
+    redis_url,
+    run_async,
+    settings_of,
+)
 from supervisor.operators.cli.tables import print_table, utc, wide_option
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True)
 @wide_option
 @click.pass_context
-@run_async
-async def types(ctx: click.Context, as_json: bool) -> None:
+def types(ctx: click.Context, as_json: bool) -> None:
     """Job types published by instances: whether a live one serves each (and which one last did,
-    when), runtime, queue counts and source file. Times are UTC."""
+    when), whether it is paused, runtime, queue counts and source file. Times are UTC.
+    Subcommands pause, resume and history act on one type."""
+    if ctx.invoked_subcommand is None:
+        run_async(_types_list)(ctx, as_json)
+
+
+async def _types_list(ctx: click.Context, as_json: bool) -> None:
     from supervisor.daemon.presence import list_workers  # noqa: PLC0415
     from supervisor.engine.broker import Broker, connect  # noqa: PLC0415
     from supervisor.operators.admin import type_rows  # noqa: PLC0415
@@ -31,9 +44,11 @@ async def types(ctx: click.Context, as_json: bool) -> None:
         print_json({"types": rows, "load_errors": [{"instance": i, "path": p, "error": e}
                                                     for (i, p), e in sorted(errors.items())]})
         return
-    print_table([("type", True), ("served by", False), ("last served (UTC)", True), ("runtime", True),
-                 ("ready", True), ("scheduled", True), ("active", True), ("dead", True), ("source", False)],
+    print_table([("type", True), ("served by", False), ("paused", True), ("last served (UTC)", True),
+                 ("runtime", True), ("ready", True), ("scheduled", True), ("active", True), ("dead", True),
+                 ("source", False)],
                 [[r["name"], ", ".join(r.get("served_by") or ()) or ("yes" if r["served"] else "NO"),
+                  "PAUSED" if r.get("paused") else "",
                   utc(r["last_served"]["at"]) if r["last_served"] else "never",
                   str(r["policy"].get("runtime")), str(r["counts"]["ready"]), str(r["counts"]["sched"]),
                   str(r["counts"]["active"]), str(r["counts"]["dead"]), str(r["source"])] for r in rows])
@@ -41,6 +56,66 @@ async def types(ctx: click.Context, as_json: bool) -> None:
         err_console.print("Files that failed to load (the last good version, if any, keeps serving):")
         print_table([("file", False), ("instance", True), ("error", False)],
                     [[path, instance, error] for (instance, path), error in sorted(errors.items())], stderr=True)
+
+
+def _pause_command(paused: bool) -> None:
+    verb = "pause" if paused else "resume"
+
+    @types.command(verb, help=("Pause job type NAME on every instance: enqueues are accepted, no job of it is "
+                               "claimed (running ones finish) until `types resume`; the flag outlasts restarts."
+                               if paused else "Resume a paused job type NAME: its instances claim at once."))
+    @click.argument("name")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    @run_async
+    async def command(ctx: click.Context, name: str, as_json: bool) -> None:
+        from supervisor.producers.client import Client  # noqa: PLC0415
+
+        async with Client(redis_url(settings_of(ctx))) as client:
+            method = client.pause if paused else client.resume
+            done = await method(name, source="cli", by=local_user())
+        if as_json:
+            print_json(done.to_dict())
+            return
+        state = "paused" if done.paused else "resumed"
+        console.print(f"{name}: {state}" + ("" if done.changed else f" (it already was {state})"), highlight=False)
+
+
+_pause_command(True)
+_pause_command(False)
+
+
+@types.command("history")
+@click.argument("name")
+@click.option("--minutes", type=click.IntRange(1, 1440), default=30, show_default=True,
+              help="How many minutes, ending now.")
+@click.option("--json", "as_json", is_flag=True, help='{"type", "minutes", "points": [...]} (the API\'s shape).')
+@wide_option
+@click.pass_context
+@run_async
+async def history(ctx: click.Context, name: str, minutes: int, as_json: bool) -> None:
+    """Per-minute history of job type NAME: enqueued, completed, failed, dead, retried, and run-time
+    and queue-wait percentiles in ms (from the counters the scripts keep for 24 h). Times are UTC."""
+    from supervisor.engine.broker import connect  # noqa: PLC0415
+    from supervisor.operators.history import type_history  # noqa: PLC0415
+
+    redis = connect(redis_url(settings_of(ctx)))
+    try:
+        doc = await type_history(redis, name, minutes)
+    finally:
+        await redis.aclose()
+    if as_json:
+        print_json(doc)
+        return
+
+    def ms(value: float | None) -> str:
+        return "" if value is None else f"{value:g}"
+
+    print_table([("minute (UTC)", True), ("enqueued", True), ("completed", True), ("failed", True), ("dead", True),
+                 ("retried", True), ("run p50/p95/p99 ms", True), ("wait p50/p95/p99 ms", True)],
+                [[utc(p["minute"]), str(p["enqueued"]), str(p["completed"]), str(p["failed"]), str(p["dead"]),
+                  str(p["retried"]), " / ".join(ms(p["run_ms"][q]) for q in ("p50", "p95", "p99")),
+                  " / ".join(ms(p["wait_ms"][q]) for q in ("p50", "p95", "p99"))] for p in doc["points"]])
 
 
 @click.command()

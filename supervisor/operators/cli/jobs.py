@@ -1,8 +1,8 @@
-"""Commands about jobs: `enqueue`, and the `jobs` group (get, list, cancel, retry, replay, dismiss, logs, wait)."""
+"""Commands about jobs: `enqueue`, and the `jobs` group (get, list, cancel, retry, replay, dismiss, bulk,
+logs, wait)."""
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from typing import Any, ClassVar
@@ -15,6 +15,7 @@ from supervisor.engine.states import State
 from supervisor.operators.cli.app import (
     console,
     err_console,
+    local_user,
     print_json,
     read_model,
     redis_url,
@@ -129,7 +130,7 @@ async def jobs_list(ctx: click.Context, state: str | None, type_: str | None, ke
                     limit: int, cursor: str | None, as_json: bool) -> None:
     """List jobs, newest first, one page at a time (the next page's cursor goes to stderr)."""
     from supervisor.engine.broker import Broker, connect  # noqa: PLC0415
-    from supervisor.operators.admin import list_jobs  # noqa: PLC0415
+    from supervisor.operators.listing import list_jobs  # noqa: PLC0415
 
     broker = Broker(connect(redis_url(settings_of(ctx))))
     try:
@@ -151,13 +152,6 @@ async def jobs_list(ctx: click.Context, state: str | None, type_: str | None, ke
         err_console.print(f"more: --cursor {next_cursor}", highlight=False, markup=False)
 
 
-def _local_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid (a bare container)
-        return ""
-
-
 def _job_action(action: str, help_text: str) -> None:
     @jobs.command(action, help=help_text)
     @click.argument("job_id")
@@ -169,7 +163,7 @@ def _job_action(action: str, help_text: str) -> None:
 
         async with Client(redis_url(settings_of(ctx))) as client:
             # recorded in the job's history: from the CLI, by the local user who ran it
-            result = await getattr(client, action)(job_id, source="cli", by=_local_user())
+            result = await getattr(client, action)(job_id, source="cli", by=local_user())
             job = await client.get(job_id)
         if as_json:
             print_json({"id": job_id, "action": action, "result": result, "state": job.state.value})
@@ -182,6 +176,57 @@ _job_action("cancel", "Cancel a job (pending/retry at once; active cooperatively
 _job_action("retry", "Move a failed job back to pending.")
 _job_action("replay", "Move a dead job back to pending.")
 _job_action("dismiss", "Give up on a dead job (dismissed).")
+
+
+_BULK_ACTIONS = ("retry", "replay", "dismiss", "cancel", "delete", "purge")  # supervisor.engine.control
+
+
+@jobs.command("bulk")
+@click.argument("action", type=click.Choice(_BULK_ACTIONS))
+@click.option("--type", "type_", default=None, help="Job type name (default: every type; purge needs one).")
+@click.option("--state", type=click.Choice([s.value for s in State]), default=None,
+              help="Only jobs in this state (default: every state ACTION takes).")
+@click.option("--key", default=None, help="Only jobs with this concurrency key.")
+@click.option("--since", type=_Since(), default=None, help="Created since WHEN: an age (10m, 2h, 7d) or an ISO time.")
+@click.option("--until", type=_Since(), default=None, help="Created before WHEN: an age or an ISO time.")
+@click.option("--error", "error_text", default=None, help="Only jobs whose error contains TEXT (any case).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Act on at most this many jobs.")
+@click.option("--dry-run", is_flag=True, help="Count the matching jobs, change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON (the API's BulkOut).")
+@click.pass_context
+@run_async
+async def jobs_bulk(ctx: click.Context, action: str, type_: str | None, state: str | None, key: str | None,
+                    since: Any, until: Any, error_text: str | None, limit: int | None, dry_run: bool, yes: bool,
+                    as_json: bool) -> None:
+    """Run ACTION on every job matching the filter: retry (failed), replay or dismiss (dead), cancel
+    (waiting, pending, retry; active ones are told), delete (any state but active) or purge (the
+    finished records of one --type). Counts first and asks before acting (unless --yes); runs in
+    batches of at most 500 index entries per Redis call; each job's history records the action."""
+    from supervisor.engine.control import BulkFilter  # noqa: PLC0415
+    from supervisor.producers.client import Client  # noqa: PLC0415
+
+    flt = BulkFilter(type=type_, state=State(state) if state else None, key=key, since=since, until=until,
+                     error=error_text, limit=limit)
+    async with Client(redis_url(settings_of(ctx))) as client:
+        try:
+            report = await client.bulk(action, flt, dry_run=True)
+            if not dry_run and report.matched:
+                n = min(report.matched, limit or report.matched)
+                if not yes and not (sys.stdin.isatty() and click.confirm(f"{action} {n} job(s)?", err=True)):
+                    raise click.UsageError(f"{n} job(s) match; nothing done: confirm, or pass --yes")
+                report = await client.bulk(action, flt, source="cli", by=local_user())
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--state' or '--type'") from None
+    if as_json:
+        print_json(report.to_dict())
+        return
+    states = ", ".join(f"{n} {st}" for st, n in sorted(report.by_state.items()))
+    verb = "would " + action if report.dry_run else action
+    console.print(f"{report.matched} job(s) match{f' ({states})' if states else ''}; {verb}: "
+                  f"{report.matched if report.dry_run else report.done}"
+                  + (f", {report.skipped} skipped (state changed meanwhile)" if report.skipped else "")
+                  + f"; {report.batches} batch(es), longest Redis call {report.longest_call_ms:g} ms", highlight=False)
 
 
 @jobs.command("logs")
