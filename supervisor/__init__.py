@@ -25,6 +25,9 @@ _EXPORTS = {
     "Attempt": "engine.records", "Job": "engine.records",
     "ShutdownManager": "daemon.shutdown", "ShutdownReport": "daemon.shutdown",
     "State": "engine.states",
+    "Step": "producers.workflows", "chain": "producers.workflows", "group": "producers.workflows",
+    "chord": "producers.workflows", "dag": "producers.workflows", "Callback": "producers.workflows",
+    "InvalidWorkflow": "errors", "WorkflowNotFound": "errors",
 }
 
 __all__ = sorted(_EXPORTS)  # noqa: PLE0605  (computed from _EXPORTS, the one list of the API)
@@ -51,6 +54,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from supervisor.errors import (
         InvalidPayload as InvalidPayload,
         InvalidTransition as InvalidTransition,
+        InvalidWorkflow as InvalidWorkflow,
         JobFailed as JobFailed,
         JobNotFound as JobNotFound,
         JobRejected as JobRejected,
@@ -59,6 +63,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         SupervisorError as SupervisorError,
         UnknownJobType as UnknownJobType,
         WaitTimeout as WaitTimeout,
+        WorkflowNotFound as WorkflowNotFound,
     )
     from supervisor.flow import SubmitOutcome as SubmitOutcome
     from supervisor.handler import Failure as Failure, job as job
@@ -68,4 +73,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         EnqueueRequest as EnqueueRequest,
         JobRef as JobRef,
         SyncClient as SyncClient,
+    )
+    from supervisor.producers.workflows import (
+        Callback as Callback,
+        Step as Step,
+        chain as chain,
+        chord as chord,
+        dag as dag,
+        group as group,
     )

@@ -8,9 +8,10 @@ gives it one that records calls, so handlers are testable as plain functions.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -61,6 +62,46 @@ def child_context(parent: dict[str, str], parent_job: str) -> dict[str, str]:
     if parent.get("tracestate"):
         ctx["tracestate"] = parent["tracestate"]
     return ctx
+
+
+class DependencyResults(Mapping[str, Any]):
+    """What a job's dependencies returned, by job id and by type name (see `Context.dependency_results`)."""
+
+    def __init__(self, entries: dict[str, dict[str, Any]]) -> None:
+        self._by_id = {dep: e.get("result") for dep, e in entries.items()}
+        self.states: dict[str, str] = {dep: str(e.get("state")) for dep, e in entries.items()}
+        self.by_type: dict[str, list[Any]] = {}
+        for e in entries.values():
+            self.by_type.setdefault(str(e.get("name")), []).append(e.get("result"))
+
+    @classmethod
+    def parse(cls, text: str | None) -> DependencyResults:
+        if not text:
+            return cls({})
+        doc = json.loads(text)
+        return cls(doc if isinstance(doc, dict) else {})
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._by_id:
+            return self._by_id[key]
+        results = self.by_type.get(key)
+        if results is None:
+            raise KeyError(key)
+        if len(results) > 1:
+            raise KeyError(f"{key!r}: {len(results)} dependencies of that type; use .by_type[{key!r}]")
+        return results[0]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._by_id or key in self.by_type
+
+    def __repr__(self) -> str:
+        return f"DependencyResults({self._by_id!r})"
 
 
 class _CancelFlag:
@@ -132,6 +173,7 @@ class Context:
         self._cancel: threading.Event | _CancelFlag = cancel if cancel is not None else _CancelFlag()
         self._async_cancel: asyncio.Event | None = None
         self._log: Any = None
+        self._deps: DependencyResults | None = None
 
     # --- cancellation ----------------------------------------------------------------
 
@@ -168,6 +210,17 @@ class Context:
         """Extend the lease now (running jobs are also heartbeated automatically)."""
         self._sink.heartbeat()
         return _DONE
+
+    # --- dependencies ----------------------------------------------------------------
+
+    @property
+    def dependency_results(self) -> DependencyResults:
+        """The results of the jobs this one waited for (`depends_on`, a workflow's earlier steps):
+        `ctx.dependency_results[job_id]`, or `[type_name]` for the one dependency of that type;
+        `.by_type[type_name]` lists them all; `.states` says how each ended. Empty for a job without."""
+        if self._deps is None:
+            self._deps = DependencyResults.parse(self.context.get("dependency_results"))
+        return self._deps
 
     # --- child jobs ------------------------------------------------------------------
 

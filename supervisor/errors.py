@@ -178,6 +178,23 @@ class JobRejected(SupervisorError):
         self.existing = existing
 
 
+class InvalidWorkflow(SupervisorError):
+    """Raised when a workflow, a batch or a job's `depends_on` cannot be accepted: a cycle, a step
+    that names no step, a dependency that is no job, a batch that no longer takes jobs."""
+
+    code = "invalid_workflow"
+
+
+class WorkflowNotFound(SupervisorError):
+    """Raised when a workflow or batch id names none that is retained."""
+
+    code = "workflow_not_found"
+
+    def __init__(self, kind: str, ident: str) -> None:
+        super().__init__(f"no {kind} {ident!r} (never created, or trimmed by retention)")
+        self.ident = ident
+
+
 class WaitTimeout(SupervisorError):
     """Raised when `wait` gives up before the job finishes."""
 

@@ -39,6 +39,7 @@ from supervisor.daemon.janitor import Janitor
 from supervisor.daemon.liveness import REDIS_DOWN
 from supervisor.daemon.presence import Presence
 from supervisor.daemon.redis_server import RedisServer, embedded_socket
+from supervisor.daemon.releaser import Releaser
 from supervisor.daemon.scheduler import Scheduler
 from supervisor.daemon.sdnotify import Notifier
 from supervisor.daemon.shutdown import ShutdownManager
@@ -278,6 +279,8 @@ class Daemon:
         await parts.dispatcher.start()
         self._spawn("presence", parts.presence.run())
         self._spawn("janitor", parts.janitor.run())
+        # release notices of workflows and batches (after the drain too: its last jobs leave some)
+        self._spawn("releaser", Releaser(parts.client, janitor_s=self.settings.janitor_interval).run())
         if self.settings.metrics_port is not None or self.settings.api_enabled:  # only when someone can scrape
             self._spawn("metrics", self.metrics.run_gauges(  # queue_depth, worker_rss_bytes
                 self.broker, self.workers_info, min(self.settings.presence_interval, 5.0)))
@@ -442,7 +445,7 @@ class Daemon:
 
     async def _stop_background(self) -> None:
         published = "presence" in self._tasks
-        await self._stop_tasks("presence", "janitor", "metrics", "failover")
+        await self._stop_tasks("presence", "janitor", "releaser", "metrics", "failover")
         if published and self.parts is not None:
             try:
                 await self.parts.presence.withdraw()

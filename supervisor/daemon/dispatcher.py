@@ -35,6 +35,7 @@ from supervisor.daemon.lanes import InFlight, Lane, ServedType
 from supervisor.daemon.liveness import REDIS_DOWN, Liveness
 from supervisor.engine import keys
 from supervisor.engine.broker import Broker, ClaimedJob, claimed_context, dumps
+from supervisor.engine.deps import DEPENDENCIES_MARK, with_dependency_results
 from supervisor.errors import CorruptRecord, printable
 
 if TYPE_CHECKING:  # the daemon hands in its observer (supervisor.observability.run_observer)
@@ -310,6 +311,16 @@ class Dispatcher(Liveness):
 
     # --- running ---------------------------------------------------------------------
 
+    async def _with_dependency_results(self, job_id: str, context: dict[str, Any]) -> dict[str, Any]:
+        """`context`, with its dependencies' results for ctx.dependency_results when it has some."""
+        if DEPENDENCIES_MARK not in context:
+            return context
+        try:
+            return await with_dependency_results(self.broker.transport, job_id, context)
+        except REDIS_DOWN as exc:  # the handler sees none rather than the run failing here
+            log.warning("run.dependency_results_failed", job_id=job_id, error=str(exc))
+            return context
+
     async def _run(self, lane: Lane, f: InFlight) -> None:
         job, served, observer = f.job, lane.served, self.observer
         try:
@@ -323,6 +334,7 @@ class Dispatcher(Liveness):
             lane.inflight.pop(job.id, None)
             lane.slot_freed.set()
             return
+        context = await self._with_dependency_results(job.id, context)
         # telemetry: counts, and the process span (None when tracing is off) whose traceparent
         # replaces the run's copy of the context (TRACEPARENT of tasks, parent of child jobs)
         span = observer.started(job, served.runtime, context)

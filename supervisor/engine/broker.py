@@ -59,24 +59,16 @@ class NewJob:
     max_queued: int = 0
     when_full: str = "reject"
     stale_policy: str = "fail-stale"
-    # Workflows (supervisor.engine.deps): with `waits` (dependencies + 1 for the gate) the job is
-    # made `waiting`; a `batch` member notifies its batch when it settles.
+    # Workflows (supervisor.engine.deps): `waits` (dependencies + 1, the gate) makes it `waiting`.
     waits: int = 0
     on_dependency_failure: str = ""
-    batch: str = ""
+    batch: str = ""  # a member notifies its batch when it settles
 
-    def args(self) -> list[Any]:
-        args = [self.id, self.payload_json, self.priority, self.delay_ms, self.deadline_ms,
+    def args(self, stride: int = 13) -> list[Any]:
+        return [self.id, self.payload_json, self.priority, self.delay_ms, self.deadline_ms,
                 self.idempotency_key, self.context_json, self.parent, self.concurrency_key,
-                self.max_active, self.max_queued, self.when_full, self.stale_policy]
-        if self.waits or self.batch:
-            args += (self.waits, self.on_dependency_failure, self.batch)
-        return args
-
-    @property
-    def stride(self) -> int:
-        """How many values the enqueue script's long form takes for this job (13, or 16 in a workflow)."""
-        return 16 if self.waits or self.batch else 13
+                self.max_active, self.max_queued, self.when_full, self.stale_policy,
+                *((self.waits, self.on_dependency_failure, self.batch) if stride == 16 else ())]
 
     @property
     def plain(self) -> bool:
@@ -557,10 +549,10 @@ def enqueue_args(name: str, jobs: Sequence[NewJob]) -> list[Any]:
         for j in jobs:
             args += (j.id, j.payload_json, j.context_json)
         return args
-    stride = max(j.stride for j in jobs)  # one stride per call: a job of a workflow pads the others
+    stride = 16 if any(j.waits or j.batch for j in jobs) else 13  # 16: jobs of workflows and batches
     args = [prefix, job_prefix, name, len(jobs), stride]
     for j in jobs:
-        args += j.args() if j.stride == stride else (*j.args(), 0, "", "")
+        args += j.args(stride)
     return args
 
 

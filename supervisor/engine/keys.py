@@ -79,6 +79,11 @@ def events_key(name: str) -> str:
 CANCEL_CHANNEL_PREFIX = f"{PREFIX}:cancel:"
 
 
+#: The channel on which a script that wrote a release notice in a type's outbox (lua/lib.lua
+#: notify_settled) names the type's key prefix, so a daemon delivers it at once.
+OUTBOX_CHANNEL = f"{PREFIX}:outbox"
+
+
 def cancel_channel(instance_id: str) -> str:
     """The channel on which the instance `instance_id` hears of cancels of its running jobs."""
     return CANCEL_CHANNEL_PREFIX + instance_id

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
-from supervisor.engine.keys import CANCEL_CHANNEL_PREFIX
+from supervisor.engine.keys import CANCEL_CHANNEL_PREFIX, OUTBOX_CHANNEL
 from supervisor.engine.states import TRANSITIONS
 
 #: Approximate cap of each type's lifecycle event stream.
@@ -24,9 +24,10 @@ DEFAULT_DEAD_RETENTION_MS = 30 * 86_400_000
 SCRIPT_NAMES = (
     "enqueue", "claim", "complete", "fail", "cancel", "expire",
     "release", "revive", "dismiss", "heartbeat", "pause", "bulk",
+    "deps", "batch",  # workflows: dependencies and their release, batches (supervisor.engine.deps)
 )
 #: Scripts that act for an operator: `lua/actions.lua` (the single-job actions) comes after lib.lua.
-_WITH_ACTIONS = frozenset({"revive", "dismiss", "cancel", "bulk"})
+_WITH_ACTIONS = frozenset({"revive", "dismiss", "cancel", "bulk", "deps"})
 
 
 def _legal_table() -> str:
@@ -51,6 +52,7 @@ def script_source(name: str) -> str:
         + f"local EVENTS_MAXLEN = '{EVENTS_MAXLEN}'\n"  # text: see int_s in lib.lua
         + f"local EVENT_RESULT_MAX = {EVENT_RESULT_MAX}\n"
         + f"local CANCEL_CHANNEL = '{CANCEL_CHANNEL_PREFIX}'\n"
+        + f"local OUTBOX_CHANNEL = '{OUTBOX_CHANNEL}'\n"
         + "local DEFAULT_RETENTION = {retention_ms = "
         + f"{DEFAULT_RETENTION_MS}, dead_retention_ms = {DEFAULT_DEAD_RETENTION_MS}}}\n"
     )

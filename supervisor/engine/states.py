@@ -14,6 +14,7 @@ from enum import StrEnum
 class State(StrEnum):
     """Where a job is in its life."""
 
+    WAITING = "waiting"  # on its dependencies (depends_on, a workflow): pending once they settle
     PENDING = "pending"
     ACTIVE = "active"
     RETRY = "retry"
@@ -27,6 +28,9 @@ class State(StrEnum):
 
 #: Legal transitions: state -> states it may move to.
 TRANSITIONS: dict[State, frozenset[State]] = {
+    # Released (lua/deps.lua) once every dependency settled as its on_dependency_failure allows;
+    # cancelled by a failed dependency (policy "cancel") or a request; expired at its deadline.
+    State.WAITING: frozenset({State.PENDING, State.CANCELLED, State.EXPIRED}),
     State.PENDING: frozenset({State.ACTIVE, State.CANCELLED, State.EXPIRED}),
     State.ACTIVE: frozenset(
         {
@@ -57,7 +61,7 @@ TERMINAL: frozenset[State] = frozenset(
 #: States where the job is finished running but an operator may still act.
 PARKED: frozenset[State] = frozenset({State.FAILED, State.DEAD})
 #: States where the job still waits to run or is running.
-LIVE: frozenset[State] = frozenset({State.PENDING, State.ACTIVE, State.RETRY})
+LIVE: frozenset[State] = frozenset({State.WAITING, State.PENDING, State.ACTIVE, State.RETRY})
 #: States kept in a per-state index sorted by finish time.
 FINISHED: frozenset[State] = TERMINAL | PARKED
 

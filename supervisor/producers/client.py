@@ -120,6 +120,8 @@ class Client:
         kind, unlisted = self._pipeline.learn(name, allow_unknown, *await type_state(transport, name))
         if unlisted:
             await transport.call("SADD", keys.TYPES_KEY, name)
+        if replicated(kind):
+            self.broker.replicated.add(name)
         return kind
 
     async def enqueue(self, name: str, payload: Any = None, **options: Unpack[EnqueueOptions]) -> JobRef:
@@ -160,7 +162,14 @@ class Client:
         with EnqueueSpan(self.tracing, name, req.context) as tracked:
             new = self._pipeline.prepare(req, await self._resolve(name, allow_unknown), tracked.span)
             (done,) = await self.broker.enqueue(name, [new])
-            return tracked.done(name, new, done)
+            outcome = tracked.done(name, new, done)
+        if req.depends_on or req.batch:  # registered with its dependencies, then let go; told to its batch
+            await workflows.link(self, req, outcome)
+        return outcome
+
+    async def prepare(self, req: EnqueueRequest, allow_unknown: bool | None = None) -> NewJob:
+        """`req` validated against its type and given an id (no write): what a workflow queues."""
+        return self._pipeline.prepare(req, await self._resolve(req.name, allow_unknown))
 
     async def key_status(self, name: str, key: str) -> dict[str, Any]:
         """Active jobs of a concurrency key, queued depth, stale takeovers, last decision."""
@@ -179,7 +188,44 @@ class Client:
             batch.failed(exc)
             raise
         # Every job was offered; a rejected one raises after the others were queued.
-        return batch.refs(replies)
+        refs = batch.refs(replies)
+        for req, ref in zip(reqs, refs, strict=False):
+            if req.depends_on or req.batch:
+                await workflows.link(self, req, SubmitOutcome("accepted", ref.id, ref.name))
+        return refs
+
+    # --- workflows and batches (supervisor.producers.workflows, docs/workflows.md) --------
+
+    async def workflow(self, graph: workflows.Step | workflows.Graph, *, workflow_id: str | None = None,
+                       name: str = "", context: dict[str, str] | None = None) -> workflows.WorkflowRef:
+        """Create a whole graph of jobs (`chain`, `group`, `chord`, `dag`): all of it or none."""
+        return await workflows.create(self, graph, workflow_id=workflow_id, name=name, context=context)
+
+    async def get_workflow(self, workflow_id: str) -> dict[str, Any]:
+        """The workflow's derived state and each step's job and state."""
+        return await workflows.get(self, workflow_id)
+
+    async def list_workflows(self, limit: int = 50) -> builtins.list[dict[str, Any]]:
+        return await workflows.list_workflows(self, limit)
+
+    async def cancel_workflow(self, workflow_id: str, reason: str = "workflow cancelled", *,
+                              source: str = "client", by: str = "") -> dict[str, str]:
+        """Cancel its waiting and pending jobs, ask its running ones to stop."""
+        return await workflows.cancel(self, workflow_id, reason, source=source, by=by)
+
+    async def batch(self, *, on_complete: workflows.Callback | str | None = None,
+                    on_success: workflows.Callback | str | None = None, description: str = "",
+                    batch_id: str | None = None) -> str:
+        """Open a batch; enqueue jobs into it with `batch=<id>`, then `close_batch`."""
+        return await workflows.open_batch(self, on_complete=on_complete, on_success=on_success,
+                                          description=description, batch_id=batch_id)
+
+    async def close_batch(self, batch_id: str) -> None:
+        await workflows.close_batch(self, batch_id)
+
+    async def batch_status(self, batch_id: str) -> dict[str, Any]:
+        """total, settled, completed, failed, pending, state."""
+        return await workflows.batch_status(self, batch_id)
 
     # --- inspect and control ---------------------------------------------------------
 
@@ -273,6 +319,12 @@ class Client:
 
 
 
+def replicated(kind: Any) -> bool:
+    """Whether a type (what `Pipeline.learn` gave) is published with `durability = "replicated"`."""
+    policy = getattr(kind, "policy", None)
+    return policy is not None and policy.durability == "replicated"
+
+
 class SyncClient:
     """The blocking twin of `Client`, for code without an event loop (web views, scripts).
 
@@ -334,6 +386,8 @@ class SyncClient:
 
     def submit(self, name: str, payload: Any = None, **options: Unpack[EnqueueOptions]) -> SubmitOutcome:
         """See `Client.submit`."""
+        if options.get("depends_on") or options.get("batch"):
+            return self._call(self._async_client().submit(name, payload, **options))
         if (fast := self._pipeline.fast(name, payload, options)) is not None:
             self._transport.evalsha_packed(ENQUEUE, fast[1])
             return SubmitOutcome("accepted", fast[0], name)
@@ -342,8 +396,11 @@ class SyncClient:
     def _submit(self, name: str, payload: Any, options: EnqueueOptions) -> SubmitOutcome:
         """`Client._submit`, blocking."""
         req, allow_unknown = request_of(name, payload, options)
+        kind = self._resolve(name, allow_unknown)
+        if replicated(kind):  # acknowledged once a replica has it: through the client that waits for one
+            return self._call(self._async_client()._submit(name, payload, options))  # noqa: SLF001
         with EnqueueSpan(self.tracing, name, req.context) as tracked:
-            new = self._pipeline.prepare(req, self._resolve(name, allow_unknown), tracked.span)
+            new = self._pipeline.prepare(req, kind, tracked.span)
             (done,) = parse_enqueued(self._transport.evalsha(ENQUEUE, *enqueue_call(name, [new])))
             return tracked.done(name, new, done)
 

@@ -27,9 +27,10 @@ from pydantic import BaseModel
 
 from supervisor.engine import keys
 from supervisor.engine.broker import ENQUEUE, Enqueued, NewJob, dumps, enqueue_args
+from supervisor.engine.deps import DEPENDENCIES_MARK
 from supervisor.engine.serving import Serving
 from supervisor.engine.wire import PackedCall
-from supervisor.errors import CorruptRecord, InvalidPayload, JobRejected
+from supervisor.errors import CorruptRecord, InvalidPayload, InvalidWorkflow, JobRejected
 from supervisor.flow import KeyConcurrency, QueuePolicy, SubmitOutcome, derive_key
 from supervisor.observability import telemetry
 from supervisor.policy import PublishedType
@@ -66,6 +67,9 @@ class EnqueueRequest:
     context: dict[str, str] | None = None
     parent: str | None = None
     concurrency_key: str | None = None
+    depends_on: Sequence[str] | None = None  # job ids: the job waits (`waiting`) until they settle
+    on_dependency_failure: str | None = None  # cancel (default) | run | wait
+    batch: str | None = None  # the id of an open batch the job joins (`Client.batch`)
 
 
 class EnqueueOptions(TypedDict, total=False):
@@ -79,6 +83,9 @@ class EnqueueOptions(TypedDict, total=False):
     context: dict[str, str] | None
     parent: str | None
     concurrency_key: str | None
+    depends_on: Sequence[str] | None
+    on_dependency_failure: str | None
+    batch: str | None
     allow_unknown: bool | None
 
 
@@ -331,8 +338,30 @@ def _checked_json(text: str) -> str:
     return text
 
 
+def _check_links(req: EnqueueRequest) -> None:
+    """Raises InvalidWorkflow for a bad `depends_on` / `on_dependency_failure` / `batch`; leaves
+    `depends_on` as a list without repeats."""
+    if req.on_dependency_failure not in (None, "cancel", "run", "wait"):
+        raise InvalidWorkflow(f"on_dependency_failure={req.on_dependency_failure!r} for {req.name!r}: "
+                              "use 'cancel' (the default), 'run' or 'wait'")
+    if req.depends_on:
+        if isinstance(req.depends_on, str):
+            raise InvalidWorkflow(f"depends_on for {req.name!r} is one string: pass a list of job ids")
+        deps = list(dict.fromkeys(str(getattr(d, "id", d)) for d in req.depends_on))  # a JobRef stands for its id
+        for dep in deps:
+            try:
+                keys.tag_from_id(dep)
+            except ValueError as exc:
+                raise InvalidWorkflow(f"depends_on for {req.name!r}: {exc}") from None
+        req.depends_on = deps
+    if req.batch is not None and not (isinstance(req.batch, str) and req.batch.startswith("b-")):
+        raise InvalidWorkflow(f"batch={req.batch!r} for {req.name!r} is no batch id: use Client.batch()'s id")
+
+
 def _checked(req: EnqueueRequest, kind: Any) -> _Checked:
     """Raises InvalidPayload for a request its type refuses (schema, priority, not JSON)."""
+    if req.depends_on or req.on_dependency_failure or req.batch:
+        _check_links(req)
     payload = _payload_value(req.payload)
     priority, deadline_ms = req.priority, int(req.deadline * 1000) if req.deadline else 0
     key_policy: KeyConcurrency | None = None
@@ -367,12 +396,17 @@ def _checked(req: EnqueueRequest, kind: Any) -> _Checked:
 
 def _new_job(req: EnqueueRequest, c: _Checked, span: Any) -> NewJob:
     """The job to queue: a fresh id and trace context (the enqueue span's when tracing)."""
-    job_id, context_json = mint(req.name, given=req.context, span=span)
+    given = req.context
+    if req.depends_on:  # the dispatcher reads its dependencies' results for ctx.dependency_results
+        given = {**(given or {}), DEPENDENCIES_MARK: "1"}
+    job_id, context_json = mint(req.name, given=given, span=span)
     return NewJob(
         id=job_id, payload_json=c.payload_json, priority=c.priority, delay_ms=c.delay_ms,
         deadline_ms=c.deadline_ms, idempotency_key=req.idempotency_key or "", context_json=context_json,
         parent=req.parent or "", concurrency_key=c.ckey, max_active=c.key_policy.max_active,
         max_queued=c.queue.max_queued_per_key, when_full=c.queue.when_full, stale_policy=c.key_policy.stale_policy,
+        waits=len(req.depends_on) + 1 if req.depends_on else 0,
+        on_dependency_failure=req.on_dependency_failure or "cancel" if req.depends_on else "", batch=req.batch or "",
     )
 
 

@@ -14,7 +14,7 @@ for i = 0, n - 1 do
   local id, lease, result, progress = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local jk = JP .. id
   local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'worker', 'idem', 'ckey',
-                       'history', 'deadline', 'ctx')
+                       'history', 'deadline', 'ctx', 'notify')
   if f[1] ~= 'active' or f[2] ~= lease then
     out[#out + 1] = 'fenced:' .. tostring(f[1] or 'gone')
   else
@@ -33,6 +33,7 @@ for i = 0, n - 1 do
     parked[#parked + 1] = now_s
     parked[#parked + 1] = id
     key_leave(P, id, f[7], true)
+    if f[11] then notify_settled(P, id, 'completed') end -- dependents or a batch wait on it
     if #result <= EVENT_RESULT_MAX then
       emit(P, 'completed', id, 'completed', f[3], f[10], 'result', result)
     else -- bounded: a large result is read from the job, not carried by every event

@@ -1,7 +1,9 @@
 -- (none) -> pending, for a batch of jobs of one type, with keyed admission control.
--- ARGV: P, JP, name, count, stride (13 or 3), then per job `stride` values:
+-- ARGV: P, JP, name, count, stride (16, 13 or 3), then per job `stride` values:
 --   13: id, payload, priority, delay_ms, deadline_ms (relative, 0 none), idempotency key, ctx, parent,
 --       concurrency key ('' none), max_active, max_queued_per_key, when_full, stale_policy
+--   16: the 13, then waits (dependencies + 1 for the gate, 0 none: the job is made `waiting`, see
+--       deps.lua), on_dependency_failure, batch id ('' none: a member notifies its batch when it settles)
 --   3 (plain jobs: priority 0, no delay, deadline, idempotency key, parent or concurrency key):
 --       id, payload, ctx
 -- Returns per job 3 values: id, outcome, detail. Outcomes: 'new' | 'existing' (idempotency key) |
@@ -95,10 +97,12 @@ if stride == 3 then
 end
 local added = 0 -- new jobs, for the history
 for i = 0, n - 1 do
-  local b = 6 + i * 13
+  local b = 6 + i * stride
   local id, payload, prio = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2])
   local delay, dl, idem, ctx, parent = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), ARGV[b + 5], ARGV[b + 6], ARGV[b + 7]
   local ckey, kmax, qmax, when_full, stale = ARGV[b + 8], tonumber(ARGV[b + 9]), tonumber(ARGV[b + 10]), ARGV[b + 11], ARGV[b + 12]
+  local waits, dep_fail, batch = 0, '', ''
+  if stride == 16 then waits, dep_fail, batch = tonumber(ARGV[b + 13]), ARGV[b + 14], ARGV[b + 15] end
   local prev = false
   if idem ~= '' then
     prev = redis.call('GET', P .. 'idem:' .. idem)
@@ -139,7 +143,17 @@ for i = 0, n - 1 do
       redis.call('ZADD', P .. 'kj:' .. ckey, score, id)
       if detail ~= 'replaced' then key_decision(P, ckey, 'accepted', '', now) end
     end
-    if delay > 0 then
+    if batch ~= '' then
+      f[#f + 1] = 'batch'; f[#f + 1] = batch; f[#f + 1] = 'notify'; f[#f + 1] = '1'
+    end
+    local state = 'pending'
+    if waits > 0 then -- released by deps.lua once its dependencies and its gate settled
+      state = 'waiting'
+      for _, kv in ipairs({{'state', 'waiting'}, {'deps_left', waits}, {'dep_fail', dep_fail}, {'delay_ms', delay}}) do
+        f[#f + 1] = kv[1]; f[#f + 1] = kv[2]
+      end
+      redis.call('ZADD', P .. 'waiting', now, id)
+    elseif delay > 0 then
       f[#f + 1] = 'run_at'; f[#f + 1] = now + delay
       redis.call('ZADD', P .. 'sched', now + delay, id)
     else
@@ -149,7 +163,7 @@ for i = 0, n - 1 do
     added = added + 1
     local rid, tid = ctx_ids(ctx)
     redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', 'enqueued', 'id', id,
-               'state', 'pending', 'attempt', 0, 'request_id', rid, 'trace_id', tid)
+               'state', state, 'attempt', 0, 'request_id', rid, 'trace_id', tid)
     out[#out + 1] = id
     if detail == 'replaced' then
       out[#out + 1] = 'replaced'

@@ -20,6 +20,7 @@ if st == 'active' then
 else
   redis.call('ZREM', P .. 'ready', id)
   redis.call('ZREM', P .. 'sched', id)
+  redis.call('ZREM', P .. 'waiting', id) -- a job waiting on its dependencies
 end
 redis.call('HSET', jk, unpack(fields))
 finish(P, jk, id, 'expired', now, f[6], f[8])

@@ -138,10 +138,20 @@ local function key_leave(P, id, ckey, finished)
   end
 end
 
+-- A job that others wait on (dependents, a batch: its record has `notify`) settled: a notice in
+-- its type's outbox, written with the transition; a daemon delivers it to the other slots
+-- (deps.lua, batch.lua; supervisor/daemon/releaser.py). The PUBLISH wakes deliverers at once
+-- (a channel, not a key); the janitor's sweep covers a lost message.
+local function notify_settled(P, id, state)
+  redis.call('ZADD', P .. 'outbox', 0, id .. ' ' .. state)
+  redis.call('PUBLISH', OUTBOX_CHANNEL, P)
+end
+
 -- A live job reached a finished state: parked for its retention, and out of its key's sets.
 local function finish(P, jk, id, state, now, idem, ckey)
   park(P, jk, id, state, now, retention_ms(P, state), idem)
   key_leave(P, id, ckey, true)
+  if redis.call('HEXISTS', jk, 'notify') == 1 then notify_settled(P, id, state) end
 end
 
 local function key_decision(P, ckey, decision, reason, now)

@@ -1,0 +1,145 @@
+"""The releaser: delivers the release notices that settled jobs leave in their type's outbox.
+
+A job that others wait on (dependents, a batch) writes a notice `<id> <state>` into its type's
+outbox in the same script as its last transition (lua/lib.lua `notify_settled`), and publishes the
+type's prefix on `js:outbox`. Each daemon runs one releaser: it hears the channel and drains that
+outbox at once, and every `sweep_s` it drains every type's outbox anyway (a notice whose message
+was lost, or left by a daemon that was SIGKILLed while delivering it: a claimed notice is leased,
+`supervisor.engine.deps.NOTICE_LEASE_MS`, and another daemon takes it once the lease lapses).
+
+Delivering a notice: settle each dependent (one script in its slot), settle the job's batch (and
+enqueue the batch's callbacks when it is done), then remove the notice. Every step is idempotent,
+so a delivery cut short is simply done again. Every `janitor_s` the releaser also cancels waiting
+jobs whose producer died before opening their gate, and fires batches left due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from typing import TYPE_CHECKING, Any, cast
+
+import structlog
+
+from supervisor.engine import deps, keys
+from supervisor.errors import SupervisorError
+from supervisor.producers import workflows
+
+if TYPE_CHECKING:
+    from supervisor.producers.client import Client
+
+log = structlog.get_logger(__name__)
+
+#: A waiting job whose gate is still shut after this long was abandoned by its producer (ms).
+ABANDONED_AFTER_MS = 10 * 60_000
+_CHUNK = 100  # notices claimed (and delivered concurrently) per call
+
+
+def _type_of(prefix: str) -> str | None:
+    """The type name in a queue prefix `js:{tag}:<name>:` (None: not one)."""
+    head, sep, rest = prefix.partition("}:")
+    if not sep or not head.startswith(f"{keys.PREFIX}:{{") or not rest.endswith(":"):
+        return None
+    return rest[:-1]
+
+
+class Releaser:
+    """Delivers notices (see the module docstring) through the daemon's `Client`."""
+
+    def __init__(self, client: Client, *, sweep_s: float = 2.0, janitor_s: float = 30.0) -> None:
+        self.client = client
+        self.transport = client.broker.transport
+        self.sweep_s, self.janitor_s = sweep_s, janitor_s
+        self.delivered = 0
+
+    async def run(self) -> None:
+        """Until cancelled: drain outboxes when told, and sweep them all every `sweep_s`."""
+        listener = asyncio.create_task(self._listen())
+        try:
+            last_janitor = 0.0
+            loop = asyncio.get_running_loop()
+            while True:
+                try:
+                    await self.sweep(janitor=loop.time() - last_janitor >= self.janitor_s)
+                    if loop.time() - last_janitor >= self.janitor_s:
+                        last_janitor = loop.time()
+                except (ConnectionError, OSError, SupervisorError, Exception) as exc:  # noqa: BLE001 (Redis down: next sweep)
+                    log.warning("releaser.sweep_failed", error=str(exc))
+                await asyncio.sleep(self.sweep_s * random.uniform(0.8, 1.2))  # noqa: S311  (jitter, not crypto)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await listener
+
+    async def _listen(self) -> None:
+        """Drain a type's outbox as soon as a script says it wrote a notice there."""
+        while True:
+            pubsub = self.client.broker.redis.pubsub()
+            try:
+                await pubsub.subscribe(keys.OUTBOX_CHANNEL)
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                    names = set()
+                    while msg is not None:  # what arrived meanwhile: one drain per type
+                        name = _type_of(str(msg.get("data", "")))
+                        if name is not None:
+                            names.add(name)
+                        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
+                    for name in names:
+                        await self.drain(name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 (Redis down: the sweep covers it; listen again)
+                log.warning("releaser.listen_failed", error=str(exc))
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def sweep(self, *, janitor: bool = False) -> None:
+        for name in await self.client.broker.type_names():
+            await self.drain(name)
+            if janitor:
+                n = await deps.sweep_waiting(self.transport, name, ABANDONED_AFTER_MS)
+                if n:
+                    log.warning("releaser.abandoned_cancelled", job_name=name, jobs=n)
+        if janitor:
+            await self._fire_due_batches()
+
+    async def drain(self, name: str) -> int:
+        """Deliver every notice of `name`'s outbox that no one else is delivering; how many."""
+        done = 0
+        while True:
+            notices = await deps.claim_notices(self.transport, name, _CHUNK)
+            if not notices:
+                return done
+            await asyncio.gather(*(self.deliver(name, notice, batch) for notice, batch in notices))
+            done += len(notices)
+            self.delivered += len(notices)
+
+    async def deliver(self, name: str, notice: str, batch: str) -> None:
+        job_id, _, state = notice.partition(" ")
+        try:
+            async for child, child_name in deps.dependents(self.transport, job_id):
+                await deps.settle(self.transport, child, child_name, job_id, state)
+            if batch:
+                reply = await deps.batch_op(self.transport, batch, "settle", job_id, state)
+                if reply[0] == "fire":
+                    await workflows.fire(self.client, batch, reply)
+            await deps.notice_done(self.transport, name, notice)
+        except (SupervisorError, ValueError) as exc:  # a bad entry: logged, left for an operator, never a stop
+            log.warning("releaser.notice_failed", notice=notice, job_name=name, error=str(exc))
+
+    async def _fire_due_batches(self) -> None:
+        """Batches whose callbacks were due when the process firing them died: fired now."""
+        redis = self.client.broker.redis
+        for batch_id in cast(list[str], await redis.zrange(deps.BATCH_INDEX, 0, -1)):
+            state = await redis.hget(deps.batch_prefix(batch_id) + "rec", "state")
+            if state in ("closed", "firing"):
+                reply: list[Any] = await deps.batch_op(self.transport, batch_id, "close")
+                if reply[0] == "fire":
+                    await workflows.fire(self.client, batch_id, reply)
+
+
+__all__ = ["Releaser"]
