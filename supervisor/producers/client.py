@@ -32,6 +32,7 @@ from supervisor.errors import CorruptRecord, JobFailed, SupervisorError, WaitTim
 from supervisor.flow import SubmitOutcome
 from supervisor.observability.log import LazyLogger
 from supervisor.observability.telemetry import Tracing
+from supervisor.producers import workflows
 from supervisor.producers.enqueue import (
     Batch,
     EnqueueRequest,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # the daemon passes its Registry; a CLI command never loads h
     from typing_extensions import Unpack
 
     from supervisor.daemon.registry import Registry
+    from supervisor.engine.broker import NewJob
     from supervisor.producers.enqueue import EnqueueOptions
 
 T = TypeVar("T")
@@ -379,6 +381,8 @@ class SyncClient:
 
     def enqueue(self, name: str, payload: Any = None, **options: Unpack[EnqueueOptions]) -> JobRef:
         """Queue one job (see `Client.enqueue`)."""
+        if options.get("depends_on") or options.get("batch"):  # more than one script: the asyncio client's
+            return self._call(self._async_client().enqueue(name, payload, **options))
         if (fast := self._pipeline.fast(name, payload, options)) is not None:
             self._transport.evalsha_packed(ENQUEUE, fast[1])
             return JobRef(fast[0], name)  # the hot path: no outcome object
@@ -422,6 +426,27 @@ class SyncClient:
 
     def get(self, job_id: str) -> Job:
         return self._call(self._async_client().get(job_id))
+
+    def workflow(self, graph: workflows.Step | workflows.Graph, **options: Any) -> workflows.WorkflowRef:
+        return self._call(self._async_client().workflow(graph, **options))
+
+    def get_workflow(self, workflow_id: str) -> dict[str, Any]:
+        return self._call(self._async_client().get_workflow(workflow_id))
+
+    def list_workflows(self, limit: int = 50) -> builtins.list[dict[str, Any]]:
+        return self._call(self._async_client().list_workflows(limit))
+
+    def cancel_workflow(self, workflow_id: str, reason: str = "workflow cancelled", **options: Any) -> dict[str, str]:
+        return self._call(self._async_client().cancel_workflow(workflow_id, reason, **options))
+
+    def batch(self, **options: Any) -> str:
+        return self._call(self._async_client().batch(**options))
+
+    def close_batch(self, batch_id: str) -> None:
+        self._call(self._async_client().close_batch(batch_id))
+
+    def batch_status(self, batch_id: str) -> dict[str, Any]:
+        return self._call(self._async_client().batch_status(batch_id))
 
     def list(self, name: str | None = None, state: State | str | None = None, limit: int = 100) -> list[Job]:
         return self._call(self._async_client().list(name, state, limit))
