@@ -104,6 +104,7 @@ def test_login_live_counts_and_a_failed_jobs_stack_trace_shown_as_text(
     assert not [u for u in loads if "#" not in u], f"the page reloaded: {loads}"
     assert all("token" not in r.url.lower() and TOKEN not in r.url for r in requested)
     assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in requested if "/ui/" not in r.url)
+    expect(page.locator('[data-hour="completed"]')).to_have_text("30", timeout=10_000)  # the history's plots
     _shot(page, "overview")
 
     # A job that failed with HTML and script in its error: the dead-letter list, then its page.
@@ -195,3 +196,44 @@ def test_live_progress_and_a_lost_connection_resumed_from_the_last_event(
     client.wait(later.id, timeout=20)
     page.get_by_role("link", name="Overview").click()
     expect(_count(page, "ui.work", "completed")).to_have_text("1", timeout=15_000)
+
+
+def test_pause_keeps_jobs_pending_and_bulk_replay_of_dead_jobs_by_filter(
+        browser: Browser, served: Callable[[], tuple[DaemonProcess, str]], client: SyncClient) -> None:
+    _, url = served()
+    page = _open(browser, url)
+
+    # Given ui.work paused from the overview, its jobs stay pending while another type's run.
+    row = page.locator('tr[data-type="ui.work"]')
+    row.get_by_role("button", name="Pause ui.work").click()
+    expect(row.locator("[data-status]")).to_have_text("paused")
+    paused = client.enqueue_many([("ui.work", {}) for _ in range(5)])
+    others = client.enqueue_many([("ui.other", {}) for _ in range(5)])
+    for ref in others:
+        client.wait(ref.id, timeout=20)
+    expect(_count(page, "ui.other", "completed")).to_have_text("5")
+    expect(_count(page, "ui.work", "pending")).to_have_text("5")
+    assert {client.get(ref.id).state.value for ref in paused} == {"pending"}
+    _shot(page, "overview-paused")
+    # When resumed, they run.
+    row.get_by_role("button", name="Resume ui.work").click()
+    expect(_count(page, "ui.work", "completed")).to_have_text("5", timeout=20_000)
+
+    # Dead jobs of ui.fail (each fails its first attempt only): replayed by filter, they complete.
+    dead = client.enqueue_many([("ui.fail", {"fail_attempts": 1}) for _ in range(6)])
+    for ref in dead:
+        client.wait(ref.id, timeout=20)
+    page.get_by_role("link", name="Dead letters").click()
+    page.get_by_label("Type").select_option("ui.fail")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("tr[data-job]")).to_have_count(6)
+    page.get_by_text("Bulk action on this filter").click()
+    page.get_by_role("button", name="Count matching jobs").click()
+    expect(page.locator(".bulk-count")).to_contain_text("6 job(s) match")
+    _shot(page, "dead-letters-bulk")
+    assert {client.get(ref.id).state.value for ref in dead} == {"dead"}, "a dry run changed something"
+    page.get_by_role("button", name="Replay 6 job(s)").click()
+    expect(page.locator(".bulk-result")).to_contain_text("replay: 6 done")
+    for ref in dead:
+        assert client.wait(ref.id, timeout=20).state.value == "completed"
+    expect(page.locator("tr[data-job]")).to_have_count(0)

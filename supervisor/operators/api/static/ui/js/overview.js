@@ -27,7 +27,7 @@ export function Chart({ points, series, width = 120, height = 30, axes = false, 
       scales: { x: { time: true } }, padding: axes ? undefined : [2, 0, 2, 0],
       axes: axes ? [{ stroke: "#667" }, { stroke: "#667", size: 44 }] : [{ show: false }, { show: false }],
       series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.color, width: 1.5, spanGaps: true,
-        points: { show: false } }))],
+        points: { show: !!s.dots, size: 4, fill: s.color } }))],
     }, data, box.current);
     return () => plot.destroy();
   }, [points, width, height]);
@@ -44,7 +44,7 @@ function Totals({ rows, history }) {
     <dl class="figures">
       ${COLUMNS.map(([key, label, fn]) => html`<div><dt>${label}</dt><dd data-total=${key}>${sum(fn)}</dd></div>`)}
       <div><dt>Types</dt><dd>${rows.length}</dd></div>
-      ${done !== null && html`<div><dt>Completed, last hour</dt><dd>${done}</dd></div>
+      ${done !== null && html`<div><dt>Completed, last hour</dt><dd data-hour="completed">${done}</dd></div>
         <div><dt>Failed or dead, last hour</dt><dd>${failed}</dd></div>`}
     </dl>
     ${totals && totals.length ? html`<div class="charts">
@@ -54,9 +54,9 @@ function Totals({ rows, history }) {
                     { label: "failed/dead", get: failures, color: "#cf222e" }]} /></figure>
       <figure><figcaption>Run time per minute (ms: p50, p95, p99)</figcaption>
         <${Chart} points=${totals} axes width=${360} height=${150} label="Run-time percentiles, last hour"
-          series=${[{ label: "p50", get: (p) => p.run_ms && p.run_ms.p50, color: "#0969da" },
-                    { label: "p95", get: (p) => p.run_ms && p.run_ms.p95, color: "#9a6700" },
-                    { label: "p99", get: (p) => p.run_ms && p.run_ms.p99, color: "#8250df" }]} /></figure>
+          series=${[{ label: "p50", get: (p) => p.run_ms && p.run_ms.p50, color: "#0969da", dots: true },
+                    { label: "p95", get: (p) => p.run_ms && p.run_ms.p95, color: "#9a6700", dots: true },
+                    { label: "p99", get: (p) => p.run_ms && p.run_ms.p99, color: "#8250df", dots: true }]} /></figure>
     </div>` : html`<p class="muted">No per-minute history yet.</p>`}
   </section>`;
 }
@@ -74,7 +74,7 @@ function PauseButton({ type, onDone }) {
     }
     setBusy(false);
   };
-  return html`<button type="button" class=${type.paused ? "" : "secondary"} disabled=${busy} onClick=${act}
+  return html`<button type="button" class=${`small ${type.paused ? "" : "secondary"}`} disabled=${busy} onClick=${act}
     aria-label=${`${type.paused ? "Resume" : "Pause"} ${type.name}`}>${type.paused ? "Resume" : "Pause"}</button>
     <${ErrorBox} error=${error} />`;
 }
@@ -89,7 +89,8 @@ function TypeRow({ type, schedules, points, reload }) {
       ${type.error && html`<div class="error">${type.error}</div>`}</th>
     <td><span class=${`badge t-${status.replace(" ", "-")}`} data-status=${status}>${status}</span>
       <div class="muted small">${(type.served_by || []).join(", ") || (type.last_served
-        ? `last: ${type.last_served.instance}` : "")}</div></td>
+        ? `last: ${type.last_served.instance}` : "")}</div>
+      <${PauseButton} type=${type} onDone=${reload} /></td>
     <td>${policy.runtime || "—"}</td>
     <td>${schedules.length ? schedules.map((s) => html`<code>${s.cron}</code> `) : "—"}</td>
     ${COLUMNS.map(([key, , fn]) => html`<td class="num" data-count=${key}>
@@ -99,8 +100,7 @@ function TypeRow({ type, schedules, points, reload }) {
     <td><${Chart} points=${points} label=${`${type.name}: failed or dead per minute`}
       series=${[{ get: failures, color: "#cf222e" }]} /></td>
     <td><${Chart} points=${points} label=${`${type.name}: run-time p95 per minute`}
-      series=${[{ get: (p) => p.run_ms && p.run_ms.p95, color: "#9a6700" }]} /></td>
-    <td><${PauseButton} type=${type} onDone=${reload} /></td>
+      series=${[{ get: (p) => p.run_ms && p.run_ms.p95, color: "#9a6700", dots: true }]} /></td>
   </tr>`;
 }
 
@@ -109,10 +109,10 @@ export function Overview() {
     const [rows, schedules] = await Promise.all([api("types"), api("schedules").catch(() => [])]);
     return { rows, schedules };
   });
-  const history = useData(() => api("history?minutes=60").catch(() => null), [], 5000);
-  useLive((e) => {
+  const history = useData(() => api("history?minutes=60").catch(() => null), [], 3000);
+  useLive(() => {
     types.reload();
-    if (e.event === "reconnected") history.reload();
+    history.reload(); // coalesced: at most one read per 3 s
   });
   useEffect(() => {
     const every = setInterval(() => history.now(), 30000); // a new minute of history
@@ -130,8 +130,7 @@ export function Overview() {
         handlers in <code>jobs/</code> or <code>tasks/</code>.</p>` : html`<div class="scroll"><table class="types">
         <thead><tr><th scope="col">Type</th><th scope="col">Status</th><th scope="col">Runtime</th>
           <th scope="col">Schedule</th>${COLUMNS.map(([, label]) => html`<th scope="col" class="num">${label}</th>`)}
-          <th scope="col">Done/min</th><th scope="col">Failed/min</th><th scope="col">p95 run</th>
-          <th scope="col"><span class="sr-only">Actions</span></th></tr></thead>
+          <th scope="col">Done/min</th><th scope="col">Failed/min</th><th scope="col">p95 run</th></tr></thead>
         <tbody>${rows.map((t) => html`<${TypeRow} key=${t.name} type=${t} points=${perType[t.name]}
           schedules=${schedules.filter((s) => s.job === t.name)} reload=${types.now} />`)}</tbody>
       </table></div>`}
