@@ -195,7 +195,8 @@ class Daemon:
         s = self.settings
         presence = Presence(self.broker.redis, self.instance_id, self.describe, s.presence_interval,
                             version=__version__)
-        janitor = Janitor(self.broker, interval_s=s.janitor_interval, max_finished=s.max_finished_per_type)
+        janitor = Janitor(self.broker, interval_s=s.janitor_interval, max_finished=s.max_finished_per_type,
+                          instance_id=self.instance_id, identity=presence.identity)
         scheduler = Scheduler(client, catalog.current.schedules, self.metrics)
         self.parts = Parts(catalog, client, runners, dispatcher, presence, janitor, scheduler)
         return self.parts

@@ -6,6 +6,12 @@ trims finished records past their retention or beyond `max_finished` per
 type, drops index entries whose record is gone, and forgets instances that
 stopped heartbeating long ago. Every step is idempotent: two janitors doing
 the same work at once just find less to do.
+
+At its start and before each sweep, it ends the leases of instances of this host whose process
+is gone (`release_dead`, SPEC §4): a daemon SIGKILLed and restarted by systemd has its jobs
+delivered again at once, not after `ack_wait`. Only same-host, same-boot, pid-gone evidence
+counts (`supervisor.daemon.presence.process_gone`); an instance elsewhere keeps its leases
+until they lapse.
 """
 
 from __future__ import annotations
@@ -17,7 +23,13 @@ from typing import cast
 
 import structlog
 
-from supervisor.daemon.presence import FORGET_AFTER_S, forget_stale
+from supervisor.daemon.presence import (
+    FORGET_AFTER_S,
+    ProcessIdentity,
+    dead_instances,
+    forget_instance,
+    forget_stale,
+)
 from supervisor.engine import keys
 from supervisor.engine.broker import Broker
 from supervisor.engine.scripts import DEFAULT_DEAD_RETENTION_MS, DEFAULT_RETENTION_MS
@@ -40,16 +52,21 @@ class Janitor:
     """Sweeps every `interval_s` (with jitter, so many instances do not sweep in step)."""
 
     def __init__(self, broker: Broker, *, interval_s: float = 30.0, max_finished: int = 100_000,
-                 batch: int = 500, forget_after_s: float = FORGET_AFTER_S) -> None:
+                 batch: int = 500, forget_after_s: float = FORGET_AFTER_S, instance_id: str = "",
+                 identity: ProcessIdentity | None = None) -> None:
         self.broker = broker
+        self.instance_id = instance_id
+        self.identity = identity  # None: this instance cannot tell a dead neighbour (no boot id)
         self.forget_after_s = forget_after_s
         self.interval_s = interval_s
         self.max_finished = max_finished
         self.batch = batch
 
     async def run(self) -> None:
+        await self._release_dead()  # at start: a predecessor killed on this host (a systemd restart)
         while True:
             await asyncio.sleep(self.interval_s * random.uniform(0.8, 1.2))  # noqa: S311  (jitter, not crypto)
+            await self._release_dead()
             try:
                 report = await self.sweep()
             except (ConnectionError, OSError, Exception) as exc:  # noqa: BLE001 (Redis down: next sweep)
@@ -58,6 +75,32 @@ class Janitor:
             if report.expired or report.trimmed or report.stale_entries or report.forgotten_instances:
                 log.info("janitor.swept", expired=report.expired, trimmed=report.trimmed,
                          stale_entries=report.stale_entries, forgotten_instances=report.forgotten_instances)
+
+    async def release_dead(self) -> list[str]:
+        """End, fenced, the leases of every instance of this host whose process is gone; the
+        claims reap them as lapsed leases at once. Returns the ids of the jobs released."""
+        if self.identity is None:
+            return []
+        redis = self.broker.redis
+        released: list[str] = []
+        for instance, other, types in await dead_instances(redis, self.identity, self.instance_id):
+            ids: list[str] = []
+            for name in types:
+                try:
+                    ids += await self.broker.release_instance(name, instance)
+                except SupervisorError as exc:  # a type name the record should not hold: the others still go
+                    log.warning("instance.release_failed", instance=instance, type=name, error=str(exc))
+            await forget_instance(redis, instance)
+            log.warning("instance.gone", instance=instance, host=other.host, pid=other.pid, released=len(ids),
+                        jobs=ids[:20])
+            released += ids
+        return released
+
+    async def _release_dead(self) -> None:
+        try:
+            await self.release_dead()
+        except (ConnectionError, OSError, Exception) as exc:  # noqa: BLE001 (Redis down: next sweep)
+            log.warning("janitor.release_dead_failed", error=str(exc))
 
     async def sweep(self) -> SweepReport:
         report = SweepReport()

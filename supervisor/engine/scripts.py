@@ -24,6 +24,7 @@ DEFAULT_DEAD_RETENTION_MS = 30 * 86_400_000
 SCRIPT_NAMES = (
     "enqueue", "claim", "complete", "fail", "cancel", "expire",
     "release", "revive", "dismiss", "heartbeat", "pause", "bulk",
+    "release_instance",  # the leases of an instance found dead on its own host (supervisor.daemon.janitor)
     "deps", "batch",  # workflows: dependencies and their release, batches (supervisor.engine.deps)
 )
 #: Scripts that act for an operator: `lua/actions.lua` (the single-job actions) comes after lib.lua.

@@ -14,7 +14,10 @@ local now = now_ms()
 -- A claim sent right behind a blocking wait (Broker.wait_then_claim) runs when the wait ends,
 -- also when its fetch loop was told to stop meanwhile: the loop's halt key says so, and then
 -- nothing is claimed.
-if ARGV[9] and redis.call('EXISTS', P .. 'halt:' .. ARGV[9]) == 1 then
+-- An instance found dead (release_instance.lua) is halted too: Redis may run the claim a killed
+-- process queued behind its wait before it notices the closed connection.
+if ARGV[9] and redis.call('EXISTS', P .. 'halt:' .. ARGV[9], P .. 'halt:' .. inst) > 0 then
+  wake(P) -- the wake-up its wait took goes on to a live waiter
   return {now, -1, {}}
 end
 -- A paused type (pause.lua) claims nothing, and nothing falls due: resume wakes the fetch loops.
