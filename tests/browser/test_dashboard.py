@@ -92,8 +92,7 @@ def test_login_live_counts_and_a_failed_jobs_stack_trace_shown_as_text(
         browser: Browser, served: Callable[[], tuple[DaemonProcess, str]], client: SyncClient) -> None:
     _, url = served()
     page = _open(browser, url)
-    loads: list[str] = []
-    page.on("framenavigated", lambda frame: loads.append(frame.url))
+    page.evaluate("window.__same_page = true")  # gone if anything reloads the page
     requested: list[Request] = []
     page.on("request", lambda r: requested.append(r))  # noqa: PLW0108 (Playwright cannot wrap a builtin method)
 
@@ -101,7 +100,7 @@ def test_login_live_counts_and_a_failed_jobs_stack_trace_shown_as_text(
     expect(_count(page, "ui.work", "completed")).to_have_text("0")
     client.enqueue_many([("ui.work", {"seconds": 0.05}) for _ in range(30)])
     expect(_count(page, "ui.work", "completed")).to_have_text("30", timeout=20_000)
-    assert not [u for u in loads if "#" not in u], f"the page reloaded: {loads}"
+    assert page.evaluate("window.__same_page"), "the page reloaded"
     assert all("token" not in r.url.lower() and TOKEN not in r.url for r in requested)
     assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in requested if "/ui/" not in r.url)
     expect(page.locator('[data-hour="completed"]')).to_have_text("30", timeout=10_000)  # the history's plots
@@ -140,10 +139,34 @@ def test_login_live_counts_and_a_failed_jobs_stack_trace_shown_as_text(
     expect(page.locator("article[data-instance^='d0:']")).to_contain_text("alive")
     _shot(page, "workers")
     page.get_by_role("link", name="Schedules").click()
-    expect(page.get_by_role("heading", name="Schedules")).to_be_visible()
+    nightly = page.locator("tr", has_text="ui.nightly")
+    expect(nightly).to_contain_text("0 3 * * *")
+    expect(nightly.locator("time")).to_have_count(4)  # the last fire (never) and the next three
+    nightly.get_by_role("button", name="Pause type ui.nightly").click()
+    expect(nightly).to_contain_text("paused")
+    _shot(page, "schedules")
+    assert page.evaluate("window.__same_page"), "the page reloaded"
+
+
+def test_keys_page_shows_who_holds_and_who_waits(browser: Browser, served: Callable[[], tuple[DaemonProcess, str]],
+                                                 client: SyncClient, tmp_path: Path) -> None:
+    _, url = served()
+    gate = tmp_path / "gate"
+    refs = [client.enqueue("ui.keyed", {"tenant": "acme", "gate": str(gate)}) for _ in range(3)]
+    wait_until(lambda: client.get(refs[0].id).state.value == "active", 10, what="the first job holds the key")
+    page = _open(browser, url)
     page.get_by_role("link", name="Keys").click()
-    expect(page.get_by_role("heading", name="Keys")).to_be_visible()
-    assert not [u for u in loads if "#" not in u], f"the page reloaded: {loads}"
+    page.get_by_label("Type").select_option("ui.keyed")
+    page.get_by_role("textbox", name="Key").fill("acme")
+    page.get_by_role("button", name="Show").click()
+    expect(page.get_by_role("heading", name="Holders (1)")).to_be_visible()
+    expect(page.locator("#holders-h + ul")).to_contain_text(refs[0].id)
+    expect(page.get_by_role("heading", name="Waiting (2)")).to_be_visible()
+    expect(page.locator("#waiters-h + ol li")).to_have_text([refs[1].id, refs[2].id])
+    _shot(page, "keys")
+    gate.touch()  # every job runs in turn; the page follows without a reload
+    expect(page.get_by_role("heading", name="Waiting (0)")).to_be_visible(timeout=15_000)
+    expect(page.get_by_role("heading", name="Holders (0)")).to_be_visible(timeout=15_000)
 
 
 def test_phone_width_and_keyboard(browser: Browser, served: Callable[[], tuple[DaemonProcess, str]],

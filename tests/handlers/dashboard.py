@@ -40,3 +40,16 @@ async def gated(payload: dict, ctx: Context) -> str:
         while not Path(gate).exists():
             await asyncio.sleep(0.05)
     return "done"
+
+
+@job("ui.keyed", key_concurrency={"key": ["/tenant"], "max_active": 1}, queue={"max_queued_per_key": 10}, ack_wait=3)
+async def keyed(payload: dict, ctx: Context) -> str:
+    """One job per tenant at a time; each waits for the file `gate` to exist."""
+    while not Path(payload["gate"]).exists():
+        await asyncio.sleep(0.05)
+    return "done"
+
+
+@job("ui.nightly", schedule="0 3 * * *")
+def nightly(payload: dict, ctx: Context) -> str:
+    return "ran"
