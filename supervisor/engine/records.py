@@ -135,6 +135,17 @@ def _history(value: str | None) -> tuple[list[Attempt], list[Action]]:
     return attempts, actions
 
 
+def _with_completing_attempt(attempts: list[Attempt], f: Callable[[str, Callable[[Any], Any]], Any]) -> list[Attempt]:
+    """A completed record's attempts with the one that completed it: complete.lua does not append
+    it to the history (the record's `deliveries`, `started`, `finished` and `worker` are that
+    attempt). A history that has it already (written before that change) is left as it is."""
+    number = f("deliveries", lambda v: int(v or 0))
+    if any(a.attempt == number for a in attempts):
+        return attempts
+    return [*attempts, Attempt(attempt=number, started=f("started", _ms), ended=f("finished", _ms),
+                               outcome="completed", instance=f("worker", _text))]
+
+
 @dataclass(slots=True)
 class Job:
     """A job's record: its state, payload, outcome and every attempt so far."""
@@ -186,10 +197,13 @@ class Job:
         if tag_for(name) != job_id.partition("-")[0]:  # a job's id starts with its type's tag
             raise CorruptRecord(key, f"field 'name': {name!r} is not the type of job {job_id}")
         attempts, actions = f("history", _history)
+        state = f("state", State)
+        if state is State.COMPLETED:
+            attempts = _with_completing_attempt(attempts, f)
         return cls(
             id=job_id,
             name=name,
-            state=f("state", State),
+            state=state,
             payload=f("payload", _json),
             priority=f("priority", lambda v: int(v or 0)),
             created=f("created", _ms),

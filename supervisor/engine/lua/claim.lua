@@ -10,6 +10,7 @@ local P, JP, inst = ARGV[1], ARGV[2], ARGV[3]
 local n, ack, max_deliver = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local rate, period = tonumber(ARGV[7]), tonumber(ARGV[8])
 local now = now_ms()
+trim_once = true -- one XTRIM of the event stream for the whole batch (lib.lua)
 
 -- A claim sent right behind a blocking wait (Broker.wait_then_claim) runs when the wait ends,
 -- also when its fetch loop was told to stop meanwhile: the loop's halt key says so, and then
@@ -167,4 +168,5 @@ local lease_due = tonumber(first_active[2])
 if #leased > 0 and (lease_due == nil or lease_until_ms < lease_due) then lease_due = lease_until_ms end
 if lease_due and (next_due < 0 or lease_due < next_due) then next_due = lease_due end
 if rate_next and (next_due < 0 or rate_next < next_due) then next_due = rate_next end
+trim_events(P)
 return {now, next_due, out}

@@ -82,7 +82,7 @@ if stride == 3 then
     redis.call('HSET', JP .. id, 'name', name, 'state', 'pending', 'payload', ARGV[b + 1], 'score', score,
                'created', created, 'ctx', ARGV[b + 2])
     local rid, tid = ctx_ids(ARGV[b + 2])
-    redis.call('XADD', events, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', 'enqueued', 'id', id,
+    redis.call('XADD', events, '*', 'event', 'enqueued', 'id', id, -- trimmed once, below
                'state', 'pending', 'attempt', '0', 'request_id', rid, 'trace_id', tid)
     ready[#ready + 1] = score
     ready[#ready + 1] = id
@@ -91,6 +91,7 @@ if stride == 3 then
     out[#out + 1] = ''
   end
   call_spread('ZADD', P .. 'ready', ready)
+  redis.call('XTRIM', events, 'MAXLEN', '~', EVENTS_MAXLEN) -- once per batch (see trim_once in lib.lua)
   hist_add(P, now, {e = n})
   wake(P)
   return out
@@ -162,8 +163,8 @@ for i = 0, n - 1 do
     if #f > 0 then redis.call('HSET', jk, unpack(f)) end
     added = added + 1
     local rid, tid = ctx_ids(ctx)
-    redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', 'enqueued', 'id', id,
-               'state', state, 'attempt', 0, 'request_id', rid, 'trace_id', tid)
+    redis.call('XADD', P .. 'events', '*', 'event', 'enqueued', 'id', id, -- trimmed once, below
+               'state', state, 'attempt', '0', 'request_id', rid, 'trace_id', tid)
     out[#out + 1] = id
     if detail == 'replaced' then
       out[#out + 1] = 'replaced'
@@ -174,6 +175,9 @@ for i = 0, n - 1 do
     end
   end
 end
-if added > 0 then hist_add(P, now, {e = added}) end
+if added > 0 then
+  hist_add(P, now, {e = added})
+  redis.call('XTRIM', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN) -- once per batch (see trim_once in lib.lua)
+end
 wake(P)
 return out

@@ -51,8 +51,22 @@ local function ctx_ids(ctx)
   return string.match(ctx, '"request_id":%s*"([^"]*)"') or '', string.match(ctx, '"trace_id":%s*"([^"]*)"') or ''
 end
 
+-- A script that emits an event per job of a batch (claim, complete) sets `trim_once`: its XADDs
+-- then leave out MAXLEN and it trims the stream once, at its end (`trim_events`): the same
+-- approximate cap, without three more arguments converted, checked and propagated per event.
+local trim_once, emitted = false, false
+local function trim_events(P)
+  if emitted then redis.call('XTRIM', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN) end
+end
+
 local function emit(P, event, id, state, attempt, ctx, ...)
   local rid, tid = ctx_ids(ctx)
+  if trim_once then
+    emitted = true
+    redis.call('XADD', P .. 'events', '*',
+      'event', event, 'id', id, 'state', state, 'attempt', attempt or '0', 'request_id', rid, 'trace_id', tid, ...)
+    return
+  end
   redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*',
     'event', event, 'id', id, 'state', state, 'attempt', attempt or '0', 'request_id', rid, 'trace_id', tid, ...)
 end
