@@ -331,10 +331,10 @@ def test_stop_drains_running_jobs_and_exits_0(sandbox: Sandbox) -> None:
 
 
 def test_kill_9_restarts_the_unit_and_the_job_still_completes(sandbox: Sandbox) -> None:
-    # Given a started unit running a job with a short lease (t.sleep: ack_wait 2 s)
-    install_unit(sandbox)
+    # Given a started unit running a job under a 300 s lease (t.held: its first attempt runs 120 s)
+    install_unit(sandbox, handlers=(HANDLERS / "basic.py", HANDLERS / "recovery.py"))
     start(sandbox)
-    [job_id] = sandbox.enqueue_running("t.sleep", '{"seconds": 3}')
+    [job_id] = sandbox.enqueue_running("t.held", '{"seconds": 120}')
     before = sandbox.show("MainPID", "NRestarts")
     old_main, restarts = int(before["MainPID"]), int(before["NRestarts"])
     old_pids = sandbox.cgroup_pids()
@@ -358,10 +358,11 @@ def test_kill_9_restarts_the_unit_and_the_job_still_completes(sandbox: Sandbox) 
     assert not old_pids & sandbox.running_pids(), sandbox.exec("ps", "-ef").stdout
     assert new_main in sandbox.cgroup_pids()
 
-    # And the job completes on the new instance once the dead one's lease lapsed
-    job = json.loads(sandbox.cli("jobs", "wait", job_id, "--timeout", "30", "--json", timeout=60).stdout)
+    # And the job completes on the new instance right after its start, not when the lease
+    # lapses: the new instance found the old one's process gone and released its leases
+    job = json.loads(sandbox.cli("jobs", "wait", job_id, "--timeout", "15", "--json", timeout=60).stdout)
     assert job["state"] == "completed", job
-    assert job["deliveries"] >= 2, job
+    assert job["deliveries"] == 2 and job["result"]["attempt"] == 2, job
     assert _instance_pid(job["attempts"][0]["instance"]) == old_main, job["attempts"]
     assert _instance_pid(job["attempts"][-1]["instance"]) == new_main, job["attempts"]
     assert job["result"]["pid"] == new_main, job
