@@ -21,7 +21,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from supervisor.engine import keys
-from supervisor.engine.wire import Script
+from supervisor.engine.wire import Script, redis_errors
 from supervisor.errors import UnknownJobType
 
 if TYPE_CHECKING:  # annotations only: a CLI read through supervisor.engine.reads never loads redis-py
@@ -135,11 +135,15 @@ async def announce(redis: aioredis.Redis, instance: str, ttl_ms: int, *, serve: 
     calls += [(n, "error", ttl_ms, e) for n, e in (errors or {}).items()] + [(n, "clear", 0, "") for n in clear]
     if not calls:
         return
-    script = redis.register_script(SERVED.source)  # in a pipeline, redis-py loads it first if need be
-    async with redis.pipeline(transaction=False) as pipe:
-        for name, what, ttl, error in calls:
-            await script(keys=[served_key(name)], args=[instance, what, ttl, error], client=pipe)
-        await pipe.execute()
+    for _attempt in range(2):
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for name, what, ttl, error in calls:
+                    pipe.evalsha(SERVED.sha, 1, served_key(name), instance, what, ttl, error)
+                await pipe.execute()
+            return
+        except redis_errors().NoScriptError:  # every statement may be made twice: loaded, then all again
+            await redis.script_load(SERVED.source)  # (on every master of a Redis Cluster)
 
 
 __all__ = ["NOBODY", "Serving", "announce", "iso_ms", "parse_serving", "served_key", "serving_of",

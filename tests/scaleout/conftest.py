@@ -127,6 +127,53 @@ def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
         group.stop()
 
 
+@dataclass
+class Cluster:
+    """A Redis Cluster: three masters, one replica each (`redis-cli --cluster create`)."""
+
+    nodes: list[Node]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3])
+
+    def masters(self) -> list[Node]:
+        roles = {n.port: n.client().execute_command("ROLE")[0] for n in self.nodes if n.proc.poll() is None}
+        return [n for n in self.nodes if roles.get(n.port) == "master"]
+
+    def healthy(self) -> bool:
+        try:
+            return all(n.client().cluster("info")["cluster_state"] == "ok"
+                       for n in self.nodes if n.proc.poll() is None)
+        except syncredis.RedisError:
+            return False
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    nodes: list[Node] = []
+    try:
+        for i in range(6):
+            port = free_port()
+            while port > 55535:  # the cluster bus listens 10,000 ports higher
+                port = free_port()
+            folder = tmp_path / f"node{i}"
+            nodes.append(_start([find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--dir", str(folder), "--cluster-enabled", "yes",
+                                 "--cluster-node-timeout", "1000", "--cluster-config-file", "nodes.conf"],
+                                port, folder))
+        cli = str(Path(find_redis_server()).with_name("redis-cli"))
+        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+                        "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        group = Cluster(nodes)
+        wait_until(lambda: group.healthy() and len(group.masters()) == 3, 30, interval=0.2,
+                   what="the cluster to cover every slot")
+        yield group
+    finally:
+        for node in nodes:
+            node.kill()
+
+
 @pytest.fixture
 def scaleout_jobs(jobs_dir: Path) -> Path:
     shutil.copy(HANDLERS / "scaleout_jobs.py", jobs_dir / "scaleout_jobs.py")

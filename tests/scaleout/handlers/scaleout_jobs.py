@@ -25,3 +25,16 @@ async def work(payload: Work, ctx: Context) -> dict[str, int]:
     await asyncio.sleep(0.01)
     _witness(ctx)
     return {"n": payload.n}
+
+
+def _spread(index: int) -> object:
+    async def spread(payload: Work, ctx: Context) -> dict[str, int]:
+        _witness(ctx)
+        return {"n": payload.n}
+
+    return job(f"so.t{index:02d}", concurrency=10, ack_wait=3, max_deliver=20, backoff=[0.1])(spread)
+
+
+#: Twenty types whose hash tags spread over the slots (and so over a cluster's shards).
+for _i in range(20):
+    globals()[f"spread_{_i:02d}"] = _spread(_i)
