@@ -104,11 +104,12 @@ def test_login_live_counts_and_a_failed_jobs_stack_trace_shown_as_text(
     assert all("token" not in r.url.lower() and TOKEN not in r.url for r in requested)
     assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in requested if "/ui/" not in r.url)
     expect(page.locator('[data-hour="completed"]')).to_have_text("30", timeout=10_000)  # the history's plots
-    _shot(page, "overview")
 
     # A job that failed with HTML and script in its error: the dead-letter list, then its page.
     ref = client.enqueue("ui.fail", {"message": XSS, "note": XSS})
-    client.wait(ref.id, timeout=20)
+    expect(page.locator(".failures li", has_text=ref.id)).to_contain_text("dead")  # live, on the overview
+    expect(_count(page, "ui.fail", "dead")).to_have_text("1")
+    _shot(page, "overview")
     page.get_by_role("link", name="Dead letters").click()
     row = page.locator(f'tr[data-job="{ref.id}"]')
     expect(row).to_contain_text("<script>window.__xss = 1</script>")

@@ -1,7 +1,7 @@
 // Overview: every type with its depth by state, runtime, schedule, paused flag and serving
 // instances, sparklines of the last hour from the per-minute history, and totals across types.
 import { useEffect, useRef, useState } from "../vendor/hooks.module.js";
-import { api, ErrorBox, html, useData, useLive } from "./core.js";
+import { api, ErrorBox, html, jobLink, Time, useData, useLive } from "./core.js";
 
 const COLUMNS = [
   ["pending", "Pending", (c) => (c.ready || 0) + (c.sched || 0)], ["active", "Active", (c) => c.active || 0],
@@ -11,6 +11,28 @@ const COLUMNS = [
 ];
 
 const failures = (p) => (p.failed || 0) + (p.dead || 0);
+const FAILURE_EVENTS = new Set(["failed", "dead", "retry"]);
+
+/** The newest failed attempts: read once from /executions, then prepended as events arrive. */
+function RecentFailures() {
+  const [items, setItems] = useState(null);
+  const add = (events) => setItems((list) => {
+    const seen = new Set();
+    return [...events, ...(list || [])].filter((e) => !seen.has(e.stream_id) && seen.add(e.stream_id)).slice(0, 8);
+  });
+  useEffect(() => {
+    api("executions?limit=300").then((d) => add(d.executions.filter((e) => FAILURE_EVENTS.has(e.event))),
+      () => add([]));
+  }, []);
+  useLive((e) => FAILURE_EVENTS.has(e.event) && add([e]));
+  if (!items) return null;
+  return html`<section aria-labelledby="failures-h" class="failures"><h2 id="failures-h">Recent failures</h2>
+    ${items.length ? html`<ul class="plain">${items.map((e) => html`<li key=${e.stream_id}>
+      <${Time} iso=${e.time} /> <span class=${`badge o-${e.event}`}>${e.event}</span>${" "}
+      <a href=${jobLink(e.job_id)}><code>${e.job_id}</code></a> ${e.type}, attempt ${e.attempt}${e.error ? ": " : ""}
+      <span class="error">${(e.error || "").split("\n")[0].slice(0, 200)}</span></li>`)}</ul>`
+      : html`<p class="muted">None in the recent events.</p>`}</section>`;
+}
 
 /** A small uPlot line chart; `series` = [{label, get, color}]. */
 export function Chart({ points, series, width = 120, height = 30, axes = false, label }) {
@@ -134,5 +156,6 @@ export function Overview() {
         <tbody>${rows.map((t) => html`<${TypeRow} key=${t.name} type=${t} points=${perType[t.name]}
           schedules=${schedules.filter((s) => s.job === t.name)} reload=${types.now} />`)}</tbody>
       </table></div>`}
-    </section>`;
+    </section>
+    <${RecentFailures} />`;
 }
