@@ -138,9 +138,11 @@ def _history(value: str | None) -> tuple[list[Attempt], list[Action]]:
 def _with_completing_attempt(attempts: list[Attempt], f: Callable[[str, Callable[[Any], Any]], Any]) -> list[Attempt]:
     """A completed record's attempts with the one that completed it: complete.lua does not append
     it to the history (the record's `deliveries`, `started`, `finished` and `worker` are that
-    attempt). A history that has it already (written before that change) is left as it is."""
+    attempt). A history that has it already (written before that change) is left as it is; a
+    released attempt (handed back on shutdown) shares its number with the next one, so only a
+    completed entry counts."""
     number = f("deliveries", lambda v: int(v or 0))
-    if any(a.attempt == number for a in attempts):
+    if any(a.attempt == number and a.outcome == "completed" for a in attempts):
         return attempts
     return [*attempts, Attempt(attempt=number, started=f("started", _ms), ended=f("finished", _ms),
                                outcome="completed", instance=f("worker", _text))]

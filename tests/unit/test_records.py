@@ -38,3 +38,12 @@ def test_a_history_that_has_the_completing_attempt_is_kept_as_it_is() -> None:
 def test_only_completed_records_get_an_attempt_from_their_fields() -> None:
     raw = record(state="active", deliveries="1", started="1733470000100", worker="a")
     assert Job.from_hash(new_job_id(NAME), raw).attempts == []
+
+
+def test_a_released_attempt_does_not_hide_the_completing_one() -> None:
+    # release.lua hands the attempt back (deliveries - 1), so the next delivery has its number again
+    released = {"attempt": 1, "started": 1733470000100, "ended": 1733470000200, "outcome": "released", "instance": "a"}
+    raw = record(state="completed", deliveries="1", started="1733470001000", finished="1733470001500",
+                 worker="b", history=json.dumps([released]))
+    job = Job.from_hash(new_job_id(NAME), raw)
+    assert [(a.attempt, a.outcome, a.instance) for a in job.attempts] == [(1, "released", "a"), (1, "completed", "b")]
