@@ -1,13 +1,23 @@
-"""The code a pool worker runs: load the handlers, then run jobs in order until told to stop.
+"""The code a pool worker runs: load the handlers, then run jobs until told to stop.
 
-The main thread runs the handlers, one at a time in the order they were sent
-(sync handlers directly, async ones on one persistent event loop per worker,
-which is much cheaper than `asyncio.run` per job), each through
-`runners.invoke` as in every Python runtime. A daemon listener thread owns the
-receiving end of the pipe: it queues `run`s for the main thread and acts on
-`cancel`, `reclaim`, `stop` and child-enqueue replies at once, so a busy handler
-can still be cancelled and queued jobs handed back. A job's `started` goes out
-in the same write as the previous job's result, before its handler is called.
+Three kinds of threads share one worker, each through `runners.invoke` as in every
+Python runtime:
+
+- the *listener* owns the receiving end of the pipe: it hands async runs to the
+  loop at once, queues sync runs, and acts on `cancel`, `reclaim`, `stop` and
+  child-enqueue replies at once, so a busy handler can still be cancelled and
+  queued jobs handed back;
+- the *loop thread* runs one persistent event loop on which every async handler
+  of the worker runs as a task of its own, as many at once as the daemon sends
+  (the type's `concurrency` caps them in the daemon); their `started` and
+  `result` messages go out in one write per loop iteration;
+- the *sync lanes* run sync handlers in the order they were sent: the main
+  thread, plus `threads - 1` helper threads. A run the daemon marked `shared`
+  (its type mostly waits: measured CPU under half its wall time) may run beside
+  other shared runs, one per lane; any other sync run runs alone, on the main
+  thread (CPU-bound work gains nothing from threads under the GIL, and its timeout
+  should not count time spent waiting for one). A sync job's `started` goes out in
+  the same write as its lane's previous result, before its handler is called.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import itertools
 import os
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -28,7 +39,7 @@ import psutil
 import structlog
 
 from runners.base import RunResult
-from runners.invoke import bind_log_context, call, prepare
+from runners.invoke import arguments, bind_log_context, call, outcome_of, outcome_of_exception, prepare
 from runners.pool.protocol import decode_reply, pack, pack_enqueue, unpack
 from supervisor.context import Context
 from supervisor.daemon import accepted
@@ -67,40 +78,46 @@ class _ChildSink:
 
 
 class _Child:
-    """One worker process: the main thread runs jobs in order, a listener thread reads the pipe."""
+    """One worker process: the listener reads the pipe, the loop thread runs async jobs, the lanes sync ones."""
 
     def __init__(self, conn: Connection, jobs_dir: Path, options: dict[str, Any]) -> None:
         # Ctrl-C on a terminal reaches the whole process group: the daemon decides when we stop.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         log_setup.configure(options.get("log_level", "info"), "json")
-        self.conn = conn  # owns the socket; both threads use its descriptor directly
+        self.conn = conn  # owns the socket; every thread uses its descriptor directly
         self.fd = conn.fileno()
         self.jobs_dir = jobs_dir
         self.manifest: str | None = options.get("manifest")  # the accepted sources to import
+        self.threads = max(1, int(options.get("threads") or 1))  # sync lanes: the main thread + helpers
         self.pid = os.getpid()
         structlog.contextvars.bind_contextvars(worker_pid=self.pid)  # on every line this worker logs
+        self._base = contextvars.copy_context()  # each job runs in a copy (other threads start with none)
         self.log = structlog.get_logger("runners.pool.worker")
         self.registry = Registry()
         self.where = f"worker {self.pid}"
         # handler spans join the job's trace through the tracer provider the worker's process sets up, if any
         self.tracing = Tracing.from_process()
-        self.loop = asyncio.new_event_loop()  # persistent: one loop for every async job of this worker
-        asyncio.set_event_loop(self.loop)
+        self.loop = asyncio.new_event_loop()  # persistent: every async job of this worker runs on it
         self._proc = psutil.Process() if options.get("measure_rss") else None
         self._max_rss: int | None = options.get("max_rss_bytes")
-        self._send_lock = threading.Lock()  # the main thread, the listener and handler threads all write
-        # Guards the queue and the current job, shared by the main thread and the listener.
+        self._send_lock = threading.Lock()  # every thread writes
+        # Guards the queue and the running jobs, shared by the listener, the lanes and the loop thread.
         self._cv = threading.Condition(threading.Lock())
         self._queue: deque[list[Any]] = deque()  # `run` messages not started, in order
         self._stopping = False
         self._held = False  # over max RSS: start nothing more, the daemon replaces us
-        self._current_id: str | None = None  # taken from the queue (its Context may not exist yet)
-        self._current: tuple[JobType, Context] | None = None  # the job it runs, once its Context exists
-        self._cancel_early = False  # a cancel for `_current_id` came before its Context
+        # job id -> (type, Context) once its Context exists; None from when it is taken until then
+        self._running: dict[str, tuple[JobType, Context] | None] = {}
+        self._sync_running = 0  # sync jobs running in the lanes
+        self._exclusive = 0  # of which not shared: nothing runs beside them
+        self._cancel_early: set[str] = set()  # a cancel came before the job's Context
         self._replies: dict[int, Callable[[list[Any]], None]] = {}
         self._req = itertools.count(1)
+        self._out: list[bytes] = []  # the loop thread's messages, written once per loop iteration
+        self._flush_handle: asyncio.Handle | None = None
 
     def serve(self) -> None:
+        threading.Thread(target=self.loop.run_forever, name="pool-loop", daemon=True).start()
         threading.Thread(target=self._listen, name="pool-listener", daemon=True).start()
         self.registry = self._load()
         errors = {path: exc.cause for path, exc in self.registry.errors.items()}
@@ -108,30 +125,13 @@ class _Child:
         if self.registry.errors:
             self.where += "; files that failed to load: " + "; ".join(
                 f"{p}: {e.cause}" for p, e in self.registry.errors.items())
-        self.write(pack(["ready", self.pid, sorted(self.registry.types), errors]))
+        async_types = sorted(n for n, jt in self.registry.types.items() if jt.is_async)
+        self.write(pack(["ready", self.pid, sorted(self.registry.types), errors, async_types]))
         self.log.debug("pool.worker_ready", pid=self.pid, types=sorted(self.registry.types))
-        cv = self._cv
-        out = b""  # the last job's result: written with the next job's start if one is waiting
-        while True:
-            with cv:
-                msg = self._take()
-                while msg is None and not out and not self._stopping:
-                    cv.wait()
-                    msg = self._take()
-            if msg is None:
-                if not out:
-                    return  # stopped, with nothing left to say
-                self.write(out)
-                out = b""
-                continue
-            # Reported before the handler runs: if we die from here on, the daemon knows it started.
-            self.write(out + pack(["started", msg[1]]))
-            try:
-                out = self._run(msg)
-            finally:
-                with cv:
-                    self._current = None
-                    self._current_id = None
+        for _ in range(self.threads - 1):
+            threading.Thread(target=self._lane, args=(False,), name="pool-lane", daemon=True).start()
+        self._lane(True)
+        self._flush_loop()
 
     def _load(self) -> Registry:
         """The handlers: the sources the daemon accepted, else the folder's files as they are."""
@@ -143,14 +143,176 @@ class _Child:
             return Registry(errors={exc.path: exc})
         return load_jobs(self.jobs_dir, sources)
 
-    def _take(self) -> list[Any] | None:
-        """The next job to run, if we may start one (call with `_cv` held)."""
+    # --- sync lanes ------------------------------------------------------------------------
+
+    def _lane(self, main: bool) -> None:
+        """Run sync jobs until stopped (the main lane returns once nothing runs any more)."""
+        cv = self._cv
+        clock = _BusyClock()  # this thread's own
+        out = b""  # the last job's result: written with the next job's start if one is waiting
+        while True:
+            with cv:
+                msg = self._take(main)
+                while msg is None and not out and not (main and self._stopping and not self._running):
+                    cv.wait()
+                    msg = self._take(main)
+            if msg is None:
+                if not out:
+                    return  # stopped, with nothing left to say
+                self.write(out)
+                out = b""
+                continue
+            # Reported before the handler runs: if we die from here on, the daemon knows it started.
+            self.write(out + pack(["started", msg[1]]))
+            try:
+                out = self._run(msg, clock)
+            finally:
+                with cv:
+                    self._running.pop(msg[1], None)
+                    self._cancel_early.discard(msg[1])
+                    self._sync_running -= 1
+                    if len(msg) < 8 or not msg[7]:
+                        self._exclusive -= 1
+                    cv.notify_all()
+
+    def _take(self, main: bool) -> list[Any] | None:
+        """The next sync job this lane may start, if any (call with `_cv` held).
+
+        A shared run starts when only shared runs are running and a lane is free; any other
+        run starts on the main lane when nothing else runs."""
         if not self._queue or self._stopping or self._held:
             return None
-        msg = self._queue.popleft()
-        self._current_id = msg[1]
-        self._cancel_early = False
+        msg = self._queue[0]
+        shared = len(msg) > 7 and bool(msg[7])
+        if self._sync_running:
+            if not shared or self._exclusive or self._sync_running >= self.threads:
+                return None
+        elif not (main or shared):
+            return None
+        self._queue.popleft()
+        self._running[msg[1]] = None
+        self._sync_running += 1
+        if not shared:
+            self._exclusive += 1
         return msg
+
+    def _run(self, msg: list[Any], clock: _BusyClock) -> bytes:
+        """Run one sync job on this thread; returns its `result` message."""
+        job_id = msg[1]
+        jt, ctx = self._context(msg)
+        if isinstance(ctx, RunResult):
+            return self._result(job_id, ctx)
+        assert jt is not None  # _context() found it
+        wall, cpu = time.perf_counter(), clock.now()
+        try:
+            # Each job runs in its own copy of the context: what it binds vanishes with it.
+            outcome = self._base.copy().run(self._call, jt, ctx)
+        except (SystemExit, KeyboardInterrupt) as exc:  # not the handler's outcome: they end the worker
+            self._flush_loop()  # the results of async jobs that ended before still count
+            os._exit(exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1)
+        wall = time.perf_counter() - wall
+        busy = round(min((clock.now() - cpu) / wall, 1.0), 3) if wall > 0 else 1.0
+        return self._result(job_id, outcome, busy)
+
+    def _context(self, msg: list[Any]) -> tuple[JobType | None, Context | RunResult]:
+        """The job's type and Context (or the RunResult that ends it at once), now known as running."""
+        _, job_id, name, attempt, payload_json, context, deadline, *_ = msg
+        jt = self.registry.get(name)
+        ctx = prepare(jt, job_id, name, attempt, payload_json, context or {}, deadline, _ChildSink(self, job_id),
+                      self.where)
+        if isinstance(ctx, RunResult):
+            return jt, ctx
+        assert jt is not None  # prepare() found it
+        with self._cv:
+            self._running[job_id] = (jt, ctx)
+            cancelled_early = job_id in self._cancel_early
+        if cancelled_early:
+            ctx._set_cancelled()  # noqa: SLF001  (the runtime owns the Context)
+        return jt, ctx
+
+    def _call(self, jt: JobType, ctx: Context) -> RunResult:
+        bind_log_context(ctx.job_id, ctx.job_name, ctx.attempt, ctx.context)
+        # remote_parent: handler spans join the job's trace (no-op without a tracer provider)
+        with self.tracing.remote_parent(ctx.context):
+            return call(jt, ctx)
+
+    def _result(self, job_id: str, outcome: RunResult, busy: float | None = None) -> bytes:
+        rss = None
+        if self._proc is not None:
+            rss = self._proc.memory_info().rss
+            if self._max_rss is not None and rss > self._max_rss:
+                self._held = True  # the daemon sees the same figure and replaces this worker
+        msg = ["result", job_id, outcome.status.value, outcome.result, outcome.error, outcome.retry_delay_s, rss,
+               busy]
+        if outcome.traceback is not None:
+            msg.append(outcome.traceback)
+        try:
+            return pack(msg)
+        except (TypeError, ValueError) as exc:  # a Failure(result=...) that JSON cannot hold
+            msg[3] = None
+            msg[4] = f"{outcome.error}; result dropped, not JSON-serializable: {exc}"
+            return pack(msg)
+
+    # --- async jobs (on the loop thread) ---------------------------------------------------
+
+    def _start_async(self, batch: list[list[Any]]) -> None:
+        """Start async runs, each as a task of its own; their `started` goes out before their first step."""
+        for msg in batch:
+            self._post(pack(["started", msg[1]]))
+            self.loop.create_task(self._run_async(msg), context=self._base.copy())
+
+    async def _run_async(self, msg: list[Any]) -> None:
+        job_id = msg[1]
+        try:
+            jt, ctx = self._context(msg)
+            if isinstance(ctx, RunResult):
+                outcome = ctx
+            else:
+                assert jt is not None
+                bind_log_context(ctx.job_id, ctx.job_name, ctx.attempt, ctx.context)
+                with self.tracing.remote_parent(ctx.context):
+                    outcome = await self._outcome(jt.handler(*arguments(jt, ctx)))
+            self._post(self._result(job_id, outcome))
+        finally:
+            with self._cv:
+                self._running.pop(job_id, None)
+                self._cancel_early.discard(job_id)
+                self._cv.notify_all()
+
+    async def _outcome(self, coro: Any) -> RunResult:
+        """Await an async handler and map how it ended. SystemExit and KeyboardInterrupt end the
+        worker, as they do from a sync job (the daemon reports its running jobs as crashed)."""
+        try:
+            value = await coro
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 (the handler's failure)
+            return outcome_of_exception(exc)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            self._flush()  # the results of the jobs that ended before still count
+            os._exit(exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1)
+        return outcome_of(value)
+
+    def _post(self, data: bytes) -> None:
+        """Queue a message of the loop thread: everything queued in one loop iteration goes in one write."""
+        self._out.append(data)
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        out, self._out = self._out, []
+        if out:
+            self.write(b"".join(out))
+
+    def _flush_loop(self) -> None:
+        """Before the process exits: what the loop thread has not written yet goes out."""
+        done = threading.Event()
+
+        def flush() -> None:
+            self._flush()
+            done.set()
+
+        self.loop.call_soon_threadsafe(flush)
+        done.wait(5.0)
 
     # --- pipe ------------------------------------------------------------------------------
 
@@ -176,16 +338,37 @@ class _Child:
             end = data.rfind(b"\n") + 1
             buf = data[end:]
             if end:
+                runs: list[list[Any]] = []
                 for msg in unpack(data[:end - 1]):
-                    self._on_message(msg)
+                    if msg[0] == "run":
+                        runs.append(msg)
+                    else:
+                        self._accept(runs)  # in order: a cancel acts on the runs before it
+                        runs = []
+                        self._on_message(msg)
+                self._accept(runs)
+
+    def _accept(self, runs: list[list[Any]]) -> None:
+        """Async runs start now on the loop; sync ones (and any while held or stopping) queue for the lanes."""
+        if not runs:
+            return
+        now = []
+        with self._cv:
+            for msg in runs:
+                jt = self.registry.get(msg[2])
+                if jt is not None and jt.is_async and not (self._stopping or self._held):
+                    self._running[msg[1]] = None
+                    now.append(msg)
+                else:
+                    self._queue.append(msg)
+            if len(now) < len(runs):
+                self._cv.notify_all()
+        if now:
+            self.loop.call_soon_threadsafe(self._start_async, now)
 
     def _on_message(self, msg: list[Any]) -> None:
         op = msg[0]
-        if op == "run":
-            with self._cv:
-                self._queue.append(msg)
-                self._cv.notify()
-        elif op == "cancel":
+        if op == "cancel":
             self._cancel(msg[1])
         elif op == "enqueued":
             deliver = self._replies.pop(msg[1], None)
@@ -203,7 +386,7 @@ class _Child:
                 back = [m[1] for m in self._queue]
                 self._queue.clear()
                 self._stopping = True
-                self._cv.notify()
+                self._cv.notify_all()
             else:
                 back = [m[1] for m in self._queue if m[1] in ids]
                 if back:
@@ -219,11 +402,11 @@ class _Child:
                     del self._queue[i]
                     break
             else:
-                if self._current_id != job_id:
+                if job_id not in self._running:
                     return  # already finished
-                job = self._current
+                job = self._running[job_id]
                 if job is None:
-                    self._cancel_early = True  # taken from the queue, its Context not made yet
+                    self._cancel_early.add(job_id)  # taken, its Context not made yet
                     return
         if job is None:
             self.write(pack(["dropped", job_id]))  # never started
@@ -234,48 +417,6 @@ class _Child:
         ctx._cancel.set()  # noqa: SLF001 (the runner owns the context)
         if jt.is_async:
             self.loop.call_soon_threadsafe(ctx._set_cancelled)  # noqa: SLF001  (the runtime owns the Context)
-
-    # --- jobs ------------------------------------------------------------------------------
-
-    def _run(self, msg: list[Any]) -> bytes:
-        """Run one job; returns its `result` message."""
-        _, job_id, name, attempt, payload_json, context, deadline = msg
-        context = context or {}
-        jt = self.registry.get(name)
-        ctx = prepare(jt, job_id, name, attempt, payload_json, context, deadline, _ChildSink(self, job_id),
-                      self.where)
-        if isinstance(ctx, RunResult):
-            return self._result(job_id, ctx)
-        assert jt is not None  # prepare() found it
-        with self._cv:
-            self._current = (jt, ctx)
-            cancelled_early = self._cancel_early
-        if cancelled_early:
-            ctx._set_cancelled()  # noqa: SLF001  (same)
-        # Each job runs in its own copy of the context: what it binds vanishes with it.
-        return self._result(job_id, contextvars.copy_context().run(self._call, jt, ctx))
-
-    def _call(self, jt: JobType, ctx: Context) -> RunResult:
-        bind_log_context(ctx.job_id, ctx.job_name, ctx.attempt, ctx.context)
-        # remote_parent: handler spans join the job's trace (no-op without a tracer provider)
-        with self.tracing.remote_parent(ctx.context):
-            return call(jt, ctx, self.loop)
-
-    def _result(self, job_id: str, outcome: RunResult) -> bytes:
-        rss = None
-        if self._proc is not None:
-            rss = self._proc.memory_info().rss
-            if self._max_rss is not None and rss > self._max_rss:
-                self._held = True  # the daemon sees the same figure and replaces this worker
-        msg = ["result", job_id, outcome.status.value, outcome.result, outcome.error, outcome.retry_delay_s, rss]
-        if outcome.traceback is not None:
-            msg.append(outcome.traceback)
-        try:
-            return pack(msg)
-        except (TypeError, ValueError) as exc:  # a Failure(result=...) that JSON cannot hold
-            msg[3] = None
-            msg[4] = f"{outcome.error}; result dropped, not JSON-serializable: {exc}"
-            return pack(msg)
 
     # --- child jobs ------------------------------------------------------------------------
 
@@ -307,6 +448,27 @@ class _Child:
         self.write(data)
         got.wait()
         return decode_reply(box[0])
+
+
+class _BusyClock:
+    """Seconds one thread ran or waited for a CPU (Linux: its schedstat, read without reopening it;
+    elsewhere its CPU time), so that a CPU-bound handler on a crowded machine is not taken for one
+    that waits (the runner's lanes are for those that wait). Made on the thread it measures."""
+
+    def __init__(self) -> None:
+        try:
+            self.fd: int | None = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self.fd = None
+
+    def now(self) -> float:
+        if self.fd is not None:
+            try:
+                ran, waited, _ = os.pread(self.fd, 128, 0).split()
+                return (int(ran) + int(waited)) / 1e9
+            except (OSError, ValueError):
+                self.fd = None
+        return time.thread_time()
 
 
 def _settle(fut: asyncio.Future[Any], reply: list[Any]) -> None:

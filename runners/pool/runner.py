@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import structlog
 
-from runners.base import RunEvents, RunRequest, RunResult, RunStatus
+from runners.base import CancelSignal, RunEvents, RunRequest, RunResult, RunStatus
 from runners.invoke import ChildEnqueue
 from runners.pool.protocol import encode_enqueue_value, encode_error, pack, revive
 from runners.pool.worker import PoolJob, Worker, WorkerState
@@ -29,6 +29,7 @@ log = structlog.get_logger(__name__)
 
 _STATUS = {s.value: s for s in RunStatus}
 _NOT_STARTED = "cancelled before it started"
+_SHARED_BELOW = 0.5  # a sync type whose runs spend less of their time on CPU shares a worker's lanes
 _CLOSED = "the process pool is closed"
 
 
@@ -84,6 +85,7 @@ class ProcessPoolRunner:
         workers: int,
         *,
         queue_depth: int = 8,
+        threads: int = 4,
         reclaim_after_s: float = 0.05,
         max_jobs_per_worker: int | None = None,
         max_worker_rss_mb: float | None = None,
@@ -99,6 +101,8 @@ class ProcessPoolRunner:
             raise ValueError(f"workers={workers!r} must be at least 1")
         if queue_depth < 0:
             raise ValueError(f"queue_depth={queue_depth!r} must be at least 0")
+        if threads < 1:
+            raise ValueError(f"threads={threads!r} must be at least 1")
         method = start_method or default_start_method()
         if method == "fork":
             raise ValueError("start_method='fork' is unsafe in the threaded daemon; use 'forkserver' or 'spawn'")
@@ -109,6 +113,8 @@ class ProcessPoolRunner:
         self.reclaim_after_s = reclaim_after_s
         self._short_s = reclaim_after_s / (queue_depth + 1)  # types that run shorter may have jobs queued behind
         self._avg_run_s: dict[str, float] = {}  # job type -> recent mean run time (EWMA), start to result
+        self._busy: dict[str, float] = {}  # sync job type -> recent mean share of its run spent on CPU (EWMA)
+        self.threads = threads
         self.max_jobs_per_worker = max_jobs_per_worker
         self.max_worker_rss_bytes = None if max_worker_rss_mb is None else int(max_worker_rss_mb * 1024 * 1024)
         self.cancel_grace_s = cancel_grace_s
@@ -144,6 +150,7 @@ class ProcessPoolRunner:
     def _worker_options(self) -> dict[str, Any]:
         """What a new worker is told: log level, RSS limit, the accepted handler sources."""
         return {"log_level": self.log_level, "measure_rss": self.max_worker_rss_bytes is not None,
+                "threads": self.threads,
                 "max_rss_bytes": self.max_worker_rss_bytes,
                 "manifest": None if self.manifest is None else str(self.manifest)}
 
@@ -217,7 +224,7 @@ class ProcessPoolRunner:
                 state = "busy" if w.load else "idle"
             info.append({
                 "pid": w.pid, "state": state, "jobs_run": w.jobs_run, "rss_bytes": rss,
-                "busy_job": w.job.request.job_id if w.job is not None else None,
+                "busy_job": next(iter(w.running), None), "running_jobs": list(w.running),
                 "queued_jobs": list(w.queued), "started_at": w.started_at,
             })
         return info
@@ -234,7 +241,18 @@ class ProcessPoolRunner:
         job = PoolJob(request, events, loop.create_future())
         self._pending.append(job)
         self._pump()
-        watcher = loop.create_task(self._watch_cancel(job, cancel))
+        # A CancelSignal calls back when set: no task waits on each run (one task per job costs
+        # the daemon's loop more than the rest of the pool's work for a short job).
+        watcher: asyncio.Future[None] | None = None
+        watching: list[asyncio.Future[None]] = []
+
+        def on_cancel() -> None:
+            watching.append(asyncio.ensure_future(self._watch_cancel(job, cancel)))
+
+        if isinstance(cancel, CancelSignal):
+            cancel.add_callback(on_cancel)
+        else:
+            watcher = loop.create_task(self._watch_cancel(job, cancel))
         try:
             result = await job.fut
         except asyncio.CancelledError:
@@ -242,7 +260,12 @@ class ProcessPoolRunner:
             self._abandon(job)
             raise
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            elif isinstance(cancel, CancelSignal):
+                cancel.remove_callback(on_cancel)
+            for w in watching:
+                w.cancel()
         if job.cancel_requested and job.started_at is not None:
             error = "cancelled"
             if job.stopped_with is not None:
@@ -259,47 +282,67 @@ class ProcessPoolRunner:
         assert self._loop is not None
         now = self._loop.time()
         while pending:
-            w = self._pick(now)
-            if w is None:
-                return
-            job = pending.popleft()
+            job = pending[0]
             if job.fut.done():
+                pending.popleft()
                 continue
+            w = self._pick(job, now)
+            if w is None:
+                return  # oldest first: nothing overtakes the run at the head
+            pending.popleft()
             req = job.request
             job.worker = w
             w.queued[req.job_id] = job
             w.post(pack(["run", req.job_id, req.name, req.attempt, req.payload_json, req.context,
-                                 req.deadline]))
+                         req.deadline, job.shared]))
 
-    def _pick(self, now: float) -> Worker | None:
-        """The ready worker of the current generation with the fewest jobs, if one has room."""
-        best, best_load = None, self.queue_depth + 1
+    def _pick(self, job: PoolJob, now: float) -> Worker | None:
+        """The ready worker of the current generation where `job` starts soonest, then holding the
+        fewest jobs: one that starts it at once, else one where it may queue behind short sync runs."""
+        name = job.request.name
+        shared = self.threads > 1 and self._busy.get(name, 1.0) < _SHARED_BELOW
+        best, best_key = None, (2, 0)
         generation = self._set.generation
         for w in self._workers.values():
             if w.state is not WorkerState.READY or w.generation != generation:
                 continue
             load = w.load
-            if load >= best_load:
-                continue
-            if load and not self._short_ahead(w, now):
-                continue  # never queue behind a long job
             if self.max_jobs_per_worker is not None and w.jobs_run + load >= self.max_jobs_per_worker:
                 continue  # it may not run more than it holds already
-            best, best_load = w, load
-            if load == 0:
-                break
+            if name in w.async_types:
+                key = (0, load)  # its event loop starts it as it arrives
+            else:
+                key = self._sync_place(w, shared, now, load)
+            if key < best_key:
+                best, best_key = w, key
+                if key == (0, 0):
+                    break
+        if best is not None:
+            job.is_async = name in best.async_types
+            job.shared = shared and not job.is_async
         return best
 
-    def _short_ahead(self, w: Worker, now: float) -> bool:
-        """Every job `w` holds is of a short type, and the one it runs has not run long."""
+    def _sync_place(self, w: Worker, shared: bool, now: float, load: int) -> tuple[int, int]:
+        """(0, load) when `w`'s lanes start a sync run at once, (1, load) when it may queue there
+        (behind short runs only, `queue_depth` at most), else (2, 0): not there."""
+        queued = sum(1 for q in w.queued.values() if not q.is_async)
+        running = w.sync_running()
+        if not queued and (not running or (shared and len(running) < self.threads
+                                           and all(r.shared for r in running))):
+            return (0, load)
+        if queued < self.queue_depth and self._short_ahead(w, running, now):
+            return (1, load)
+        return (2, 0)
+
+    def _short_ahead(self, w: Worker, running: list[PoolJob], now: float) -> bool:
+        """Every sync job `w` holds is of a short type, and none it runs has run long."""
         avg, short = self._avg_run_s, self._short_s
-        running = w.job
-        if running is not None:
-            if avg.get(running.request.name, short) >= short:
+        for r in running:
+            if avg.get(r.request.name, short) >= short:
                 return False
-            if running.started_at is not None and now - running.started_at >= self.reclaim_after_s:
+            if r.started_at is not None and now - r.started_at >= self.reclaim_after_s:
                 return False
-        return all(avg.get(q.request.name, short) < short for q in w.queued.values())
+        return all(avg.get(q.request.name, short) < short for q in w.queued.values() if not q.is_async)
 
     def _ran(self, job: PoolJob) -> None:
         """Fold a run's time (so far) into its type's average."""
@@ -342,9 +385,9 @@ class ProcessPoolRunner:
                 self._pending.remove(job)
         elif job.started_at is None:
             w.post(pack(["cancel", job.request.job_id]))  # dropped, or its worker killed on start
-        elif w.job is job:
+        elif w.running.get(job.request.job_id) is job:
             # It is running, and its worker cannot be trusted to stop it.
-            w.job = None
+            del w.running[job.request.job_id]
             if job.timer is not None:
                 job.timer.cancel()
             self._set.retire(w, "abandoned", signal.SIGKILL)
@@ -376,7 +419,7 @@ class ProcessPoolRunner:
                 self._resolve(job, RunResult(RunStatus.CANCELLED, error=_NOT_STARTED))
                 return
         done, _ = await asyncio.wait([job.fut], timeout=self.cancel_grace_s)
-        if done or w.job is not job:
+        if done or w.running.get(job.request.job_id) is not job:
             return
         log.warning("pool.cancel_ignored", pid=w.pid, job_id=job.request.job_id, grace_s=self.cancel_grace_s)
         self._set.take_out(w, "cancel_ignored", signal.SIGTERM)  # replaced now; escalated here:
@@ -387,14 +430,14 @@ class ProcessPoolRunner:
         await stop(WorkersTarget([w]), Escalation(term_s=self.kill_grace_s, reap_s=REAP_WAIT_S), said)
         # Normally the worker's death has resolved the job by now; never leave the run hanging.
         if not job.fut.done():
-            if w.job is job:
-                w.job = None
+            if w.running.get(job.request.job_id) is job:
+                del w.running[job.request.job_id]
             self._resolve(job, RunResult(RunStatus.CANCELLED, pid=w.pid))
 
     def _on_timeout(self, w: Worker, job: PoolJob) -> None:
-        if job.fut.done() or w.job is not job:
+        if job.fut.done() or w.running.get(job.request.job_id) is not job:
             return
-        w.job = None  # detach first: the worker's death must not report this job as a crash
+        del w.running[job.request.job_id]  # detach first: the worker's death must not report this job as a crash
         self._ran(job)
         timeout = job.request.timeout_s or 0.0
         log.warning("pool.timeout", pid=w.pid, job_id=job.request.job_id, timeout_s=timeout)
@@ -409,14 +452,14 @@ class ProcessPoolRunner:
         now = self._loop.time()
         due = None
         for w in self._workers.values():
-            job = w.job
-            if job is None or job.started_at is None or w.state is not WorkerState.READY:
+            starts = [j.started_at for j in w.sync_running() if j.started_at is not None]
+            if not starts or w.state is not WorkerState.READY:
                 continue
-            at = job.started_at + self.reclaim_after_s
+            at = min(starts) + self.reclaim_after_s
             if at > now:
                 due = at if due is None else min(due, at)
                 continue
-            ids = [i for i, q in w.queued.items() if not q.reclaiming and not q.abandoned]
+            ids = [i for i, q in w.queued.items() if not q.reclaiming and not q.abandoned and not q.is_async]
             if ids:
                 for i in ids:
                     w.queued[i].reclaiming = True
@@ -439,8 +482,8 @@ class ProcessPoolRunner:
         elif op == "ready":
             self._set.on_ready(w, msg)
         elif op in ("progress", "heartbeat", "enqueue"):
-            job = w.job
-            if job is None or msg[1] != job.request.job_id:
+            job = w.running.get(msg[1])
+            if job is None:
                 return  # about a job this worker no longer runs for us (timed out, cancelled)
             if op == "progress":
                 job.events.progress(msg[2], msg[3], msg[4])
@@ -463,10 +506,8 @@ class ProcessPoolRunner:
             job.worker = None
             self._set.retire(w, "abandoned", signal.SIGKILL)
             return
-        if w.job is not None:  # one job at a time: a worker that says otherwise is broken
-            log.error("pool.overlapping_jobs", pid=w.pid, running=w.job.request.job_id, job_id=job_id)
         assert self._loop is not None
-        w.job = job
+        w.running[job_id] = job
         now = job.started_at = self._loop.time()
         timeout = job.request.timeout_s
         if timeout is not None:
@@ -477,14 +518,16 @@ class ProcessPoolRunner:
             self._long_timer = self._loop.call_at(now + self.reclaim_after_s, self._check_long)
 
     def _on_result(self, w: Worker, msg: list[Any]) -> None:
-        _, job_id, status, result, error, retry_delay_s, rss, *trace = msg  # a trace only when it failed
-        job = w.job
-        if job is None or job.request.job_id != job_id:
+        _, job_id, status, result, error, retry_delay_s, rss, busy, *trace = msg  # a trace only when it failed
+        job = w.running.pop(job_id, None)
+        if job is None:
             return  # a job this worker no longer runs for us (timed out, cancelled)
-        w.job = None
         w.jobs_run += 1
         w.rss = rss
         self._ran(job)
+        if busy is not None:  # a sync run's CPU time over its wall time: decides whether its type shares lanes
+            prev = self._busy.get(job.request.name)
+            self._busy[job.request.name] = busy if prev is None else prev + 0.2 * (busy - prev)
         self._resolve(job, RunResult(_STATUS[status], result, error, retry_delay_s, w.pid,
                                      traceback=trace[0] if trace else None))
         self._set.after_job(w)
@@ -522,15 +565,19 @@ class ProcessPoolRunner:
                 log.error("pool.bad_message", pid=w.pid, error=f"{type(exc).__name__}: {exc}")
 
     def _worker_gone(self, w: Worker, code: int | None, early: bool, expected: bool, messages: list[Any]) -> None:
-        """A worker died: what it wrote before still counts; its job fails with it, its queued jobs move on."""
+        """A worker died: what it wrote before still counts; its running jobs fail with it (and are delivered
+        again), its queued jobs move on."""
         self._deliver(w, messages)
-        job, w.job = w.job, None
+        running = [j for j in w.running.values() if not j.fut.done()]
+        w.running = {}
         queued, w.queued = list(w.queued.values()), {}
         how = describe_exit(code)
-        if job is not None and not job.fut.done():
+        for job in running:  # each of its running jobs fails with it (and is delivered again)
             log.warning("pool.worker_died", pid=w.pid, exit=how, job_id=job.request.job_id,
-                        job_name=job.request.name, queued=len(queued))
+                        job_name=job.request.name, queued=len(queued), running=len(running))
             self._resolve(job, RunResult(RunStatus.FAILED, error=f"worker {w.pid} died: {how}", pid=w.pid))
+        if running:
+            pass  # each logged above
         elif early and not self._closing:
             log.error("pool.worker_start_failed", pid=w.pid, exit=how)
         elif not expected and not self._closing:

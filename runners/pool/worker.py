@@ -58,6 +58,8 @@ class PoolJob:
     request: RunRequest
     events: RunEvents
     fut: asyncio.Future[RunResult]
+    is_async: bool = False  # its worker runs it on its event loop (it starts as soon as it arrives)
+    shared: bool = False  # a sync run that may run beside other shared runs in its worker's lanes
     worker: Worker | None = None  # the worker it was sent to (None while pending in the pool)
     started_at: float | None = None  # loop time the worker reported it started
     timer: asyncio.TimerHandle | None = None  # its timeout, from the start
@@ -69,7 +71,11 @@ class PoolJob:
 
 
 class Worker(PipeEnd):
-    """The daemon's handle on one worker process: its state, its jobs and its pipe."""
+    """The daemon's handle on one worker process: its state, its jobs and its pipe.
+
+    `running` and `queued` are the daemon's view (from `started` and `result` messages);
+    the worker decides when a queued job starts.
+    """
 
     def __init__(self, proc: BaseProcess, conn: Connection, generation: int, outbox: Outbox) -> None:
         assert proc.pid is not None
@@ -84,19 +90,24 @@ class Worker(PipeEnd):
         self.started_at = time.time()
         self.state = WorkerState.STARTING
         self.jobs_run = 0
-        self.job: PoolJob | None = None  # the job it is running
+        self.running: dict[str, PoolJob] = {}  # started, not ended (async ones, and sync ones in its lanes)
         self.queued: dict[str, PoolJob] = {}  # sent, not started, in order
+        self.async_types: frozenset[str] = frozenset()  # types it runs on its event loop
         self.rss: int | None = None
         self.replaced = False
-        self.replace_after_job = False  # retired while running: its replacement starts when the job ends
+        self.replace_after_job = False  # retired while running: its replacement starts when its jobs end
         self.types: list[str] = []
         self.timers: list[asyncio.TimerHandle] = []
         self.stopping: asyncio.Future[Stopped] | None = None  # its stop escalation, while one runs
 
     @property
     def load(self) -> int:
-        """Jobs it holds: the one it runs and those queued ahead of it."""
-        return len(self.queued) + (self.job is not None)
+        """Jobs it holds: those it runs and those queued in it."""
+        return len(self.queued) + len(self.running)
+
+    def sync_running(self) -> list[PoolJob]:
+        """The sync jobs it runs (in its lanes)."""
+        return [j for j in self.running.values() if not j.is_async]
 
     def transition(self, to: WorkerState) -> None:
         """Move to state `to`; IllegalWorkerTransition when the table does not allow it."""

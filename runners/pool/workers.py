@@ -192,8 +192,9 @@ class WorkerSet:
         """A worker loaded its handlers (`ready` message): it takes jobs, unless it is out of date."""
         if w.state is WorkerState.DEAD:
             return  # read from a worker that died right after: it counts as failed to start
-        _, _, types, errors = msg
+        _, _, types, errors, *more = msg
         w.cancel_timers()
+        w.async_types = frozenset(more[0] if more else ())
         self._early_deaths = 0
         w.types = list(types or [])
         self.types = w.types
@@ -217,9 +218,9 @@ class WorkerSet:
         """Take a worker out of service.
 
         Without `sig` the worker gets a stop message: it hands back the jobs queued in it,
-        finishes the one it runs, and exits, escalating to SIGTERM and SIGKILL after
+        finishes those it runs, and exits, escalating to SIGTERM and SIGKILL after
         `kill_grace_s` each once it has no job; its replacement starts when it has no job
-        (so at most `workers` runs are running). With `sig` it is signalled at once and
+        (so no more than `workers` processes run jobs). With `sig` it is signalled at once and
         replaced now (the cancel path escalates on its own schedule); its queued jobs move
         on when it is gone.
         """
@@ -231,7 +232,7 @@ class WorkerSet:
             return
         w.retire()
         w.post(STOP)
-        if w.job is not None:
+        if w.running:
             w.replace_after_job = True
         else:
             self.replace(w)
@@ -248,7 +249,7 @@ class WorkerSet:
     def after_job(self, w: Worker) -> None:
         """A worker's job ended: replace it if it is due for recycling."""
         if w.state is WorkerState.RETIRING:
-            if w.replace_after_job:  # retired while it ran: it exits now, its replacement starts
+            if w.replace_after_job and not w.running:  # retired while it ran: it exits now, its replacement starts
                 w.replace_after_job = False
                 self.replace(w)
                 self.escalate(w)

@@ -250,6 +250,10 @@ async def pools(tmp_path: Path, default_files: dict[str, str]) -> AsyncIterator[
         jobs.mkdir(exist_ok=True)
         for stem, source in (files or default_files).items():
             (jobs / f"{stem}.py").write_text(textwrap.dedent(source))
+        # One sync lane per worker unless a test asks for more: these tests pin down the sync path
+        # of CPU-bound types (one run at a time per worker, queued runs behind it); the lanes that
+        # shared types run in beside each other are test_pool_concurrency's.
+        options.setdefault("threads", 1)
         runner = ProcessPoolRunner(jobs, workers, **options)
         made.append(runner)
         await asyncio.wait_for(runner.start(), 60)
