@@ -145,14 +145,16 @@ export function JobTable({ jobs, matched, onDone, actions = false }) {
     <tbody>${jobs.map((j) => html`<tr key=${j.id} data-job=${j.id} data-state=${j.state}>
       <td><a href=${jobLink(j.id)}><code>${j.id}</code></a></td><td>${j.name}</td>
       <td><${StateBadge} state=${j.state} /></td><td><${Time} iso=${j.created} /></td>
-      <td class="num">${j.deliveries}</td><td>${j.concurrency_key || ""}</td>
+      <td class="num">${j.deliveries}</td>
+      <td>${j.concurrency_key && html`<a href=${`#/keys${query({ type: j.name, key: j.concurrency_key })}`}>
+        ${j.concurrency_key}</a>`}</td>
       <td class="err">${(j.error || "").split("\n")[0].slice(0, 160)}</td>
       ${matched && html`<td>${matched[j.id]}</td>`}
       ${actions && html`<td class="actions"><${RowActions} job=${j} onDone=${onDone} /></td>`}
     </tr>`)}</tbody></table></div>`;
 }
 
-function JobList({ page, params, fixedState, title, defaultAction }) {
+function JobList({ page, params, fixedState, title, defaultAction, help }) {
   const [cursors, setCursors] = useState([null]); // cursors[i]: what loads page i
   const key = params.toString();
   const types = useData(() => api("types"), []);
@@ -172,6 +174,7 @@ function JobList({ page, params, fixedState, title, defaultAction }) {
   });
   const data = list.data;
   return html`<h1>${title}</h1>
+    ${help && html`<p class="muted">${help}</p>`}
     <${Filters} page=${page} params=${params} fixedState=${fixedState} types=${types.data || []} />
     <${Search} page=${page} params=${params} />
     <${Bulk} params=${params} fixedState=${fixedState} defaultAction=${defaultAction} onDone=${list.now} />
@@ -195,4 +198,7 @@ export const Jobs = ({ params }) => html`<${JobList} key=${params.toString()} pa
   title="Jobs" defaultAction=${params.get("state") === "failed" ? "retry" : "replay"} />`;
 
 export const DeadLetters = ({ params }) => html`<${JobList} key=${params.toString()} page="dead" params=${params}
-  fixedState="dead" title="Dead letters" defaultAction="replay" />`;
+  fixedState="dead" title="Dead letters" defaultAction="replay"
+  help="Jobs that failed every attempt they were allowed. Open one to see why (its error and stack trace). Replay runs
+    it again with the same payload; Dismiss puts it away for good. A bulk action does either for every job of the
+    filter, after counting them." />`;

@@ -97,6 +97,8 @@ function PauseButton({ type, onDone }) {
     setBusy(false);
   };
   return html`<button type="button" class=${`small ${type.paused ? "" : "secondary"}`} disabled=${busy} onClick=${act}
+    title=${type.paused ? "Let instances start this type's jobs again"
+      : "Stop instances from starting this type's jobs: running ones finish, new ones wait"}
     aria-label=${`${type.paused ? "Resume" : "Pause"} ${type.name}`}>${type.paused ? "Resume" : "Pause"}</button>
     <${ErrorBox} error=${error} />`;
 }
@@ -148,6 +150,8 @@ export function Overview() {
     <${Totals} rows=${rows} history=${history.data} />
     <section aria-labelledby="types-h">
       <h2 id="types-h">Job types</h2>
+      <p class="muted">Pause a misbehaving type to stop new runs (running jobs finish, new jobs wait in the queue);
+        a type's name lists its jobs, a failed or dead count the jobs that need you.</p>
       ${rows.length === 0 ? html`<p class="muted">No job type is published yet: start an instance with
         handlers in <code>jobs/</code> or <code>tasks/</code>.</p>` : html`<div class="scroll"><table class="types">
         <thead><tr><th scope="col">Type</th><th scope="col">Status</th><th scope="col">Runtime</th>
