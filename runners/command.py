@@ -13,6 +13,8 @@ and speaks the task protocol, the same for every language:
   line is the job's log; without `::result`, a last stdout line that is JSON
   is the result; a failed Run's stack trace is its `::traceback`, else its last
   stderr lines (bounded) (`runners.task_output` reads them);
+- `::enqueue NAME JSON [OPTIONS_JSON]` and `::submit ...` create child jobs, each
+  answered by a line on the pipe `JOB_REPLY_FD` (`runners.task_children`);
 - exit 0 completed, 75 retry, 65 permanent, anything else (or a signal) a
   retryable failure.
 
@@ -50,7 +52,9 @@ from typing import Any, cast
 import structlog
 
 from runners.base import RunEvents, RunRequest, RunResult, RunStatus
+from runners.invoke import ChildEnqueue
 from runners.proctree import ProcessTree, stop_tree
+from runners.task_children import TaskChildren
 from runners.task_output import OutputProtocol, TaskOutput
 
 log = structlog.get_logger(__name__)
@@ -214,7 +218,8 @@ def _failure(text: str, output: TaskOutput) -> str:
 
 
 async def run_command(
-    spec: CommandSpec, request: RunRequest, events: RunEvents, cancel: asyncio.Event
+    spec: CommandSpec, request: RunRequest, events: RunEvents, cancel: asyncio.Event,
+    child_enqueue: ChildEnqueue | None = None,
 ) -> RunResult:
     """Run one attempt of a task's program and say how it ended.
 
@@ -223,6 +228,7 @@ async def run_command(
         request: the attempt (payload, ids, trace context, deadline, timeout).
         events: where progress, heartbeats and log lines go.
         cancel: set it to stop the Run (SIGTERM, then SIGKILL after `spec.grace_s`).
+        child_enqueue: creates the task's `::enqueue` / `::submit` children (None: those lines are log).
 
     Returns:
         The outcome; `pid` is the child's pid once it started. The Run is stopped
@@ -234,12 +240,12 @@ async def run_command(
 
     if spec.prepare is not None and (refused := await _prepare(spec.prepare, cancel, bound)) is not None:
         return refused
-
     run_id = uuid.uuid4().hex
-    output = TaskOutput(events, spec.log_cap_bytes)
+    children = TaskChildren(request, child_enqueue) if child_enqueue is not None else None
+    output = TaskOutput(events, spec.log_cap_bytes, children)
     started_at = time.time()
     try:
-        transport, proto = await _start(spec, build_env(spec, request, run_id=run_id), output)
+        transport, proto = await _start(spec, build_env(spec, request, run_id=run_id), output, children)
     except OSError as exc:
         bound.warning("run.start_failed", argv=spec.argv, error=str(exc))
         return RunResult(RunStatus.FAILED, error=f"could not start {spec.argv[0]!r}: {exc}")
@@ -266,7 +272,7 @@ async def run_command(
             output.flush(fd)
 
     code = transport.get_returncode()
-    status, error = _outcome(reason, code, output, why_timeout, stopped_with)
+    status, error = await _with_children(children, *_outcome(reason, code, output, why_timeout, stopped_with))
     result = output.final_result() if status is RunStatus.COMPLETED else None
     trace = None if status in (RunStatus.COMPLETED, RunStatus.CANCELLED) else output.trace()
     bound.debug("run.finished", status=str(status), exit_code=code)  # the dispatcher logs the Run
@@ -274,20 +280,42 @@ async def run_command(
 
 
 async def _start(
-    spec: CommandSpec, env: dict[str, str], output: TaskOutput,
+    spec: CommandSpec, env: dict[str, str], output: TaskOutput, children: TaskChildren | None = None,
 ) -> tuple[asyncio.SubprocessTransport, OutputProtocol]:
-    """Start the program in a session of its own, its output read into `output` (OSError when it cannot)."""
+    """Start the program in a session of its own, its output read into `output` (OSError when it
+    cannot); with `children`, it inherits the read end of their reply pipe (`JOB_REPLY_FD`)."""
     argv = limited_argv(spec.argv, spec.limits, shutil.which("prlimit"))
-    return await asyncio.get_running_loop().subprocess_exec(
-        lambda: OutputProtocol(output),
-        *argv,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=spec.cwd,
-        env=env,
-        start_new_session=True,
-    )
+    try:
+        return await asyncio.get_running_loop().subprocess_exec(
+            lambda: OutputProtocol(output),
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=spec.cwd,
+            env=env | children.env() if children else env,
+            start_new_session=True,
+            pass_fds=(children.read_fd,) if children else (),
+        )
+    except OSError:
+        if children is not None:
+            await children.finish()
+        raise
+    finally:
+        if children is not None:
+            children.started()
+
+
+async def _with_children(children: TaskChildren | None, status: RunStatus,
+                         error: str | None) -> tuple[RunStatus, str | None]:
+    """The Run's outcome, reported once every child the task asked for was made (a refused
+    `::enqueue` fails a Run that would have completed)."""
+    if children is None:
+        return status, error
+    await children.finish()
+    if status is RunStatus.COMPLETED and children.failure is not None:
+        return RunStatus.FAILED, children.failure
+    return status, error
 
 
 def _time_limit(request: RunRequest) -> tuple[float | None, str]:
@@ -404,13 +432,16 @@ class CommandRunner:
         spec_for: the `CommandSpec` of a job name (raises `KeyError` for unknown names).
         payload_error: why a job's payload breaks its type's current schema, or None; a payload
             it refuses ends the Run PERMANENT (no retry) and the program never starts.
+        child_enqueue: the daemon's creation of child jobs (`::enqueue`, `runners.task_children`).
     """
 
     kind = "subprocess"
 
     def __init__(self, spec_for: Callable[[str], CommandSpec],
-                 payload_error: Callable[[str, str], str | None] | None = None) -> None:
+                 payload_error: Callable[[str, str], str | None] | None = None,
+                 child_enqueue: ChildEnqueue | None = None) -> None:
         self._spec_for = spec_for
+        self._child_enqueue = child_enqueue
         self._payload_error = payload_error
         self._runs: dict[asyncio.Event, asyncio.Future[RunResult]] = {}
         self._closed = False
@@ -428,7 +459,7 @@ class CommandRunner:
             return RunResult(RunStatus.PERMANENT, error=problem)
         stop = asyncio.Event()
         relay = asyncio.ensure_future(_relay(cancel, stop))
-        run = asyncio.ensure_future(run_command(spec, request, events, stop))
+        run = asyncio.ensure_future(run_command(spec, request, events, stop, self._child_enqueue))
         self._runs[stop] = run
         try:
             return await run  # cancelling us cancels it: the Run then kills its processes at once

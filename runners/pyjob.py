@@ -14,13 +14,14 @@ any other task: payload JSON on stdin, `JOB_*` variables in the environment,
 `::progress` / `::heartbeat` / `::result` lines on stdout, exit 0 / 65
 (permanent) / 75 (retry) / other (retryable failure); a failure's stack trace
 goes to stderr as one `::traceback "<JSON string>"` line before the error.
-Child jobs cannot be enqueued from here (the process holds no Redis
-credentials by design): use the `process` or `inprocess` runtime for
-handlers that enqueue.
+The process holds no Redis credentials: `ctx.enqueue` / `ctx.submit` become
+`::submit` lines that the daemon carries out, answered on the reply pipe
+(`runners.task_children`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -30,6 +31,7 @@ from typing import Any
 
 from runners.base import RunResult, RunStatus
 from runners.invoke import call, prepare
+from runners.task_children import OPTIONS, outcome_of_reply
 from supervisor.daemon import accepted
 from supervisor.daemon.registry import load_jobs
 from supervisor.errors import HandlerImportError
@@ -47,11 +49,31 @@ class _ProtocolSink:
     def heartbeat(self) -> None:
         print("::heartbeat", flush=True)
 
-    def enqueue(self, name: str, payload: Any, options: dict[str, Any], submit: bool) -> Any:  # noqa: ARG002  (sink API)
-        raise RuntimeError(
-            "ctx.enqueue is not available with runtime='subprocess' (the process holds no Redis "
-            "credentials); use runtime='process' or 'inprocess' for handlers that enqueue child jobs"
-        )
+    def __init__(self) -> None:
+        self._replies: Any = None
+
+    def enqueue(self, name: str, payload: Any, options: dict[str, Any], submit: bool) -> Any:
+        """A `::submit` line; the daemon's answer read from the reply pipe (`runners.task_children`)."""
+        fd = os.environ.get("JOB_REPLY_FD")
+        if not fd:
+            raise RuntimeError("ctx.enqueue needs the daemon's reply pipe (JOB_REPLY_FD), which this run lacks")
+        given = {k: v for k, v in options.items() if k in OPTIONS and v is not None}  # the daemon sets the rest
+        print(f"::submit {name} {json.dumps(payload)} {json.dumps(given)}", flush=True)
+        if self._replies is None:
+            self._replies = open(f"/proc/self/fd/{fd}", encoding="utf-8")
+        outcome = outcome_of_reply(name, self._replies.readline())
+        from supervisor.producers.enqueue import ref_or_raise  # noqa: PLC0415  (rare: a run's start stays light)
+
+        value: Any = outcome if submit else ref_or_raise(outcome)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return value
+
+        async def done() -> Any:  # `await ctx.enqueue(...)` in an async handler
+            return value
+
+        return done()
 
 
 def main(argv: list[str]) -> int:

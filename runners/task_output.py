@@ -1,7 +1,8 @@
 """A task's output, line by line: the task protocol's commands, its log, its result and its stack trace.
 
-Lines `::progress 40 resizing`, `::heartbeat`, `::result {json}` and
-`::traceback "<JSON string>"` are commands; every other line is the job's log
+Lines `::progress 40 resizing`, `::heartbeat`, `::result {json}`,
+`::traceback "<JSON string>"`, `::enqueue` and `::submit` (`runners.task_children`)
+are commands; every other line is the job's log
 (capped, with one `[log truncated]` line in place of the rest). Without
 `::result`, a last stdout line that is JSON is the result; a failed Run's stack
 trace is its `::traceback`, else its last stderr lines (bounded). See SPEC §6
@@ -20,6 +21,7 @@ from typing import Any
 import structlog
 
 from runners.base import TRACEBACK_MAX_BYTES, RunEvents, bounded_text
+from runners.task_children import TaskChildren
 
 log = structlog.get_logger("runners.command")
 
@@ -30,8 +32,9 @@ _MAX_LINE_BYTES = 8 * 1024 * 1024  # a longer line is cut (a `::result` line inc
 class TaskOutput:
     """Splits the child's output into lines and acts on each (protocol commands, log, result)."""
 
-    def __init__(self, events: RunEvents, log_cap_bytes: int) -> None:
+    def __init__(self, events: RunEvents, log_cap_bytes: int, children: TaskChildren | None = None) -> None:
         self._events = events
+        self._children = children  # `::enqueue` / `::submit` lines go there (None: not offered)
         self._cap = log_cap_bytes
         self._buffers: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
         self._logged = 0
@@ -105,6 +108,9 @@ class TaskOutput:
                 return False
             self.has_result = True
             self.result_error = None
+            return True
+        if word in ("enqueue", "submit") and self._children is not None:
+            self._children.command(word, rest)
             return True
         if word == "traceback":
             try:

@@ -226,7 +226,7 @@ class Daemon:
         return {
             "inprocess": InProcessRunner(catalog.handler, child_enqueue, threads=s.threads,
                                          cancel_grace_s=s.cancel_grace),
-            "subprocess": CommandRunner(catalog.command_for, catalog.payload_error),
+            "subprocess": CommandRunner(catalog.command_for, catalog.payload_error, child_enqueue=child_enqueue),
             "process": ProcessPoolRunner(
                 s.jobs_dir, s.workers_concurrency, max_jobs_per_worker=s.max_jobs_per_worker,
                 max_worker_rss_mb=s.max_worker_rss, cancel_grace_s=s.cancel_grace, kill_grace_s=s.kill_grace,

@@ -64,3 +64,11 @@ async def spawn(payload: dict, ctx: Context) -> int:
 async def callback(payload: dict, ctx: Context) -> dict[str, Any]:
     _witness(payload, ctx, batch=payload.get("batch"), deps=len(ctx.dependency_results))
     return {"batch": payload.get("batch"), "deps": len(ctx.dependency_results), "pid": os.getpid()}
+
+
+@job("wf.sub-spawn", runtime="subprocess")
+def sub_spawn(payload: dict, ctx: Context) -> dict[str, Any]:
+    """A Python job in a fresh process: its ctx.enqueue goes through the task protocol's `::submit`."""
+    ref = ctx.enqueue("wf.step", {"add": 1})
+    again = ctx.submit("wf.step", {"add": 1}, idempotency_key=f"{ctx.job_id}:again")
+    return {"child": ref.id, "second": again.job_id, "outcome": again.outcome}
