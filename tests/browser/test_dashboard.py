@@ -24,6 +24,14 @@ from tests.conftest import HANDLERS, DaemonProcess, wait_until
 TOKEN = "dashboard-token"
 ARTIFACTS = Path(os.environ.get("DASHBOARD_ARTIFACTS") or Path(__file__).parents[1] / "artifacts" / "dashboard")
 XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
+CSP_REPORTS: list[str] = []  # what the browser refused under the page's Content-Security-Policy
+
+
+@pytest.fixture(autouse=True)
+def _no_csp_violation() -> Iterator[None]:
+    CSP_REPORTS.clear()
+    yield
+    assert CSP_REPORTS == [], "the strict CSP blocked part of the page"
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +76,7 @@ def _open(browser: Browser, url: str, *, width: int = 1280, height: int = 900) -
     """A fresh tab (its own sessionStorage) logged in with the token through the login form."""
     page = browser.new_context(viewport={"width": width, "height": height}).new_page()
     page.on("pageerror", lambda e: print("page error:", e))  # shown with a failure's output
+    page.on("console", lambda m: CSP_REPORTS.append(m.text) if "Content Security Policy" in m.text else None)
     page.goto(f"{url}/ui/")
     page.get_by_label("API token").fill("wrong")
     page.get_by_role("button", name="Open the dashboard").click()
