@@ -6,6 +6,12 @@ instance whose key expired but whose entry remains as `stale`; the janitor
 forgets such entries after `forget_after_s`. The same heartbeat says, per job
 type, that this instance serves it (`supervisor.engine.serving`): `describe()`'s
 `types`, and the load errors of `type_errors` (name -> error).
+
+Each heartbeat also keeps, in the hash `js:instances:proc`, where this instance's process runs
+(`ProcessIdentity`: host, boot id, pid namespace, pid, start time) and every type it served:
+a record that outlives the presence key's TTL, so an instance of the same host and boot can
+tell, from the record alone, that the process is gone (`process_gone`) and end its leases
+(`supervisor.daemon.janitor`). A clean stop, a release, or forgetting the instance removes it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from supervisor.engine import keys, serving
@@ -29,7 +37,11 @@ if TYPE_CHECKING:  # `health` and `workers` read presence without redis-py or ps
 
 log = LazyLogger(__name__)
 INSTANCES_KEY = f"{keys.PREFIX}:instances"
+#: instance -> JSON {host, boot, pidns, pid, started, types}: see the module doc.
+PROCESSES_KEY = f"{keys.PREFIX}:instances:proc"
 FORGET_AFTER_S = 3600.0
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+PID_NS_PATH = Path("/proc/self/ns/pid")
 
 
 def instance_key(instance_id: str) -> str:
@@ -52,6 +64,72 @@ def process_stats(pid: int) -> dict[str, Any]:
 _procs: dict[int, psutil.Process] = {}
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessIdentity:
+    """Where one instance's process runs: a pid means that process only on the same host, the
+    same boot (`boot_id`) and the same pid namespace (containers sharing a host name and a kernel
+    each have their own pids); `started` (psutil's create time) tells a reused pid apart."""
+
+    host: str
+    boot: str
+    pidns: str
+    pid: int
+    started: float
+
+    @classmethod
+    def current(cls) -> ProcessIdentity | None:
+        """This process's identity; None where there is no boot id to compare (not Linux)."""
+        import psutil  # noqa: PLC0415
+
+        try:
+            boot = BOOT_ID_PATH.read_text().strip()
+            pidns = os.readlink(PID_NS_PATH)
+            started = psutil.Process(os.getpid()).create_time()
+        except (OSError, psutil.Error):
+            return None
+        return cls(socket.gethostname(), boot, pidns, os.getpid(), started) if boot else None
+
+    @classmethod
+    def parse(cls, raw: Any) -> ProcessIdentity | None:
+        """A record of `PROCESSES_KEY` (JSON); None for anything that is not one."""
+        try:
+            doc = loads(raw)
+            return cls(str(doc["host"]), str(doc["boot"]), str(doc["pidns"]), int(doc["pid"]),
+                       float(doc["started"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def same_machine(self, other: ProcessIdentity) -> bool:
+        """Whether `other`'s pid can be looked up here: same host name, boot and pid namespace."""
+        return (self.host, self.boot, self.pidns) == (other.host, other.boot, other.pidns)
+
+
+#: Two reads of one process's start time may differ by the boot time's rounding (psutil adds
+#: /proc/stat's btime, whole seconds); a reused pid started later than that.
+_SAME_START_S = 1.5
+
+
+def process_gone(me: ProcessIdentity, other: ProcessIdentity) -> bool:
+    """Whether `other`'s process is certainly gone: only evidence of this host, boot and pid
+    namespace counts (pid gone, a zombie, or the pid reused by a process started at another
+    time). Anything else, or a process we may not inspect, is not evidence: the lease decides."""
+    import psutil  # noqa: PLC0415
+
+    if not me.same_machine(other):
+        return False
+    if other.pid == me.pid:
+        return abs(other.started - me.started) > _SAME_START_S  # our pid now, another start: its process is gone
+    try:
+        proc = psutil.Process(other.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return True
+        return abs(proc.create_time() - other.started) > _SAME_START_S
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # AccessDenied and the like: cannot tell
+        return False
+
+
 class Presence:
     """Publishes this instance's heartbeat every `interval_s`."""
 
@@ -64,7 +142,9 @@ class Presence:
         self.started = time.time()
         self.base = {"instance": instance_id, "host": socket.gethostname(), "pid": os.getpid(),
                      "version": version, "started": self.started}
+        self.identity = ProcessIdentity.current()
         self._served: set[str] = set()  # what the last heartbeat said this instance serves
+        self._ever_served: set[str] = set()  # ... and every type it served since it started
         self._errored: set[str] = set()  # ... and the names it reported a load error for
 
     def snapshot(self) -> dict[str, Any]:
@@ -84,6 +164,10 @@ class Presence:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(instance_key(self.instance_id), json.dumps(doc, default=str), px=ttl_ms)
             pipe.zadd(INSTANCES_KEY, {self.instance_id: doc["seen"]})
+            if self.identity is not None:
+                self._ever_served |= served
+                record = {**asdict(self.identity), "types": sorted(self._ever_served)}
+                pipe.hset(PROCESSES_KEY, self.instance_id, json.dumps(record))
             await pipe.execute()
         await serving.announce(self.redis, self.instance_id, ttl_ms, serve=served, stop=self._served - served,
                                errors=type_errors, clear=self._errored - type_errors.keys())
@@ -103,6 +187,7 @@ class Presence:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.delete(instance_key(self.instance_id))
             pipe.zrem(INSTANCES_KEY, self.instance_id)
+            pipe.hdel(PROCESSES_KEY, self.instance_id)
             await pipe.execute()
 
 
@@ -137,5 +222,31 @@ async def list_workers(redis: aioredis.Redis) -> list[dict[str, Any]]:
 
 
 async def forget_stale(redis: aioredis.Redis, forget_after_s: float = FORGET_AFTER_S) -> int:
-    """Drop instances not seen for `forget_after_s` (janitor)."""
-    return int(await redis.zremrangebyscore(INSTANCES_KEY, "-inf", time.time() - forget_after_s))
+    """Drop instances not seen for `forget_after_s` (janitor), and their process records."""
+    old = cast(list[str], await redis.zrangebyscore(INSTANCES_KEY, "-inf", time.time() - forget_after_s))
+    if not old:
+        return 0
+    await redis.hdel(PROCESSES_KEY, *old)
+    return int(await redis.zrem(INSTANCES_KEY, *old))
+
+
+async def dead_instances(redis: aioredis.Redis, me: ProcessIdentity, instance_id: str,
+                         ) -> list[tuple[str, ProcessIdentity, list[str]]]:
+    """The instances whose process records show them gone (`process_gone`), with the types each
+    served: (instance, identity, types)."""
+    records = cast(dict[str, str], await redis.hgetall(PROCESSES_KEY))
+    out = []
+    for instance, raw in records.items():
+        other = ProcessIdentity.parse(raw) if instance != instance_id else None
+        if other is not None and process_gone(me, other):
+            types = loads(raw).get("types")
+            out.append((instance, other, [t for t in types if isinstance(t, str)] if isinstance(types, list) else []))
+    return out
+
+
+async def forget_instance(redis: aioredis.Redis, instance_id: str) -> None:
+    """An instance found dead: out of the live list at once (its entry stays, as stale, until forgotten)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.delete(instance_key(instance_id))
+        pipe.hdel(PROCESSES_KEY, instance_id)
+        await pipe.execute()
