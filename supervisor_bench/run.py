@@ -90,6 +90,10 @@ def _measure_sections(b: Bench, results: dict[str, Any]) -> None:
     if "cli" in o.sections:
         b.say(f"CPU of one command, start to exit: {', '.join(CLI_COMMANDS)}")
         results["cli"] = sections.measure_cli_start(b)
+    if "control" in o.sections:  # pause/bulk/history figures (issue 19): its own module
+        from supervisor_bench.control import measure_control  # noqa: PLC0415
+
+        results["control"] = measure_control(b)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,14 @@
-"""The job listing shared by `job-supervisor jobs list` and `GET /jobs`: filtered, newest first,
-paginated with a cursor that names the last job of a page (so jobs created meanwhile never shift
-later pages).
+"""The job listing shared by `job-supervisor jobs list` and `GET /jobs`: filtered, paginated with a
+cursor, at a cost that does not grow with the number of records in Redis.
+
+Order: live jobs first (active by lease expiry, then pending and retrying in the order they will
+run, then delayed by run time, then waiting), then finished jobs, most recently finished first
+(every finished state merged). That is the order of the indexes themselves, so a page reads
+only the index entries it walks: a cursor names the last entry (index group, score, id), and
+the next page starts right after it; jobs created meanwhile never shift later pages. Filters on
+fields the indexes do not hold (key, created time, pending vs retry) read a few small fields
+per entry walked; one request walks at most `SCAN_MAX` entries, and when a selective filter
+has not filled the page by then it answers with what it found and a cursor to go on from.
 """
 
 from __future__ import annotations
@@ -8,8 +16,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from supervisor.engine import keys
 from supervisor.engine.records import Job
@@ -17,12 +26,18 @@ from supervisor.engine.states import FINISHED, State
 from supervisor.errors import CorruptRecord
 
 if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
     from supervisor.engine.broker import Broker
 
-# --- job listing ---------------------------------------------------------------------------
-
 _LIST_FIELDS = ("created", "state", "ctx", "ckey", "key")
-_CHUNK = 1000
+#: Index entries one listing request walks at most (what bounds its time on a selective filter).
+SCAN_MAX = 5_000
+_FINISHED_PARTS = tuple(f"st:{s.value}" for s in State if s in FINISHED)
+#: The index groups, in listing order: (parts, newest first?).
+_GROUPS: tuple[tuple[tuple[str, ...], bool], ...] = (
+    (("active",), False), (("ready",), False), (("sched",), False), (("waiting",), False), (_FINISHED_PARTS, True),
+)
 
 
 def job_key_of(ctx_json: str | None, *key_fields: str | None) -> str | None:
@@ -44,31 +59,43 @@ def job_key_of(ctx_json: str | None, *key_fields: str | None) -> str | None:
     return None
 
 
-def encode_cursor(created_ms: int, job_id: str) -> str:
-    raw = json.dumps([created_ms, job_id], separators=(",", ":")).encode()
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a listing stands: an index group (see `_GROUPS`), and the score and id of the last entry walked."""
+
+    group: int
+    score: float
+    id: str
+
+
+def encode_cursor(pos: Position) -> str:
+    raw = json.dumps([2, pos.group, pos.score, pos.id], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[int, str]:
-    """(created_ms, job id) of a listing cursor; ValueError when it is not one of ours."""
+def decode_cursor(cursor: str) -> Position:
+    """The position a listing cursor names; ValueError when it is not one of ours."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, job_id = json.loads(raw)
+        version, group, score, job_id = json.loads(raw)
     except (ValueError, TypeError, binascii.Error) as exc:
         raise ValueError("not a cursor returned by this API") from exc
-    if not isinstance(created, int) or not isinstance(job_id, str):
+    if (version != 2 or not isinstance(group, int) or not 0 <= group < len(_GROUPS)
+            or not isinstance(score, int | float) or not isinstance(job_id, str)):
         raise ValueError("not a cursor returned by this API")
-    return created, job_id
+    return Position(group, float(score), job_id)
 
 
-def _index_parts(state: State | None) -> list[str]:
+def _groups(state: State | None) -> list[int]:
     if state is None:
-        return ["ready", "sched", "active", *(f"st:{s.value}" for s in State if s in FINISHED)]
+        return list(range(len(_GROUPS)))
     if state in FINISHED:
-        return [f"st:{state.value}"]
+        return [len(_GROUPS) - 1]
     if state is State.ACTIVE:
-        return ["active"]
-    return ["ready", "sched"]  # pending and retry share them; the record tells them apart
+        return [0]
+    if state in (State.PENDING, State.RETRY):
+        return [1, 2]  # they share the ready and scheduled sets; the record tells them apart
+    return [3]
 
 
 def _ms(value: datetime | None) -> int | None:
@@ -78,21 +105,50 @@ def _ms(value: datetime | None) -> int | None:
     return int(at.timestamp() * 1000)
 
 
-async def _indexed_ids(broker: Broker, names: list[str], state: State | None, bad: list[CorruptRecord]) -> list[str]:
-    """The ids in the indexes of `names` (for `state`), each once; a forged member goes to `bad`."""
-    async with broker.redis.pipeline(transaction=False) as pipe:
-        for n in names:
-            for part in _index_parts(state):
-                pipe.zrange(keys.index_key(n, part), 0, -1)
-        indexed = await pipe.execute()
-    ids = []
-    for job_id in dict.fromkeys(i for group in indexed for i in group):
-        try:
-            keys.job_key(job_id)
-            ids.append(job_id)
-        except ValueError as exc:  # a forged index member
-            bad.append(CorruptRecord(job_id, f"an index holds {str(exc).replace(repr(job_id), 'it')}"))
-    return ids
+def _after(score: float, job_id: str, cur: tuple[float, str] | None, desc: bool) -> bool:
+    """Whether the entry (score, id) comes after `cur` in the group's order."""
+    if cur is None:
+        return True
+    return (score, job_id) < cur if desc else (score, job_id) > cur
+
+
+async def _walk(redis: aioredis.Redis, index_keys: list[str], desc: bool, cur: tuple[float, str] | None,
+                n: int, floor: int | None) -> list[tuple[float, str]]:
+    """The next `n` entries after `cur` across `index_keys`, merged in the group's order (none below
+    `floor` when newest first). The key that holds `cur`'s entry is read from its rank on; the others
+    from `cur`'s score on (entries tied with it that come before it are read and skipped)."""
+    out: list[tuple[float, str]] = []
+    for key in index_keys:
+        rank = None
+        if cur is not None:
+            rank = cast(int | None, await (redis.zrevrank(key, cur[1]) if desc else redis.zrank(key, cur[1])))
+        if rank is not None:
+            rows = await (redis.zrevrange if desc else redis.zrange)(key, int(rank) + 1, int(rank) + n,
+                                                                     withscores=True)
+            out += [(float(sc), str(m)) for m, sc in cast(list[tuple[str, float]], rows)
+                    if floor is None or not desc or float(sc) >= floor]
+        else:
+            out += await _walk_by_score(redis, key, desc, cur, n, floor)
+    out.sort(reverse=desc)
+    return out[:n]
+
+
+async def _walk_by_score(redis: aioredis.Redis, key: str, desc: bool, cur: tuple[float, str] | None,
+                         n: int, floor: int | None) -> list[tuple[float, str]]:
+    bound: float | str = cur[0] if cur else ("+inf" if desc else "-inf")
+    end: float | str = floor if (desc and floor is not None) else ("-inf" if desc else "+inf")
+    offset = 0
+    while True:
+        if desc:
+            rows = await redis.zrevrangebyscore(key, bound, end, start=offset, num=n + 1, withscores=True)
+        else:
+            rows = await redis.zrangebyscore(key, bound, end, start=offset, num=n + 1, withscores=True)
+        got = [(float(sc), str(m)) for m, sc in cast(list[tuple[str, float]], rows)
+               if _after(float(sc), str(m), cur, desc)]
+        # a page of nothing but entries tied with the cursor: read on past them (bounded)
+        if got or len(rows) <= n or offset > SCAN_MAX:
+            return got
+        offset += len(rows)
 
 
 async def list_jobs(
@@ -107,11 +163,9 @@ async def list_jobs(
     cursor: str | None = None,
     corrupt: list[CorruptRecord] | None = None,
 ) -> tuple[list[Job], str | None]:
-    """One page of jobs, newest first by (created, id), and the cursor of the next page (None at the end).
-
-    The order is stable: a cursor names the last job of its page, so jobs created meanwhile
-    never shift later pages. Cost: one ZRANGE per index of the types asked and one HMGET of a
-    few small fields per retained job; the full records are read only for the page.
+    """One page of jobs in listing order (see the module docstring), and the cursor of the next page
+    (None at the end). A page may hold fewer than `limit` jobs and still have a cursor: the request
+    walked `SCAN_MAX` index entries without filling it (a selective filter); the next page goes on.
 
     Args:
         name: one job type (default: every published type).
@@ -127,53 +181,102 @@ async def list_jobs(
         ValueError: a cursor this function did not produce.
     """
     after = decode_cursor(cursor) if cursor else None
-    since_ms, until_ms = _ms(since), _ms(until)
+    filt = _Filter(state, key, _ms(since), _ms(until), corrupt if corrupt is not None else [])
     names = [name] if name else await broker.type_names()
-    redis = broker.redis
-    bad = corrupt if corrupt is not None else []
-    ids = await _indexed_ids(broker, names, state, bad)
-    found: list[tuple[int, str]] = []
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start:start + _CHUNK]
-        async with redis.pipeline(transaction=False) as pipe:
-            for job_id in chunk:
-                pipe.hmget(keys.job_key(job_id), _LIST_FIELDS)
-            rows = await pipe.execute(raise_on_error=False)
-        for job_id, row in zip(chunk, rows, strict=True):
-            created_ms = _listed(job_id, row, state, since_ms, until_ms, key, after, bad)
-            if created_ms is not None:
-                found.append((created_ms, job_id))
-    found.sort(reverse=True)
+    found, last, scanned = await _collect(broker, names, after, filt, limit)
     page = found[:limit]
-    jobs = await broker.get_many((job_id for _, job_id in page), bad) if page else []
-    next_cursor = encode_cursor(*page[-1]) if len(found) > limit and page else None
+    jobs = await broker.get_many((job_id for _, job_id in page), filt.bad) if page else []
+    if len(found) > limit:
+        next_cursor: str | None = encode_cursor(page[-1][0])
+    elif scanned >= SCAN_MAX and last is not None:
+        next_cursor = encode_cursor(last)
+    else:
+        next_cursor = None
     return jobs, next_cursor
 
 
+async def _collect(broker: Broker, names: list[str], after: Position | None, filt: _Filter,
+                   limit: int) -> tuple[list[tuple[Position, str]], Position | None, int]:
+    """Walk the index groups from `after` until `limit` + 1 jobs passed `filt` or `SCAN_MAX` entries were
+    walked: (the jobs found with their positions, the last position walked, how many were walked)."""
+    state = filt.state
+    found: list[tuple[Position, str]] = []
+    last: Position | None = None
+    scanned = 0
+    for group in _groups(state):
+        if after is not None and group < after.group:
+            continue
+        parts, desc = _GROUPS[group]
+        if state in FINISHED:
+            parts = (f"st:{state.value}",)
+        index_keys = [keys.index_key(n, p) for n in names for p in parts]
+        cur = (after.score, after.id) if after is not None and group == after.group else None
+        while len(found) <= limit and scanned < SCAN_MAX:
+            chunk = await _walk(broker.redis, index_keys, desc, cur, min(max(limit + 1, 200), SCAN_MAX - scanned),
+                                filt.since_ms if desc else None)  # finished >= created >= since
+            if not chunk:
+                break
+            for (score, job_id), ok in zip(chunk, await filt.passes(broker, [i for _, i in chunk]), strict=True):
+                scanned += 1
+                cur = (score, job_id)
+                last = Position(group, score, job_id)
+                if ok:
+                    found.append((last, job_id))
+                    if len(found) > limit:
+                        break
+        if len(found) > limit or scanned >= SCAN_MAX:
+            break
+    return found, last, scanned
 
-def _listed(job_id: str, row: Any, state: State | None, since_ms: int | None, until_ms: int | None,
-            key: str | None, after: tuple[int, str] | None, bad: list[CorruptRecord]) -> int | None:
-    """The creation time (ms) of a job whose `_LIST_FIELDS` row passes the filters of
-    `list_jobs`, else None (a record job-supervisor did not write is added to `bad`)."""
-    if isinstance(row, Exception):  # WRONGTYPE: not a hash
-        bad.append(CorruptRecord(keys.job_key(job_id), str(row)))
-        return None
-    created, st, ctx, ckey, key_field = row
-    if st is None:
-        return None  # trimmed since it was indexed
-    if state is not None and st != state.value:
-        return None
-    try:
-        created_ms = int(created or 0)
-    except ValueError:
-        bad.append(CorruptRecord(keys.job_key(job_id), f"field 'created': {created!r} is not a time"))
-        return None
-    if since_ms is not None and created_ms < since_ms:
-        return None
-    if until_ms is not None and created_ms >= until_ms:
-        return None
-    if key is not None and job_key_of(ctx, ckey, key_field) != key:
-        return None
-    if after is not None and (created_ms, job_id) >= after:
-        return None
-    return created_ms
+
+@dataclass
+class _Filter:
+    """The filters of `list_jobs` that need a job's record (a few small fields, read in one pipeline)."""
+
+    state: State | None
+    key: str | None
+    since_ms: int | None
+    until_ms: int | None
+    bad: list[CorruptRecord]
+
+    def needs_record(self) -> bool:
+        return (self.key is not None or self.since_ms is not None or self.until_ms is not None
+                or self.state in (State.PENDING, State.RETRY))
+
+    async def passes(self, broker: Broker, ids: list[str]) -> list[bool]:
+        valid = []
+        for job_id in ids:
+            try:
+                keys.job_key(job_id)
+                valid.append(True)
+            except ValueError as exc:  # a forged index member
+                self.bad.append(CorruptRecord(job_id, f"an index holds {str(exc).replace(repr(job_id), 'it')}"))
+                valid.append(False)
+        if not self.needs_record():
+            return valid
+        async with broker.redis.pipeline(transaction=False) as pipe:
+            for job_id, ok in zip(ids, valid, strict=True):
+                if ok:
+                    pipe.hmget(keys.job_key(job_id), _LIST_FIELDS)
+            rows = iter(await pipe.execute(raise_on_error=False))
+        return [ok and self._row_passes(job_id, next(rows)) for job_id, ok in zip(ids, valid, strict=True)]
+
+    def _row_passes(self, job_id: str, row: Any) -> bool:
+        if isinstance(row, Exception):  # WRONGTYPE: not a hash
+            self.bad.append(CorruptRecord(keys.job_key(job_id), str(row)))
+            return False
+        created, st, ctx, ckey, key_field = row
+        if st is None:
+            return False  # trimmed since it was indexed
+        if self.state is not None and st != self.state.value:
+            return False
+        try:
+            created_ms = int(created or 0)
+        except ValueError:
+            self.bad.append(CorruptRecord(keys.job_key(job_id), f"field 'created': {created!r} is not a time"))
+            return False
+        if self.since_ms is not None and created_ms < self.since_ms:
+            return False
+        if self.until_ms is not None and created_ms >= self.until_ms:
+            return False
+        return self.key is None or job_key_of(ctx, ckey, key_field) == self.key

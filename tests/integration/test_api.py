@@ -192,11 +192,12 @@ async def test_list_filters_and_cursor_pagination(api: httpx.AsyncClient, served
     for i in range(7):
         ref = await served.enqueue("t.echo", {"value": str(i)})
         ids.append(ref.id)
+        await _finished(served, ref.id)  # one after the other: they finish in creation order
         await asyncio.sleep(0.003)  # distinct creation times
     keyed = await served.enqueue("t.echo", {"value": "keyed"}, context={"concurrency_key": "tenant-1"})
     for job_id in [*ids, keyed.id]:
         await _finished(served, job_id)
-    # Pages of 3, newest first, no overlap, nothing missing.
+    # Pages of 3, most recently finished first, no overlap, nothing missing.
     seen: list[str] = []
     cursor = None
     while True:
@@ -212,8 +213,8 @@ async def test_list_filters_and_cursor_pagination(api: httpx.AsyncClient, served
         if cursor is None:
             break
     assert seen == [keyed.id, *reversed(ids)]
-    created = [j["created"] for j in (await api.get("/jobs", params={"limit": 100})).json()["jobs"]]
-    assert created == sorted(created, reverse=True)
+    finished = [j["finished"] for j in (await api.get("/jobs", params={"limit": 100})).json()["jobs"]]
+    assert finished == sorted(finished, reverse=True)  # finished jobs: the most recently finished first
     # Filters.
     by_key = (await api.get("/jobs", params={"key": "tenant-1"})).json()["jobs"]
     assert [j["id"] for j in by_key] == [keyed.id]

@@ -97,7 +97,11 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=2000, description="`next_cursor` of the previous page.")] = None,
 ) -> Any:
-    """Jobs newest first (by creation time, then id), one page at a time."""
+    """Jobs one page at a time: live jobs first (active, then pending and retrying in the order they
+    will run, then delayed, then waiting), then finished jobs, the most recently finished first.
+    The cursor names the last entry of a page, so jobs created meanwhile never shift later pages;
+    a request walks at most 5,000 index entries, so with a selective filter a page may hold fewer
+    than `limit` jobs and still have a `next_cursor` (go on with it)."""
     corrupt: list[CorruptRecord] = []
     try:
         jobs, next_cursor = await listing.list_jobs(
@@ -112,7 +116,7 @@ async def list_jobs(
 @guarded.post("/jobs/bulk/{action}", response_model=BulkOut, tags=["jobs"], responses=_errors(422))
 async def bulk_action(request: Request, action: Annotated[BulkAction, Path()], body: BulkIn) -> Any:
     """Act on every job that matches the filter (the fields given must all match), or with
-    `dry_run` count them first. Runs in script calls that each scan at most 500 index entries,
+    `dry_run` count them first. Runs in script calls that each scan at most 500 index entries (act on 100),
     so a filter over millions of records never holds Redis for long; each job's history records
     the action (delete and purge remove the record). Which states each action takes: see BulkIn.
     Registered before /jobs/{job_id}/...: `bulk` is never a job id."""

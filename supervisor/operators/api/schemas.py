@@ -189,7 +189,7 @@ class BulkOut(BaseModel):
     done: int = Field(description="Jobs acted on (0 on a dry run).")
     skipped: int = Field(description="Matched jobs whose state changed before the action reached them.")
     by_state: dict[str, int] = Field(default_factory=dict, description="Matched jobs by state.")
-    batches: int = Field(description="Script calls made (each scans at most 500 index entries).")
+    batches: int = Field(description="Script calls made (each scans at most 500 index entries, 100 when acting).")
     longest_call_ms: float = Field(description="The longest single script call, in ms (what Redis was blocked).")
     elapsed_ms: float
 

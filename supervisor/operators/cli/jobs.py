@@ -128,7 +128,8 @@ class _Since(click.ParamType):  # type: ignore[type-arg]  # generic only in newe
 @run_async
 async def jobs_list(ctx: click.Context, state: str | None, type_: str | None, key: str | None, since: Any,
                     limit: int, cursor: str | None, as_json: bool) -> None:
-    """List jobs, newest first, one page at a time (the next page's cursor goes to stderr)."""
+    """List jobs one page at a time: live ones first (active, pending in run order, delayed), then
+    finished ones, most recently finished first (the next page's cursor goes to stderr)."""
     from supervisor.engine.broker import Broker, connect  # noqa: PLC0415
     from supervisor.operators.listing import list_jobs  # noqa: PLC0415
 
@@ -202,7 +203,8 @@ async def jobs_bulk(ctx: click.Context, action: str, type_: str | None, state: s
     """Run ACTION on every job matching the filter: retry (failed), replay or dismiss (dead), cancel
     (waiting, pending, retry; active ones are told), delete (any state but active) or purge (the
     finished records of one --type). Counts first and asks before acting (unless --yes); runs in
-    batches of at most 500 index entries per Redis call; each job's history records the action."""
+    batches (a Redis call scans at most 500 index entries, acts on at most 100); each job's history
+    records the action."""
     from supervisor.engine.control import BulkFilter  # noqa: PLC0415
     from supervisor.producers.client import Client  # noqa: PLC0415
 
