@@ -165,6 +165,9 @@ def test_keys_page_shows_who_holds_and_who_waits(browser: Browser, served: Calla
     refs = [client.enqueue("ui.keyed", {"tenant": "acme", "gate": str(gate)}) for _ in range(3)]
     wait_until(lambda: client.get(refs[0].id).state.value == "active", 10, what="the first job holds the key")
     page = _open(browser, url)
+    page.get_by_role("link", name="Workers").click()  # the holder runs: in flight, with its age
+    expect(page.locator("article[data-instance^='d0:']")).to_contain_text(f"{refs[0].id} ui.keyed, attempt 1, running")
+    _shot(page, "workers-in-flight")
     page.get_by_role("link", name="Keys").click()
     page.get_by_label("Type").select_option("ui.keyed")
     page.get_by_role("textbox", name="Key").fill("acme")

@@ -29,7 +29,7 @@ function Instance({ w }) {
       : html`<p class="muted">No process reported.</p>`}
     <h3>In flight (${inFlight.length})</h3>
     ${inFlight.length ? html`<ul class="plain">${inFlight.map((f) => html`<li><a href=${jobLink(f.id)}><code>${f.id}</code></a>
-      ${f.name}, attempt ${f.attempt}, running ${seconds(f.age_s)}</li>`)}</ul>` : html`<p class="muted">Idle.</p>`}
+      ${" "}${f.name}, attempt ${f.attempt}, running ${seconds(f.age_s)}</li>`)}</ul>` : html`<p class="muted">Idle.</p>`}
   </article>`;
 }
 
