@@ -12,11 +12,12 @@ Python runtime:
   (the type's `concurrency` caps them in the daemon); their `started` and
   `result` messages go out in one write per loop iteration;
 - the *sync lanes* run sync handlers in the order they were sent: the main
-  thread, plus `threads - 1` helper threads. A run the daemon marked `shared`
-  (its type mostly waits: measured CPU under half its wall time) may run beside
-  other shared runs, one per lane; any other sync run runs alone, on the main
-  thread (CPU-bound work gains nothing from threads under the GIL, and its timeout
-  should not count time spent waiting for one). A sync job's `started` goes out in
+  thread, plus `threads - 1` helper threads. The daemon gives each sync run a
+  number of lanes from its type's measured share of time on the CPU (about 1 /
+  that share: one worker holds one GIL): a run with 2 or more may run beside other
+  such runs while fewer than that many run; a run with 1 runs alone, on the main
+  thread (CPU-bound work gains nothing from threads under the GIL, and its
+  timeout should not count time spent waiting for one). A sync job's `started` goes out in
   the same write as its lane's previous result, before its handler is called.
 """
 
@@ -109,7 +110,7 @@ class _Child:
         # job id -> (type, Context) once its Context exists; None from when it is taken until then
         self._running: dict[str, tuple[JobType, Context] | None] = {}
         self._sync_running = 0  # sync jobs running in the lanes
-        self._exclusive = 0  # of which not shared: nothing runs beside them
+        self._exclusive = 0  # of which those with one lane: nothing runs beside them
         self._cancel_early: set[str] = set()  # a cancel came before the job's Context
         self._replies: dict[int, Callable[[list[Any]], None]] = {}
         self._req = itertools.count(1)
@@ -171,21 +172,22 @@ class _Child:
                     self._running.pop(msg[1], None)
                     self._cancel_early.discard(msg[1])
                     self._sync_running -= 1
-                    if len(msg) < 8 or not msg[7]:
+                    if len(msg) < 8 or min(int(msg[7] or 1), self.threads) < 2:
                         self._exclusive -= 1
                     cv.notify_all()
 
     def _take(self, main: bool) -> list[Any] | None:
         """The next sync job this lane may start, if any (call with `_cv` held).
 
-        A shared run starts when only shared runs are running and a lane is free; any other
-        run starts on the main lane when nothing else runs."""
+        A run given `lanes` > 1 starts while only such runs are running, fewer than `lanes`
+        (and `threads`); a run given one lane starts on the main lane when nothing else runs."""
         if not self._queue or self._stopping or self._held:
             return None
         msg = self._queue[0]
-        shared = len(msg) > 7 and bool(msg[7])
+        lanes = min(int(msg[7] or 1) if len(msg) > 7 else 1, self.threads)
+        shared = lanes > 1
         if self._sync_running:
-            if not shared or self._exclusive or self._sync_running >= self.threads:
+            if not shared or self._exclusive or self._sync_running >= lanes:
                 return None
         elif not (main or shared):
             return None

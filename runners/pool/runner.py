@@ -29,7 +29,6 @@ log = structlog.get_logger(__name__)
 
 _STATUS = {s.value: s for s in RunStatus}
 _NOT_STARTED = "cancelled before it started"
-_SHARED_BELOW = 0.5  # a sync type whose runs spend less of their time on CPU shares a worker's lanes
 _CLOSED = "the process pool is closed"
 
 
@@ -294,13 +293,13 @@ class ProcessPoolRunner:
             job.worker = w
             w.queued[req.job_id] = job
             w.post(pack(["run", req.job_id, req.name, req.attempt, req.payload_json, req.context,
-                         req.deadline, job.shared]))
+                         req.deadline, job.lanes]))
 
     def _pick(self, job: PoolJob, now: float) -> Worker | None:
         """The ready worker of the current generation where `job` starts soonest, then holding the
         fewest jobs: one that starts it at once, else one where it may queue behind short sync runs."""
         name = job.request.name
-        shared = self.threads > 1 and self._busy.get(name, 1.0) < _SHARED_BELOW
+        lanes = self._lanes(name)
         best, best_key = None, (2, 0)
         generation = self._set.generation
         for w in self._workers.values():
@@ -312,23 +311,31 @@ class ProcessPoolRunner:
             if name in w.async_types:
                 key = (0, load)  # its event loop starts it as it arrives
             else:
-                key = self._sync_place(w, shared, now, load)
+                key = self._sync_place(w, lanes, now, load)
             if key < best_key:
                 best, best_key = w, key
                 if key == (0, 0):
                     break
         if best is not None:
             job.is_async = name in best.async_types
-            job.shared = shared and not job.is_async
+            job.lanes = 1 if job.is_async else lanes
         return best
 
-    def _sync_place(self, w: Worker, shared: bool, now: float, load: int) -> tuple[int, int]:
+    def _lanes(self, name: str) -> int:
+        """How many sync runs of type `name` a worker runs at once: about 1 / its share of time on
+        the CPU (one worker has one GIL), at most `threads`; 1 for a type not measured yet."""
+        busy = self._busy.get(name)
+        if busy is None or self.threads == 1:
+            return 1
+        return max(1, min(self.threads, round(1 / max(busy, 0.01))))
+
+    def _sync_place(self, w: Worker, lanes: int, now: float, load: int) -> tuple[int, int]:
         """(0, load) when `w`'s lanes start a sync run at once, (1, load) when it may queue there
         (behind short runs only, `queue_depth` at most), else (2, 0): not there."""
         queued = sum(1 for q in w.queued.values() if not q.is_async)
         running = w.sync_running()
-        if not queued and (not running or (shared and len(running) < self.threads
-                                           and all(r.shared for r in running))):
+        if not queued and (not running or (lanes > 1 and len(running) < lanes
+                                           and all(r.lanes > 1 for r in running))):
             return (0, load)
         if queued < self.queue_depth and self._short_ahead(w, running, now):
             return (1, load)

@@ -59,7 +59,7 @@ class PoolJob:
     events: RunEvents
     fut: asyncio.Future[RunResult]
     is_async: bool = False  # its worker runs it on its event loop (it starts as soon as it arrives)
-    shared: bool = False  # a sync run that may run beside other shared runs in its worker's lanes
+    lanes: int = 1  # a sync run: how many sync runs its worker may run at once beside it (1: it runs alone)
     worker: Worker | None = None  # the worker it was sent to (None while pending in the pool)
     started_at: float | None = None  # loop time the worker reported it started
     timer: asyncio.TimerHandle | None = None  # its timeout, from the start
