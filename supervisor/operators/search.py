@@ -36,7 +36,7 @@ class SearchResult:
 
 
 def _index_parts() -> list[str]:
-    return ["active", "ready", "sched", *(f"st:{s.value}" for s in State if s in FINISHED)]
+    return ["active", "ready", "sched", "waiting", *(f"st:{s.value}" for s in State if s in FINISHED)]
 
 
 def _scan_match(q: str, want: Field, row: list[str | None]) -> str | None:

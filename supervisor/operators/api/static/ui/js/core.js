@@ -273,5 +273,6 @@ export const StateBadge = ({ state }) => html`<span class=${`badge s-${state}`}>
 
 export const jobLink = (id) => `#/job/${encodeURIComponent(id)}`;
 
-export const STATES = ["pending", "active", "retry", "completed", "failed", "dead", "cancelled", "expired",
+// The states of supervisor/engine/states.py, in the order of a job's life.
+export const STATES = ["waiting", "pending", "active", "retry", "completed", "failed", "dead", "cancelled", "expired",
   "dismissed"];
