@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from supervisor import Callback, Client, InvalidWorkflow, State, Step, chain, chord, dag, group
+from supervisor.operators.admin import job_fields
 from tests.conftest import await_until
 
 _until = functools.partial(await_until, timeout=20.0)
@@ -115,7 +116,8 @@ async def test_on_dependency_failure(policy: str, redis_url: str, use_handlers: 
 
 async def _has_event(client: Client, job_id: str) -> bool:
     entries = await client.broker.redis.xrange(f"js:{{{job_id[:6]}}}:wf.step:events")
-    return any(f.get("event") == "dependency-failed" and f.get("id") == job_id for _, f in entries)
+    return any(f.get("event") == "dependency-failed" and f.get("id") == job_id
+               for _, fields in entries for f in job_fields(fields))
 
 
 async def test_wait_policy_runs_once_the_failed_dependency_is_retried(redis_url: str, use_handlers: Any,
@@ -215,3 +217,44 @@ async def test_batch_with_jobs_added_by_handlers_fires_once(redis_url: str, use_
 
 def _callbacks(path: Path) -> int:
     return [r["name"] for r in _witnessed(path)].count("wf.callback")
+
+
+async def test_cli_and_api_show_and_cancel_a_workflow(redis_url: str, use_handlers: Any, daemon: Any,
+                                                      tmp_path: Path) -> None:
+    import httpx  # noqa: PLC0415
+
+    from supervisor.operators.api.app import create_app  # noqa: PLC0415
+    from tests.conftest import cli_env, run_cli  # noqa: PLC0415
+
+    use_handlers("workflow")
+    daemon()
+    env = cli_env(REDIS_URL=redis_url)
+    async with Client(redis_url) as client:
+        ref = await client.workflow(chain(Step("wf.sleep", {"seconds": 30}, key="s"), Step("wf.step", key="t")),
+                                    name="cli")
+        await _until(lambda: _both_active(client, ref.jobs["s"]), what="running")
+        # The CLI shows the graph with each job's state; `enqueue --depends-on` waits on a job
+        shown = run_cli("workflows", "get", ref.id, "--json", env=env, cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        doc = json.loads(shown.stdout)
+        assert doc["state"] == "running" and doc["steps"]["s"]["state"] == "active"
+        assert doc["steps"]["t"] == {"name": "wf.step", "id": ref.jobs["t"], "after": ["s"], "state": "waiting"}
+        queued = run_cli("enqueue", "wf.step", "{}", "--depends-on", ref.jobs["t"], "--json", env=env, cwd=tmp_path)
+        dependent = json.loads(queued.stdout)["id"]
+        assert await _state(client, dependent) is State.WAITING
+        assert run_cli("workflows", "get", "wf-0000000000000000", env=env, cwd=tmp_path).returncode == 3
+        # The API lists it, and cancels it as a whole
+        app = create_app(redis_url, "t0ken")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://api",
+                                     headers={"Authorization": "Bearer t0ken"}) as api, app.router.lifespan_context(app):
+            listed = (await api.get("/workflows")).json()["workflows"]
+            assert any(w["id"] == ref.id and w["state"] == "running" for w in listed)
+            done = await api.post(f"/workflows/{ref.id}/cancel", json={"reason": "enough"})
+            assert done.status_code == 200 and done.json()["jobs"] == {"s": "requested", "t": "cancelled"}
+            assert (await api.get("/workflows/wf-nope")).status_code == 404
+        await _until(lambda: _is(client, dependent, State.CANCELLED), what="the dependent cancelled in turn")
+        assert (await client.wait(ref.jobs["s"], timeout=20)).state is State.CANCELLED
+
+
+async def _is(client: Client, job_id: str, state: State) -> bool:
+    return await _state(client, job_id) is state

@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from supervisor.daemon.registry import Registry
 from supervisor.engine.broker import Broker, connect
-from supervisor.operators.api import errors as api_errors, ui_routes
+from supervisor.operators.api import errors as api_errors, ui_routes, workflow_routes
 from supervisor.operators.api.routes import router
 from supervisor.producers.client import Client
 
@@ -219,6 +219,7 @@ def create_app(
     )
     app.state.api = state
     app.include_router(router)
+    app.include_router(workflow_routes.router)  # workflows and batches (token required)
     app.include_router(ui_routes.reads)  # the dashboard's extra reads (token required)
     app.include_router(ui_routes.pages)  # the dashboard at /ui/ (static, public like /docs)
     _add_docs_routes(app)

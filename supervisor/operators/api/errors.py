@@ -26,6 +26,8 @@ from supervisor.errors import CorruptRecord, InvalidPayload, InvalidTransition, 
 #: The one table: error code -> HTTP status. Unknown codes are 500.
 STATUS_BY_CODE: dict[str, int] = {
     "job_not_found": 404,
+    "workflow_not_found": 404,
+    "invalid_workflow": 422,  # a bad depends_on, a cycle, a batch that takes no more jobs
     "unknown_job_type": 404,  # the path names the type (/types/{name}/trigger): no such resource
     "not_found": 404,
     "invalid_state": 409,

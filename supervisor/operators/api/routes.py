@@ -266,7 +266,8 @@ async def trigger(
     done = await _state(request).client.submit(
         name, payload, delay=body.delay, run_at=body.run_at, priority=body.priority,
         idempotency_key=body.idempotency_key, deadline=body.deadline, concurrency_key=body.concurrency_key,
-        context=context, allow_unknown=body.allow_unknown)
+        context=context, allow_unknown=body.allow_unknown, depends_on=body.depends_on,
+        on_dependency_failure=body.on_dependency_failure)
     ref = ref_or_raise(done)  # a refused key: JobRejected, answered 409 with the key and the live job
     if ref.existing:
         response.status_code = 200

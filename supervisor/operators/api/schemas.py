@@ -10,7 +10,7 @@ Queue control and history (issue 19), for the CLI and the dashboard alike:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic_core import PydanticCustomError
@@ -251,6 +251,10 @@ class TriggerIn(BaseModel):
                                                     "instead of the key the type derives.")
     allow_unknown: bool = Field(False, description="Queue it even if no live instance serves the type "
                                                    "(it waits for one); otherwise that is a 404.")
+    depends_on: list[Annotated[str, Field(max_length=200)]] | None = Field(
+        None, max_length=1000, description="Job ids it waits for (state `waiting`) until they settle.")
+    on_dependency_failure: Literal["cancel", "run", "wait"] | None = Field(
+        None, description="What a failed, dead, cancelled or expired dependency does to it (default cancel).")
 
     @model_validator(mode="after")
     def _one_start_time(self) -> TriggerIn:

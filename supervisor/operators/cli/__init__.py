@@ -8,12 +8,14 @@ Human tables by default, `--json` for scripts.
 
 from __future__ import annotations
 
-from supervisor.operators.cli import bench, config, job_types, jobs, ops, run
+from supervisor.operators.cli import bench, config, job_types, jobs, ops, run, workflows
 from supervisor.operators.cli.app import main
 
 main.add_command(run.run)
 main.add_command(jobs.enqueue)
 main.add_command(jobs.jobs)
+main.add_command(workflows.workflows)
+main.add_command(workflows.batches)
 main.add_command(job_types.types)
 main.add_command(job_types.keys)
 main.add_command(job_types.schedules)

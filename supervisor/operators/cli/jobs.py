@@ -38,13 +38,18 @@ from supervisor.operators.cli.tables import Cell, print_table, wide_option
 @click.option("--deadline", type=float, default=None, help="Seconds from now after which it expires.")
 @click.option("--allow-unknown", is_flag=True, help="Queue even if no running instance serves NAME.")
 @click.option("--concurrency-key", default=None, help="Key for keyed concurrency (default: from the type's policy).")
+@click.option("--depends-on", "depends_on", multiple=True, metavar="JOB_ID",
+              help="Wait (state waiting) until this job completes; repeat for several.")
+@click.option("--on-dependency-failure", type=click.Choice(["cancel", "run", "wait"]), default=None,
+              help="What a failed, dead, cancelled or expired dependency does to it (default: cancel).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @wide_option
 @click.pass_context
 @reported
 def enqueue(ctx: click.Context, name: str, payload: str, wait: bool, timeout: float | None,
             delay: float | None, priority: int | None, idempotency_key: str | None,
-            deadline: float | None, allow_unknown: bool, concurrency_key: str | None, as_json: bool) -> None:
+            deadline: float | None, allow_unknown: bool, concurrency_key: str | None,
+            depends_on: tuple[str, ...], on_dependency_failure: str | None, as_json: bool) -> None:
     """Queue a job of type NAME with a JSON PAYLOAD."""
     # SyncClient: the enqueue goes over its blocking wire; its event loop (and redis-py) only
     # start for --wait
@@ -57,7 +62,8 @@ def enqueue(ctx: click.Context, name: str, payload: str, wait: bool, timeout: fl
     settings = settings_of(ctx)
     with SyncClient(redis_url(settings), allow_unknown=allow_unknown) as client:
         ref = client.enqueue(name, data, delay=delay, priority=priority, idempotency_key=idempotency_key,
-                             deadline=deadline, concurrency_key=concurrency_key)
+                             deadline=deadline, concurrency_key=concurrency_key, depends_on=list(depends_on) or None,
+                             on_dependency_failure=on_dependency_failure)
         if not wait:
             if as_json:
                 print_json({"id": ref.id, "name": ref.name, "existing": ref.existing})
