@@ -18,19 +18,21 @@ import binascii
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 from supervisor.engine import keys
 from supervisor.engine.records import Job
+from supervisor.engine.scripts import script_source
 from supervisor.engine.states import FINISHED, State
+from supervisor.engine.wire import Script
 from supervisor.errors import CorruptRecord
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
 
     from supervisor.engine.broker import Broker
 
-_LIST_FIELDS = ("created", "state", "ctx", "ckey", "key")
+#: Walks one index set from a cursor and filters the records it passes, inside Redis.
+LIST_SCAN = Script(script_source("list_scan"))
 #: Index entries one listing request walks at most (what bounds its time on a selective filter).
 SCAN_MAX = 5_000
 _FINISHED_PARTS = tuple(f"st:{s.value}" for s in State if s in FINISHED)
@@ -105,52 +107,6 @@ def _ms(value: datetime | None) -> int | None:
     return int(at.timestamp() * 1000)
 
 
-def _after(score: float, job_id: str, cur: tuple[float, str] | None, desc: bool) -> bool:
-    """Whether the entry (score, id) comes after `cur` in the group's order."""
-    if cur is None:
-        return True
-    return (score, job_id) < cur if desc else (score, job_id) > cur
-
-
-async def _walk(redis: aioredis.Redis, index_keys: list[str], desc: bool, cur: tuple[float, str] | None,
-                n: int, floor: int | None) -> list[tuple[float, str]]:
-    """The next `n` entries after `cur` across `index_keys`, merged in the group's order (none below
-    `floor` when newest first). The key that holds `cur`'s entry is read from its rank on; the others
-    from `cur`'s score on (entries tied with it that come before it are read and skipped)."""
-    out: list[tuple[float, str]] = []
-    for key in index_keys:
-        rank = None
-        if cur is not None:
-            rank = cast(int | None, await (redis.zrevrank(key, cur[1]) if desc else redis.zrank(key, cur[1])))
-        if rank is not None:
-            rows = await (redis.zrevrange if desc else redis.zrange)(key, int(rank) + 1, int(rank) + n,
-                                                                     withscores=True)
-            out += [(float(sc), str(m)) for m, sc in cast(list[tuple[str, float]], rows)
-                    if floor is None or not desc or float(sc) >= floor]
-        else:
-            out += await _walk_by_score(redis, key, desc, cur, n, floor)
-    out.sort(reverse=desc)
-    return out[:n]
-
-
-async def _walk_by_score(redis: aioredis.Redis, key: str, desc: bool, cur: tuple[float, str] | None,
-                         n: int, floor: int | None) -> list[tuple[float, str]]:
-    bound: float | str = cur[0] if cur else ("+inf" if desc else "-inf")
-    end: float | str = floor if (desc and floor is not None) else ("-inf" if desc else "+inf")
-    offset = 0
-    while True:
-        if desc:
-            rows = await redis.zrevrangebyscore(key, bound, end, start=offset, num=n + 1, withscores=True)
-        else:
-            rows = await redis.zrangebyscore(key, bound, end, start=offset, num=n + 1, withscores=True)
-        got = [(float(sc), str(m)) for m, sc in cast(list[tuple[str, float]], rows)
-               if _after(float(sc), str(m), cur, desc)]
-        # a page of nothing but entries tied with the cursor: read on past them (bounded)
-        if got or len(rows) <= n or offset > SCAN_MAX:
-            return got
-        offset += len(rows)
-
-
 async def list_jobs(
     broker: Broker,
     *,
@@ -199,34 +155,59 @@ async def _collect(broker: Broker, names: list[str], after: Position | None, fil
                    limit: int) -> tuple[list[tuple[Position, str]], Position | None, int]:
     """Walk the index groups from `after` until `limit` + 1 jobs passed `filt` or `SCAN_MAX` entries were
     walked: (the jobs found with their positions, the last position walked, how many were walked)."""
-    state = filt.state
     found: list[tuple[Position, str]] = []
     last: Position | None = None
     scanned = 0
-    for group in _groups(state):
+    for group in _groups(filt.state):
         if after is not None and group < after.group:
             continue
         parts, desc = _GROUPS[group]
-        if state in FINISHED:
-            parts = (f"st:{state.value}",)
+        if filt.state in FINISHED:
+            parts = (f"st:{filt.state.value}",)
         index_keys = [keys.index_key(n, p) for n in names for p in parts]
         cur = (after.score, after.id) if after is not None and group == after.group else None
-        while len(found) <= limit and scanned < SCAN_MAX:
-            chunk = await _walk(broker.redis, index_keys, desc, cur, min(max(limit + 1, 200), SCAN_MAX - scanned),
-                                filt.since_ms if desc else None)  # finished >= created >= since
-            if not chunk:
-                break
-            for (score, job_id), ok in zip(chunk, await filt.passes(broker, [i for _, i in chunk]), strict=True):
-                scanned += 1
-                cur = (score, job_id)
-                last = Position(group, score, job_id)
-                if ok:
-                    found.append((last, job_id))
-                    if len(found) > limit:
-                        break
+        while len(found) <= limit and scanned < SCAN_MAX and index_keys:
+            walk = min(max(limit + 1, 500), SCAN_MAX - scanned)
+            matches, boundary, walked, index_keys = await _scan(broker, index_keys, desc, cur, walk,
+                                                                limit + 1 - len(found), filt)
+            scanned += walked
+            for score, job_id in matches:
+                found.append((Position(group, score, job_id), job_id))
+            if boundary is not None:
+                cur = boundary
+                last = Position(group, *boundary)
         if len(found) > limit or scanned >= SCAN_MAX:
             break
     return found, last, scanned
+
+
+async def _scan(broker: Broker, index_keys: list[str], desc: bool, cur: tuple[float, str] | None, walk: int,
+                want: int, filt: _Filter) -> tuple[list[tuple[float, str]], tuple[float, str] | None, int, list[str]]:
+    """One step of a group's walk: `list_scan.lua` on each of its keys from `cur`, merged. Returns the
+    matches up to the boundary (the earliest point any key that goes on stopped at: past it, that
+    key's entries are unread), the boundary (None: every key ended), entries walked, the keys to walk on."""
+    per_key = []
+    for key in index_keys:
+        job_prefix = key[:key.index("}") + 1] + ":j:"  # js:{tag}:<type>:<part> -> js:{tag}:j:
+        walked, last_score, last_id, exhausted, flat = await broker.transport.evalsha(LIST_SCAN, [key], [
+            job_prefix, "1" if desc else "0", "" if cur is None else repr(cur[0]), "" if cur is None else cur[1],
+            walk, want, filt.state.value if filt.state else "", filt.since_ms or "", filt.until_ms or "",
+            filt.key or "", (filt.since_ms or "") if desc else "", "1" if filt.needs_record() else "0"])
+        matches = [(float(flat[i]), str(flat[i + 1])) for i in range(0, len(flat), 2)]
+        end = (float(last_score), str(last_id)) if last_score != "" else None
+        per_key.append((key, int(walked), end, bool(int(exhausted)), matches))
+    going = [(k, end) for k, _w, end, done, _m in per_key if not done and end is not None]
+    boundary = None
+    if going:  # the walk is only complete up to the key that stopped first
+        boundary = max(e for _k, e in going) if desc else min(e for _k, e in going)
+    merged = sorted((m for *_rest, matches in per_key for m in matches), reverse=desc)
+    if boundary is not None:
+        merged = [m for m in merged if (m >= boundary if desc else m <= boundary)]
+    merged = [m for m in merged if filt.valid_id(m[1])][:want]
+    if len(merged) == want:  # the page is full: go on right after its last job
+        boundary = merged[-1]
+    # every key walks on from the boundary (one that ended may hold matches past it, dropped above)
+    return merged, boundary, sum(w for _k, w, *_rest in per_key), index_keys if boundary is not None else []
 
 
 @dataclass
@@ -243,40 +224,11 @@ class _Filter:
         return (self.key is not None or self.since_ms is not None or self.until_ms is not None
                 or self.state in (State.PENDING, State.RETRY))
 
-    async def passes(self, broker: Broker, ids: list[str]) -> list[bool]:
-        valid = []
-        for job_id in ids:
-            try:
-                keys.job_key(job_id)
-                valid.append(True)
-            except ValueError as exc:  # a forged index member
-                self.bad.append(CorruptRecord(job_id, f"an index holds {str(exc).replace(repr(job_id), 'it')}"))
-                valid.append(False)
-        if not self.needs_record():
-            return valid
-        async with broker.redis.pipeline(transaction=False) as pipe:
-            for job_id, ok in zip(ids, valid, strict=True):
-                if ok:
-                    pipe.hmget(keys.job_key(job_id), _LIST_FIELDS)
-            rows = iter(await pipe.execute(raise_on_error=False))
-        return [ok and self._row_passes(job_id, next(rows)) for job_id, ok in zip(ids, valid, strict=True)]
-
-    def _row_passes(self, job_id: str, row: Any) -> bool:
-        if isinstance(row, Exception):  # WRONGTYPE: not a hash
-            self.bad.append(CorruptRecord(keys.job_key(job_id), str(row)))
-            return False
-        created, st, ctx, ckey, key_field = row
-        if st is None:
-            return False  # trimmed since it was indexed
-        if self.state is not None and st != self.state.value:
-            return False
+    def valid_id(self, job_id: str) -> bool:
+        """Whether an index member is a job id (a forged one goes to `bad`)."""
         try:
-            created_ms = int(created or 0)
-        except ValueError:
-            self.bad.append(CorruptRecord(keys.job_key(job_id), f"field 'created': {created!r} is not a time"))
+            keys.job_key(job_id)
+            return True
+        except ValueError as exc:
+            self.bad.append(CorruptRecord(job_id, f"an index holds {str(exc).replace(repr(job_id), 'it')}"))
             return False
-        if self.since_ms is not None and created_ms < self.since_ms:
-            return False
-        if self.until_ms is not None and created_ms >= self.until_ms:
-            return False
-        return self.key is None or job_key_of(ctx, ckey, key_field) == self.key
