@@ -5,11 +5,29 @@ The package holds the runner (`runner`: which worker runs which job, the
 `worker`: one worker's states and their legal transitions), the daemon's end
 of each pipe (`pipe`), the messages between daemon and workers (`protocol`)
 and the code a worker runs (`child`). The dispatcher sees an ordinary
-`Runner`; the pool caps the number of runs *running* at once at its size (one
-per worker; the dispatcher caps each type), and may hold a few more queued
-ahead in each worker.
+`Runner`; the dispatcher caps each type's runs (its `concurrency`), and the
+pool spreads them over its workers, each of which runs many at once.
 
 Design, and why:
+
+- Every core, without the daemon setting the pace (issue 17): a worker runs many
+  jobs at once, and messages travel in batches, so the daemon's work per job is a
+  few list operations and a share of one write. Async handlers run on the
+  worker's own event loop (a thread of its own), each job a task: as many at once
+  as the daemon sends. Sync handlers run in lanes (threads, `threads` per worker,
+  default 4): the pool measures each sync type's share of time on the CPU (from the
+  worker thread's schedstat: ran or waiting for a CPU, over wall time) and gives a
+  type about 1 / that share lanes, so handlers that wait overlap their waits while
+  CPU-bound ones (and types not measured yet) run one at a time per worker, on its
+  main thread, as before. The daemon places a job where it starts at once (an
+  async type, a free lane), else queues it behind short sync runs only, else keeps
+  it in the pool. Chosen over workers that claim and settle in Redis themselves:
+  that would remove the hop, but it needs Redis credentials and a second copy of
+  the claim, lease, fencing and settle path in every worker, against the rule
+  that runners never touch Redis; with batches the hop costs the daemon less than
+  the claim and settle it does anyway. The price of sharing a process: a worker
+  killed for one job (its timeout, an ignored cancel, a crash) takes the jobs
+  running beside it with it; they fail that attempt and are delivered again.
 
 - Start method: `forkserver` (where the platform has it, else `spawn`), never a
   plain fork of the threaded daemon. The fork server preloads this package (and so
@@ -26,7 +44,7 @@ Design, and why:
 - Queue-ahead: a no-op job is far shorter than a round trip between two
   processes, so a worker that waited for its next job after each result would
   sit idle most of the time. Each worker therefore holds up to `queue_depth`
-  jobs queued ahead of the one it runs; the daemon sends new jobs to the
+  sync jobs queued behind those it runs; the daemon sends new jobs to the
   least-loaded worker. Jobs are only queued behind jobs of types that usually
   run short (the pool keeps an average run time per type): long ones gain
   nothing from it and would hold the jobs behind them. A queued job has not
@@ -47,12 +65,10 @@ Design, and why:
   write, buffering with `loop.add_writer` rather than blocking its loop. A
   worker's death is seen as EOF on the pipe and on the process sentinel; what
   it wrote before dying is still read.
-- Inside a worker, the main thread runs the handlers, one at a time in the
-  order they were sent (sync handlers directly, async ones on one persistent
-  event loop per worker, which is much cheaper than `asyncio.run` per job). A
-  daemon listener thread owns the receiving end: it queues `run`s for the main
-  thread and acts on `cancel`, `reclaim`, `stop` and child-enqueue replies at
-  once, so a busy handler can still be cancelled and queued jobs handed back.
+- Inside a worker (`child`): a listener thread owns the receiving end: it hands
+  async `run`s to the loop thread at once, queues sync ones for the lanes, and
+  acts on `cancel`, `reclaim`, `stop` and child-enqueue replies at once, so a
+  busy handler can still be cancelled and queued jobs handed back.
 """
 
 from runners.pool.child import worker_main

@@ -5,12 +5,13 @@ one message per line, several lines per write when they are ready together.
 
 Protocol (one JSON array per line, its first item names the message):
 
-    daemon -> worker   run job_id name attempt payload_json context deadline
+    daemon -> worker   run job_id name attempt payload_json context deadline lanes
                        cancel job_id | reclaim [job_id...] | stop
                        enqueued req ok value|error
-    worker -> daemon   ready pid types errors
+    worker -> daemon   ready pid types errors async_types
                        started job_id
-                       result job_id status result error retry_delay_s rss [traceback]
+                       result job_id status result error retry_delay_s rss busy [traceback]
+                         (busy: a sync run's share of its wall time on or waiting for a CPU)
                        dropped job_id (a cancelled queued job: never started)
                        returned [job_id...] (queued jobs handed back: never started)
                        progress job_id percent message step | heartbeat job_id

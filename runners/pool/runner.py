@@ -35,11 +35,14 @@ _CLOSED = "the process pool is closed"
 class ProcessPoolRunner:
     """Runs jobs on a pool of long-lived worker processes (the `process` runtime).
 
-    Each worker runs one job at a time and holds up to `queue_depth` more queued
-    ahead of it, so it starts the next job as soon as one ends instead of waiting
-    a round trip to the daemon. New jobs go to the least-loaded worker; jobs wait
-    in the pool when every worker is full. Jobs are queued only behind jobs of
-    types whose average run time (measured per type) is under
+    Each worker runs many jobs at once: async ones on its event loop, as many as
+    are sent, sync ones in its lanes (`threads`; a sync type gets about 1 / its
+    measured CPU share of them, so CPU-bound types run one at a time per worker).
+    A job goes to a worker that starts it at once, holding the fewest jobs; else
+    it is queued behind short sync runs (up to `queue_depth` per worker), so the
+    worker starts the next job as soon as one ends instead of waiting a round
+    trip to the daemon; else it waits in the pool. Jobs are queued only behind
+    jobs of types whose average run time (measured per type) is under
     `reclaim_after_s / (queue_depth + 1)`, so a queued job waits about
     `reclaim_after_s` at most; a type not measured yet counts as long. A queued
     job has not started: its timeout counts from its start, cancelling it drops
@@ -53,14 +56,16 @@ class ProcessPoolRunner:
         jobs_dir: the handler folder every worker loads (`supervisor.daemon.registry.load_jobs`).
         manifest: the handler sources the daemon accepted (`supervisor.daemon.accepted`), which
             workers import instead of the folder's files (None: the files as they are).
-        workers: pool size (settings.workers_concurrency): at most this many runs at once.
-        queue_depth: jobs a worker may hold queued ahead of the one it runs (0: none, a
-            worker gets its next job only after it reported the previous result). The
-            default, 8, lets the pool hold 9 runs per worker, so one write to a worker
-            carries several jobs. Measured on 2 cores, 2 workers draining no-op jobs at a
-            type concurrency of 32, in alternating runs: depth 3 4,642-5,440 jobs/s,
+        workers: pool size (settings.workers_concurrency): worker processes.
+        queue_depth: sync jobs a worker may hold queued behind those it runs (0: none, a
+            worker gets its next sync job only after it reported the previous result). The
+            default, 8, lets one write to a worker carry several jobs. Measured on 2 cores,
+            2 workers draining no-op jobs at a type concurrency of 32, in alternating runs
+            (before async jobs and lanes): depth 3 4,642-5,440 jobs/s,
             depth 8 4,929-6,120 (+10-15 %), depth 15 5,922; at a type concurrency of 8,
             depths 2 to 4 drain about equally fast, all about twice as fast as 0.
+        threads: sync lanes per worker: the most sync jobs of types that mostly wait one
+            worker runs at once (1: one sync job at a time per worker).
         reclaim_after_s: about the longest a job should wait queued in a worker (default
             50 ms). A job running this long is deemed long: nothing more is queued behind
             it, and what is queued behind it is handed to other workers.
