@@ -19,10 +19,10 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from watchfiles import awatch
@@ -30,7 +30,6 @@ from watchfiles import awatch
 from runners.base import Runner, lifecycle_hook
 from runners.command import CommandRunner, CommandSpec
 from runners.inprocess import InProcessRunner
-from runners.pool import ProcessPoolRunner
 from supervisor import __version__
 from supervisor.config import Settings
 from supervisor.daemon.catalog import Catalog, build_catalog, rebuild_catalog
@@ -60,8 +59,10 @@ from supervisor.handler import JobType
 from supervisor.observability.metrics import Metrics
 from supervisor.observability.run_observer import RunObserver
 from supervisor.observability.telemetry import Tracing
-from supervisor.operators.api.server import SHUTDOWN_PRIORITY as API_PRIORITY, RunningApi, start_in_daemon
 from supervisor.producers.client import Client
+
+if TYPE_CHECKING:  # the admin API (FastAPI, uvicorn: a third of the start) is imported when enabled
+    from supervisor.operators.api.server import RunningApi
 
 log = structlog.get_logger(__name__)
 AVAILABLE_RUNTIMES = ("inprocess", "process", "subprocess")
@@ -215,23 +216,26 @@ class Daemon:
             log.warning("redis.unsafe", warning=warning)
 
     def _make_runners(self, catalog: LiveCatalog, client: Client) -> dict[str, Runner]:
-        s = self.settings
-
-        async def child_enqueue(name: str, payload: Any, options: dict[str, Any], submit: bool) -> Any:
-            # a handler's ctx.enqueue / ctx.submit, through the daemon's own client
-            if submit:
-                return await client.submit(name, payload, **options)
-            return await client.enqueue(name, payload, **options)
-
+        """The runners every daemon has; the pool's is made when needed (`_add_runners`)."""
+        s, child_enqueue = self.settings, _child_enqueue(client)
         return {
             "inprocess": InProcessRunner(catalog.handler, child_enqueue, threads=s.threads,
                                          cancel_grace_s=s.cancel_grace),
             "subprocess": CommandRunner(catalog.command_for, catalog.payload_error, child_enqueue=child_enqueue),
-            "process": ProcessPoolRunner(
-                s.jobs_dir, s.workers_concurrency, max_jobs_per_worker=s.max_jobs_per_worker,
-                max_worker_rss_mb=s.max_worker_rss, cancel_grace_s=s.cancel_grace, kill_grace_s=s.kill_grace,
-                child_enqueue=child_enqueue, log_level=s.log_level, manifest=catalog.current.accepted),
         }
+
+    def _add_runners(self, parts: Parts) -> None:
+        """The `process` runner, made when a served type first needs it: importing the pool
+        (multiprocessing, psutil, the worker's code) costs a daemon without one a sixth of its start."""
+        if "process" in parts.runners or all(t.runtime != "process" for t in parts.catalog.current.served.values()):
+            return
+        from runners.pool import ProcessPoolRunner  # noqa: PLC0415 (see the docstring)
+
+        s = self.settings
+        parts.runners["process"] = ProcessPoolRunner(
+            s.jobs_dir, s.workers_concurrency, max_jobs_per_worker=s.max_jobs_per_worker,
+            max_worker_rss_mb=s.max_worker_rss, cancel_grace_s=s.cancel_grace, kill_grace_s=s.kill_grace,
+            child_enqueue=_child_enqueue(parts.client), log_level=s.log_level, manifest=parts.catalog.current.accepted)
 
     # --- run -------------------------------------------------------------------------
 
@@ -268,7 +272,10 @@ class Daemon:
         the dispatcher, the background loops and the scheduler."""
         await self._start_runners(parts)
         # None when api_enabled is off; binds before returning, so a bad address is a ConfigError
-        self.api = await start_in_daemon(self.settings, self.broker.redis, tracing=self.tracing)
+        if self.settings.api_enabled:
+            from supervisor.operators.api.server import start_in_daemon  # noqa: PLC0415 (see TYPE_CHECKING)
+
+            self.api = await start_in_daemon(self.settings, self.broker.redis, tracing=self.tracing)
         try:
             # before the types: a producer that sees a type published sees it served too (presence
             # announces the served types), and `workers` lists this instance by the time of READY=1
@@ -290,6 +297,7 @@ class Daemon:
 
     async def _start_runners(self, parts: Parts) -> None:
         """Call the `start` hook of each runner a served type needs, once (the pool: ~0.5 s)."""
+        self._add_runners(parts)
         needed = {t.runtime for t in parts.catalog.current.served.values()}
         for kind, runner in parts.runners.items():
             start = lifecycle_hook(runner, "start")
@@ -336,6 +344,7 @@ class Daemon:
                 await self.broker.publish_type(name, meta)
         p.catalog.current = new
         p.client.registry = new.registry
+        self._add_runners(p)  # before a `process` type's lane can claim
         _mark_replicated(self.broker, new)
         added, removed = p.dispatcher.update(new.served.values())
         p.scheduler.update(new.schedules)
@@ -411,6 +420,11 @@ class Daemon:
         """The one stop order: lower priority first, equal priorities in this order. The steps
         up to the runners' close take their time out of the `DrainBudget` (`drain_timeout` from
         the signal); a step whose object was never made (a failed start) does nothing."""
+        api = []
+        if self.settings.api_enabled:  # (api_enabled needs a restart)
+            from supervisor.operators.api.server import SHUTDOWN_PRIORITY  # noqa: PLC0415 (see TYPE_CHECKING)
+
+            api = [StopStep("admin-api", SHUTDOWN_PRIORITY, 10, self._stop_api)]
         return [
             StopStep("fetching", 10, 10, self._stop_fetching),  # claim nothing more
             StopStep("scheduler", 10, 10, lambda: self._stop_tasks("scheduler")),
@@ -418,7 +432,7 @@ class Daemon:
             StopStep("drain", 20, self.settings.drain_timeout + 30, self._drain),  # then release
             StopStep("runners", 30, 10, self._close_runners),
             StopStep("janitor-presence", 40, 10, self._stop_background),
-            StopStep("admin-api", API_PRIORITY, 10, self._stop_api),
+            *api,
             StopStep("redis", 80, 10, self.broker.close),  # after the runs: heartbeats outlive them
             StopStep("telemetry", 85, 10, self._stop_telemetry),  # flush spans, stop /metrics
             StopStep("embedded-redis", 90, 30, self._stop_embedded),  # last: everything above uses it
@@ -477,6 +491,17 @@ def _mark_replicated(broker: Broker, catalog: Catalog) -> None:
     """The served types of `durability = "replicated"` wait for a replica (`Broker.replicated`)."""
     broker.replicated.clear()
     broker.replicated.update(name for name, t in catalog.served.items() if t.policy.durability == "replicated")
+
+
+def _child_enqueue(client: Client) -> Callable[[str, Any, dict[str, Any], bool], Awaitable[Any]]:
+    """A handler's ctx.enqueue / ctx.submit, as the runners call it: through the daemon's own client."""
+
+    async def child_enqueue(name: str, payload: Any, options: dict[str, Any], submit: bool) -> Any:
+        if submit:
+            return await client.submit(name, payload, **options)
+        return await client.enqueue(name, payload, **options)
+
+    return child_enqueue
 
 
 def _embedded_server(state_dir: Path) -> RedisServer:

@@ -1,0 +1,48 @@
+"""A daemon imports what its settings and types use (issue 17, item 3): no admin API (FastAPI,
+uvicorn) unless enabled, no process pool until a served type needs one, then at once."""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from supervisor import Client, State
+from tests.conftest import HANDLERS, ROOT, await_until
+
+_until = functools.partial(await_until, timeout=15.0)
+
+# What `job-supervisor run` imports before its settings say whether it needs them.
+_PROBE = """
+import json, sys
+from supervisor.operators.cli import main
+import supervisor.daemon.app
+print(json.dumps(sorted(m for m in sys.modules)))
+"""
+
+
+def test_the_daemon_imports_no_admin_api_and_no_pool_up_front() -> None:
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, cwd=ROOT,
+                         check=True, timeout=60).stdout
+    modules = set(json.loads(out))
+    assert "supervisor.daemon.daemon" in modules  # the probe imported the composition root
+    for heavy in ("fastapi", "uvicorn", "starlette", "supervisor.operators.api", "runners.pool"):
+        assert heavy not in modules, f"{heavy} is imported before a setting or a type asks for it"
+
+
+async def test_a_reload_that_adds_a_process_type_starts_the_pool(redis_url: str, use_handlers: Any,
+                                                                 daemon: Any, jobs_dir: Path) -> None:
+    # Given a daemon that serves no `process` type (its pool not even made)
+    use_handlers("basic")
+    d = daemon()
+    # When a file with one arrives (hot reload)
+    shutil.copy(HANDLERS / "runtimes.py", jobs_dir / "runtimes.py")
+    await _until(lambda: any("t.pid-process" in e["types"] for e in d.events("reload.done")), what="reloaded")
+    # Then its jobs run in a pool worker
+    async with Client(redis_url) as client:
+        job = await client.wait((await client.enqueue("t.pid-process", {})).id, timeout=30)
+    assert job.state is State.COMPLETED and job.result["pid"] != d.pid
