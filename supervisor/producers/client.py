@@ -191,9 +191,7 @@ class Client:
             raise
         # Every job was offered; a rejected one raises after the others were queued.
         refs = batch.refs(replies)
-        for req, ref in zip(reqs, refs, strict=False):
-            if req.depends_on or req.batch:
-                await workflows.link(self, req, SubmitOutcome("accepted", ref.id, ref.name))
+        await workflows.link_many(self, reqs, refs)
         return refs
 
     # --- workflows and batches (supervisor.producers.workflows, docs/workflows.md) --------

@@ -347,6 +347,21 @@ async def link(client: Client, req: EnqueueRequest, outcome: SubmitOutcome) -> N
         await add_to_batch(client, req.batch, [outcome.job_id])
 
 
+async def link_many(client: Client, reqs: list[EnqueueRequest], refs: list[Any]) -> None:
+    """`link` for the jobs of `enqueue_many` (`refs`: their JobRefs): one batch call per 1,000 members."""
+    transport = client.broker.transport
+    members: dict[str, list[str]] = {}
+    for req, ref in zip(reqs, refs, strict=False):
+        if req.depends_on:
+            await deps.attach(transport, ref.id, req.name, list(req.depends_on))
+            await deps.open_gate(transport, ref.id, req.name)
+        if req.batch:
+            members.setdefault(req.batch, []).append(ref.id)
+    for batch_id, ids in members.items():
+        for start in range(0, len(ids), 1000):
+            await add_to_batch(client, batch_id, ids[start:start + 1000])
+
+
 # --- batches --------------------------------------------------------------------------
 
 
@@ -423,6 +438,8 @@ async def batch_status(client: Client, batch_id: str) -> dict[str, Any]:
             "created": int(rec.get("created") or 0)}
 
 
-__all__ = ["Callback", "Graph", "Step", "WorkflowRef", "add_to_batch", "batch_status", "cancel", "chain", "chord",
-           "close_batch", "create", "dag", "derived_state", "fire", "get", "group", "link", "list_workflows",
-           "open_batch"]
+__all__ = [
+    "Callback", "Graph", "Step", "WorkflowRef", "add_to_batch", "batch_status", "cancel", "chain", "chord",
+    "close_batch", "create", "dag", "derived_state", "fire", "get", "group", "link", "link_many", "list_workflows",
+    "open_batch",
+]

@@ -72,3 +72,12 @@ def sub_spawn(payload: dict, ctx: Context) -> dict[str, Any]:
     ref = ctx.enqueue("wf.step", {"add": 1})
     again = ctx.submit("wf.step", {"add": 1}, idempotency_key=f"{ctx.job_id}:again")
     return {"child": ref.id, "second": again.job_id, "outcome": again.outcome}
+
+
+@job("wf.crash-step", concurrency=50, ack_wait=3, max_deliver=50, backoff=[0.05])
+async def crash_step(payload: dict, ctx: Context) -> dict[str, Any]:
+    """A step of the crash tests: a short run (so SIGKILLs land mid-run), a short lease (so a killed
+    daemon's runs come back soon), and every run witnessed."""
+    await asyncio.sleep(float(payload.get("sleep", 0.2)))
+    _witness(payload, ctx)
+    return {"total": 1}
