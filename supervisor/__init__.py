@@ -27,6 +27,7 @@ _EXPORTS = {
     "State": "engine.states",
     "Step": "producers.workflows", "chain": "producers.workflows", "group": "producers.workflows",
     "chord": "producers.workflows", "dag": "producers.workflows", "Callback": "producers.workflows",
+    "Graph": "producers.workflows",
     "InvalidWorkflow": "errors", "WorkflowNotFound": "errors",
 }
 
@@ -76,6 +77,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     )
     from supervisor.producers.workflows import (
         Callback as Callback,
+        Graph as Graph,
         Step as Step,
         chain as chain,
         chord as chord,

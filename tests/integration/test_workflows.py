@@ -4,15 +4,20 @@ on_dependency_failure, the graph builder, cancel of a running workflow, batches.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from supervisor import Callback, Client, InvalidWorkflow, State, Step, chain, chord, dag, group
 from supervisor.operators.admin import job_fields
-from tests.conftest import await_until
+from supervisor.operators.api.app import create_app
+from tests.conftest import await_until, cli_env, run_cli
 
 _until = functools.partial(await_until, timeout=20.0)
 
@@ -221,11 +226,6 @@ def _callbacks(path: Path) -> int:
 
 async def test_cli_and_api_show_and_cancel_a_workflow(redis_url: str, use_handlers: Any, daemon: Any,
                                                       tmp_path: Path) -> None:
-    import httpx  # noqa: PLC0415
-
-    from supervisor.operators.api.app import create_app  # noqa: PLC0415
-    from tests.conftest import cli_env, run_cli  # noqa: PLC0415
-
     use_handlers("workflow")
     daemon()
     env = cli_env(REDIS_URL=redis_url)
@@ -245,8 +245,9 @@ async def test_cli_and_api_show_and_cancel_a_workflow(redis_url: str, use_handle
         assert run_cli("workflows", "get", "wf-0000000000000000", env=env, cwd=tmp_path).returncode == 3
         # The API lists it, and cancels it as a whole
         app = create_app(redis_url, "t0ken")
+        auth = {"Authorization": "Bearer t0ken"}
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://api",
-                                     headers={"Authorization": "Bearer t0ken"}) as api, app.router.lifespan_context(app):
+                                     headers=auth) as api, app.router.lifespan_context(app):
             listed = (await api.get("/workflows")).json()["workflows"]
             assert any(w["id"] == ref.id and w["state"] == "running" for w in listed)
             done = await api.post(f"/workflows/{ref.id}/cancel", json={"reason": "enough"})
@@ -258,3 +259,29 @@ async def test_cli_and_api_show_and_cancel_a_workflow(redis_url: str, use_handle
 
 async def _is(client: Client, job_id: str, state: State) -> bool:
     return await _state(client, job_id) is state
+
+
+async def test_the_orders_example_runs_as_a_workflow(redis_url: str, jobs_dir: Path, daemon: Any) -> None:
+    shutil.copy(Path(__file__).resolve().parents[2] / "jobs" / "orders.py", jobs_dir / "orders.py")
+    spec = importlib.util.spec_from_file_location("orders_example", jobs_dir / "orders.py")
+    assert spec is not None and spec.loader is not None
+    orders = sys.modules["orders_example"] = importlib.util.module_from_spec(spec)  # (pydantic resolves names there)
+    spec.loader.exec_module(orders)
+    daemon()
+    item = [{"sku": "book", "quantity": 1}]
+    async with Client(redis_url) as client:
+        # An order runs reserve and fraud-check, then charge, notify, publish, results passed along
+        ref = await orders.place_order(client, {"order_id": "o-1", "items": item, "amount_cents": 1999})
+        assert ref.id == "order-o-1"
+        published = await client.wait(ref.jobs["publish"], timeout=20)
+        assert published.state is State.COMPLETED
+        assert published.result == {"published": "orders.shipped", "order_id": "o-1",
+                                    "reservation_id": "res-o-1", "payment_id": "pay-o-1"}
+        assert (await orders.place_order(client, {"order_id": "o-1", "items": item, "amount_cents": 1999})).jobs \
+            == ref.jobs, "placing the same order again makes nothing twice"
+        # An order the fraud check refuses is never charged
+        bad = await orders.place_order(client, {"order_id": "o-2", "items": item, "amount_cents": 5_000_000})
+        charge = await client.wait(bad.jobs["charge"], timeout=20)
+        assert charge.state is State.CANCELLED
+        assert (await client.wait(bad.jobs["publish"], timeout=20)).state is State.CANCELLED
+        assert (await client.get_workflow(bad.id))["state"] == "failed"
