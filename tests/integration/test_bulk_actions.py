@@ -126,3 +126,15 @@ async def test_pause_flag_stops_claims_and_survives_as_a_key(redis_url: str, bro
         assert (resumed.paused, resumed.changed) == (False, True)
         batch = await broker.claim(T, "i", 10, 60_000, 3)
         assert ref.id in {j.id for j in batch.jobs} and len(batch.jobs) == 2
+
+
+async def test_deleting_a_job_others_wait_on_tells_them(redis_url: str, broker: Broker,
+                                                        redis: aioredis.Redis) -> None:
+    async with Client(redis_url, allow_unknown=True) as client:
+        parent = await client.enqueue(T, {})
+        child = await client.enqueue(T, {}, depends_on=[parent.id])
+        assert (await client.get(child.id)).state is State.WAITING
+        deleted = await control.bulk(broker, "delete", BulkFilter(type=T, state=State.PENDING))
+        assert deleted.done == 1
+        # its release notice: the daemon's releaser delivers it, and the child hears "cancelled"
+        assert await redis.zrange(keys.index_key(T, "outbox"), 0, -1) == [f"{parent.id} cancelled"]

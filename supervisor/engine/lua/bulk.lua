@@ -17,6 +17,8 @@ local states, since, till = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
 local key, needle, dry, most = ARGV[11], ARGV[12], ARGV[13] == '1', tonumber(ARGV[14])
 local source, by, reason = ARGV[15], ARGV[16], ARGV[17]
 local LP = string.sub(JP, 1, -3) .. 'log:' -- js:{tag}:j: -> js:{tag}:log:
+local FINISHED_STATES = {completed = true, failed = true, dead = true, cancelled = true, expired = true,
+                         dismissed = true}
 
 -- The job's concurrency key, as supervisor.operators.admin.job_key_of reads it.
 local function key_of(ckey, kfield, ctx)
@@ -40,12 +42,15 @@ end
 
 local function delete_job(id, st)
   local jk = JP .. id
-  local f = redis.call('HMGET', jk, 'state', 'idem', 'ckey', 'deliveries', 'ctx')
+  local f = redis.call('HMGET', jk, 'state', 'idem', 'ckey', 'deliveries', 'ctx', 'notify')
   if f[1] ~= st or st == 'active' then return 'invalid' end
   for _, set in ipairs({'ready', 'sched', 'waiting', 'deadline', 'st:' .. st}) do redis.call('ZREM', P .. set, id) end
   key_leave(P, id, f[3], true)
   if f[2] and redis.call('GET', P .. 'idem:' .. f[2]) == id then redis.call('DEL', P .. 'idem:' .. f[2]) end
   redis.call('DEL', jk, LP .. id)
+  -- a live job others wait on (dependents, a batch) will never settle now: they hear it as cancelled
+  -- (a finished one told them when it finished)
+  if f[6] and not FINISHED_STATES[st] then notify_settled(P, id, 'cancelled') end
   emit(P, 'deleted', id, st, f[4], f[5], 'source', source, 'by', by)
   return 'deleted'
 end
