@@ -159,6 +159,50 @@ def _stream_time(stream_id: str) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
+#: The fields of a batch entry that hold one value per job (space-separated lists, in one order).
+_BATCH_LISTS = (("ids", "id"), ("attempts", "attempt"), ("request_ids", "request_id"), ("trace_ids", "trace_id"))
+
+
+def job_fields(fields: dict[str, str]) -> list[dict[str, str]]:
+    """The events of one lifecycle stream entry, each with the fields a single job's entry has
+    (event, id, state, attempt, request_id, trace_id, ...). The scripts that move a batch of jobs
+    at once (claim's `started`, complete's `completed`, the bulk enqueue's `enqueued`) write one
+    entry for the batch: the shared fields, then `ids`, `attempts`, `request_ids`, `trace_ids`
+    (space-separated, one value per job) and for `completed` `results` (a JSON array) and maybe
+    `result_bytes` (a list; 0: carried). Any other entry is one job's event, returned as it is."""
+    if "ids" not in fields:
+        return [fields]
+    lists = [fields.get(key, "").split(" ") for key, _ in _BATCH_LISTS]
+    n = len(lists[0])
+    results: Any = None
+    try:
+        if "results" in fields:
+            results = loads(fields["results"])
+    except ValueError:
+        return [fields]
+    sizes = fields["result_bytes"].split(" ") if "result_bytes" in fields else None
+    if any(len(values) != n for values in lists) or (results is not None and (
+            not isinstance(results, list) or len(results) != n)) or (sizes is not None and len(sizes) != n):
+        return [fields]  # another program's entry: shown as it is
+    skip = {key for key, _ in _BATCH_LISTS} | {"results", "result_bytes", "event", "state"}
+    shared = {k: v for k, v in fields.items() if k not in skip}
+    out = []
+    for i in range(n):
+        one = {"event": fields.get("event", ""), "id": lists[0][i], "state": fields.get("state", ""),
+               "attempt": lists[1][i], "request_id": lists[2][i], "trace_id": lists[3][i], **shared}
+        if sizes is not None and sizes[i] != "0":
+            one["result_bytes"] = sizes[i]
+        elif results is not None:  # as a single job's event carries it: the result's JSON text
+            one["result"] = json.dumps(results[i], separators=(",", ":"))
+        out.append(one)
+    return out
+
+
+def event_documents(type_name: str, stream_id: str, fields: dict[str, str]) -> list[dict[str, Any]]:
+    """One lifecycle stream entry as JSON documents, one per job (`job_fields`, `event_document`)."""
+    return [event_document(type_name, stream_id, one) for one in job_fields(fields)]
+
+
 def event_document(type_name: str, stream_id: str, fields: dict[str, str]) -> dict[str, Any]:
     """One lifecycle stream entry as JSON: type, event, job_id, state, attempt, time, stream_id, extras."""
     # An entry another program added is shown as it is, its non-UTF-8 bytes escaped, never an error.
@@ -218,7 +262,7 @@ async def recent_executions(
                 break
             for sid, fields in entries:
                 if fields.get("event") in EXECUTION_EVENTS:
-                    got.append(event_document(name, sid, fields))
+                    got.extend(reversed(event_documents(name, sid, fields)))  # newest first
             scanned += len(entries)
             if len(entries) < page:
                 break
@@ -240,10 +284,22 @@ class StreamPositions:
     """
 
     floor: str
+    # an entry id, or `<id>/<k>`: the first k events of the batch entry <id> were delivered
     pos: dict[str, str] = field(default_factory=dict)
 
     def of(self, name: str) -> str:
-        return self.pos.get(name, self.floor)
+        """Where the next read of `name`'s stream starts (after this id): right before an entry
+        that was delivered only in part."""
+        sid, partial, _ = self.pos.get(name, self.floor).partition("/")
+        if not partial:
+            return sid
+        ms, seq = _id_key(sid)
+        return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-18446744073709551615"
+
+    def delivered(self, name: str, sid: str) -> int:
+        """How many events of entry `sid` were delivered already (a batch entry read in part)."""
+        at, partial, k = self.pos.get(name, "").partition("/")
+        return int(k) if partial and at == sid else 0
 
     def token(self) -> str:
         doc = {"v": 1, "f": self.floor, "p": {k: v for k, v in sorted(self.pos.items()) if v != self.floor}}
@@ -257,7 +313,10 @@ class StreamPositions:
             floor, pos = doc["f"], doc.get("p", {})
             _id_key(floor)
             for v in pos.values():
-                _id_key(v)
+                sid, partial, k = v.partition("/")
+                _id_key(sid)
+                if partial and not k.isdigit():
+                    raise ValueError(v)
         except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
             raise ValueError("not an event id returned by this API") from exc
         if doc.get("v") != 1 or not isinstance(pos, dict):
@@ -360,11 +419,15 @@ class EventFollower:
             merged.sort(key=lambda e: _id_key(e[1]))
             delivered = False
             for name, sid, fields in merged:
+                docs = event_documents(name, sid, fields)
+                done = positions.delivered(name, sid)  # a batch entry delivered in part before a resume
                 positions.pos[name] = sid
-                if self.job_id and fields.get("id") != self.job_id:
-                    continue
-                delivered = True
-                yield FollowedEvent(positions.token(), name, event_document(name, sid, fields))
+                for k in range(done, len(docs)):
+                    positions.pos[name] = sid if k + 1 == len(docs) else f"{sid}/{k + 1}"
+                    if self.job_id and docs[k]["job_id"] != self.job_id:
+                        continue
+                    delivered = True
+                    yield FollowedEvent(positions.token(), name, docs[k])
             if not delivered:
                 yield None
 

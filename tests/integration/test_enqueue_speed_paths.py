@@ -28,6 +28,7 @@ from supervisor.engine.broker import Broker
 from supervisor.engine.wire import PackedCall, Script, SyncWire, params_of
 from supervisor.errors import InvalidPayload, UnknownJobType
 from supervisor.observability.telemetry import Tracing
+from supervisor.operators.admin import job_fields
 from supervisor.producers.client import Client, EnqueueRequest, SyncClient
 from tests.conftest import memory_tracing
 
@@ -65,7 +66,8 @@ def _record(r: syncredis.Redis, job_id: str) -> dict[str, str]:
 
 
 def _events(r: syncredis.Redis, name: str) -> list[tuple[str, dict[str, str]]]:
-    return r.xrange(keys.events_key(name))
+    """Every job's event, a batch's entry read as one event per job (admin.job_fields)."""
+    return [(sid, one) for sid, fields in r.xrange(keys.events_key(name)) for one in job_fields(fields)]
 
 
 def _assert_fresh_record(r: syncredis.Redis, job_id: str, name: str, payload: Any, before_ms: int) -> None:

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from supervisor import Client, State
 from supervisor.engine import keys
+from supervisor.operators.admin import job_fields
 from supervisor.operators.api.app import create_app
 from supervisor.producers.client import new_trace_context
 from tests.conftest import cli_env, run_cli
@@ -101,8 +102,8 @@ async def test_lifecycle_events_carry_request_and_trace_ids_and_the_result(
     finally:
         await r.aclose()
 
-    def of(events: list[Any], job_id: str) -> list[dict[str, str]]:
-        return [fields for _, fields in events if fields["id"] == job_id]
+    def of(events: list[Any], job_id: str) -> list[dict[str, str]]:  # a batch's entry: one event per job
+        return [one for _, fields in events for one in job_fields(fields) if one["id"] == job_id]
 
     assert theirs.context["request_id"] == "req-42"
     for job, events in ((ok, of(echo_events, ok.id)), (theirs, of(echo_events, theirs.id)),

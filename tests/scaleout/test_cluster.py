@@ -18,6 +18,7 @@ from redis.exceptions import (
 
 from supervisor.engine import keys
 from supervisor.engine.broker import connect
+from supervisor.operators.admin import job_fields
 from supervisor.producers.client import Client
 from tests.conftest import DaemonProcess, await_until
 from tests.scaleout.conftest import Cluster
@@ -41,9 +42,10 @@ async def _completed_once(url: str, ids: dict[str, str]) -> Counter[str]:
         await await_until(all_completed, 90, interval=0.5, what="every job completed")
         completions: Counter[str] = Counter()
         for name in TYPES:
-            for _, fields in await redis.xrange(keys.events_key(name)):
-                if fields["event"] == "completed":
-                    completions[fields["id"]] += 1
+            for _, entry in await redis.xrange(keys.events_key(name)):
+                for fields in job_fields(entry):  # a batch's entry: one event per job
+                    if fields["event"] == "completed":
+                        completions[fields["id"]] += 1
         return completions
     finally:
         await redis.aclose()

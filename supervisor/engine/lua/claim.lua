@@ -141,7 +141,7 @@ for i = 1, #popped, 2 do
       leased[#leased + 1] = lease_until
       leased[#leased + 1] = id
       if rate > 0 then redis.call('ZADD', P .. 'rate', now, id .. ':' .. lease) end
-      emit(P, 'started', id, 'active', d_s, f[5], 'instance', inst)
+      if not batch_event(id, d_s, f[5]) then emit(P, 'started', id, 'active', d_s, f[5], 'instance', inst) end
       out[#out + 1] = id
       out[#out + 1] = f[2]
       out[#out + 1] = d
@@ -153,6 +153,7 @@ for i = 1, #popped, 2 do
   end
 end
 if #leased > 0 then call_spread('ZADD', active, leased) end
+flush_batch_events(P, 'started', 'active', 'instance', inst)
 if next(hc) then hist_add(P, now, hc) end
 -- Wake another idle instance when work remains that it could start now (never while
 -- rate-limited: the waiters would only spin until the window opens). A ZPOPMIN that

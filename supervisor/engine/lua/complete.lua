@@ -36,10 +36,12 @@ for i = 0, n - 1 do
     parked[#parked + 1] = id
     key_leave(P, id, f[7], true)
     if f[10] then notify_settled(P, id, 'completed') end -- dependents or a batch wait on it
-    if #result <= EVENT_RESULT_MAX then
-      emit(P, 'completed', id, 'completed', f[3], f[9], 'result', result)
-    else -- bounded: a large result is read from the job, not carried by every event
-      emit(P, 'completed', id, 'completed', f[3], f[9], 'result_bytes', #result)
+    if not batch_event(id, f[3], f[9], result) then -- one `completed` entry for the batch, below
+      if #result <= EVENT_RESULT_MAX then
+        emit(P, 'completed', id, 'completed', f[3], f[9], 'result', result)
+      else -- bounded: a large result is read from the job, not carried by every event
+        emit(P, 'completed', id, 'completed', f[3], f[9], 'result_bytes', #result)
+      end
     end
     out[#out + 1] = 'ok'
   end
@@ -53,5 +55,6 @@ if #done > 0 then
   redis.call('ZREMRANGEBYSCORE', idx, '-inf', now - ret)
   if #deadlines > 0 then call_spread('ZREM', P .. 'deadline', deadlines) end
 end
+flush_batch_events(P, 'completed', 'completed')
 trim_events(P)
 return out

@@ -81,9 +81,11 @@ if stride == 3 then
     local score = int_s(seq)
     redis.call('HSET', JP .. id, 'name', name, 'state', 'pending', 'payload', ARGV[b + 1], 'score', score,
                'created', created, 'ctx', ARGV[b + 2])
-    local rid, tid = ctx_ids(ARGV[b + 2])
-    redis.call('XADD', events, '*', 'event', 'enqueued', 'id', id, -- trimmed once, below
-               'state', 'pending', 'attempt', '0', 'request_id', rid, 'trace_id', tid)
+    if not batch_event(id, '0', ARGV[b + 2]) then -- one `enqueued` entry for the batch, below
+      local rid, tid = ctx_ids(ARGV[b + 2])
+      redis.call('XADD', events, '*', 'event', 'enqueued', 'id', id, 'state', 'pending', 'attempt', '0',
+                 'request_id', rid, 'trace_id', tid)
+    end
     ready[#ready + 1] = score
     ready[#ready + 1] = id
     out[#out + 1] = id
@@ -91,6 +93,7 @@ if stride == 3 then
     out[#out + 1] = ''
   end
   call_spread('ZADD', P .. 'ready', ready)
+  flush_batch_events(P, 'enqueued', 'pending')
   redis.call('XTRIM', events, 'MAXLEN', '~', EVENTS_MAXLEN) -- once per batch (see trim_once in lib.lua)
   hist_add(P, now, {e = n})
   wake(P)

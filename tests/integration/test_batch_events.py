@@ -1,0 +1,74 @@
+"""Events of a batch (issue 17, item 2): the bulk enqueue, claim and complete write one stream
+entry per call, and every reader gives one event per job, resuming inside such an entry without
+loss or repeat. Real Redis, a real daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from supervisor import Client, State
+from supervisor.engine import keys
+from supervisor.operators.admin import EventFollower, FollowedEvent, job_fields, recent_executions
+from supervisor.producers.client import EnqueueRequest
+
+
+async def _take(follower: EventFollower, n: int) -> list[FollowedEvent]:
+    got: list[FollowedEvent] = []
+    async def read() -> None:
+        async for item in follower.events():
+            if item is not None:
+                got.append(item)
+                if len(got) == n:
+                    return
+    await asyncio.wait_for(read(), 20)
+    return got
+
+
+async def test_a_batch_entry_is_one_event_per_job_and_resumes_inside(redis_url: str) -> None:
+    r = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        async with Client(redis_url, allow_unknown=True) as client:
+            first = EventFollower(r, types=["t.bulk"], block_ms=200)
+            await first.prepare()
+            # Given five jobs enqueued in one call: one `enqueued` entry in the stream
+            refs = await client.enqueue_many([EnqueueRequest("t.bulk", {"i": i}) for i in range(5)])
+            ids = [ref.id for ref in refs]
+            entries = await r.xrange(keys.events_key("t.bulk"))
+            assert len(entries) == 1 and [f["id"] for f in job_fields(entries[0][1])] == ids
+            # When a follower reads two of its events and a second one resumes from the token
+            seen = await _take(first, 2)
+            rest = await _take(EventFollower(r, types=["t.bulk"], start=seen[-1].token, block_ms=200), 3)
+        # Then the five events come once each, in order, each with its own request id
+        events = [e.doc for e in [*seen, *rest]]
+        assert [d["job_id"] for d in events] == ids
+        assert {d["event"] for d in events} == {"enqueued"} and {d["state"] for d in events} == {"pending"}
+        assert len({d["request_id"] for d in events}) == 5 and all(d["trace_id"] for d in events)
+    finally:
+        await r.aclose()
+
+
+async def test_started_and_completed_of_a_batch_read_per_job(redis_url: str, use_handlers: Any,
+                                                              daemon: Any) -> None:
+    use_handlers("basic")
+    daemon()
+    async with Client(redis_url) as client:
+        refs = await client.enqueue_many([EnqueueRequest("t.echo", {"value": f"v{i}"}) for i in range(20)])
+        done = [await client.wait(ref.id, timeout=20) for ref in refs]
+        assert all(job.state is State.COMPLETED for job in done)
+        r = client.broker.redis
+        per_job: dict[str, list[dict[str, str]]] = {}
+        for _, entry in await r.xrange(keys.events_key("t.echo")):
+            for one in job_fields(entry):
+                per_job.setdefault(one["id"], []).append(one)
+        for job in done:
+            events = per_job[job.id]
+            assert [e["event"] for e in events] == ["enqueued", "started", "completed"]
+            assert {e["request_id"] for e in events} == {job.context["request_id"]}
+            assert events[1]["instance"] and events[2]["attempt"] == "1"
+            assert json.loads(events[2]["result"]) == job.result and job.attempts[-1].outcome == "completed"
+        recent = await recent_executions(r, ["t.echo"], limit=10)
+        assert len(recent) == 10 and {d["event"] for d in recent} <= {"started", "completed"}
