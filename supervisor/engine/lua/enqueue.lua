@@ -83,8 +83,8 @@ if stride == 3 then
                'created', created, 'ctx', ARGV[b + 2])
     if not batch_event(id, '0', ARGV[b + 2]) then -- one `enqueued` entry for the batch, below
       local rid, tid = ctx_ids(ARGV[b + 2])
-      redis.call('XADD', events, '*', 'event', 'enqueued', 'id', id, 'state', 'pending', 'attempt', '0',
-                 'request_id', rid, 'trace_id', tid)
+      redis.call('XADD', events, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', 'enqueued', 'id', id, 'state', 'pending',
+                 'attempt', '0', 'request_id', rid, 'trace_id', tid)
     end
     ready[#ready + 1] = score
     ready[#ready + 1] = id
@@ -94,7 +94,6 @@ if stride == 3 then
   end
   call_spread('ZADD', P .. 'ready', ready)
   flush_batch_events(P, 'enqueued', 'pending')
-  redis.call('XTRIM', events, 'MAXLEN', '~', EVENTS_MAXLEN) -- once per batch (see trim_once in lib.lua)
   hist_add(P, now, {e = n})
   wake(P)
   return out

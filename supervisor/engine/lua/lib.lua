@@ -98,8 +98,8 @@ local function batch_event(id, attempt, ctx, result)
   end
   return true
 end
--- One entry for the events added since the last flush; the stream is then trimmed so that it
--- holds about EVENTS_MAXLEN events (a batch entry counts as its jobs).
+-- One entry for the events added since the last flush, trimming the stream so that it holds
+-- about EVENTS_MAXLEN events (a batch entry counts as its jobs).
 local function flush_batch_events(P, event, state, ...)
   local n = #batch.ids
   if n == 0 then return end
@@ -111,8 +111,7 @@ local function flush_batch_events(P, event, state, ...)
     if batch.large then f[#f + 1] = 'result_bytes'; f[#f + 1] = table.concat(batch.sizes, ' ') end
   end
   for _, v in ipairs({...}) do f[#f + 1] = v end
-  redis.call('XADD', P .. 'events', '*', unpack(f))
-  redis.call('XTRIM', P .. 'events', 'MAXLEN', '~', int_s(math.max(100, math.floor(EVENTS_MAXLEN / n))))
+  redis.call('XADD', P .. 'events', 'MAXLEN', '~', int_s(math.max(100, math.floor(EVENTS_MAXLEN / n))), '*', unpack(f))
   batch = {ids = {}, attempts = {}, rids = {}, tids = {}, results = {}, sizes = {}, large = false}
 end
 
