@@ -120,12 +120,7 @@ async def bulk_action(request: Request, action: Annotated[BulkAction, Path()], b
     so a filter over millions of records never holds Redis for long; each job's history records
     the action (delete and purge remove the record). Which states each action takes: see BulkIn.
     Registered before /jobs/{job_id}/...: `bulk` is never a job id."""
-    try:
-        state = State(body.state) if body.state else None
-    except ValueError:
-        raise ApiError("invalid_request", f"state: {body.state!r} is not a job state; use one of "
-                       f"{', '.join(s.value for s in State)}", "state") from None
-    flt = BulkFilter(type=body.type, state=state, key=body.key, since=body.since, until=body.until,
+    flt = BulkFilter(type=body.type, state=body.state, key=body.key, since=body.since, until=body.until,
                      error=body.error, limit=body.limit)
     try:
         report = await _state(request).client.bulk(action, flt, dry_run=body.dry_run, **_actor(request))

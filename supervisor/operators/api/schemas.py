@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic_core import PydanticCustomError
 
+from supervisor.engine.states import State
+
 
 class FieldError(BaseModel):
     field: str = Field(description="The JSON path of the value at fault, e.g. payload.items.0.sku.")
@@ -170,7 +172,7 @@ class BulkIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: str | None = Field(None, max_length=200, description="Job type (default: every type; purge needs one).")
-    state: str | None = Field(None, description="Only jobs in this state (default: every state the action takes).")
+    state: State | None = Field(None, description="Only jobs in this state (default: every state the action takes).")
     key: str | None = Field(None, max_length=1000, description="Only jobs with this concurrency key.")
     since: AwareDatetime | None = Field(None, description="Created at or after (ISO-8601 with a zone).")
     until: AwareDatetime | None = Field(None, description="Created before (ISO-8601 with a zone).")
