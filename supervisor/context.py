@@ -265,12 +265,18 @@ class Context:
         context: dict[str, str] | None = None,
         deadline: datetime | None = None,
         is_async: bool = True,
+        dependency_results: dict[str, dict[str, Any]] | None = None,
     ) -> TestContext:
-        """A Context for calling a handler directly in a unit test; it records what the handler did."""
+        """A Context for calling a handler directly in a unit test; it records what the handler did.
+        `dependency_results`: what `ctx.dependency_results` holds, by job id:
+        {"<id>": {"name": "<type>", "state": "completed", "result": ...}}."""
         sink = RecordingSink()
+        context = context or {"request_id": "test-request", "trace_id": "0" * 32}
+        if dependency_results is not None:
+            context = {**context, "dependency_results": json.dumps(dependency_results)}
         ctx = TestContext(
             job_id=job_id, job_name=job_name, attempt=attempt, payload=payload,
-            context=context or {"request_id": "test-request", "trace_id": "0" * 32},
+            context=context,
             deadline=deadline, sink=sink, is_async=is_async,
         )
         ctx.recorded = sink
