@@ -89,7 +89,7 @@ class BulkFilter:
     key: str | None = None
     since: datetime | None = None  # created at or after
     until: datetime | None = None  # created before
-    error: str | None = None  # a substring of the job's error, case-insensitive
+    error: str | None = None  # a substring of the job's error, case-insensitive (ASCII letters)
     limit: int | None = None  # act on at most this many
 
 
@@ -135,6 +135,11 @@ def _parts(states: frozenset[State]) -> list[str]:
     return parts
 
 
+def _ascii_lower(text: str) -> str:
+    """`text` with its ASCII letters in lower case, as Lua's string.lower does to the job's error."""
+    return "".join(c.lower() if c.isascii() else c for c in text)
+
+
 def _ms(value: datetime | None) -> str:
     if value is None:
         return ""
@@ -157,7 +162,7 @@ async def bulk(broker: Broker, action: str, flt: BulkFilter, *, dry_run: bool = 
     started = time.perf_counter()
     names = [flt.type] if flt.type else await broker.type_names()
     common = [",".join(["", *(s.value for s in states), ""]), _ms(flt.since), _ms(flt.until), flt.key or "",
-              (flt.error or "").lower(), "1" if dry_run else "0"]
+              _ascii_lower(flt.error or ""), "1" if dry_run else "0"]
     for name in names:
         for part in _parts(states):
             await _bulk_index(broker, report, name, part, action, common, flt.limit, source, by, reason)
