@@ -206,7 +206,7 @@ class Broker:
         prefix, job_prefix = _prefixes(name)
         # KEYS[1] routes the call to the queue's slot; the script builds its other keys
         # from the same prefix, which carries the same hash tag.
-        return await self._call(SCRIPTS[script], name, [prefix + "ready"], [prefix, job_prefix, *args])
+        return await self._call(SCRIPTS[script], name, [prefix + keys.ROUTE], [prefix, job_prefix, *args])
 
     async def _run_for_job(self, script: str, job_id: str, args: Sequence[Any]) -> Any:
         name = await self.job_type(job_id)
@@ -272,9 +272,9 @@ class Broker:
         chunk by chunk; `outcomes=False`: the replies are not parsed (an empty list is returned),
         for jobs whose only outcome is 'new' (the script's short form); errors still raise."""
         if self.replicated:  # each chunk acknowledged by a replica before the next is sent
-            replies = [await self._call(ENQUEUE, name, [_prefixes(name)[0] + "ready"], args) for name, args in calls]
+            replies = [await self._call(ENQUEUE, name, [_prefixes(name)[0] + keys.ROUTE], args) for name, args in calls]
         else:
-            replies = await self.transport.evalsha_stream(ENQUEUE, ((_prefixes(name)[0] + "ready", args)
+            replies = await self.transport.evalsha_stream(ENQUEUE, ((_prefixes(name)[0] + keys.ROUTE, args)
                                                                    for name, args in calls))
         return [parse_enqueued(raw) for raw in replies] if outcomes else []
 
@@ -296,7 +296,7 @@ class Broker:
         """
         prefix, job_prefix = _prefixes(name)
         reply = await self._waiter(name).wait_then_evalsha(
-            prefix + "marker", max(timeout_s, 0.001), CLAIM, [prefix + "ready"],
+            prefix + "marker", max(timeout_s, 0.001), CLAIM, [prefix + keys.ROUTE],
             [prefix, job_prefix, instance, n, ack_wait_ms, max_deliver, rate, period_ms, halt_token])
         return _claim_batch(name, reply)
 
@@ -564,7 +564,7 @@ def enqueue_args(name: str, jobs: Sequence[NewJob]) -> list[Any]:
 
 def enqueue_call(name: str, jobs: Sequence[NewJob]) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of the enqueue script for `jobs` of type `name` (for any transport)."""
-    return [_prefixes(name)[0] + "ready"], enqueue_args(name, jobs)
+    return [_prefixes(name)[0] + keys.ROUTE], enqueue_args(name, jobs)
 
 
 def parse_enqueued(raw: list[str]) -> list[Enqueued]:

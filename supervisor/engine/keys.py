@@ -45,6 +45,19 @@ def new_job_id(name: str, random_hex: str | None = None) -> str:
     return f"{tag_for(name)}-{random_hex or os.urandom(8).hex()}"
 
 
+#: The key every transition script of a type declares (KEYS[1]), for Redis Cluster to route the call
+#: to the type's slot: its enqueue counter (`:seq`), which exists from the type's first enqueue on and
+#: is never deleted. Not the ready set, which is deleted when empty: while a slot migrates, Redis
+#: sends a call whose declared key is absent to the new node (ASK), even though the rest of the
+#: type's keys are still on the old one. (The scripts build their other keys from the prefix.)
+ROUTE = "seq"
+
+
+def route_key(name: str) -> str:
+    """The key a script call of the type `name` declares (see ROUTE)."""
+    return queue_prefix(name) + ROUTE
+
+
 def job_prefix(name: str) -> str:
     """What the keys of job records of a type start with (the Lua scripts append the id)."""
     return f"{PREFIX}:{{{tag_for(name)}}}:j:"

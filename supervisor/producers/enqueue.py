@@ -421,7 +421,7 @@ def _plain_call(name: str) -> PackedCall:
             _PLAIN_CALLS.clear()
         prefix = keys.queue_prefix(name)
         call = _PLAIN_CALLS[name] = PackedCall(
-            ENQUEUE, [prefix + "ready"], [prefix, keys.job_prefix(name), name, 1, 3], tail=3)
+            ENQUEUE, [prefix + keys.ROUTE], [prefix, keys.job_prefix(name), name, 1, 3], tail=3)
     return call
 
 

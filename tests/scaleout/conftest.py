@@ -166,8 +166,12 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
                         "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True, timeout=60)
         group = Cluster(nodes)
-        wait_until(lambda: group.healthy() and len(group.masters()) == 3, 30, interval=0.2,
-                   what="the cluster to cover every slot")
+        def synced() -> bool:  # a replica can take over only once it has its master's data
+            return all(m.client().info("replication")["connected_slaves"] == 1 for m in group.masters()) and all(
+                n.client().info("replication").get("master_link_status", "up") == "up" for n in nodes)
+
+        wait_until(lambda: group.healthy() and len(group.masters()) == 3 and synced(), 30, interval=0.2,
+                   what="the cluster to cover every slot, each master with its replica in sync")
         yield group
     finally:
         for node in nodes:
