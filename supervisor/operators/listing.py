@@ -115,6 +115,7 @@ async def list_jobs(
     key: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    error: str | None = None,
     limit: int = 100,
     cursor: str | None = None,
     corrupt: list[CorruptRecord] | None = None,
@@ -128,6 +129,7 @@ async def list_jobs(
         state: only jobs in this state.
         key: only jobs whose concurrency key (see `job_key_of`) equals it.
         since: created at or after; `until`: created before (naive datetimes are UTC).
+        error: only jobs whose error contains this text (ASCII letters in any case), as bulk actions filter.
         limit: page size.
         cursor: `next_cursor` of the previous page.
         corrupt: receives a CorruptRecord per index member or record skipped because
@@ -137,7 +139,8 @@ async def list_jobs(
         ValueError: a cursor this function did not produce.
     """
     after = decode_cursor(cursor) if cursor else None
-    filt = _Filter(state, key, _ms(since), _ms(until), corrupt if corrupt is not None else [])
+    filt = _Filter(state, key, _ms(since), _ms(until), corrupt if corrupt is not None else [],
+                   "".join(c.lower() if c.isascii() else c for c in error or ""))
     names = [name] if name else await broker.type_names()
     found, last, scanned = await _collect(broker, names, after, filt, limit)
     page = found[:limit]
@@ -192,7 +195,7 @@ async def _scan(broker: Broker, index_keys: list[str], desc: bool, cur: tuple[fl
         walked, last_score, last_id, exhausted, flat = await broker.transport.evalsha(LIST_SCAN, [key], [
             job_prefix, "1" if desc else "0", "" if cur is None else repr(cur[0]), "" if cur is None else cur[1],
             walk, want, filt.state.value if filt.state else "", filt.since_ms or "", filt.until_ms or "",
-            filt.key or "", (filt.since_ms or "") if desc else "", "1" if filt.needs_record() else "0"])
+            filt.key or "", (filt.since_ms or "") if desc else "", "1" if filt.needs_record() else "0", filt.error])
         matches = [(float(flat[i]), str(flat[i + 1])) for i in range(0, len(flat), 2)]
         end = (float(last_score), str(last_id)) if last_score != "" else None
         per_key.append((key, int(walked), end, bool(int(exhausted)), matches))
@@ -219,10 +222,11 @@ class _Filter:
     since_ms: int | None
     until_ms: int | None
     bad: list[CorruptRecord]
+    error: str = ""  # lower-cased as Lua lower-cases the job's error
 
     def needs_record(self) -> bool:
         return (self.key is not None or self.since_ms is not None or self.until_ms is not None
-                or self.state in (State.PENDING, State.RETRY))
+                or self.state in (State.PENDING, State.RETRY) or self.error != "")
 
     def valid_id(self, job_id: str) -> bool:
         """Whether an index member is a job id (a forged one goes to `bad`)."""

@@ -28,6 +28,7 @@ async def _seed(redis: aioredis.Redis, state: str, n: int, start: int, score: in
                       "finished": str(score)}
             if key:
                 fields["ckey"] = key
+                fields["error"] = f"ValueError: {key} is down"
             pipe.hset(keys.job_key(job_id), mapping=fields)
             pipe.zadd(keys.index_key(T, f"st:{state}"), {job_id: score})
         await pipe.execute()
@@ -69,6 +70,8 @@ async def test_a_selective_filter_answers_within_its_scan_with_a_cursor(
 ) -> None:
     await _seed(redis, "completed", 300, 0, 1_700_000_000_000)
     wanted = await _seed(redis, "completed", 3, 5000, 1_600_000_000_000, key="acme")  # the oldest finished
+    errors = await listing.list_jobs(broker, name=T, error="ValueError: ACME", limit=10)
+    assert {j.id for j in errors[0]} == set(wanted) and errors[1] is None  # the error filter, any case
     monkeypatch.setattr(listing, "SCAN_MAX", 100)
     jobs, cursor = await listing.list_jobs(broker, name=T, key="acme", limit=10)
     assert jobs == [] and cursor is not None  # 100 entries walked, none matched: go on from there

@@ -4,13 +4,14 @@
 -- KEYS[1]: the index set. ARGV: JP, desc ('1': newest first), cursor score ('' from the start),
 --   cursor id, walk (entries at most), want (stop after this many matches), state ('' any),
 --   since ms, until ms ('' none: on `created`), key ('' any), floor ('' none: with desc, no entry
---   scored below it), check ('1': read the records; '0': every entry matches)
+--   scored below it), check ('1': read the records; '0': every entry matches), error text in
+--   lower case ('' any: else a substring of the job's error, ASCII letters in any case)
 -- Returns {walked, last score ('' none walked), last id, exhausted (1: the set ends within the walk),
 --   {score, id, ...} of the matches}
 local idx, JP, desc = KEYS[1], ARGV[1], ARGV[2] == '1'
 local cur_score, cur_id, walk, want = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local state, since, till, key = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
-local floor, check = tonumber(ARGV[11]), ARGV[12] == '1'
+local floor, check, needle = tonumber(ARGV[11]), ARGV[12] == '1', ARGV[13] or ''
 
 -- Where to start: right after the cursor's entry when this set holds it, else at its score.
 local start = 0
@@ -44,13 +45,14 @@ end
 
 local function passes(id)
   if not check then return true end
-  local f = rec(redis.pcall('HMGET', JP .. id, 'state', 'created', 'ckey', 'key', 'ctx'))
+  local f = rec(redis.pcall('HMGET', JP .. id, 'state', 'created', 'ckey', 'key', 'ctx', 'error'))
   if not f or not f[1] then return false end -- trimmed since it was indexed, or not a hash
   if state ~= '' and f[1] ~= state then return false end
   local created = tonumber(f[2]) or 0
   if since and created < since then return false end
   if till and created >= till then return false end
   if key ~= '' and key_of(f[3], f[4], f[5]) ~= key then return false end
+  if needle ~= '' and not (f[6] and string.find(string.lower(f[6]), needle, 1, true)) then return false end
   return true
 end
 

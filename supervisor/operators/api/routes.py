@@ -94,6 +94,9 @@ async def list_jobs(
         "`context.concurrency_key`."))] = None,
     since: Annotated[datetime | None, Query(description="Created at or after (ISO-8601; naive = UTC).")] = None,
     until: Annotated[datetime | None, Query(description="Created before (ISO-8601; naive = UTC).")] = None,
+    error: Annotated[str | None, Query(min_length=1, max_length=1000, description=(
+        "Only jobs whose error contains this text (ASCII letters in any case): what a bulk action's "
+        "`error` filter takes."))] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=2000, description="`next_cursor` of the previous page.")] = None,
 ) -> Any:
@@ -105,7 +108,7 @@ async def list_jobs(
     corrupt: list[CorruptRecord] = []
     try:
         jobs, next_cursor = await listing.list_jobs(
-            _state(request).broker, name=type_, state=state, key=key, since=since, until=until,
+            _state(request).broker, name=type_, state=state, key=key, since=since, until=until, error=error,
             limit=limit, cursor=cursor, corrupt=corrupt)
     except ValueError as exc:
         raise ApiError("invalid_request", f"cursor: {exc}", "cursor") from None

@@ -126,6 +126,8 @@ class _Since(click.ParamType):  # type: ignore[type-arg]  # generic only in newe
 @click.option("--key", default=None, help="Only jobs with this concurrency key.")
 @click.option("--since", type=_Since(), default=None,
               help="Only jobs created since WHEN: an age (90s, 10m, 2h, 7d) or an ISO time (naive = UTC).")
+@click.option("--until", type=_Since(), default=None, help="Only jobs created before WHEN (an age or an ISO time).")
+@click.option("--error", "error_text", default=None, help="Only jobs whose error contains TEXT (any case).")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True, help="Jobs per page.")
 @click.option("--cursor", default=None, help="The next page: the cursor the previous page printed.")
 @click.option("--json", "as_json", is_flag=True, help='{"jobs": [...], "next_cursor": ...} (null on the last page).')
@@ -133,7 +135,7 @@ class _Since(click.ParamType):  # type: ignore[type-arg]  # generic only in newe
 @click.pass_context
 @run_async
 async def jobs_list(ctx: click.Context, state: str | None, type_: str | None, key: str | None, since: Any,
-                    limit: int, cursor: str | None, as_json: bool) -> None:
+                    until: Any, error_text: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
     """List jobs one page at a time: live ones first (active, pending in run order, delayed), then
     finished ones, most recently finished first (the next page's cursor goes to stderr)."""
     from supervisor.engine.broker import Broker, connect  # noqa: PLC0415
@@ -142,7 +144,8 @@ async def jobs_list(ctx: click.Context, state: str | None, type_: str | None, ke
     broker = Broker(connect(redis_url(settings_of(ctx))))
     try:
         found, next_cursor = await list_jobs(broker, name=type_, state=State(state) if state else None, key=key,
-                                             since=since, limit=limit, cursor=cursor)
+                                             since=since, until=until, error=error_text, limit=limit,
+                                             cursor=cursor)
     except ValueError:
         raise click.BadParameter("not a cursor printed by `jobs list` (or next_cursor from the API)",
                                  param_hint="'--cursor'") from None
