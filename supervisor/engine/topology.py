@@ -126,4 +126,27 @@ async def watch_failover(client: Any) -> None:
         await asyncio.sleep(1.0)
 
 
-__all__ = ["SentinelWire", "connect_target", "sentinel_params", "sentinel_pool", "watch_failover"]
+
+
+async def xread_streams(redis: Any, streams: dict[str, str], count: int, block_ms: int) -> list[Any]:
+    """XREAD of `streams` (key -> last id seen), as redis-py's `xread` answers it, on one server or
+    a Redis Cluster, where streams of different slots cannot share a read: there each stream is
+    read on its own (all at once; what is there already first, else a blocking read of each, the
+    first to answer ending the others), and the caller merges them (positions per stream, so
+    nothing is skipped or repeated)."""
+    if not hasattr(redis, "get_node_from_key") or len(streams) < 2:
+        return list(await redis.xread(streams, count=count, block=block_ms))
+    ready = [r for r in await asyncio.gather(*(redis.xread({k: v}, count=count) for k, v in streams.items())) if r]
+    if ready:
+        return [row for reply in ready for row in reply]
+    reads = [asyncio.ensure_future(redis.xread({k: v}, count=count, block=block_ms)) for k, v in streams.items()]
+    try:
+        done, _ = await asyncio.wait(reads, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for read in reads:
+            if not read.done():
+                read.cancel()
+    return [row for read in done for row in (read.result() or [])]
+
+
+__all__ = ["SentinelWire", "connect_target", "sentinel_params", "sentinel_pool", "watch_failover", "xread_streams"]

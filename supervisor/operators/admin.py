@@ -29,6 +29,7 @@ from supervisor.engine import keys
 from supervisor.engine.control import paused_states
 from supervisor.engine.records import check_text, loads, parsed
 from supervisor.engine.serving import serving_of
+from supervisor.engine.topology import xread_streams
 from supervisor.engine.wire import redis_errors
 from supervisor.errors import CorruptRecord, printable
 
@@ -374,10 +375,9 @@ class EventFollower:
 
     async def _read(self, streams: dict[str, str], stop: asyncio.Event | None) -> list[Any] | None:
         """One XREAD BLOCK; None when `stop` was set first (the read is abandoned)."""
-        args: dict[Any, Any] = dict(streams)
         if stop is None:
-            return cast(list[Any], await self.redis.xread(args, count=self.batch, block=self.block_ms))
-        read = asyncio.ensure_future(self.redis.xread(args, count=self.batch, block=self.block_ms))
+            return await xread_streams(self.redis, streams, self.batch, self.block_ms)
+        read = asyncio.ensure_future(xread_streams(self.redis, streams, self.batch, self.block_ms))
         stopper = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait({read, stopper}, return_when=asyncio.FIRST_COMPLETED)
