@@ -388,7 +388,7 @@ class EventFollower:
                 read.add_done_callback(_retrieve)
         if not read.done() or read.cancelled():
             return None
-        return cast(list[Any], read.result())
+        return read.result()
 
     async def events(self, stop: asyncio.Event | None = None) -> AsyncIterator[FollowedEvent | None]:
         """Yield events in stream order per type (merged by time across types).
