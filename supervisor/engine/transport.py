@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import hiredis
 
 from supervisor.engine.topology import SentinelWire, sentinel_params, sentinel_pool
-from supervisor.engine.wire import AsyncWire, Script, params_of, redis_errors
+from supervisor.engine.wire import AsyncWire, Script, is_noscript, params_of, redis_errors
 
 if TYPE_CHECKING:  # redis-py is imported by whoever made the client
     import redis.asyncio as aioredis
@@ -101,11 +101,13 @@ async def replicated_call(transport: ScriptTransport, script: Script, keys: Sequ
         elif isinstance(transport, RedisPyTransport):
             async with transport.redis.pipeline(transaction=False) as pipe:
                 pipe.execute_command(*cmd)
-                pipe.execute_command(*wait)
+                # a Redis Cluster's pipeline sends each node's commands on one connection of its own:
+                # the WAIT goes to the node of the script's key, behind it
+                pipe.execute_command(*wait, **await _node_of(transport.redis, keys[0]))
                 reply, acked = await pipe.execute(raise_on_error=False)
         else:
             raise TypeError(f"{type(transport).__name__} cannot wait for a replica")
-        if isinstance(reply, redis_errors().ResponseError) and str(reply).startswith("NOSCRIPT"):
+        if isinstance(reply, redis_errors().NoScriptError) or (isinstance(reply, Exception) and is_noscript(reply)):
             await transport.call("SCRIPT", "LOAD", script.source)
             continue
         if isinstance(reply, Exception):
@@ -118,6 +120,17 @@ async def replicated_call(transport: ScriptTransport, script: Script, keys: Sequ
                 "it may be lost if the master fails now; check the replica's link (INFO replication)")
         return reply
     raise redis_errors().ResponseError(f"NOSCRIPT after loading the script {script.sha}")
+
+
+async def _node_of(redis: Any, key: str) -> dict[str, Any]:
+    """`target_nodes` of a command that must reach the node of `key` on a Redis Cluster ({} elsewhere)."""
+    if not hasattr(redis, "get_node_from_key"):
+        return {}
+    try:
+        return {"target_nodes": redis.get_node_from_key(key)}
+    except redis_errors().SlotNotCoveredError:  # no slot map yet: the first call of this client
+        await redis.initialize()
+        return {"target_nodes": redis.get_node_from_key(key)}
 
 
 class RedisPyTransport:

@@ -20,7 +20,7 @@ from redis.exceptions import (
 )
 
 from supervisor.engine import keys
-from supervisor.engine.broker import connect
+from supervisor.engine.broker import Broker, NewJob, connect
 from supervisor.operators.admin import EventFollower, FollowedEvent, job_fields
 from supervisor.producers.client import Client
 from tests.conftest import DaemonProcess, await_until
@@ -220,3 +220,25 @@ async def test_events_merge_the_shards_streams_and_resume_from_a_token(cluster: 
     # from the 16th without a loss or a repeat
     assert sorted(e.doc["job_id"] for e in seen) == sorted(ids)
     assert [e.doc["job_id"] for e in again] == [e.doc["job_id"] for e in seen[15:]]
+
+
+async def test_replicated_durability_waits_for_the_replica_of_the_scripts_shard(cluster: Cluster) -> None:
+    # Given a broker whose type is of durability = "replicated", on the cluster
+    name = TYPES[3]
+    broker = Broker(connect(cluster.url))
+    broker.replicated.add(name)
+    broker.replica_wait_ms = 300
+    try:
+        # When its shard's replica has the write, the enqueue is acknowledged
+        (done,) = await broker.enqueue(name, [NewJob(keys.new_job_id(name), "{}")])
+        assert done.outcome == "new"
+        # Then, the replica gone, an enqueue is refused rather than acknowledged unreplicated
+        owner = _owner(cluster, cluster.nodes[0].client().cluster("keyslot", keys.route_key(name)))
+        for node in cluster.nodes:
+            role = node.client().execute_command("ROLE")
+            if role[0] == "slave" and int(role[2]) == owner:
+                node.kill()
+        with pytest.raises(RedisTimeoutError, match="no replica acknowledged"):
+            await broker.enqueue(name, [NewJob(keys.new_job_id(name), "{}")])
+    finally:
+        await broker.close()
