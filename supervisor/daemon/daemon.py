@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from watchfiles import awatch
 
 from runners.base import Runner, lifecycle_hook
 from runners.command import CommandRunner, CommandSpec
@@ -51,6 +50,7 @@ from supervisor.daemon.stop_plan import (
     register_plan,
     stop_fetching,
 )
+from supervisor.daemon.watcher import watch_files
 from supervisor.engine.broker import Broker, connect
 from supervisor.engine.redis_url import mask_url
 from supervisor.engine.topology import watch_failover
@@ -168,6 +168,7 @@ class Daemon:
         self.parts: Parts | None = None  # by build()
         self.api: RunningApi | None = None  # by run(), when api_enabled
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._watch_stop = asyncio.Event()
         self._started_runners: set[str] = set()
         register_plan(self.shutdown, self.stop_plan())
 
@@ -177,7 +178,7 @@ class Daemon:
         """Make every object, each from what was made before it (see the module docstring)."""
         self.notifier.status("starting")
         # Watch before loading anything, so a file dropped in right after READY is never missed.
-        self._spawn("watcher", _watch_files(self.settings, self.signals.reload))
+        self._spawn("watcher", watch_files(self.settings, self.signals.reload, self._watch_stop))
         if self.settings.metrics_port:
             self.metrics.serve(self.settings.metrics_port)
         await self._open_redis()
@@ -428,7 +429,7 @@ class Daemon:
         return [
             StopStep("fetching", 10, 10, self._stop_fetching),  # claim nothing more
             StopStep("scheduler", 10, 10, lambda: self._stop_tasks("scheduler")),
-            StopStep("watcher", 10, 5, lambda: self._stop_tasks("watcher")),
+            StopStep("watcher", 10, 5, self._stop_watcher),
             StopStep("drain", 20, self.settings.drain_timeout + 30, self._drain),  # then release
             StopStep("runners", 30, 10, self._close_runners),
             StopStep("janitor-presence", 40, 10, self._stop_background),
@@ -453,6 +454,10 @@ class Daemon:
     async def _close_runners(self) -> None:
         if self.parts is not None:
             await close_runners(self.parts.dispatcher, self.parts.runners, self.budget)
+
+    async def _stop_watcher(self) -> None:
+        self._watch_stop.set()  # its thread lets go within a step; then the task ends
+        await self._stop_tasks("watcher")
 
     async def _stop_tasks(self, *names: str) -> None:
         for name in names:
@@ -552,28 +557,6 @@ def _published_changed(old: dict[str, str] | None, new: dict[str, str]) -> bool:
 def _report_crash(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("task.crashed", task=task.get_name(), error=repr(task.exception()))
-
-
-def _ignore(change: Any, path: str) -> bool:  # noqa: ARG001  (watchfiles' filter signature)
-    name = Path(path).name
-    return not (name.startswith(".") or name.endswith(("~", ".swp", ".swx", ".tmp", ".pyc"))
-                or "__pycache__" in path)
-
-
-def _watched_dirs(settings: Settings) -> list[Path]:
-    return [Path(p) for p in (settings.jobs_dir, settings.tasks_dir) if Path(p).is_dir()]
-
-
-async def _watch_files(settings: Settings, reload_requested: asyncio.Event) -> None:
-    """Hot reload: a change in jobs/ or tasks/ (debounced) asks the main loop for a reload."""
-    dirs = _watched_dirs(settings)
-    if not dirs:
-        return
-    # rust_timeout bounds how long a cancelled watcher takes to let go (SIGTERM waits for it).
-    async for changes in awatch(*dirs, watch_filter=_ignore, debounce=300, step=50, recursive=True,
-                                rust_timeout=300):
-        log.info("files.changed", changes=sorted({p for _, p in changes})[:20])
-        reload_requested.set()
 
 
 __all__ = ["AVAILABLE_RUNTIMES", "RESTART_SETTINGS", "Daemon", "LiveCatalog", "Parts", "Signals"]

@@ -107,53 +107,66 @@ class Janitor:
         redis = self.broker.redis
         now_s, now_us = await redis.time()
         now_ms = now_s * 1000 + now_us // 1000
-        for name in await self.broker.type_names():
+        names = await self.broker.type_names()
+        # One round trip tells the types with nothing to sweep (no deadline, no finished job): an
+        # idle daemon's sweep sends a few commands, not twenty per type.
+        async with redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(*(keys.index_key(name, k) for k in ("deadline", *(f"st:{s.value}" for s in FINISHED))))
+            busy = await pipe.execute()
+        for name, keys_found in zip(names, busy, strict=True):
             counts = report.by_type.setdefault(name, {"expired": 0, "trimmed": 0, "stale": 0})
-            due = cast(list[str], await redis.zrangebyscore(keys.index_key(name, "deadline"), "-inf", now_ms,
-                                                            start=0, num=self.batch))
-            for job_id in due:
-                try:
-                    result = await self.broker.expire(job_id)
-                except SupervisorError:
-                    result = "gone"
-                if result == "expired":
-                    counts["expired"] += 1
-                elif result != "not-due":  # finished or gone: the entry is stale
-                    await redis.zrem(keys.index_key(name, "deadline"), job_id)
-            meta = await self.broker.type_meta(name)
-            for state in FINISHED:
-                idx = keys.index_key(name, f"st:{state.value}")
-                field_ = "dead_retention_ms" if state in PARKED else "retention_ms"
-                default = DEFAULT_DEAD_RETENTION_MS if state in PARKED else DEFAULT_RETENTION_MS
-                retention = _retention_ms(name, meta, field_, default)
-                old = cast(list[str], await redis.zrangebyscore(idx, "-inf", now_ms - retention, start=0,
-                                                                num=self.batch))
-                # Everything but the newest max_finished, in one command: janitors running at once
-                # agree on the set (a count read first and a range read later would over-trim).
-                beyond = cast(list[str], await redis.zrange(idx, 0, -(self.max_finished + 1)))
-                if beyond:
-                    old = list(dict.fromkeys(old + beyond[: self.batch]))
-                if old:
-                    async with redis.pipeline(transaction=False) as pipe:
-                        for job_id in old:
-                            pipe.delete(keys.job_key(job_id), keys.log_key(job_id))
-                        pipe.zrem(idx, *old)
-                        removed = (await pipe.execute())[-1]
-                    counts["trimmed"] += int(removed)  # another janitor may have taken some
-                oldest = cast(list[str], await redis.zrange(idx, 0, 99))
-                if oldest:
-                    async with redis.pipeline(transaction=False) as pipe:
-                        for job_id in oldest:
-                            pipe.exists(keys.job_key(job_id))
-                        present = await pipe.execute()
-                    missing = [j for j, ok in zip(oldest, present, strict=True) if not ok]
-                    if missing:
-                        counts["stale"] += int(await redis.zrem(idx, *missing))
+            if keys_found:
+                await self._sweep_type(name, now_ms, counts)
             report.expired += counts["expired"]
             report.trimmed += counts["trimmed"]
             report.stale_entries += counts["stale"]
         report.forgotten_instances = await forget_stale(redis, self.forget_after_s)
         return report
+
+    async def _sweep_type(self, name: str, now_ms: int, counts: dict[str, int]) -> None:
+        """One type's share of a sweep (see the module docstring)."""
+        redis = self.broker.redis
+        due = cast(list[str], await redis.zrangebyscore(keys.index_key(name, "deadline"), "-inf", now_ms,
+                                                        start=0, num=self.batch))
+        for job_id in due:
+            try:
+                result = await self.broker.expire(job_id)
+            except SupervisorError:
+                result = "gone"
+            if result == "expired":
+                counts["expired"] += 1
+            elif result != "not-due":  # finished or gone: the entry is stale
+                await redis.zrem(keys.index_key(name, "deadline"), job_id)
+        meta = await self.broker.type_meta(name)
+        for state in FINISHED:
+            idx = keys.index_key(name, f"st:{state.value}")
+            field_ = "dead_retention_ms" if state in PARKED else "retention_ms"
+            default = DEFAULT_DEAD_RETENTION_MS if state in PARKED else DEFAULT_RETENTION_MS
+            retention = _retention_ms(name, meta, field_, default)
+            old = cast(list[str], await redis.zrangebyscore(idx, "-inf", now_ms - retention, start=0,
+                                                            num=self.batch))
+            # Everything but the newest max_finished, in one command: janitors running at once
+            # agree on the set (a count read first and a range read later would over-trim).
+            beyond = cast(list[str], await redis.zrange(idx, 0, -(self.max_finished + 1)))
+            if beyond:
+                old = list(dict.fromkeys(old + beyond[: self.batch]))
+            if old:
+                async with redis.pipeline(transaction=False) as pipe:
+                    for job_id in old:
+                        pipe.delete(keys.job_key(job_id), keys.log_key(job_id))
+                    pipe.zrem(idx, *old)
+                    removed = (await pipe.execute())[-1]
+                counts["trimmed"] += int(removed)  # another janitor may have taken some
+            oldest = cast(list[str], await redis.zrange(idx, 0, 99))
+            if oldest:
+                async with redis.pipeline(transaction=False) as pipe:
+                    for job_id in oldest:
+                        pipe.exists(keys.job_key(job_id))
+                    present = await pipe.execute()
+                missing = [j for j, ok in zip(oldest, present, strict=True) if not ok]
+                if missing:
+                    counts["stale"] += int(await redis.zrem(idx, *missing))
 
 
 def _retention_ms(name: str, meta: dict[str, str], field_: str, default: int) -> int:
