@@ -13,6 +13,7 @@ has not filled the page by then it answers with what it found and a cursor to go
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -170,7 +171,8 @@ async def _collect(broker: Broker, names: list[str], after: Position | None, fil
         index_keys = [keys.index_key(n, p) for n in names for p in parts]
         cur = (after.score, after.id) if after is not None and group == after.group else None
         while len(found) <= limit and scanned < SCAN_MAX and index_keys:
-            walk = min(max(limit + 1, 500), SCAN_MAX - scanned)
+            # the budget shared by the group's sets, but enough in each to fill the page from one
+            walk = max(limit + 1, min(500, (SCAN_MAX - scanned) // len(index_keys)))
             matches, boundary, walked, index_keys = await _scan(broker, index_keys, desc, cur, walk,
                                                                 limit + 1 - len(found), filt)
             scanned += walked
@@ -189,13 +191,14 @@ async def _scan(broker: Broker, index_keys: list[str], desc: bool, cur: tuple[fl
     """One step of a group's walk: `list_scan.lua` on each of its keys from `cur`, merged. Returns the
     matches up to the boundary (the earliest point any key that goes on stopped at: past it, that
     key's entries are unread), the boundary (None: every key ended), entries walked, the keys to walk on."""
+    args = ["1" if desc else "0", "" if cur is None else repr(cur[0]), "" if cur is None else cur[1], walk, want,
+            filt.state.value if filt.state else "", filt.since_ms or "", filt.until_ms or "", filt.key or "",
+            (filt.since_ms or "") if desc else "", "1" if filt.needs_record() else "0", filt.error]
+    # every key at once: the script transport pipelines the calls (js:{tag}:<type>:<part> -> js:{tag}:j:)
+    replies = await asyncio.gather(*(broker.transport.evalsha(LIST_SCAN, [key], [key[:key.index("}") + 1] + ":j:",
+                                                                                  *args]) for key in index_keys))
     per_key = []
-    for key in index_keys:
-        job_prefix = key[:key.index("}") + 1] + ":j:"  # js:{tag}:<type>:<part> -> js:{tag}:j:
-        walked, last_score, last_id, exhausted, flat = await broker.transport.evalsha(LIST_SCAN, [key], [
-            job_prefix, "1" if desc else "0", "" if cur is None else repr(cur[0]), "" if cur is None else cur[1],
-            walk, want, filt.state.value if filt.state else "", filt.since_ms or "", filt.until_ms or "",
-            filt.key or "", (filt.since_ms or "") if desc else "", "1" if filt.needs_record() else "0", filt.error])
+    for key, (walked, last_score, last_id, exhausted, flat) in zip(index_keys, replies, strict=True):
         matches = [(float(flat[i]), str(flat[i + 1])) for i in range(0, len(flat), 2)]
         end = (float(last_score), str(last_id)) if last_score != "" else None
         per_key.append((key, int(walked), end, bool(int(exhausted)), matches))
