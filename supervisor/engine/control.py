@@ -2,8 +2,9 @@
 
 Pause is one flag per type in the type's slot (`js:{tag}:<type>:paused`, set by `lua/pause.lua`):
 `lua/claim.lua` claims nothing while it exists; enqueues are still accepted. Bulk actions
-(`bulk`) run `lua/bulk.lua` over one index set of one type at a time, at most `BATCH` entries
-per call, so a filter over a million records never holds Redis for long; each job is acted on
+(`bulk`) run `lua/bulk.lua` over one index set of one type at a time, scanning at most `BATCH`
+entries and acting on at most `ACT_BATCH` jobs per call, so a filter over a million records
+never holds Redis for long; each job is acted on
 by the single-job action (`lua/actions.lua`), which records it in the job's history.
 """
 
