@@ -17,7 +17,8 @@ CANCEL_INPROCESS = "bench.cancel-inprocess"
 CANCEL_PROCESS = "bench.cancel-process"
 CANCEL_TYPES = (CANCEL_INPROCESS, CANCEL_PROCESS)
 RUNTIMES = ("inprocess", "process", "subprocess")
-SECTIONS = ("idle", "latency", "enqueue", "drain", "cancel", "cli", "control")  # control: supervisor_bench/control.py
+# control: supervisor_bench/control.py; workflows: supervisor_bench/workflows.py
+SECTIONS = ("idle", "latency", "enqueue", "drain", "cancel", "cli", "control", "workflows")
 #: What the in-process and process bench handlers do per job: nothing, or one Redis round trip
 #: (an INCR of the type's counter with the natural client: redis.asyncio when async, redis when sync).
 HANDLERS = ("noop", "redis-roundtrip")

@@ -42,6 +42,8 @@ def render(results: dict[str, Any], console: Any) -> None:
         _idle(results, console)
     if results.get("backlog"):
         _backlog(results, console)
+    if results.get("workflows"):
+        _workflows(results, console)
     if results.get("targets"):
         _targets(results, console)
 
@@ -123,6 +125,16 @@ def _cancel(results: dict[str, Any], console: Any) -> None:
     for name, c in results["cancel"].items():
         t.add_row(name, str(c["jobs"]), _n(c["p50_ms"], 2), _n(c["p99_ms"], 2), _n(c["max_ms"], 2))
     console.print(t)
+
+
+def _workflows(results: dict[str, Any], console: Any) -> None:
+    """The cost of a dependency, and a batch's fan-out with one fan-in callback."""
+    d, f = results["workflows"]["dependency"], results["workflows"]["fan_out"]
+    console.print(f"workflows: one dependency costs {d['scripts_per_dependency']} script calls, "
+                  f"{d['commands_per_dependency']} Redis commands (scripts' own included), "
+                  f"{d['script_us_per_dependency']} us of Redis script time and {d['wall_us_per_dependency']} us "
+                  f"of wall time per job ({d['pairs']} pairs); a batch of {f['jobs']} jobs with one callback: "
+                  f"{f['jobs_per_second']} jobs/s to the callback, fan-in latency {f['fan_in_latency_ms']} ms")
 
 
 def _cli(results: dict[str, Any], console: Any) -> None:

@@ -94,6 +94,10 @@ def _measure_sections(b: Bench, results: dict[str, Any]) -> None:
         from supervisor_bench.control import measure_control  # noqa: PLC0415
 
         results["control"] = measure_control(b)
+    if "workflows" in o.sections:  # dependencies and fan-in (issue 20): its own module
+        from supervisor_bench.workflows import measure_workflows  # noqa: PLC0415
+
+        results["workflows"] = measure_workflows(b)
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ log = structlog.get_logger(__name__)
 
 #: A waiting job whose gate is still shut after this long was abandoned by its producer (ms).
 ABANDONED_AFTER_MS = 10 * 60_000
-_CHUNK = 100  # notices claimed (and delivered concurrently) per call
+_CHUNK = 500  # notices claimed (and delivered together) per call
 
 
 def _type_of(prefix: str) -> str | None:
@@ -114,22 +114,35 @@ class Releaser:
             notices = await deps.claim_notices(self.transport, name, _CHUNK)
             if not notices:
                 return done
-            await asyncio.gather(*(self.deliver(name, notice, batch) for notice, batch in notices))
+            try:
+                await self.deliver(name, notices)
+            except (SupervisorError, ValueError) as exc:  # a bad entry: logged, retried after its lease
+                log.warning("releaser.notices_failed", job_name=name, notices=len(notices), error=str(exc))
+                return done
             done += len(notices)
             self.delivered += len(notices)
 
-    async def deliver(self, name: str, notice: str, batch: str) -> None:
-        job_id, _, state = notice.partition(" ")
-        try:
-            async for child, child_name in deps.dependents(self.transport, job_id):
-                await deps.settle(self.transport, child, child_name, job_id, state)
+    async def deliver(self, name: str, notices: list[tuple[str, str, bool]]) -> None:
+        """Settle the dependents of each notice (concurrently) and each batch (one call per batch),
+        then remove the notices: a delivery cut short anywhere is simply done again."""
+        by_batch: dict[str, list[str]] = {}
+        linked = []
+        for notice, batch, has_dependents in notices:
+            job_id, _, state = notice.partition(" ")
+            if has_dependents:
+                linked.append(self._release_dependents(job_id, state))
             if batch:
-                reply = await deps.batch_op(self.transport, batch, "settle", job_id, state)
-                if reply[0] == "fire":
-                    await workflows.fire(self.client, batch, reply)
-            await deps.notice_done(self.transport, name, notice)
-        except (SupervisorError, ValueError) as exc:  # a bad entry: logged, left for an operator, never a stop
-            log.warning("releaser.notice_failed", notice=notice, job_name=name, error=str(exc))
+                by_batch.setdefault(batch, []).extend((job_id, state))
+        await asyncio.gather(*linked)
+        for batch, pairs in by_batch.items():
+            reply = await deps.batch_op(self.transport, batch, "settle", *pairs)
+            if reply[0] == "fire":
+                await workflows.fire(self.client, batch, reply)
+        await deps.notices_done(self.transport, name, [n for n, _b, _d in notices])
+
+    async def _release_dependents(self, job_id: str, state: str) -> None:
+        async for child, child_name in deps.dependents(self.transport, job_id):
+            await deps.settle(self.transport, child, child_name, job_id, state)
 
     async def _fire_due_batches(self) -> None:
         """Batches whose callbacks were due when the process firing them died: fired now."""

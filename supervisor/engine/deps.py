@@ -11,7 +11,7 @@ two slots. So each fact crosses slots through a caller (docs/workflows.md):
   stays shut: `sweep_waiting`).
 - a `notify` job's settle writes a notice `<id> <state>` into its type's outbox with the
   transition (lib.lua `notify_settled`); a daemon `claim_notices` (a lease per notice), `settle`s
-  each dependent, settles the batch, then `notice_done`. Every step is idempotent.
+  each dependent, settles the batch, then `notices_done`. Every step is idempotent.
 - a batch (`batch.lua`): counts in its record, member ids in two sets trimmed when it is done.
 
 Member of a dependents set: `<dependent id> <its type>` (so a settle needs no read of its type).
@@ -87,16 +87,18 @@ async def open_gate(transport: ScriptTransport, job_id: str, name: str) -> str:
 
 
 async def claim_notices(transport: ScriptTransport, name: str, n: int,
-                        lease_ms: int = NOTICE_LEASE_MS) -> list[tuple[str, str]]:
-    """Up to `n` undelivered notices of type `name`'s outbox, leased: (notice, batch id or '')."""
+                        lease_ms: int = NOTICE_LEASE_MS) -> list[tuple[str, str, bool]]:
+    """Up to `n` undelivered notices of type `name`'s outbox, leased: (notice, batch id or '',
+    whether the job has dependents)."""
     prefix = keys.queue_prefix(name)
     raw = await transport.evalsha(DEPS, [prefix + "outbox"], ["claim", prefix, keys.job_prefix(name), n, lease_ms])
-    return [(str(raw[i]), str(raw[i + 1])) for i in range(0, len(raw), 2)]
+    return [(str(raw[i]), str(raw[i + 1]), str(raw[i + 2]) == "1") for i in range(0, len(raw), 3)]
 
 
-async def notice_done(transport: ScriptTransport, name: str, notice: str) -> None:
+async def notices_done(transport: ScriptTransport, name: str, notices: Sequence[str]) -> None:
+    """The notices were delivered to every dependent and batch: they leave the outbox."""
     prefix = keys.queue_prefix(name)
-    await transport.evalsha(DEPS, [prefix + "outbox"], ["done", prefix, keys.job_prefix(name), notice])
+    await transport.evalsha(DEPS, [prefix + "outbox"], ["done", prefix, keys.job_prefix(name), *notices])
 
 
 async def sweep_waiting(transport: ScriptTransport, name: str, age_ms: int) -> int:
@@ -167,6 +169,6 @@ async def batch_record(transport: ScriptTransport, batch_id: str) -> dict[str, s
 __all__ = [
     "BATCH_INDEX", "DEPENDENCIES_MARK", "DEPENDENCY_RESULTS", "GATE", "NOTICE_LEASE_MS", "ON_DEPENDENCY_FAILURE",
     "SETTLED", "attach", "batch_op", "batch_prefix", "batch_record", "claim_notices", "dependency_results",
-    "dependents", "notice_done", "open_gate", "register", "settle", "slot_base", "sweep_waiting",
+    "dependents", "notices_done", "open_gate", "register", "settle", "slot_base", "sweep_waiting",
     "with_dependency_results",
 ]

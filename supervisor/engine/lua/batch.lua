@@ -39,16 +39,21 @@ if op == 'add' then
 end
 
 if op == 'settle' then
-  -- ARGV: job id, its finished state. A job the producer had not added yet (it crashed between
-  -- the enqueue and the add) is added here.
+  -- ARGV: (job id, its finished state) pairs. Each job counts once; a job the producer had not
+  -- added yet (it crashed between the enqueue and the add) is added here.
   if st == 'done' then return {'done', '0', '0', '0', ''} end
-  local id, outcome = ARGV[3], ARGV[4]
-  if redis.call('SADD', settled, id) == 1 then
-    if redis.call('SADD', members, id) == 1 then redis.call('HINCRBY', R, 'total', 1) end
-    redis.call('HINCRBY', R, 'settled', 1)
-    if outcome == 'completed' then redis.call('HINCRBY', R, 'completed', 1)
-    else redis.call('HINCRBY', R, 'failed', 1) end
+  local added, ok, bad = 0, 0, 0
+  for i = 3, #ARGV, 2 do
+    local id = ARGV[i]
+    if redis.call('SADD', settled, id) == 1 then
+      added = added + redis.call('SADD', members, id)
+      if ARGV[i + 1] == 'completed' then ok = ok + 1 else bad = bad + 1 end
+    end
   end
+  if added > 0 then redis.call('HINCRBY', R, 'total', added) end
+  if ok + bad > 0 then redis.call('HINCRBY', R, 'settled', ok + bad) end
+  if ok > 0 then redis.call('HINCRBY', R, 'completed', ok) end
+  if bad > 0 then redis.call('HINCRBY', R, 'failed', bad) end
   return due(nil)
 end
 

@@ -73,26 +73,30 @@ end
 if op == 'claim' then
   -- ARGV: n, lease ms. Up to n notices of the outbox that nobody is delivering (score <= now), each
   -- leased for `lease ms` (a deliverer that dies leaves it to another after that). Returns per
-  -- notice: the notice ('<id> <state>'), the job's batch id ('' none).
+  -- notice: the notice ('<id> <state>'), the job's batch id ('' none), '1' when it has dependents.
   local ob = P .. 'outbox'
   local now = now_ms()
   local got = redis.call('ZRANGEBYSCORE', ob, '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
   local out = {}
   for _, m in ipairs(got) do
     redis.call('ZADD', ob, now + tonumber(ARGV[5]), m)
+    local id = string.match(m, '^(%S+)')
     out[#out + 1] = m
-    out[#out + 1] = rec(redis.pcall('HGET', JP .. string.match(m, '^(%S+)'), 'batch')) or ''
+    out[#out + 1] = rec(redis.pcall('HGET', JP .. id, 'batch')) or ''
+    out[#out + 1] = tostring(redis.call('EXISTS', S .. 'dp:' .. id))
   end
   return out
 end
 
 if op == 'done' then
-  -- ARGV: notice. Every dependent and the batch heard of it: it goes, and the job's dependents set
-  -- lives as long as its record.
-  redis.call('ZREM', P .. 'outbox', ARGV[4])
-  local id = string.match(ARGV[4], '^(%S+)')
-  local ttl = redis.call('PTTL', JP .. id)
-  if ttl > 0 then redis.call('PEXPIRE', S .. 'dp:' .. id, ttl) end
+  -- ARGV: notices. Every dependent and the batch of each heard of it: it goes, and the job's
+  -- dependents set lives as long as its record.
+  for i = 4, #ARGV do
+    redis.call('ZREM', P .. 'outbox', ARGV[i])
+    local id = string.match(ARGV[i], '^(%S+)')
+    local ttl = redis.call('PTTL', JP .. id)
+    if ttl > 0 then redis.call('PEXPIRE', S .. 'dp:' .. id, ttl) end
+  end
   return 1
 end
 
