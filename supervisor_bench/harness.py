@@ -268,9 +268,10 @@ class Bench:
         })
         return env
 
-    def start_daemon(self, label: str, jobs_dir: Path, tasks_dir: Path) -> Daemon:
+    def start_daemon(self, label: str, jobs_dir: Path, tasks_dir: Path, env: dict[str, str] | None = None) -> Daemon:
+        """A daemon on `jobs_dir` and `tasks_dir`, with `daemon_env`'s environment unless given `env`."""
         self._daemons += 1
-        d = Daemon(self.root, f"{label}-{self._daemons}", self.daemon_env(jobs_dir, tasks_dir))
+        d = Daemon(self.root, f"{label}-{self._daemons}", env or self.daemon_env(jobs_dir, tasks_dir))
         self._live = [x for x in self._live if x.proc.poll() is None] + [d]
         return d
 

@@ -49,7 +49,8 @@ class BenchOptions:
     latency_jobs: int = 500
     latency_gap_ms: float = 5.0
     cancel_jobs: int = 200  # cancels measured per runtime (each of a running job)
-    idle_seconds: float = 5.0
+    idle_seconds: float = 60.0  # the idle daemon on the shipped examples (supervisor_bench/idle.py)
+    start_runs: int = 5  # its starts timed to READY, one after the other
     backlog: bool = False
     backlog_jobs: int = 1_000_000
     backlog_small: int = 10_000
@@ -67,6 +68,7 @@ class BenchOptions:
         self.latency_jobs = min(self.latency_jobs, 100)
         self.cancel_jobs = min(self.cancel_jobs, 50)
         self.idle_seconds = min(self.idle_seconds, 2.0)
+        self.start_runs = 1
         self.backlog_jobs = min(self.backlog_jobs, 20_000)
         self.backlog_small = min(self.backlog_small, 2000)
         self.backlog_sample = min(self.backlog_sample, 2000)

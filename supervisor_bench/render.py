@@ -144,12 +144,18 @@ def _cli(results: dict[str, Any], console: Any) -> None:
 
 
 def _idle(results: dict[str, Any], console: Any) -> None:
-    """The idle daemon's line: CPU, Redis commands per second, the commands it sends most."""
-    i = results["idle"]
+    """The start and idle lines (the shipped examples): READY, CPU, Redis commands per second."""
+    i, s = results["idle"], results.get("start") or {}
+    if "ready_s" in s:
+        console.print(f"start to READY ({s['case']}): median {s['ready_s']['median']}s, min {s['ready_s']['min']}s, "
+                      f"{s['cpu_s_median']}s CPU, {len(s['runs'])} starts (load {s['loadavg_1m']})")
+    if "skipped" in i:
+        console.print(f"idle and start: skipped ({i['skipped']})")
+        return
     top = ", ".join(f"{k} {v}" for k, v in list(i["by_command"].items())[:6]) or "none"
-    console.print(f"idle daemon ({i['types_served']} types, {i['processes']} processes, {i['rss_mb']} MB): "
-                  f"CPU {i['cpu_percent']}% of a core, {i['commands_per_s']} Redis commands/s over "
-                  f"{i['seconds']}s ({top})")
+    console.print(f"idle daemon ({i['case']}: {i['types_served']} types, {i['processes']} processes, "
+                  f"{i['rss_mb']} MB): CPU {i['cpu_percent']}% of a core, its Redis {i['redis_cpu_percent']}%, "
+                  f"{i['commands_per_s']} Redis commands/s over {i['seconds']}s ({top})")
 
 
 def _backlog(results: dict[str, Any], console: Any) -> None:

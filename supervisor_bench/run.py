@@ -14,6 +14,7 @@ from typing import Any
 from supervisor_bench import sections
 from supervisor_bench.figures import machine_info
 from supervisor_bench.harness import Bench
+from supervisor_bench.idle import measure_start_and_idle
 from supervisor_bench.options import (
     CLI_COMMANDS,
     INPROCESS,
@@ -71,12 +72,10 @@ def collect(b: Bench) -> dict[str, Any]:
 def _measure_sections(b: Bench, results: dict[str, Any]) -> None:
     """The sections of a normal run (not `--backlog`), in their order, into `results`."""
     o = b.o
-    if "idle" in o.sections or "latency" in o.sections:
-        idle, latency = sections.measure_idle_and_latency(b)
-        if "idle" in o.sections:
-            results["idle"] = idle
-        if "latency" in o.sections:
-            results["latency"] = latency
+    if "idle" in o.sections:  # and the start to READY: the shipped examples
+        results["start"], results["idle"] = measure_start_and_idle(b)
+    if "latency" in o.sections:
+        results["latency"] = sections.measure_latency(b)
     if "enqueue" in o.sections:
         results["enqueue"] = sections.measure_enqueue(b)
     drain: dict[str, Any] = {}

@@ -16,10 +16,9 @@ import sys
 import time
 from typing import Any
 
-from supervisor_bench.figures import cpu_delta, cpu_snapshot, percentile, summary
+from supervisor_bench.figures import percentile, summary
 from supervisor_bench.harness import Bench
 from supervisor_bench.options import (
-    BENCH_TYPES,
     CANCEL_INPROCESS,
     CANCEL_PROCESS,
     CLI_COMMANDS,
@@ -119,28 +118,15 @@ def _life_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def measure_idle_and_latency(b: Bench) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One daemon serving every bench type: first idle, then enqueue-to-start latency."""
+def measure_latency(b: Bench) -> dict[str, Any]:
+    """One daemon serving every bench type: enqueue-to-start latency. (The idle figure is a
+    daemon on the shipped examples: supervisor_bench/idle.py.)"""
     b.reset()
     tasks = b.root / ("tasks-shell" if b.o.serves(SHELL) else "tasks-none")
-    d = b.start_daemon("idle", b.root / "jobs-all", tasks)
+    d = b.start_daemon("latency", b.root / "jobs-all", tasks)
     try:
         d.wait_ready()
         time.sleep(1.0)  # start-up transients (presence, scheduler, the pool's first beats)
-        b.say(f"idle: {b.o.idle_seconds:g}s")
-        procs = d.tree()
-        c0, s0, t0 = cpu_snapshot(procs), b.stats(), time.perf_counter()
-        time.sleep(b.o.idle_seconds)
-        c1, s1, t1 = cpu_snapshot(d.tree()), b.stats(), time.perf_counter()
-        wall = t1 - t0
-        cmds = b.command_delta(s0, s1)
-        served = [t for t in BENCH_TYPES if b.o.serves(t)]
-        idle = {
-            "seconds": round(wall, 2), "types_served": len(served), "processes": len(procs),
-            "cpu_percent": round(cpu_delta(c0, c1) / wall * 100, 2),
-            "commands_per_s": round(cmds["total"] / wall, 2), "by_command": cmds["calls"],
-            "rss_mb": round(sum(p.memory_info().rss for p in d.tree()) / 2**20, 1),
-        }
         latency = {}
         for name in (INPROCESS, PROCESS):
             if b.o.serves(name):
@@ -149,7 +135,7 @@ def measure_idle_and_latency(b: Bench) -> tuple[dict[str, Any], dict[str, Any]]:
     finally:
         d.stop()
     b.reset()
-    return idle, latency
+    return latency
 
 
 def _latency(b: Bench, name: str) -> dict[str, Any]:
