@@ -62,7 +62,8 @@ _OPTIONS = (
                  help="Pause between the latency jobs (so the daemon is idle when each arrives)."),
     click.option("--cancel-jobs", type=click.IntRange(min=1), default=200, show_default=True,
                  help="Running jobs cancelled per runtime for the cancel-to-handler latency."),
-    click.option("--idle-seconds", type=click.FloatRange(min=0.5), default=5.0, show_default=True),
+    click.option("--idle-seconds", type=click.FloatRange(min=0.5), default=60.0, show_default=True,
+                 help="How long the idle daemon (on the shipped examples) is measured."),
     click.option("--backlog", is_flag=True,
                  help="Only the backlog test: drain rate of the first --backlog-sample jobs with "
                       "--backlog-jobs queued vs --backlog-small queued."),
