@@ -173,7 +173,7 @@ def daemon(redis_url: str, jobs_dir: Path, tmp_path: Path) -> Iterator[Callable[
     started: list[DaemonProcess] = []
 
     def start(*, wait: bool = True, env: dict[str, str] | None = None, url: str | None = None,
-              args: list[str] | None = None) -> DaemonProcess:
+              args: list[str] | None = None, prefix: list[str] | None = None) -> DaemonProcess:
         n = len(started)
         full_env = {
             k: v for k, v in os.environ.items() if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL", "WORKERS_"))
@@ -192,7 +192,7 @@ def daemon(redis_url: str, jobs_dir: Path, tmp_path: Path) -> Iterator[Callable[
         log_path = tmp_path / f"daemon{n}.log"
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "supervisor", "run", *(args or [])],
+                [*(prefix or []), sys.executable, "-m", "supervisor", "run", *(args or [])],  # prefix: ip netns exec
                 cwd=tmp_path, env=full_env, stdout=out, stderr=subprocess.STDOUT,
             )
         d = DaemonProcess(proc, log_path, full_env)

@@ -4,6 +4,7 @@ which also runs in `--sentinel` mode), started per test and stopped with signals
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -182,4 +183,52 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 def scaleout_jobs(jobs_dir: Path) -> Path:
     shutil.copy(HANDLERS / "scaleout_jobs.py", jobs_dir / "scaleout_jobs.py")
     return jobs_dir
+
+
+@dataclass
+class CutOffHost:
+    """A network namespace joined to this one by a veth pair: a daemon run in it (`prefix`)
+    reaches Redis at `redis_ip` only through the pair, which `cut` and `restore` take down and up."""
+
+    name: str
+    outside: str  # the pair's end in this namespace
+    redis_ip: str
+
+    @property
+    def prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.name]
+
+    def cut(self) -> None:
+        subprocess.run(["ip", "link", "set", self.outside, "down"], check=True)
+
+    def restore(self) -> None:
+        subprocess.run(["ip", "link", "set", self.outside, "up"], check=True)
+
+
+@pytest.fixture
+def cut_off_host() -> Iterator[CutOffHost]:
+    """Sets up a namespace and its veth pair, and removes them after the test. Skips, saying why,
+    only where the suite may not create network namespaces (not root, no `ip`)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 (ip netns, veth) to cut a host off from Redis")
+    n = os.getpid() % 200 + 20
+    host = CutOffHost(f"js-cut-{os.getpid()}", f"vjs{os.getpid()}a", f"10.231.{n}.1")
+    inside = f"vjs{os.getpid()}b"
+    steps = [["ip", "netns", "add", host.name],
+             ["ip", "link", "add", host.outside, "type", "veth", "peer", "name", inside],
+             ["ip", "link", "set", inside, "netns", host.name],
+             ["ip", "addr", "add", f"{host.redis_ip}/30", "dev", host.outside],
+             ["ip", "link", "set", host.outside, "up"],
+             [*host.prefix, "ip", "addr", "add", f"10.231.{n}.2/30", "dev", inside],
+             [*host.prefix, "ip", "link", "set", inside, "up"],
+             [*host.prefix, "ip", "link", "set", "lo", "up"]]
+    try:
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                pytest.skip(f"cannot set up a network namespace here ({' '.join(step)}: {done.stderr.strip()})")
+        yield host
+    finally:
+        subprocess.run(["ip", "link", "del", host.outside], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", host.name], capture_output=True, check=False)
 

@@ -38,3 +38,14 @@ def _spread(index: int) -> object:
 #: Twenty types whose hash tags spread over the slots (and so over a cluster's shards).
 for _i in range(20):
     globals()[f"spread_{_i:02d}"] = _spread(_i)
+
+
+class Slow(BaseModel):
+    seconds: float
+
+
+@job("so.slow", concurrency=10, ack_wait=2, max_deliver=5, backoff=[0.1])
+async def slow(payload: Slow, ctx: Context) -> dict[str, float]:
+    await asyncio.sleep(payload.seconds)
+    _witness(ctx)
+    return {"slept": payload.seconds}
