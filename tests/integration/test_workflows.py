@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from supervisor import Callback, Client, InvalidWorkflow, State, Step, chain, chord, dag, group
+from supervisor import Callback, Client, EnqueueRequest, InvalidWorkflow, State, Step, chain, chord, dag, group
+from supervisor.engine import deps
 from supervisor.operators.admin import job_fields
 from supervisor.operators.api.app import create_app
 from tests.conftest import await_until, cli_env, run_cli
@@ -285,3 +286,21 @@ async def test_the_orders_example_runs_as_a_workflow(redis_url: str, jobs_dir: P
         assert charge.state is State.CANCELLED
         assert (await client.wait(bad.jobs["publish"], timeout=20)).state is State.CANCELLED
         assert (await client.get_workflow(bad.id))["state"] == "failed"
+
+
+async def test_a_job_whose_gate_never_opened_is_cancelled_by_the_sweep(redis_url: str) -> None:
+    async with Client(redis_url, allow_unknown=True) as client:
+        # Given a job made waiting behind its gate, as a producer that died before opening it leaves it
+        new = await client.prepare(EnqueueRequest("wf.orphan", {}))
+        new.waits = 1
+        (done,) = await client.broker.enqueue("wf.orphan", [new])
+        assert await _state(client, done.id) is State.WAITING
+        # And one whose gate opened (it waits on a dependency that is still pending)
+        dep = await client.enqueue("wf.orphan", {})
+        kept = await client.enqueue("wf.orphan", {}, depends_on=[dep.id])
+        # When the sweep looks at waiting jobs older than 0 ms
+        assert await deps.sweep_waiting(client.broker.transport, "wf.orphan", 0) == 1
+        # Then only the abandoned one is cancelled, naming why
+        orphan = await client.get(done.id)
+        assert orphan.state is State.CANCELLED and "abandoned" in (orphan.error or "")
+        assert await _state(client, kept.id) is State.WAITING
