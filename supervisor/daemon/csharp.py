@@ -28,7 +28,6 @@ import signal
 import tempfile
 import uuid
 from pathlib import Path
-from xml.sax.saxutils import escape as xml_escape
 
 import structlog
 
@@ -63,6 +62,11 @@ async def _run_tool(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[in
 
 def _tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _xml_attr(text: str) -> str:
+    """`text` as an XML attribute value (xml.sax.saxutils would import urllib.request at every daemon start)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
 class CSharpBuild:
@@ -174,7 +178,7 @@ class CSharpBuild:
     <EnableDefaultCompileItems>false</EnableDefaultCompileItems>
   </PropertyGroup>
   <ItemGroup>
-    <Compile Include="{xml_escape(str(self.source), {'"': "&quot;"})}" />
+    <Compile Include="{_xml_attr(str(self.source))}" />
   </ItemGroup>
 </Project>
 """,
