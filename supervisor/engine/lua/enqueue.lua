@@ -164,9 +164,11 @@ for i = 0, n - 1 do
     end
     if #f > 0 then redis.call('HSET', jk, unpack(f)) end
     added = added + 1
-    local rid, tid = ctx_ids(ctx)
-    redis.call('XADD', P .. 'events', '*', 'event', 'enqueued', 'id', id, -- trimmed once, below
-               'state', state, 'attempt', '0', 'request_id', rid, 'trace_id', tid)
+    if state ~= 'pending' or not batch_event(id, '0', ctx) then -- pending: one entry for the batch, below
+      local rid, tid = ctx_ids(ctx)
+      redis.call('XADD', P .. 'events', '*', 'event', 'enqueued', 'id', id, -- trimmed once, below
+                 'state', state, 'attempt', '0', 'request_id', rid, 'trace_id', tid)
+    end
     out[#out + 1] = id
     if detail == 'replaced' then
       out[#out + 1] = 'replaced'
@@ -179,6 +181,7 @@ for i = 0, n - 1 do
 end
 if added > 0 then
   hist_add(P, now, {e = added})
+  flush_batch_events(P, 'enqueued', 'pending')
   redis.call('XTRIM', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN) -- once per batch (see trim_once in lib.lua)
 end
 wake(P)
