@@ -36,6 +36,48 @@ from supervisor_bench.options import (
 )
 
 
+def sync_redis(url: str) -> Any:
+    """A blocking redis-py client for any Redis URL the product takes (one server, the master of a
+    Sentinel group, a Redis Cluster: `supervisor.engine.redis_url`)."""
+    from supervisor.engine.redis_url import parse_redis_url  # noqa: PLC0415
+
+    target = parse_redis_url(url)
+    if target.kind == "cluster":
+        from redis.cluster import ClusterNode, RedisCluster  # noqa: PLC0415
+
+        nodes = [ClusterNode(h, p) for h, p in target.hosts]  # type: ignore[no-untyped-call]  # redis-py: untyped
+        return RedisCluster(startup_nodes=nodes, username=target.username,
+                            password=target.password, ssl=target.tls, decode_responses=True)
+    if target.kind == "sentinel":
+        from redis.sentinel import Sentinel  # noqa: PLC0415
+
+        sentinel = Sentinel(list(target.hosts), sentinel_kwargs={"username": target.sentinel_username,
+                                                                 "password": target.sentinel_password},
+                            username=target.username, password=target.password, db=target.db)
+        return sentinel.master_for(target.service, decode_responses=True)
+    return syncredis.Redis.from_url(url, decode_responses=True)
+
+
+def _summed(r: Any, section: str) -> dict[str, Any]:
+    """INFO `section`, of every master of a Redis Cluster added up (counters, CPU, memory, the
+    per-command stats), or of the one server."""
+    if not hasattr(r, "get_primaries"):
+        return dict(r.info(section))
+    total: dict[str, Any] = {}
+    for info in r.info(section, target_nodes=r.PRIMARIES).values():
+        for key, value in info.items():
+            if isinstance(value, dict):
+                into = total.setdefault(key, {})
+                for k, v in value.items():
+                    if isinstance(v, int | float):
+                        into[k] = into.get(k, 0) + v
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+            else:
+                total.setdefault(key, value)
+    return total
+
+
 class Bench:
     """What every measurement runs against: one Redis, a `Client` on the bench's own event loop,
     the handler folders and the daemons started so far (`close` stops them all)."""
@@ -46,7 +88,7 @@ class Bench:
         self.server: Any = None
         self.url = options.redis_url or ""
         self.owns_redis = options.redis_url is None
-        self.r: syncredis.Redis | None = None
+        self.r: Any = None  # redis-py: one server, a Sentinel master or a Cluster (sync_redis)
         self.loop = asyncio.new_event_loop()
         self.client: Any = None
         self._daemons = 0
@@ -73,7 +115,7 @@ class Bench:
                                       appendfsync="everysec", binary=self.o.redis_server)
             self.server.start()
             self.url = self.server.url
-        self.r = syncredis.Redis.from_url(self.url, decode_responses=True)
+        self.r = sync_redis(self.url)
         self.r.ping()
         if not self.owns_redis:
             self._check_shared_redis()
@@ -164,7 +206,7 @@ class Bench:
     def stats(self) -> dict[str, Any]:
         """Commands processed (total and per command) and memory, from one INFO call."""
         assert self.r is not None
-        info = self.r.info("all")
+        info = _summed(self.r, "all")
         calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()
                  if k.startswith("cmdstat_") and isinstance(v, dict)}
         usec = {k.removeprefix("cmdstat_"): int(v["usec"]) for k, v in info.items()
