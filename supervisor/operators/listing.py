@@ -170,11 +170,12 @@ async def _collect(broker: Broker, names: list[str], after: Position | None, fil
             parts = (f"st:{filt.state.value}",)
         index_keys = [keys.index_key(n, p) for n in names for p in parts]
         cur = (after.score, after.id) if after is not None and group == after.group else None
-        while len(found) <= limit and scanned < SCAN_MAX and index_keys:
-            # the budget shared by the group's sets, but enough in each to fill the page from one
-            walk = max(limit + 1, min(500, (SCAN_MAX - scanned) // len(index_keys)))
-            matches, boundary, walked, index_keys = await _scan(broker, index_keys, desc, cur, walk,
-                                                                limit + 1 - len(found), filt)
+        going = len(index_keys)
+        while len(found) <= limit and scanned < SCAN_MAX and going:
+            # the budget shared by the group's sets that go on, but enough in each to fill the page from one
+            walk = max(limit + 1, min(500, (SCAN_MAX - scanned) // going))
+            matches, boundary, walked, going = await _scan(broker, index_keys, desc, cur, walk,
+                                                           limit + 1 - len(found), filt)
             scanned += walked
             for score, job_id in matches:
                 found.append((Position(group, score, job_id), job_id))
@@ -187,10 +188,12 @@ async def _collect(broker: Broker, names: list[str], after: Position | None, fil
 
 
 async def _scan(broker: Broker, index_keys: list[str], desc: bool, cur: tuple[float, str] | None, walk: int,
-                want: int, filt: _Filter) -> tuple[list[tuple[float, str]], tuple[float, str] | None, int, list[str]]:
+                want: int, filt: _Filter) -> tuple[list[tuple[float, str]], tuple[float, str] | None, int, int]:
     """One step of a group's walk: `list_scan.lua` on each of its keys from `cur`, merged. Returns the
     matches up to the boundary (the earliest point any key that goes on stopped at: past it, that
-    key's entries are unread), the boundary (None: every key ended), entries walked, the keys to walk on."""
+    key's entries are unread), the boundary (None: every key ended), entries walked, how many keys go on
+    (0 when every key ended; else every key walks on from the boundary: one that ended may hold
+    matches past it, dropped here)."""
     args = ["1" if desc else "0", "" if cur is None else repr(cur[0]), "" if cur is None else cur[1], walk, want,
             filt.state.value if filt.state else "", filt.since_ms or "", filt.until_ms or "", filt.key or "",
             (filt.since_ms or "") if desc else "", "1" if filt.needs_record() else "0", filt.error]
@@ -212,8 +215,7 @@ async def _scan(broker: Broker, index_keys: list[str], desc: bool, cur: tuple[fl
     merged = [m for m in merged if filt.valid_id(m[1])][:want]
     if len(merged) == want:  # the page is full: go on right after its last job
         boundary = merged[-1]
-    # every key walks on from the boundary (one that ended may hold matches past it, dropped above)
-    return merged, boundary, sum(w for _k, w, *_rest in per_key), index_keys if boundary is not None else []
+    return merged, boundary, sum(w for _k, w, *_rest in per_key), len(going) if boundary is not None else 0
 
 
 @dataclass
