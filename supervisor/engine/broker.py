@@ -501,8 +501,8 @@ class Broker:
         return ids
 
     async def counts(self, name: str) -> dict[str, int]:
-        """Index sizes of one type: ready, scheduled, active and each finished state."""
-        parts = ["ready", "sched", "active", *(f"st:{s.value}" for s in State if s in FINISHED)]
+        """Index sizes of one type: waiting (on dependencies), ready, scheduled, active and each finished state."""
+        parts = ["waiting", "ready", "sched", "active", *(f"st:{s.value}" for s in State if s in FINISHED)]
         async with self.redis.pipeline(transaction=False) as pipe:
             for part in parts:
                 pipe.zcard(keys.index_key(name, part))

@@ -243,12 +243,18 @@ async def test_cli_and_api_show_and_cancel_a_workflow(redis_url: str, use_handle
         queued = run_cli("enqueue", "wf.step", "{}", "--depends-on", ref.jobs["t"], "--json", env=env, cwd=tmp_path)
         dependent = json.loads(queued.stdout)["id"]
         assert await _state(client, dependent) is State.WAITING
+        # `waiting` is counted wherever depth by state shows: the broker, `types`, the API (t and dependent)
+        assert (await client.broker.counts("wf.step"))["waiting"] == 2
+        listed_types = run_cli("types", "--json", env=env, cwd=tmp_path)
+        assert _type_row(json.loads(listed_types.stdout)["types"], "wf.step")["counts"]["waiting"] == 2
+        assert "waiting" in run_cli("types", env=env, cwd=tmp_path).stdout
         assert run_cli("workflows", "get", "wf-0000000000000000", env=env, cwd=tmp_path).returncode == 3
         # The API lists it, and cancels it as a whole
         app = create_app(redis_url, "t0ken")
         auth = {"Authorization": "Bearer t0ken"}
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://api",
                                      headers=auth) as api, app.router.lifespan_context(app):
+            assert _type_row((await api.get("/types")).json(), "wf.step")["counts"]["waiting"] == 2
             listed = (await api.get("/workflows")).json()["workflows"]
             assert any(w["id"] == ref.id and w["state"] == "running" for w in listed)
             done = await api.post(f"/workflows/{ref.id}/cancel", json={"reason": "enough"})
@@ -256,6 +262,10 @@ async def test_cli_and_api_show_and_cancel_a_workflow(redis_url: str, use_handle
             assert (await api.get("/workflows/wf-nope")).status_code == 404
         await _until(lambda: _is(client, dependent, State.CANCELLED), what="the dependent cancelled in turn")
         assert (await client.wait(ref.jobs["s"], timeout=20)).state is State.CANCELLED
+
+
+def _type_row(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(r for r in rows if r["name"] == name)
 
 
 async def _is(client: Client, job_id: str, state: State) -> bool:

@@ -134,7 +134,8 @@ class TypeOut(BaseModel):
     policy: dict[str, JsonValue] = Field(default_factory=dict)
     instance: str | None = Field(None, description="The instance that last published the type.")
     updated: str | None = None
-    counts: dict[str, int] = Field(description="Index sizes: ready, sched, active and each finished state.")
+    counts: dict[str, int] = Field(description="Index sizes: waiting (on dependencies), ready, sched, active "
+                                              "and each finished state.")
     error: str | None = Field(None, description="Set (code record_corrupt) when the type's registry entry or "
                                                 "metadata was not written by job-supervisor.")
     served: bool = Field(False, description="A live instance serves the type now (else enqueue refuses it "

@@ -45,13 +45,14 @@ async def _types_list(ctx: click.Context, as_json: bool) -> None:
                                                     for (i, p), e in sorted(errors.items())]})
         return
     print_table([("type", True), ("served by", False), ("paused", True), ("last served (UTC)", True),
-                 ("runtime", True), ("ready", True), ("scheduled", True), ("active", True), ("dead", True),
-                 ("source", False)],
+                 ("runtime", True), ("waiting", True), ("ready", True), ("scheduled", True), ("active", True),
+                 ("dead", True), ("source", False)],
                 [[r["name"], ", ".join(r.get("served_by") or ()) or ("yes" if r["served"] else "NO"),
                   "PAUSED" if r.get("paused") else "",
                   utc(r["last_served"]["at"]) if r["last_served"] else "never",
-                  str(r["policy"].get("runtime")), str(r["counts"]["ready"]), str(r["counts"]["sched"]),
-                  str(r["counts"]["active"]), str(r["counts"]["dead"]), str(r["source"])] for r in rows])
+                  str(r["policy"].get("runtime")), str(r["counts"].get("waiting", 0)), str(r["counts"]["ready"]),
+                  str(r["counts"]["sched"]), str(r["counts"]["active"]), str(r["counts"]["dead"]), str(r["source"])]
+                 for r in rows])
     if errors:
         err_console.print("Files that failed to load (the last good version, if any, keeps serving):")
         print_table([("file", False), ("instance", True), ("error", False)],

@@ -4,10 +4,10 @@ import { useEffect, useRef, useState } from "../vendor/hooks.module.js";
 import { api, ErrorBox, html, jobLink, Time, useData, useLive } from "./core.js";
 
 const COLUMNS = [
-  ["pending", "Pending", (c) => (c.ready || 0) + (c.sched || 0)], ["active", "Active", (c) => c.active || 0],
+  ["waiting", "Waiting", (c) => c.waiting || 0], ["pending", "Pending", (c) => (c.ready || 0) + (c.sched || 0)], ["active", "Active", (c) => c.active || 0],
   ["completed", "Completed", (c) => c.completed || 0], ["failed", "Failed", (c) => c.failed || 0],
   ["dead", "Dead", (c) => c.dead || 0],
-  ["other", "Other", (c) => (c.cancelled || 0) + (c.expired || 0) + (c.dismissed || 0) + (c.waiting || 0)],
+  ["other", "Other", (c) => (c.cancelled || 0) + (c.expired || 0) + (c.dismissed || 0)],
 ];
 
 const failures = (p) => (p.failed || 0) + (p.dead || 0);
