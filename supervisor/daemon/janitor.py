@@ -34,6 +34,7 @@ from supervisor.engine import keys
 from supervisor.engine.broker import Broker
 from supervisor.engine.scripts import DEFAULT_DEAD_RETENTION_MS, DEFAULT_RETENTION_MS
 from supervisor.engine.states import FINISHED, PARKED
+from supervisor.engine.wire import redis_errors
 from supervisor.errors import CorruptRecord, SupervisorError
 
 log = structlog.get_logger(__name__)
@@ -88,7 +89,7 @@ class Janitor:
             for name in types:
                 try:
                     ids += await self.broker.release_instance(name, instance)
-                except SupervisorError as exc:  # a type name the record should not hold: the others still go
+                except (SupervisorError, redis_errors().ResponseError) as exc:  # a key another program wrote
                     log.warning("instance.release_failed", instance=instance, type=name, error=str(exc))
             await forget_instance(redis, instance)
             log.warning("instance.gone", instance=instance, host=other.host, pid=other.pid, released=len(ids),
