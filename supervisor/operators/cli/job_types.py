@@ -110,7 +110,7 @@ async def history(ctx: click.Context, name: str, minutes: int, as_json: bool) ->
         return
 
     def ms(value: float | None) -> str:
-        return "" if value is None else f"{value:g}"
+        return "-" if value is None else f"{value:g}"
 
     print_table([("minute (UTC)", True), ("enqueued", True), ("completed", True), ("failed", True), ("dead", True),
                  ("retried", True), ("run p50/p95/p99 ms", True), ("wait p50/p95/p99 ms", True)],

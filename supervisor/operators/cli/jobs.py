@@ -237,7 +237,8 @@ async def jobs_bulk(ctx: click.Context, action: str, type_: str | None, state: s
     console.print(f"{report.matched} job(s) match{f' ({states})' if states else ''}; {verb}: "
                   f"{report.matched if report.dry_run else report.done}"
                   + (f", {report.skipped} skipped (state changed meanwhile)" if report.skipped else "")
-                  + f"; {report.batches} batch(es), longest Redis call {report.longest_call_ms:g} ms", highlight=False)
+                  + f"; {report.batches} batch(es), longest Redis call {report.longest_call_ms:g} ms",
+                  highlight=False, soft_wrap=True)
 
 
 @jobs.command("logs")
