@@ -114,8 +114,13 @@ async def test_bulk_filters_key_and_time_range_and_delete_purge(redis_url: str, 
 async def test_pause_flag_stops_claims_and_survives_as_a_key(redis_url: str, broker: Broker,
                                                              redis: aioredis.Redis) -> None:
     async with Client(redis_url, allow_unknown=True) as client:
+        running = (await broker.claim(T, "i", 1, 60_000, 3)).jobs  # nothing yet
+        await client.enqueue(T, {"running": True})
+        (running_job,) = (await broker.claim(T, "i", 1, 60_000, 3)).jobs
         ref = await client.enqueue(T, {})
         paused = await control.set_paused(broker, T, True, source="cli", by="ops")
+        # a job that was running when the type was paused finishes
+        assert running == [] and await broker.complete(T, [(running_job.id, running_job.lease, "1", "")]) == ["ok"]
         assert paused.paused and paused.changed and paused.by == "ops" and paused.at is not None
         assert not (await control.set_paused(broker, T, True)).changed  # idempotent
         assert await redis.ttl(keys.index_key(T, "paused")) == -1  # no expiry: survives restarts
