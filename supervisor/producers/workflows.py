@@ -249,7 +249,7 @@ async def _write_record(client: Client, wf: str, name: str, g: Graph, ids: dict[
     steps = {k: {"name": s.name, "id": ids[k], "after": s.after} for k, s in g.steps.items()}
     now = int(time.time() * 1000)
     async with client.broker.redis.pipeline(transaction=False) as pipe:
-        pipe.hset(workflow_key(wf), mapping={"name": name, "state": "open", "steps": dumps(steps)})
+        pipe.hset(workflow_key(wf), mapping={"name": name, "state": "open", "created": now, "steps": dumps(steps)})
         pipe.zadd(WORKFLOW_INDEX, {wf: now})
         pipe.zremrangebyscore(WORKFLOW_INDEX, "-inf", now - RECORD_RETENTION_MS)
         pipe.pexpire(workflow_key(wf), RECORD_RETENTION_MS)
@@ -435,7 +435,21 @@ async def batch_status(client: Client, batch_id: str) -> dict[str, Any]:
     return {"id": batch_id, "state": rec.get("state"), "total": total, "settled": settled,
             "completed": int(rec.get("completed", 0)), "failed": int(rec.get("failed", 0)),
             "pending": max(total - settled, 0), "description": rec.get("description", ""),
-            "created": int(rec.get("created") or 0)}
+            "created": int(rec.get("created") or 0), "finished": int(rec.get("finished") or 0),
+            "callbacks": await _callbacks(client, batch_id, rec)}
+
+
+async def _callbacks(client: Client, batch_id: str, rec: dict[str, str]) -> list[dict[str, Any]]:
+    """Each callback: which, its type, whether it fired (its job, found by its idempotency key; None
+    while the batch is not done; False once done without it: on_success after a failure)."""
+    out = []
+    for which, spec in loads(rec.get("callbacks") or "{}").items():
+        if not spec:
+            continue
+        job = await client.broker.redis.get(keys.queue_prefix(spec["name"]) + f"idem:batch:{batch_id}:{which}")
+        fired = True if job else (False if rec.get("state") == "done" else None)
+        out.append({"which": which, "name": spec["name"], "fired": fired, "job": job})
+    return out
 
 
 __all__ = [

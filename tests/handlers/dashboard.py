@@ -53,3 +53,13 @@ async def keyed(payload: dict, ctx: Context) -> str:
 @job("ui.nightly", schedule="0 3 * * *")
 def nightly(payload: dict, ctx: Context) -> str:
     return "ran"
+
+
+@job("ui.hold", concurrency=5)
+async def hold(payload: dict, ctx: Context) -> str:
+    """Holds until the file `gate` exists, or until the job is cancelled (a workflow's blocked step)."""
+    while not Path(payload["gate"]).exists():
+        if ctx.cancel_event.is_set():
+            return "cancelled"
+        await asyncio.sleep(0.05)
+    return "done"

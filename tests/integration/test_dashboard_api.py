@@ -1,5 +1,5 @@
 """The dashboard's side of the admin API against a real Redis: the page and its files (public,
-strict CSP, every file installed as package data), `GET /search` and the key waiters.
+strict CSP, every file installed as package data), `GET /search`, the key waiters and a job's links.
 
 The page itself is driven in a real browser by tests/browser/test_dashboard.py.
 """
@@ -119,3 +119,34 @@ async def test_key_waiters_are_the_live_jobs_of_a_key_that_do_not_hold_it(
     assert [j.id for j in (await broker.claim(T, "test-instance", 1, 60_000, 1)).jobs] == [ref.id]
     assert (await api.get(f"/keys/{T}/acme/waiters", headers=auth)).json() == []  # it holds the key now
     assert (await api.get(f"/keys/{T}/other/waiters", headers=auth)).json() == []
+
+
+async def test_a_jobs_links_name_its_batch_dependencies_and_dependents(api: httpx.AsyncClient, redis_url: str) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with Client(redis_url, allow_unknown=True) as client:
+        # Given a job of a batch, a second waiting on it, and one whose own key only looks like a workflow step's
+        bid = await client.batch(description="links")
+        first = await client.enqueue(T, {}, batch=bid)
+        second = await client.enqueue(T, {}, depends_on=[first.id])
+        lookalike = await client.enqueue(T, {}, idempotency_key=f"wf:wf-x:{first.id}")
+
+    async def links(job_id: str) -> dict[str, object]:
+        reply = await api.get(f"/jobs/{job_id}/links", headers=auth)
+        assert reply.status_code == 200, reply.text
+        doc: dict[str, object] = reply.json()
+        return doc
+
+    # Then the first names its batch and its dependent; the second waits on one dependency it
+    # cannot name yet (a record keeps only the settled ones); the look-alike is in no workflow
+    one = await links(first.id)
+    assert one["batch"] == bid and one["workflow"] is None and one["unsettled"] == 0
+    assert one["dependents"] == [{"id": second.id, "name": T, "state": "waiting"}] and one["dependencies"] == []
+    two = await links(second.id)
+    assert two["unsettled"] == 1 and two["dependencies"] == [] and two["dependents"] == [] and two["batch"] is None
+    assert (await links(lookalike.id))["workflow"] is None
+    assert (await api.get("/jobs/3fa9c1-0000000000000000/links", headers=auth)).status_code == 404
+    assert (await api.get("/jobs/not-an-id/links", headers=auth)).status_code == 404
+    assert (await api.get(f"/jobs/{first.id}/links")).status_code == 401
+    # And the batch's callbacks are listed: none here, and its counts
+    batch = (await api.get(f"/batches/{bid}", headers=auth)).json()
+    assert batch["total"] == 1 and batch["pending"] == 1 and batch["callbacks"] == []

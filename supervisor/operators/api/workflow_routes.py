@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, Request, Security
 
 from supervisor.operators.api.routes import CancelIn, bearer
 from supervisor.operators.api.schemas import ErrorResponse
+from supervisor.operators.job_links import job_links as read_links
 
 router = APIRouter(dependencies=[Security(bearer)], tags=["workflows"])
 _404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "No such workflow or batch"}}
@@ -43,11 +44,22 @@ async def cancel_workflow(request: Request, workflow_id: WorkflowId,
     return {"id": workflow_id, "jobs": done}
 
 
+@router.get("/jobs/{job_id}/links", responses=_404)
+async def job_links(request: Request,
+                    job_id: Annotated[str, Path(description="Job id, e.g. 3fa9c1-9b1f0e2d4c6a8e0f", max_length=200)],
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    """A job's place in the graph: its workflow (id and step key) and batch, its dependencies (each
+    with its state, and how it ended as this job heard it), how many are still awaited, and the jobs
+    that wait on it. Lists hold at most `limit` entries (`truncated` says when there were more)."""
+    return await read_links(_client(request).broker, job_id, limit)
+
+
 @router.get("/batches/{batch_id}", responses=_404)
 async def get_batch(request: Request,
                     batch_id: Annotated[str, Path(description="Batch id, e.g. b-9b1f0e2d4c6a8e0f",
                                                   max_length=200)]) -> dict[str, Any]:
-    """A batch's state and counts: total, settled, pending, completed, failed."""
+    """A batch's state and counts: total, settled, pending, completed, failed; its callbacks (type,
+    whether it fired, its job)."""
     result: dict[str, Any] = await _client(request).batch_status(batch_id)
     return result
 

@@ -83,12 +83,16 @@ def batches() -> None:
 @click.pass_context
 @run_async
 async def batches_get(ctx: click.Context, batch_id: str, as_json: bool) -> None:
-    """A batch's state and counts: total, pending, completed, failed."""
+    """A batch's state and counts: total, pending, completed, failed; its callbacks and whether they fired."""
     doc = await _with_client(ctx, lambda c: c.batch_status(batch_id))
     if as_json:
         print_json(doc)
         return
-    print_table([("field", True), ("value", False)], [[k, str(v)] for k, v in doc.items()], keyvalue=True)
+    rows = [[k, str(v)] for k, v in doc.items() if k != "callbacks"]
+    rows += [[cb["which"], f"{cb['name']}: " + (f"fired, job {cb['job']}" if cb["fired"] else
+                                                  "not fired" if cb["fired"] is False else "not yet due")]
+             for cb in doc.get("callbacks", [])]
+    print_table([("field", True), ("value", False)], rows, keyvalue=True)
 
 
 __all__ = ["batches", "workflows"]

@@ -2,6 +2,7 @@
 // lines, parent and child links, request and trace ids, and the actions its state allows.
 import { useState } from "../vendor/hooks.module.js";
 import { api, ErrorBox, html, jobLink, pretty, StateBadge, Time, useData, useLive } from "./core.js";
+import { JobLinks } from "./workflows.js";
 
 // Which operator actions each state allows (the transitions of supervisor/engine/states.py).
 const ACTIONS = {
@@ -113,6 +114,7 @@ export function JobPage({ id }) {
         ${j.error && html`<h2>Error</h2><pre class="error-text job-error">${j.error}</pre>`}
       </section>
     </div>
+    <${JobLinks} id=${j.id} version=${j.state} />
     <${Progress} progress=${shown} />
     <section aria-labelledby="attempts-h"><h2 id="attempts-h">Attempts</h2><${Attempts} attempts=${j.attempts || []} />
     </section>

@@ -7,9 +7,10 @@ import { Overview } from "./overview.js";
 import { DeadLetters, Jobs } from "./jobs.js";
 import { JobPage } from "./job.js";
 import { Keys, Schedules, Workers } from "./ops.js";
+import { BatchPage, WorkflowPage, Workflows } from "./workflows.js";
 
 const PAGES = [
-  ["overview", "Overview"], ["jobs", "Jobs"], ["dead", "Dead letters"], ["workers", "Workers"],
+  ["overview", "Overview"], ["jobs", "Jobs"], ["workflows", "Workflows"], ["dead", "Dead letters"], ["workers", "Workers"],
   ["schedules", "Schedules"], ["keys", "Keys"],
 ];
 
@@ -78,6 +79,9 @@ function Page({ route }) {
     case "jobs": return html`<${Jobs} params=${route.params} />`;
     case "dead": return html`<${DeadLetters} params=${route.params} />`;
     case "job": return html`<${JobPage} id=${route.arg} />`;
+    case "workflows": return html`<${Workflows} />`;
+    case "workflow": return html`<${WorkflowPage} id=${route.arg} />`;
+    case "batch": return html`<${BatchPage} id=${route.arg} />`;
     case "workers": return html`<${Workers} />`;
     case "schedules": return html`<${Schedules} />`;
     case "keys": return html`<${Keys} params=${route.params} />`;
@@ -87,7 +91,8 @@ function Page({ route }) {
 
 function Shell({ live, onLogout }) {
   const route = useRoute();
-  const current = route.page === "job" ? "jobs" : route.page;
+  const current = route.page === "job" ? "jobs" : route.page === "workflow" || route.page === "batch" ? "workflows"
+    : route.page;
   return html`<a class="skip" href="#main" onClick=${(e) => {
     e.preventDefault();
     document.getElementById("main").focus();
