@@ -86,9 +86,11 @@ class Janitor:
         released: list[str] = []
         for instance, other, types in await dead_instances(redis, self.identity, self.instance_id):
             ids: list[str] = []
+            reason = (f"instance {instance} is gone: its process (pid {other.pid} on {other.host}) ended; "
+                      f"its lease ended at once (found by {self.instance_id})")
             for name in types:
                 try:
-                    ids += await self.broker.release_instance(name, instance)
+                    ids += await self.broker.release_instance(name, instance, reason)
                 except (SupervisorError, redis_errors().ResponseError) as exc:  # a key another program wrote
                     log.warning("instance.release_failed", instance=instance, type=name, error=str(exc))
             await forget_instance(redis, instance)

@@ -359,10 +359,11 @@ class Broker:
         outcomes: list[str] = await self._run("release", name, [len(items), *_flat(items)])
         return outcomes
 
-    async def release_instance(self, name: str, instance: str) -> list[str]:
+    async def release_instance(self, name: str, instance: str, reason: str) -> list[str]:
         """End now, fenced, the leases a dead `instance` held on jobs of `name`: the next claim
-        reaps them as lapsed leases (each a delivery). Returns the ids whose lease ended."""
-        ids: list[str] = await self._run("release_instance", name, [instance])
+        reaps them as lapsed leases (each a delivery; `reason` is the error their attempt records).
+        Returns the ids whose lease ended."""
+        ids: list[str] = await self._run("release_instance", name, [instance, reason])
         return ids
 
     async def cancel(self, job_id: str, reason: str = "cancelled", lease: str = "", *,

@@ -72,6 +72,7 @@ async def test_a_killed_daemon_s_jobs_run_again_as_soon_as_its_successor_is_read
         assert job.state is State.COMPLETED, job
         assert [a.outcome for a in job.attempts] == ["lease-expired", "completed"]
         assert job.attempts[0].instance == _instance(first) and job.deliveries == 2
+        assert f"instance {_instance(first)} is gone" in (job.attempts[0].error or ""), job.attempts[0]
         assert job.result == {"attempt": 2, "pid": second.pid}
     # And max_deliver applies as to any lapsed lease: the one-delivery job is dead
     dead = await client.wait(once.id, timeout=5)
@@ -164,12 +165,14 @@ async def test_a_claim_the_dead_process_left_behind_its_wait_claims_nothing(
 
     await _until(blocked, what="the wait blocked")
     # When its leases are released
-    assert await broker.release_instance("t.held", "dead") == [held.id]
+    assert await broker.release_instance("t.held", "dead", "dead is gone") == [held.id]
     # Then the queued claim, woken by the release, claims nothing for the dead instance
     assert (await asyncio.wait_for(queued, 5)).jobs == []
     await zombie.close()
     # And a live instance reaps the lease and runs the job again: a second delivery, a new lease
     [again] = (await broker.claim("t.held", "live", 1, 300_000, 5)).jobs
     assert (again.id, again.attempt) == (ref.id, 2) and int(again.lease) > int(held.lease) + 1
+    [attempt] = (await client.get(ref.id)).attempts
+    assert (attempt.outcome, attempt.instance, attempt.error) == ("lease-expired", "dead", "dead is gone")
     # And a second release (another janitor at the same time) finds nothing more to do
-    assert await broker.release_instance("t.held", "dead") == []
+    assert await broker.release_instance("t.held", "dead", "dead is gone") == []

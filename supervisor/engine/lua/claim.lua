@@ -50,9 +50,13 @@ for _, id in ipairs(lapsed) do
   redis.call('ZREM', active, id)
   local jk = JP .. id
   local f = rec(redis.pcall('HMGET', jk, 'state', 'deliveries', 'started', 'worker', 'score', 'idem', 'deadline',
-                           'ckey', 'kstale', 'ctx', 'dbase')) or {}
+                           'ckey', 'kstale', 'ctx', 'dbase', 'gone')) or {}
   if f[1] == 'active' then
     local err = 'lease expired: instance ' .. tostring(f[4]) .. ' stopped renewing it'
+    if f[12] then -- ended by release_instance.lua: why
+      err = f[12]
+      redis.call('HDEL', jk, 'gone')
+    end
     local hist = history_with(jk, f[2], f[3], now, 'lease-expired', f[4], err)
     local dl = tonumber(f[7])
     local ckey = f[8]

@@ -6,9 +6,9 @@
 -- A lease already lapsed is left to that claim, so two instances releasing at once do it once.
 -- The instance is halted (claim.lua): a claim its process queued behind a wait before it died
 -- claims nothing when Redis runs it late (woken by this very release, or by a producer).
--- ARGV: P, JP, instance
+-- ARGV: P, JP, instance, reason (the error the reaped attempt records: who found what)
 -- Returns the ids whose lease ended.
-local P, JP, inst = ARGV[1], ARGV[2], ARGV[3]
+local P, JP, inst, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local HALT_DEAD_MS = '600000' -- outlasts any wait (max_idle_wait <= 60 s) a dead process left queued
 local now = now_ms()
 redis.call('SET', P .. 'halt:' .. inst, 1, 'PX', HALT_DEAD_MS)
@@ -21,6 +21,7 @@ for _, id in ipairs(members) do
   local f = rec(redis.pcall('HMGET', jk, 'state', 'worker')) or {}
   if f[1] == 'active' and f[2] == inst then
     redis.call('HINCRBY', jk, 'lease', 1)
+    redis.call('HSET', jk, 'gone', reason)
     redis.call('ZADD', active, now, id)
     out[#out + 1] = id
   end
