@@ -248,6 +248,12 @@ async def test_cli_and_api_show_and_cancel_a_workflow(redis_url: str, use_handle
         listed_types = run_cli("types", "--json", env=env, cwd=tmp_path)
         assert _type_row(json.loads(listed_types.stdout)["types"], "wf.step")["counts"]["waiting"] == 2
         assert "waiting" in run_cli("types", env=env, cwd=tmp_path).stdout
+        # `jobs links` (GET /jobs/{id}/links): a step's workflow, what it waits on and what waits on it
+        links = json.loads(run_cli("jobs", "links", ref.jobs["t"], "--json", env=env, cwd=tmp_path).stdout)
+        assert links["workflow"] == {"id": ref.id, "step": "t"} and links["unsettled"] == 1
+        assert [(d["id"], d["state"]) for d in links["dependencies"]] == [(ref.jobs["s"], "active")]
+        assert [d["id"] for d in links["dependents"]] == [dependent]
+        assert run_cli("jobs", "links", "3fa9c1-0000000000000000", env=env, cwd=tmp_path).returncode == 3
         assert run_cli("workflows", "get", "wf-0000000000000000", env=env, cwd=tmp_path).returncode == 3
         # The API lists it, and cancels it as a whole
         app = create_app(redis_url, "t0ken")

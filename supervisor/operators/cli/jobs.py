@@ -97,6 +97,36 @@ def jobs_get(ctx: click.Context, job_id: str, as_json: bool) -> None:
     _show_job(read_model(redis_url(settings_of(ctx)), lambda redis: read_job(redis, job_id)), as_json)
 
 
+@jobs.command("links")
+@click.argument("job_id")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True, help="Entries per list.")
+@click.option("--json", "as_json", is_flag=True)
+@wide_option
+@click.pass_context
+@run_async
+async def jobs_links(ctx: click.Context, job_id: str, limit: int, as_json: bool) -> None:
+    """A job's place in the graph: its workflow and batch, its dependencies (with their states) and
+    the jobs that wait on it (docs/workflows.md)."""
+    from supervisor.engine.broker import Broker, connect  # noqa: PLC0415
+    from supervisor.operators.job_links import job_links  # noqa: PLC0415
+
+    broker = Broker(connect(redis_url(settings_of(ctx))))
+    try:
+        doc = await job_links(broker, job_id, limit)
+    finally:
+        await broker.close()
+    if as_json:
+        print_json(doc)
+        return
+    wf = doc["workflow"]
+    rows = [[role, d["id"], d["name"] or "", d["state"]] for role, items in
+            (("dependency", doc["dependencies"]), ("dependent", doc["dependents"])) for d in items]
+    print_table([("link", True), ("job", True), ("type", True), ("state", True)], rows,
+                title=f"job {job_id}: workflow {wf['id'] + ' step ' + wf['step'] if wf else '-'}, "
+                      f"batch {doc['batch'] or '-'}, dependencies still awaited: {doc['unsettled']}"
+                      + (" (lists cut at --limit)" if doc["truncated"] else ""))
+
+
 class _Since(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click; we support 8.1
     """`--since`: an age back from now (90s, 10m, 2h, 7d) or an ISO-8601 time (naive = UTC)."""
 
