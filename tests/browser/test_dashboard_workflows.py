@@ -36,6 +36,7 @@ def test_a_diamond_workflows_graph_changes_live_and_is_cancelled_from_the_page(
     row = page.locator(f'tr[data-workflow="{ref.id}"]')
     expect(row).to_contain_text("running")
     expect(row).to_contain_text("diamond")
+    _shot(page, "workflows")
     row.get_by_role("link", name=ref.id).click()
     expect(page.get_by_role("heading", name=f"Workflow {ref.id}")).to_be_visible()
     expect(_node(page, "start")).to_have_attribute("data-state", "active")

@@ -34,7 +34,8 @@ function OpenById() {
 }
 
 export function Workflows() {
-  const list = useData(() => api("workflows?limit=100"), [], 1500);
+  // Each row reads its workflow's jobs: on events, at most one read of the list per 3 s.
+  const list = useData(() => api("workflows?limit=50"), [], 3000);
   useLive(() => list.reload());
   const rows = list.data ? list.data.workflows : null;
   return html`<h1>Workflows</h1>
@@ -165,7 +166,7 @@ function StepTable({ steps }) {
 }
 
 export function WorkflowPage({ id }) {
-  const wf = useData(() => api(`workflows/${encodeURIComponent(id)}`), [id], 300);
+  const wf = useData(() => api(`workflows/${encodeURIComponent(id)}`), [id], 500); // one read per 0.5 s at most
   const ids = useRef(new Set());
   ids.current = new Set(wf.data ? Object.values(wf.data.steps).map((s) => s.id) : []);
   useLive((e) => (e.event === "reconnected" || ids.current.has(e.job_id)) && wf.reload(), [id]);
