@@ -5,6 +5,8 @@ The broker and the clients call the transition scripts only through these protoc
 way of reaching Redis (Cluster, Sentinel) is one more transport, chosen in `transport_for`:
 
 - `supervisor.engine.wire.AsyncWire` / `SyncWire`: the lean hiredis connection, for redis:// and unix://.
+- `supervisor.engine.topology.SentinelWire`: the same to a Sentinel group's master, wherever it is now.
+- `supervisor.engine.cluster_wire.ClusterWire`: one per master of a Redis Cluster, calls routed by slot.
 - `RedisPyTransport`: redis-py's asyncio client, for what the wire cannot speak (rediss:// TLS,
   redis-py's query options).
 - `LoopTransport`: a blocking transport over an asyncio one run on an event-loop thread
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import hiredis
 
+from supervisor.engine.cluster_wire import ClusterWire, cluster_wire_of
 from supervisor.engine.topology import SentinelWire, sentinel_params, sentinel_pool
 from supervisor.engine.wire import AsyncWire, Script, is_noscript, params_of, redis_errors
 
@@ -84,6 +87,8 @@ def transport_for(client: aioredis.Redis, blocking: aioredis.Redis | None = None
     pool = sentinel_pool(client)
     if pool is not None and "SSL" not in pool.connection_class.__name__:
         return SentinelWire(sentinel_params(client), pool)
+    if hasattr(client, "nodes_manager") and (wire := cluster_wire_of(client)) is not None:
+        return wire  # a Redis Cluster: one lean connection per master
     return RedisPyTransport(client, blocking or client)
 
 
@@ -98,6 +103,8 @@ async def replicated_call(transport: ScriptTransport, script: Script, keys: Sequ
     for _attempt in range(2):  # NOSCRIPT: loaded, then run again (it did not run)
         if isinstance(transport, AsyncWire):
             reply, acked = await transport.call_pipelined(cmd, wait)
+        elif isinstance(transport, ClusterWire):
+            reply, acked = await transport.evalsha_replicated(script, keys, args, wait)
         elif isinstance(transport, RedisPyTransport):
             async with transport.redis.pipeline(transaction=False) as pipe:
                 pipe.execute_command(*cmd)

@@ -21,6 +21,7 @@ from redis.exceptions import (
 
 from supervisor.engine import keys
 from supervisor.engine.broker import Broker, NewJob, connect
+from supervisor.engine.cluster_wire import ClusterWire
 from supervisor.operators.admin import EventFollower, FollowedEvent, job_fields
 from supervisor.producers.client import Client
 from tests.conftest import DaemonProcess, await_until
@@ -226,6 +227,7 @@ async def test_replicated_durability_waits_for_the_replica_of_the_scripts_shard(
     # Given a broker whose type is of durability = "replicated", on the cluster
     name = TYPES[3]
     broker = Broker(connect(cluster.url))
+    assert isinstance(broker.transport, ClusterWire)  # the lean wire, one connection per master
     broker.replicated.add(name)
     broker.replica_wait_ms = 300
     try:

@@ -1,0 +1,192 @@
+"""The lean wire on a Redis Cluster: `ClusterWire`, a `ScriptTransport` with one pipelined
+`AsyncWire` per master, each script call routed by the slot of its key.
+
+Every key of one job type shares a hash tag, so each call goes to one node, found in the slot
+map (`CLUSTER SLOTS`, read from any node that answers, the seeds last). The map is read again
+when a node answers `MOVED` (the call is then sent again where the slot lives now), and before
+the next call after a connection error (a master died: its replica takes over). A call answered
+`ASK` (its slot is migrating and its key is on the new node already) is sent once to that node
+behind `ASKING`; `TRYAGAIN` and `CLUSTERDOWN` are retried after a short pause: in each case the
+script did not run. Blocking waits use connections of their own (`blocking`), per node, sharing
+the slot map. Reads and other commands stay with redis-py's cluster client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import hiredis
+
+from supervisor.engine.wire import AsyncWire, Script, WireParams, is_noscript, redis_errors
+
+_SLOTS = 16384
+_RETRIES = 5
+
+
+def key_slot(key: str) -> int:
+    """The cluster slot of `key` (CRC16 of its hash tag, as Redis computes it)."""
+    from redis.crc import key_slot as crc_slot  # noqa: PLC0415  (redis-py: loaded with the cluster client)
+
+    return int(crc_slot(key.encode("utf-8", "surrogateescape")))
+
+
+class SlotMap:
+    """Which master serves each slot, read with `CLUSTER SLOTS`; shared by a wire and its blocking twins."""
+
+    def __init__(self, seeds: Sequence[tuple[str, int]], params: WireParams) -> None:
+        self.seeds, self.params = list(seeds), params
+        self.slots: list[tuple[str, int]] = []
+        self.stale = True
+        self._refreshed = 0.0
+        self._lock = asyncio.Lock()
+
+    async def node(self, key: str) -> tuple[str, int]:
+        if self.stale:
+            await self.refresh()
+        return self.slots[key_slot(key)]
+
+    async def refresh(self) -> None:
+        """Read the map from the first node that answers (known masters first, then the seeds)."""
+        async with self._lock:
+            if not self.stale and time.monotonic() - self._refreshed < 0.05:
+                return  # another caller just did
+            last: Exception | None = None
+            for host, port in [*dict.fromkeys(self.slots), *self.seeds]:
+                probe = AsyncWire(replace(self.params, host=host, port=port, connect_timeout_s=1.0, timeout_s=2.0))
+                try:
+                    reply = await probe.call("CLUSTER", "SLOTS")
+                except (redis_errors().RedisError, OSError) as exc:
+                    last = exc
+                    continue
+                finally:
+                    await probe.close()
+                slots: list[tuple[str, int]] = [("", 0)] * _SLOTS
+                for start, end, master, *_ in reply:
+                    for slot in range(int(start), int(end) + 1):
+                        slots[slot] = (str(master[0]) or host, int(master[1]))
+                if any(port == 0 for _, port in slots):  # a slot no master serves: failing over
+                    last = redis_errors().ConnectionError("the cluster has slots no master serves")
+                    continue
+                self.slots, self.stale, self._refreshed = slots, False, time.monotonic()
+                return
+            raise redis_errors().ConnectionError(f"no node of the cluster answered CLUSTER SLOTS: {last}")
+
+
+class ClusterWire:
+    """`ScriptTransport` over a Redis Cluster (see the module docstring)."""
+
+    def __init__(self, seeds: Sequence[tuple[str, int]], params: WireParams, slot_map: SlotMap | None = None) -> None:
+        self.params = params
+        self.map = slot_map or SlotMap(seeds, params)
+        self._wires: dict[tuple[str, int], AsyncWire] = {}
+
+    def _wire(self, node: tuple[str, int]) -> AsyncWire:
+        wire = self._wires.get(node)
+        if wire is None:
+            wire = self._wires[node] = AsyncWire(replace(self.params, host=node[0], port=node[1]))
+        return wire
+
+    async def _routed(self, key: str, send: Callable[[AsyncWire], Awaitable[Any]], cmd: tuple[Any, ...] = (),
+                      script: Script | None = None) -> Any:
+        """`send` on the wire of `key`'s master, following MOVED, ASK (with `cmd`), TRYAGAIN, CLUSTERDOWN."""
+        for attempt in range(_RETRIES):
+            wire = self._wire(await self.map.node(key))
+            try:
+                return await send(wire)
+            except redis_errors().ResponseError as exc:
+                kind, _, where = str(exc).partition(" ")
+                if kind == "MOVED":
+                    self.map.stale = True
+                elif kind == "ASK" and cmd:
+                    return await self._asking(where.split(" ")[-1], cmd, script)
+                elif kind not in ("TRYAGAIN", "CLUSTERDOWN") or attempt == _RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.02 * (attempt + 1))
+            except (redis_errors().ConnectionError, redis_errors().TimeoutError):
+                self.map.stale = True  # a master gone: the next call reads the map again
+                raise
+        raise redis_errors().ResponseError(f"the slot of {key!r} kept moving")
+
+    async def _asking(self, address: str, cmd: tuple[Any, ...], script: Script | None) -> Any:
+        host, _, port = address.rpartition(":")
+        wire = self._wire((host, int(port)))
+        for _attempt in range(2):
+            _, reply = await wire.call_pipelined(("ASKING",), cmd)
+            if script is not None and isinstance(reply, Exception) and is_noscript(reply):
+                await wire.call("SCRIPT", "LOAD", script.source)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+        raise redis_errors().ResponseError("NOSCRIPT after loading the script on the importing node")
+
+    async def call(self, *cmd: Any) -> Any:
+        return await self._routed(str(cmd[1]) if len(cmd) > 1 else "", lambda w: w.call(*cmd), cmd)
+
+    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        cmd = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        return await self._routed(keys[0], lambda w: w.evalsha(script, keys, args), cmd, script)
+
+    async def evalsha_packed(self, script: Script, data: bytes) -> Any:
+        reader = hiredis.Reader(encoding="utf-8", errors="surrogateescape")
+        reader.feed(data)
+        cmd = tuple(reader.gets())  # ("EVALSHA", sha, numkeys, key, ...): routed by its key
+        return await self._routed(cmd[3], lambda w: w.evalsha_packed(script, data), cmd, script)
+
+    async def evalsha_stream(self, script: Script, calls: Iterable[tuple[str, Sequence[Any]]]) -> list[Any]:
+        # each node's wire pipelines the calls it is given at once: one stream per node, in order
+        return list(await asyncio.gather(*(self.evalsha(script, [key], args) for key, args in calls)))
+
+    async def evalsha_replicated(self, script: Script, keys: Sequence[str], args: Sequence[Any],
+                                 wait: tuple[Any, ...]) -> tuple[Any, Any]:
+        """The script and a WAIT behind it on the same connection (`transport.replicated_call`)."""
+        cmd = ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+        async def send(wire: AsyncWire) -> tuple[Any, Any]:
+            reply, acked = await wire.call_pipelined(cmd, wait)
+            if isinstance(reply, Exception) and is_noscript(reply):  # loaded on that node, then again
+                await wire.call("SCRIPT", "LOAD", script.source)
+                reply, acked = await wire.call_pipelined(cmd, wait)
+            if isinstance(reply, redis_errors().ResponseError) and str(reply).split(" ")[0] in (
+                    "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"):
+                raise reply
+            return reply, acked
+
+        result: tuple[Any, Any] = await self._routed(keys[0], send)
+        return result
+
+    async def wait(self, key: str, timeout_s: float) -> bool:
+        result: bool = await self._routed(key, lambda w: w.wait(key, timeout_s))
+        return result
+
+    async def wait_then_evalsha(self, key: str, timeout_s: float, script: Script, keys: Sequence[str],
+                                args: Sequence[Any]) -> Any:
+        cmd = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        return await self._routed(keys[0], lambda w: w.wait_then_evalsha(key, timeout_s, script, keys, args),
+                                  cmd, script)
+
+    def blocking(self) -> ClusterWire:
+        """Connections of its own for blocking waits, per node, on the same slot map."""
+        return ClusterWire(self.map.seeds, self.params, self.map)
+
+    async def close(self) -> None:
+        for wire in self._wires.values():
+            await wire.close()
+
+
+def cluster_wire_of(client: Any, timeout_s: float = 30.0) -> ClusterWire | None:
+    """The lean wire for a redis-py `RedisCluster` (None for TLS, which it does not speak)."""
+    kw = client.connection_kwargs
+    if kw.get("ssl") or "SSL" in kw.get("connection_class", type(None)).__name__:
+        return None
+    seeds = [(node.host, int(node.port)) for node in client.nodes_manager.startup_nodes.values()]
+    params = WireParams(username=kw.get("username"), password=kw.get("password"),
+                        connect_timeout_s=float(kw.get("socket_connect_timeout") or 5.0), timeout_s=timeout_s)
+    return ClusterWire(seeds, params)
+
+
+__all__ = ["ClusterWire", "SlotMap", "cluster_wire_of", "key_slot"]
