@@ -126,8 +126,8 @@ function CancelWorkflow({ wf, onDone }) {
   const [asking, setAsking] = useState(false);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState(null);
-  const yes = useRef(null);
-  useEffect(() => { if (asking && yes.current) yes.current.focus(); }, [asking]);
+  const keep = useRef(null); // the question takes the focus on its harmless answer
+  useEffect(() => { if (asking && keep.current) keep.current.focus(); }, [asking]);
   if (wf.state !== "running") return null;
   const live = Object.values(wf.steps).filter((s) => LIVE_STATES.has(s.state)).length;
   const go = async () => {
@@ -150,8 +150,8 @@ function CancelWorkflow({ wf, onDone }) {
   return html`<div class="confirm" role="alertdialog" aria-labelledby="wf-confirm-q">
     <p id="wf-confirm-q">Cancel this workflow? Its ${live} unfinished job${live === 1 ? "" : "s"}: waiting and pending
       ones are cancelled at once, running ones are asked to stop. This cannot be undone.</p>
-    <button type="button" class="danger" ref=${yes} disabled=${busy} onClick=${go}>Yes, cancel the workflow</button>
-    ${" "}<button type="button" class="secondary" onClick=${() => setAsking(false)}>Keep it running</button>
+    <button type="button" class="danger" disabled=${busy} onClick=${go}>Yes, cancel the workflow</button>
+    ${" "}<button type="button" class="secondary" ref=${keep} onClick=${() => setAsking(false)}>Keep it running</button>
     <${ErrorBox} error=${error} /></div>`;
 }
 
