@@ -7,16 +7,21 @@ jobs, releases the leases of jobs still running, closes the runners, then closes
 stops the embedded Redis last. All of that up to the runners' close fits in `drain_timeout`
 counted from the signal (`supervisor.daemon.stop_plan.DrainBudget`). A second signal skips the rest
 of the drain.
+
+This module imports next to nothing: without `redis_url`, the embedded Redis is spawned first, so
+it comes up while the composition root's modules load (most of a start), not after them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from supervisor.config import Settings
-from supervisor.daemon.daemon import Daemon
-from supervisor.observability.metrics import Metrics
-from supervisor.observability.telemetry import Tracing
+if TYPE_CHECKING:
+    from supervisor.config import Settings
+    from supervisor.observability.metrics import Metrics
+    from supervisor.observability.telemetry import Tracing
 
 
 async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings] | None = None, *,
@@ -29,7 +34,18 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
         tracing: where spans go (default: by `settings.otel_exporter`).
         metrics: the Prometheus metrics (default: made by the daemon, unregistered at its stop).
     """
-    return await Daemon(settings, reload_settings, tracing=tracing, metrics=metrics).run()
+    from supervisor.daemon.redis_server import spawn_embedded  # noqa: PLC0415 (see the module docstring)
+
+    embedded = spawn_embedded(Path(settings.state_dir)) if settings.redis_url_value() is None else None
+    try:
+        from supervisor.daemon.daemon import Daemon  # noqa: PLC0415
+
+        daemon = Daemon(settings, reload_settings, tracing=tracing, metrics=metrics, embedded=embedded)
+    except BaseException:
+        if embedded is not None:
+            embedded.stop()
+        raise
+    return await daemon.run()
 
 
 __all__ = ["run_daemon"]

@@ -36,7 +36,7 @@ from supervisor.daemon.dispatcher import Dispatcher
 from supervisor.daemon.janitor import Janitor
 from supervisor.daemon.liveness import REDIS_DOWN
 from supervisor.daemon.presence import Presence
-from supervisor.daemon.redis_server import RedisServer, embedded_socket
+from supervisor.daemon.redis_server import RedisServer, embedded_server
 from supervisor.daemon.releaser import Releaser
 from supervisor.daemon.scheduler import Scheduler
 from supervisor.daemon.sdnotify import Notifier
@@ -141,10 +141,13 @@ class Daemon:
         tracing: where spans go (default: by `settings.otel_exporter`).
         metrics: the Prometheus metrics (default: made here, in prometheus_client's registry,
             and taken out of it at stop).
+        embedded: the embedded Redis, already spawned for this daemon (`redis_server.spawn_embedded`):
+            it is this daemon's to wait for and to stop.
     """
 
     def __init__(self, settings: Settings, reload_settings: Callable[[], Settings] | None = None, *,
-                 tracing: Tracing | None = None, metrics: Metrics | None = None) -> None:
+                 tracing: Tracing | None = None, metrics: Metrics | None = None,
+                 embedded: RedisServer | None = None) -> None:
         self.settings = settings
         self._reload_settings = reload_settings
         self.instance_id = f"{settings.instance_name}:{os.getpid()}:{secrets.token_hex(2)}"
@@ -155,11 +158,12 @@ class Daemon:
         self.jobs_report: dict[str, int] = {}  # the drain's count of job fates, for the final report
         self.tracing = tracing if tracing is not None else Tracing.from_settings(settings)  # ConfigError: no SDK
         url = settings.redis_url_value()
-        self._embedded: RedisServer | None = None  # no redis_url: a private Redis in state_dir
+        self._embedded: RedisServer | None = embedded  # no redis_url: a private Redis in state_dir
         if url is None:
-            self._embedded = _embedded_server(Path(settings.state_dir))
+            self._embedded = self._embedded or _embedded_server(Path(settings.state_dir))
             url = self._embedded.url
-        self._owns_embedded = False  # we started it (another instance may have): we stop it last
+        # we started it (another instance may have): we stop it last; one spawned for us is ours
+        self._owns_embedded = embedded is not None
         self.redis_url = url
         self.broker = Broker(connect(self.redis_url),  # connects on first use
                              blocking=connect(self.redis_url, socket_timeout=settings.max_idle_wait + 10))
@@ -510,15 +514,17 @@ def _child_enqueue(client: Client) -> Callable[[str, Any, dict[str, Any], bool],
 
 
 def _embedded_server(state_dir: Path) -> RedisServer:
-    """The private Redis of `state_dir` (not started): its data in `redis/`, its socket beside it."""
     try:
-        return RedisServer(state_dir / "redis", unix_socket=embedded_socket(state_dir), appendonly=True)
+        return embedded_server(state_dir)
     except EmbeddedRedisError as exc:
         raise ConfigError(f"cannot start the embedded Redis: {exc}") from exc
 
 
 def _start_embedded(server: RedisServer) -> bool:
     """Start the private Redis of `server`, unless another instance runs it already; True when we did."""
+    if server.process is not None:  # spawned before this module loaded (supervisor.daemon.app): ours
+        server.wait_ready()
+        return True
     sock = server.unix_socket
     if sock is not None and sock.exists() and server.ping():
         return False  # someone else's; they stop it

@@ -46,6 +46,27 @@ def embedded_socket(state_dir: Path) -> Path:
     return Path(state_dir) / "redis.sock"
 
 
+def embedded_server(state_dir: Path) -> RedisServer:
+    """The private Redis of a daemon's `state_dir` (not started): its data in `redis/`, its socket beside it."""
+    return RedisServer(Path(state_dir) / "redis", unix_socket=embedded_socket(state_dir), appendonly=True)
+
+
+def spawn_embedded(state_dir: Path) -> RedisServer | None:
+    """The private Redis of `state_dir`, spawned now and not waited for, so it comes up while the
+    daemon's modules load; None when another instance's answers on its socket already, or when it
+    cannot be spawned (the daemon then starts it itself, and reports why it cannot)."""
+    try:
+        server = embedded_server(state_dir)
+        sock = embedded_socket(state_dir)
+        if sock.exists() and server.ping():
+            return None  # another instance's: the daemon uses it and leaves it running
+        sock.unlink(missing_ok=True)
+        server.spawn()
+    except (EmbeddedRedisError, OSError):
+        return None
+    return server
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
@@ -106,6 +127,11 @@ class RedisServer:
 
     def start(self, timeout: float = 15.0) -> RedisServer:
         """Start the server and return once it answers PING (EmbeddedRedisError otherwise)."""
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the server process, without waiting for it (`wait_ready`)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.unix_socket is None and self.port is None:
             self.port = free_port()
@@ -113,6 +139,10 @@ class RedisServer:
             self._argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, start_new_session=True,
         )
+
+    def wait_ready(self, timeout: float = 15.0) -> RedisServer:
+        """Return once the spawned server answers PING; EmbeddedRedisError when it exits or stays silent."""
+        assert self.process is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

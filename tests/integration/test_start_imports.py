@@ -20,7 +20,7 @@ _until = functools.partial(await_until, timeout=15.0)
 _PROBE = """
 import json, sys
 from supervisor.operators.cli import main
-import supervisor.daemon.app
+import supervisor.daemon.app, supervisor.daemon.daemon
 print(json.dumps(sorted(m for m in sys.modules)))
 """
 
