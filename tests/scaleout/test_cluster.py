@@ -6,6 +6,7 @@ a master SIGKILLed under load is failed over and the daemons carry on by themsel
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -244,3 +245,41 @@ async def test_replicated_durability_waits_for_the_replica_of_the_scripts_shard(
             await broker.enqueue(name, [NewJob(keys.new_job_id(name), "{}")])
     finally:
         await broker.close()
+
+
+async def test_cron_keyed_concurrency_and_rate_limits_hold_across_shards(
+        cluster: Cluster, use_handlers: Callable[..., Path], daemon: Callable[..., DaemonProcess]) -> None:
+    # Given two daemons on the cluster serving a per-second schedule, a keyed type (one run per
+    # tenant at a time) and a type limited to 50 starts a second, whose slots are on different shards
+    use_handlers("cron", "keyed")
+    owners = {_owner(cluster, cluster.nodes[0].client().cluster("keyslot", keys.route_key(name)))
+              for name in ("t.every-second", "t.keyed", "t.rated")}
+    assert len(owners) > 1
+    daemons = [daemon(url=cluster.url, wait=False) for _ in range(2)]
+    for d in daemons:
+        d.wait_ready()
+    async with Client(cluster.url) as client:
+        # When keyed and rated jobs are queued while the schedule fires for a few seconds
+        keyed = [await client.enqueue("t.keyed", {"tenant": f"t{i % 3}"}) for i in range(60)]
+        rated = await client.enqueue_many([("t.rated", {}) for _ in range(150)])
+        done = [ref.id for ref in [*keyed, *rated]]
+
+        async def all_done() -> bool:
+            return all([(await client.get(job_id)).state.value == "completed" for job_id in done])
+
+        await await_until(all_done, 60, interval=0.5, what="the keyed and rated jobs")
+        for d in daemons:
+            assert d.stop() == 0
+        runs = [await client.get(ref.id) for ref in keyed]
+        starts = sorted([float((await client.get(ref.id)).result) for ref in rated])
+        ticks = Counter(int(j.idempotency_key.rsplit(":", 1)[1])
+                        for j in await client.list("t.every-second", limit=10_000) if j.idempotency_key)
+    # Then each tick fired exactly once, none missing
+    assert ticks and max(ticks.values()) == 1 and sorted(ticks) == list(range(min(ticks), max(ticks) + 1))
+    assert max(ticks) - min(ticks) >= 2, "the schedule fired for a few seconds"
+    # and no two jobs of one tenant ran at once, and no second saw more than 50 rated starts
+    for tenant in ("t0", "t1", "t2"):
+        spans = sorted((r.result["started"], r.result["ended"]) for r in runs if r.payload["tenant"] == tenant)
+        assert all(prev[1] <= nxt[0] for prev, nxt in itertools.pairwise(spans)), tenant
+    worst = max(sum(1 for t in starts[i:i + 60] if t < s + 1.0) for i, s in enumerate(starts))
+    assert worst <= 50, f"{worst} rated jobs started within one second"
