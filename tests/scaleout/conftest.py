@@ -59,7 +59,7 @@ def _start(argv: list[str], port: int, folder: Path) -> Node:
 def data_node(folder: Path, replica_of: int | None = None) -> Node:
     port = free_port()
     argv = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(folder)]
+            "--dir", str(folder), "--repl-diskless-sync-delay", "0"]  # a replica syncs at once (default: 5 s)
     if replica_of is not None:
         argv += ["--replicaof", "127.0.0.1", str(replica_of)]
     return _start(argv, port, folder)
@@ -80,6 +80,13 @@ class SentinelGroup:
     def master_port(self) -> int:
         host_port = self.sentinels[0].client().execute_command("SENTINEL", "get-master-addr-by-name", SERVICE)
         return int(host_port[1])
+
+    def kill_master(self) -> int:
+        """SIGKILL the node the sentinels call the master now (on a loaded machine they may have
+        failed over once already); its port."""
+        port = self.master_port()
+        next(n for n in [self.master, *self.replicas] if n.port == port).kill()
+        return port
 
     def stop(self) -> None:
         for node in [*self.sentinels, self.master, *self.replicas]:
@@ -120,7 +127,8 @@ def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
                 if (len(c.execute_command("SENTINEL", "sentinels", SERVICE)) < 2
                         or len(c.execute_command("SENTINEL", "replicas", SERVICE)) < 2):
                     return False
-            return master.client().info("replication")["connected_slaves"] == 2
+            # in sync: connected_slaves counts a replica still waiting for its first sync too
+            return all(r.client().info("replication").get("master_link_status") == "up" for r in group.replicas)
 
         wait_until(settled, 20, interval=0.2, what="the sentinels to know each other and the replicas")
         yield group
@@ -161,6 +169,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             folder = tmp_path / f"node{i}"
             nodes.append(_start([find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                  "--appendonly", "no", "--dir", str(folder), "--cluster-enabled", "yes",
+                                 "--repl-diskless-sync-delay", "0",
                                  "--cluster-node-timeout", "1000", "--cluster-config-file", "nodes.conf"],
                                 port, folder))
         cli = str(Path(find_redis_server()).with_name("redis-cli"))

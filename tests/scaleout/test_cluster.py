@@ -271,7 +271,8 @@ async def test_cron_keyed_concurrency_and_rate_limits_hold_across_shards(
         for d in daemons:
             assert d.stop() == 0
         runs = [await client.get(ref.id) for ref in keyed]
-        starts = sorted([float((await client.get(ref.id)).result) for ref in rated])
+        # the limit holds where it is enforced: when Redis (its own clock) let each job start
+        starts = sorted([(await client.get(ref.id)).started.timestamp() for ref in rated])
         ticks = Counter(int(j.idempotency_key.rsplit(":", 1)[1])
                         for j in await client.list("t.every-second", limit=10_000) if j.idempotency_key)
     # Then each tick fired exactly once, none missing
@@ -282,4 +283,4 @@ async def test_cron_keyed_concurrency_and_rate_limits_hold_across_shards(
         spans = sorted((r.result["started"], r.result["ended"]) for r in runs if r.payload["tenant"] == tenant)
         assert all(prev[1] <= nxt[0] for prev, nxt in itertools.pairwise(spans)), tenant
     worst = max(sum(1 for t in starts[i:i + 60] if t < s + 1.0) for i, s in enumerate(starts))
-    assert worst <= 50, f"{worst} rated jobs started within one second"
+    assert worst <= 50, f"{worst} rated jobs claimed to start within one second"
