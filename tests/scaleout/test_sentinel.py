@@ -6,6 +6,7 @@ run's own note, outside Redis) saw it run to its end."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from supervisor.engine import keys
 from supervisor.engine.broker import connect
 from supervisor.operators.admin import job_fields
 from supervisor.producers.client import Client
-from tests.conftest import DaemonProcess, await_until
+from tests.conftest import DaemonProcess, await_until, cli_env, run_cli
 from tests.scaleout.conftest import SentinelGroup
 
 pytestmark = pytest.mark.slow
@@ -90,6 +91,9 @@ async def test_a_master_killed_under_load_loses_no_acknowledged_job(
     assert len(set(acked.values())) == JOBS
     assert {job_id: completions[job_id] for job_id in kept if completions[job_id] != 1} == {}
     assert kept <= set(witness.read_text().split())  # the witness saw each run to its end
+    # and the operators' commands reach the new master through the sentinels too
+    listed = run_cli("workers", "--json", env=cli_env(REDIS_URL=sentinel_group.url), cwd=tmp_path)
+    assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 2, listed.stderr
     for d in daemons:  # the daemons kept running through the failover, and stop cleanly
         assert d.proc.poll() is None
         assert d.stop() == 0
