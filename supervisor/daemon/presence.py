@@ -145,6 +145,7 @@ class Presence:
         self.identity = ProcessIdentity.current()
         self._served: set[str] = set()  # what the last heartbeat said this instance serves
         self._ever_served: set[str] = set()  # ... and every type it served since it started
+        self._record_refused = False  # the last write of its process record failed (reported once)
         self._errored: set[str] = set()  # ... and the names it reported a load error for
 
     def snapshot(self) -> dict[str, Any]:
@@ -168,7 +169,16 @@ class Presence:
                 self._ever_served |= served
                 record = {**asdict(self.identity), "types": sorted(self._ever_served)}
                 pipe.hset(PROCESSES_KEY, self.instance_id, json.dumps(record))
-            await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies[:2]:
+            if isinstance(reply, Exception):
+                raise reply
+        if replies[2:] and isinstance(replies[2], Exception) and not self._record_refused:
+            # another program's value at the key: named once; presence and serving go on without it
+            err = CorruptRecord(PROCESSES_KEY, str(replies[2]))
+            log.warning("record.corrupt", code=err.code, key=err.key, error=err.detail,
+                        note="without its process record, a restart on this host waits out this instance's leases")
+        self._record_refused = bool(replies[2:]) and isinstance(replies[2], Exception)
         await serving.announce(self.redis, self.instance_id, ttl_ms, serve=served, stop=self._served - served,
                                errors=type_errors, clear=self._errored - type_errors.keys())
         self._served, self._errored = served, set(type_errors)

@@ -176,3 +176,18 @@ async def test_a_claim_the_dead_process_left_behind_its_wait_claims_nothing(
     assert (attempt.outcome, attempt.instance, attempt.error) == ("lease-expired", "dead", "dead is gone")
     # And a second release (another janitor at the same time) finds nothing more to do
     assert await broker.release_instance("t.held", "dead", "dead is gone") == []
+
+
+async def test_a_foreign_value_at_the_process_records_never_stops_an_instance(
+        redis_url: str, use_handlers: Any, daemon: Any, client: Client, broker: Broker) -> None:
+    # Given another program's value where the process records live
+    await broker.redis.set(PROCESSES_KEY, "not a hash")
+    # When a daemon starts
+    use_handlers("recovery")
+    d = daemon()
+    # Then it serves its types all the same, and names the key once
+    job = await client.wait((await client.enqueue("t.held", {"seconds": 0})).id, timeout=10)
+    assert job.state is State.COMPLETED
+    found = await _until(lambda: [e for e in d.events("record.corrupt") if e.get("key") == PROCESSES_KEY],
+                         what="record.corrupt logged")
+    assert len(found) == 1
