@@ -66,14 +66,14 @@ async def test_twenty_types_over_three_shards_each_job_completed_once(
     owners = {owner for owner in (_owner(cluster, slot) for slot in slots)}
     assert len(owners) == 3, "the twenty types should spread over the three masters"
     daemons = [daemon(url=cluster.url, env=env) for _ in range(2)]
-    # When 1,000 jobs are queued, half one at a time and half in batches
+    # When 2,000 jobs are queued, half one at a time and half in batches
     async with Client(cluster.url) as client:
-        ids = {(await client.enqueue(TYPES[i % 20], {"n": i})).id: TYPES[i % 20] for i in range(500)}
-        refs = await client.enqueue_many([(TYPES[i % 20], {"n": i}) for i in range(500, 1000)])
+        ids = {(await client.enqueue(TYPES[i % 20], {"n": i})).id: TYPES[i % 20] for i in range(1000)}
+        refs = await client.enqueue_many([(TYPES[i % 20], {"n": i}) for i in range(1000, 2000)])
         ids.update({ref.id: ref.name for ref in refs})
     # Then each completed exactly once, on whichever daemon claimed it from its shard
     completions = await _completed_once(cluster.url, ids)
-    assert len(ids) == 1000
+    assert len(ids) == 2000
     assert {job_id: n for job_id, n in completions.items() if n != 1} == {}
     assert set(ids) <= set(completions) and set(ids) <= set(witness.read_text().split())
     for d in daemons:
