@@ -168,7 +168,9 @@ class Daemon:
         self.broker = Broker(connect(self.redis_url),  # connects on first use
                              blocking=connect(self.redis_url, socket_timeout=settings.max_idle_wait + 10))
         self._owns_metrics = metrics is None
-        self.metrics = Metrics() if metrics is None else metrics  # registered in prometheus_client's registry
+        # in prometheus_client's registry when something can scrape it (else prometheus_client is not imported)
+        exported = settings.metrics_port is not None or settings.api_enabled
+        self.metrics = Metrics(exported=exported) if metrics is None else metrics
         self.parts: Parts | None = None  # by build()
         self.api: RunningApi | None = None  # by run(), when api_enabled
         self._tasks: dict[str, asyncio.Task[None]] = {}

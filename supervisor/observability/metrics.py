@@ -110,13 +110,28 @@ class _JobCollector:
 
 
 class Metrics:
-    """The metric families of one daemon, registered in `registry` (default: prometheus_client's)."""
+    """The metric families of one daemon, registered in `registry` (default: prometheus_client's).
 
-    def __init__(self, registry: Any = None) -> None:
+    `exported=False`: nothing can scrape this process (no `metrics_port`, no admin API), so
+    prometheus_client is not even imported (a start costs less) and nothing is registered; the
+    per-type numbers are kept all the same.
+    """
+
+    def __init__(self, registry: Any = None, *, exported: bool = True) -> None:
+        self.types: dict[str, TypeMetrics] = {}  # job type -> its per-attempt numbers
+        self._server: Any = None
+        self._self_proc: Any = None
+        self._gauged: dict[str, set[tuple[str, ...]]] = {"depth": set(), "rss": set()}
+        self.exported = exported
+        self.registry: Any = None
+        self.queue_depth: Any = None
+        self.worker_rss: Any = None
+        self.ticks: Any = None
+        if not exported:
+            return
         from prometheus_client import REGISTRY, Counter, Gauge  # noqa: PLC0415
 
         self.registry = REGISTRY if registry is None else registry
-        self.types: dict[str, TypeMetrics] = {}  # job type -> its per-attempt numbers
         self._collector = _JobCollector(self.types)
         self.registry.register(self._collector)
         self.queue_depth = Gauge(PREFIX + "queue_depth", "Jobs per type and index (ready, sched, active, and each "
@@ -126,9 +141,6 @@ class Metrics:
                                 ["pid", "role"], registry=self.registry)
         self.ticks = Counter(PREFIX + "scheduler_ticks_total", "Cron ticks this instance enqueued.", ["schedule"],
                              registry=self.registry)
-        self._server: Any = None
-        self._self_proc: Any = None
-        self._gauged: dict[str, set[tuple[str, ...]]] = {"depth": set(), "rss": set()}
 
     def type_metrics(self, name: str) -> TypeMetrics:
         """The numbers of job type `name` (made on its first attempt)."""
@@ -138,13 +150,14 @@ class Metrics:
         return tm
 
     def schedule_fired(self, schedule_id: str) -> None:
-        self.ticks.labels(schedule_id).inc()
+        if self.ticks is not None:
+            self.ticks.labels(schedule_id).inc()
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Serve the registry on http://ADDR:PORT/metrics (a daemon thread); an error is logged, not raised."""
         import prometheus_client  # noqa: PLC0415
 
-        if self._server is not None:
+        if self._server is not None or not self.exported:
             return
         try:
             started = prometheus_client.start_http_server(port, addr=addr, registry=self.registry)
@@ -166,6 +179,8 @@ class Metrics:
 
     def unregister(self) -> None:
         """Take our families out of the registry (so another `Metrics` may register them)."""
+        if not self.exported:
+            return
         for collector in (self._collector, self.queue_depth, self.worker_rss, self.ticks):
             try:
                 self.registry.unregister(collector)

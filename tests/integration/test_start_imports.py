@@ -30,7 +30,7 @@ def test_the_daemon_imports_no_admin_api_and_no_pool_up_front() -> None:
                          check=True, timeout=60).stdout
     modules = set(json.loads(out))
     assert "supervisor.daemon.daemon" in modules  # the probe imported the composition root
-    for heavy in ("fastapi", "uvicorn", "starlette", "supervisor.operators.api", "runners.pool"):
+    for heavy in ("fastapi", "uvicorn", "starlette", "supervisor.operators.api", "runners.pool", "prometheus_client"):
         assert heavy not in modules, f"{heavy} is imported before a setting or a type asks for it"
 
 
