@@ -24,7 +24,7 @@ from supervisor.engine import keys
 from supervisor.engine.broker import Broker, NewJob, connect
 from supervisor.engine.cluster_wire import ClusterWire
 from supervisor.operators.admin import EventFollower, FollowedEvent, job_fields
-from supervisor.producers.client import Client
+from supervisor.producers.client import Client, SyncClient
 from tests.conftest import DaemonProcess, await_until
 from tests.scaleout.conftest import Cluster
 
@@ -284,3 +284,14 @@ async def test_cron_keyed_concurrency_and_rate_limits_hold_across_shards(
         assert all(prev[1] <= nxt[0] for prev, nxt in itertools.pairwise(spans)), tenant
     worst = max(sum(1 for t in starts[i:i + 60] if t < s + 1.0) for i, s in enumerate(starts))
     assert worst <= 50, f"{worst} rated jobs claimed to start within one second"
+
+
+def test_sync_client_enqueues_and_reads_on_every_shard(cluster: Cluster) -> None:
+    # Given the blocking client on the cluster
+    with SyncClient(cluster.url, allow_unknown=True) as client:
+        # When it queues jobs of types on every shard, one at a time and in a batch
+        refs = [client.enqueue(name, {"n": i}) for i, name in enumerate(TYPES)]
+        refs += client.enqueue_many([(name, {"n": 100 + i}) for i, name in enumerate(TYPES)])
+        # Then each is where its type lives, and reads find it
+        assert [client.get(ref.id).payload["n"] for ref in refs] == [*range(20), *range(100, 120)]
+        assert {job.id for job in client.list(TYPES[7])} == {refs[7].id, refs[27].id}
