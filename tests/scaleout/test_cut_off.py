@@ -28,8 +28,8 @@ def test_a_host_cut_off_loses_its_jobs_to_another_and_its_late_results_are_refus
         tmp_path: Path) -> None:
     # Given a Redis both hosts reach, and a daemon in the namespace running ten 4-second jobs
     port = free_port()
-    _start([find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", cut_off_host.redis_ip,
-            "--save", "", "--appendonly", "no", "--protected-mode", "no"], port, tmp_path / "redis")
+    server = _start([find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", cut_off_host.redis_ip,
+                     "--save", "", "--appendonly", "no", "--protected-mode", "no"], port, tmp_path / "redis")
     url = f"redis://{cut_off_host.redis_ip}:{port}/0"
     witness = tmp_path / "witness.txt"
     witness.touch()
@@ -67,3 +67,4 @@ def test_a_host_cut_off_loses_its_jobs_to_another_and_its_late_results_are_refus
         assert other.stop() == 0
     finally:
         redis.close()
+        server.kill()
