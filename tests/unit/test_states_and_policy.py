@@ -41,9 +41,23 @@ def test_every_script_carries_the_generated_state_table() -> None:
 def test_scripts_only_write_states_the_table_knows() -> None:
     known = {s.value for s in State}
     for name in SCRIPT_NAMES:
-        body = script_source(name).split("local PRIORITY_SHIFT", 1)[1]
+        body = script_source(name).split("} end\n", 1)[1]  # after the generated legal table
         written = set(re.findall(r"(?:'HSET', jk, |\{|name, )'state', '(\w+)'", body))
         assert written <= known, f"{name}.lua writes unknown state(s) {written - known}"
+
+
+def test_scripts_carry_only_the_lib_definitions_they_use() -> None:
+    # Redis runs a script's whole chunk per call: lib.lua's unused functions are left out, and
+    # what a kept function uses is kept with it (claim -> key_leave -> wake), in lib.lua's order.
+    claim = script_source("claim")
+    assert "local function record_action" not in claim and "local function unpark" not in claim
+    for kept in ("local function key_leave", "local function wake", "local function finish", "local function park"):
+        assert kept in claim, kept
+    assert claim.index("local function wake") < claim.index("local function key_leave")
+    heartbeat = script_source("heartbeat")
+    assert "local function hist_add" not in heartbeat and len(heartbeat) < len(claim) / 2
+    revive = script_source("revive")  # actions.lua's functions are trimmed the same way
+    assert "local function revive_job" in revive and "local function cancel_job" not in revive
 
 
 def test_backoff_list_repeats_last_value() -> None:

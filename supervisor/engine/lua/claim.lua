@@ -17,12 +17,16 @@ trim_once = true -- one XTRIM of the event stream for the whole batch (lib.lua)
 -- nothing is claimed.
 -- An instance found dead (release_instance.lua) is halted too: Redis may run the claim a killed
 -- process queued behind its wait before it notices the closed connection.
-if ARGV[9] and redis.call('EXISTS', P .. 'halt:' .. ARGV[9], P .. 'halt:' .. inst) > 0 then
-  wake(P) -- the wake-up its wait took goes on to a live waiter
+-- A paused type (pause.lua) claims nothing, and nothing falls due: resume wakes the fetch loops.
+-- One EXISTS asks both (a command less per claim); the halt keys are told apart only when one is set.
+local stop_keys = {P .. 'paused'}
+if ARGV[9] then stop_keys = {P .. 'paused', P .. 'halt:' .. ARGV[9], P .. 'halt:' .. inst} end
+if redis.call('EXISTS', unpack(stop_keys)) > 0 then
+  if ARGV[9] and redis.call('EXISTS', stop_keys[2], stop_keys[3]) > 0 then
+    wake(P) -- the wake-up its wait took goes on to a live waiter
+  end
   return {now, -1, {}}
 end
--- A paused type (pause.lua) claims nothing, and nothing falls due: resume wakes the fetch loops.
-if redis.call('EXISTS', P .. 'paused') == 1 then return {now, -1, {}} end
 local ready, active = P .. 'ready', P .. 'active'
 
 -- The first delayed job and the first lease to lapse: when neither is due (the usual case),

@@ -14,7 +14,7 @@ for i = 0, n - 1 do
   local b = 4 + i * 4
   local id, lease, result, progress = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local jk = JP .. id
-  local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'worker', 'idem', 'ckey',
+  local f = redis.call('HMGET', jk, 'state', 'lease', 'deliveries', 'started', 'idem', 'ckey',
                        'deadline', 'ctx', 'notify')
   if f[1] ~= 'active' or f[2] ~= lease then
     out[#out + 1] = 'fenced:' .. tostring(f[1] or 'gone')
@@ -28,19 +28,19 @@ for i = 0, n - 1 do
       redis.call('HSET', jk, 'state', 'completed', 'result', result, 'finished', now_s)
     end
     redis.call('PEXPIRE', jk, ret_s)
-    if f[6] then redis.call('PEXPIRE', P .. 'idem:' .. f[6], ret_s) end
-    if f[8] then deadlines[#deadlines + 1] = id end
+    if f[5] then redis.call('PEXPIRE', P .. 'idem:' .. f[5], ret_s) end
+    if f[7] then deadlines[#deadlines + 1] = id end
     done[#done + 1] = id
     hist_time(hc, 'R', now - (tonumber(f[4]) or now))
     parked[#parked + 1] = now_s
     parked[#parked + 1] = id
-    key_leave(P, id, f[7], true)
-    if f[10] then notify_settled(P, id, 'completed') end -- dependents or a batch wait on it
-    if not batch_event(id, f[3], f[9], result) then -- one `completed` entry for the batch, below
+    key_leave(P, id, f[6], true)
+    if f[9] then notify_settled(P, id, 'completed') end -- dependents or a batch wait on it
+    if not batch_event(id, f[3], f[8], result) then -- one `completed` entry for the batch, below
       if #result <= EVENT_RESULT_MAX then
-        emit(P, 'completed', id, 'completed', f[3], f[9], 'result', result)
+        emit(P, 'completed', id, 'completed', f[3], f[8], 'result', result)
       else -- bounded: a large result is read from the job, not carried by every event
-        emit(P, 'completed', id, 'completed', f[3], f[9], 'result_bytes', #result)
+        emit(P, 'completed', id, 'completed', f[3], f[8], 'result_bytes', #result)
       end
     end
     out[#out + 1] = 'ok'

@@ -25,9 +25,7 @@ if n == 1 and stride == 3 then
              'created', created, 'ctx', ARGV[8])
   hist_add(P, tonumber(created), {e = 1})
   redis.call('ZADD', P .. 'ready', seq, id)
-  -- wake(P) in one call: adding the marker when it is there already changes nothing, so Redis
-  -- neither propagates it nor wakes anyone (the same effect as EXISTS first, one call fewer).
-  redis.call('ZADD', P .. 'marker', '0', 'm')
+  wake(P)
   return {id, 'new', ''}
 end
 

@@ -166,11 +166,11 @@ local function unpark(P, jk, id, state, idem)
   if idem then redis.call('PERSIST', P .. 'idem:' .. idem) end
 end
 
--- Touch the queue's wake-up key. Skipped while the marker is still there: nobody consumed it
--- since the last touch, so the next (or a now blocked) BZPOPMIN gets it anyway.
+-- Touch the queue's wake-up key. One call: while the marker is still there (nobody consumed it
+-- since the last touch, so the next or a now blocked BZPOPMIN gets it anyway), the ZADD changes
+-- nothing, so Redis neither propagates it nor wakes anyone (an EXISTS first was a command more).
 local function wake(P)
-  local marker = P .. 'marker'
-  if redis.call('EXISTS', marker) == 0 then redis.call('ZADD', marker, 0, 'm') end
+  redis.call('ZADD', P .. 'marker', '0', 'm')
 end
 
 local PRIORITY_SHIFT = 1099511627776 -- 2^40: score = -priority * 2^40 + seq
