@@ -248,3 +248,44 @@ async def test_a_process_type_runs_up_to_its_concurrency_at_once_in_one_worker(
     assert all(j.state is State.COMPLETED for j in jobs), [j.state for j in jobs]
     results = [RunResult(RunStatus.COMPLETED, j.result) for j in jobs]
     assert len({r.result["pid"] for r in results}) == 1 and max_overlap(results) == 3
+
+
+CRASHY_JOBS = '''
+"""Async process-runtime jobs that share one worker; one of them kills it on its first attempt."""
+import asyncio
+import os
+
+from supervisor import job
+
+
+@job("t.crashy", runtime="process", concurrency=3, max_deliver=3, backoff=[0.05], ack_wait=300)
+async def crashy(payload, ctx):
+    with open(payload["marks"], "a") as f:
+        f.write(f"{ctx.job_id} {ctx.attempt}\\n")
+    if ctx.attempt > 1:
+        return {"attempt": ctx.attempt, "pid": os.getpid()}
+    while True:  # first attempts: wait until all three run in this worker
+        with open(payload["marks"]) as f:
+            if len(f.read().splitlines()) >= 3:
+                break
+        await asyncio.sleep(0.005)
+    if payload.get("die"):
+        os._exit(3)
+    await asyncio.sleep(60)  # ended by the crash
+'''
+
+
+async def test_jobs_beside_a_crash_are_delivered_again_and_complete(
+    redis_url: str, jobs_dir: Path, daemon: Any, tmp_path: Path,
+) -> None:
+    # Given three async process jobs running in one worker
+    (jobs_dir / "crashy.py").write_text(CRASHY_JOBS)
+    daemon(env={"WORKERS_CONCURRENCY": "1"})
+    marks = tmp_path / "marks.txt"
+    async with Client(redis_url) as client:
+        refs = [await client.enqueue("t.crashy", {"marks": str(marks), "die": i == 0}) for i in range(3)]
+        # When one of them kills the worker
+        jobs = [await client.wait(r.id, timeout=60) for r in refs]
+    # Then all three failed that attempt with the worker and completed on the next one (a new worker)
+    assert all(j.state is State.COMPLETED and j.result["attempt"] == 2 for j in jobs), [j.state for j in jobs]
+    assert all("died" in (j.attempts[0].error or "") for j in jobs), [j.attempts[0].error for j in jobs]
