@@ -8,12 +8,14 @@ the next call after a connection error (a master died: its replica takes over). 
 `ASK` (its slot is migrating and its key is on the new node already) is sent once to that node
 behind `ASKING`; `TRYAGAIN` and `CLUSTERDOWN` are retried after a short pause: in each case the
 script did not run. Blocking waits use connections of their own (`blocking`), per node, sharing
-the slot map. Reads and other commands stay with redis-py's cluster client.
+the slot map. Reads and other commands stay with redis-py's cluster client. `SyncClusterWire` is
+the blocking twin, for `SyncClient`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
@@ -21,7 +23,7 @@ from typing import Any
 
 import hiredis
 
-from supervisor.engine.wire import AsyncWire, Script, WireParams, is_noscript, redis_errors
+from supervisor.engine.wire import AsyncWire, Script, SyncWire, WireParams, is_noscript, redis_errors
 
 _SLOTS = 16384
 _RETRIES = 5
@@ -32,6 +34,16 @@ def key_slot(key: str) -> int:
     from redis.crc import key_slot as crc_slot  # noqa: PLC0415  (redis-py: loaded with the cluster client)
 
     return int(crc_slot(key.encode("utf-8", "surrogateescape")))
+
+
+def parse_slots(reply: Any, host: str) -> list[tuple[str, int]] | None:
+    """The master (host, port) of each slot from a `CLUSTER SLOTS` reply of the node at `host`;
+    None while a slot has no master (a failover under way)."""
+    slots: list[tuple[str, int]] = [("", 0)] * _SLOTS
+    for start, end, master, *_ in reply:
+        for slot in range(int(start), int(end) + 1):
+            slots[slot] = (str(master[0]) or host, int(master[1]))
+    return slots if all(port for _, port in slots) else None
 
 
 class SlotMap:
@@ -64,11 +76,8 @@ class SlotMap:
                     continue
                 finally:
                     await probe.close()
-                slots: list[tuple[str, int]] = [("", 0)] * _SLOTS
-                for start, end, master, *_ in reply:
-                    for slot in range(int(start), int(end) + 1):
-                        slots[slot] = (str(master[0]) or host, int(master[1]))
-                if any(port == 0 for _, port in slots):  # a slot no master serves: failing over
+                slots = parse_slots(reply, host)
+                if slots is None:  # a slot no master serves: failing over
                     last = redis_errors().ConnectionError("the cluster has slots no master serves")
                     continue
                 self.slots, self.stale, self._refreshed = slots, False, time.monotonic()
@@ -189,4 +198,81 @@ def cluster_wire_of(client: Any, timeout_s: float = 30.0) -> ClusterWire | None:
     return ClusterWire(seeds, params)
 
 
-__all__ = ["ClusterWire", "SlotMap", "cluster_wire_of", "key_slot"]
+
+
+class SyncClusterWire:
+    """The blocking twin of `ClusterWire` (`SyncScriptTransport`, for `SyncClient`): one `SyncWire`
+    per master, each call routed by its key's slot; the map is read again on MOVED and after a
+    connection error. ASK, TRYAGAIN and CLUSTERDOWN (a slot migrating, a failover) are retried after
+    a short pause until the slot has its owner: the call did not run."""
+
+    def __init__(self, seeds: Sequence[tuple[str, int]], params: WireParams, spin_us: float = 0.0,
+                 quiet_threads: int = 1) -> None:
+        self.seeds, self.params = list(seeds), params
+        self._spin = (spin_us, quiet_threads)
+        self._slots: list[tuple[str, int]] = []
+        self._wires: dict[tuple[str, int], SyncWire] = {}
+        self._lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        last: Exception | None = None
+        for host, port in [*dict.fromkeys(self._slots), *self.seeds]:
+            probe = SyncWire(replace(self.params, host=host, port=port, connect_timeout_s=1.0, timeout_s=2.0),
+                             spin_us=0)
+            try:
+                slots = parse_slots(probe.call("CLUSTER", "SLOTS"), host)
+            except (redis_errors().RedisError, OSError) as exc:
+                last = exc
+                continue
+            finally:
+                probe.close()
+            if slots is not None:
+                self._slots = slots
+                return
+            last = redis_errors().ConnectionError("the cluster has slots no master serves")
+        raise redis_errors().ConnectionError(f"no node of the cluster answered CLUSTER SLOTS: {last}")
+
+    def _wire(self, key: str) -> SyncWire:
+        with self._lock:
+            if not self._slots:
+                self._refresh()
+            node = self._slots[key_slot(key)]
+            wire = self._wires.get(node)
+            if wire is None:
+                wire = self._wires[node] = SyncWire(replace(self.params, host=node[0], port=node[1]), *self._spin)
+            return wire
+
+    def _routed(self, key: str, send: Callable[[SyncWire], Any]) -> Any:
+        for attempt in range(_RETRIES * 4):
+            try:
+                return send(self._wire(key))
+            except redis_errors().ResponseError as exc:
+                kind = str(exc).split(" ", 1)[0]
+                if kind == "MOVED":
+                    self._slots = []
+                elif kind not in ("ASK", "TRYAGAIN", "CLUSTERDOWN") or attempt == _RETRIES * 4 - 1:
+                    raise
+                time.sleep(0.02 * (attempt + 1))
+            except (redis_errors().ConnectionError, redis_errors().TimeoutError):
+                self._slots = []  # a master gone: the next call reads the map again
+                raise
+        raise redis_errors().ResponseError(f"the slot of {key!r} kept moving")
+
+    def call(self, *cmd: Any) -> Any:
+        return self._routed(str(cmd[1]) if len(cmd) > 1 else "", lambda w: w.call(*cmd))
+
+    def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self._routed(keys[0], lambda w: w.evalsha(script, keys, args))
+
+    def evalsha_packed(self, script: Script, data: bytes) -> Any:
+        reader = hiredis.Reader(encoding="utf-8", errors="surrogateescape")
+        reader.feed(data)
+        key = reader.gets()[3]  # EVALSHA sha numkeys key ...: routed by its key
+        return self._routed(key, lambda w: w.evalsha_packed(script, data))
+
+    def close(self) -> None:
+        for wire in self._wires.values():
+            wire.close()
+
+
+__all__ = ["ClusterWire", "SlotMap", "SyncClusterWire", "cluster_wire_of", "key_slot"]

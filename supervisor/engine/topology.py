@@ -17,8 +17,11 @@ import weakref
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from supervisor.engine.redis_url import RedisTarget
-from supervisor.engine.wire import AsyncWire, WireParams, redis_errors
+import hiredis
+
+from supervisor.engine.cluster_wire import SyncClusterWire
+from supervisor.engine.redis_url import RedisTarget, parse_redis_url
+from supervisor.engine.wire import AsyncWire, SyncWire, WireParams, redis_errors
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -93,6 +96,52 @@ class SentinelWire(AsyncWire):
         return SentinelWire(self.params, self._pool)
 
 
+class SyncSentinelWire(SyncWire):
+    """The blocking twin of `SentinelWire` (for `SyncClient`): asks the sentinels where the master
+    is at each connect, and drops its connection on READONLY so the next call follows a failover."""
+
+    def __init__(self, params: WireParams, target: RedisTarget, spin_us: float = 0.0, quiet_threads: int = 1) -> None:
+        super().__init__(params, spin_us, quiet_threads)
+        self.target = target
+
+    def _connect(self) -> Any:
+        t, last = self.target, None
+        for host, port in t.hosts:
+            sentinel = SyncWire(WireParams(host=host, port=port, username=t.sentinel_username,
+                                           password=t.sentinel_password, connect_timeout_s=1.0, timeout_s=2.0),
+                                spin_us=0)
+            try:
+                found = sentinel.call("SENTINEL", "get-master-addr-by-name", t.service)
+            except (redis_errors().RedisError, OSError) as exc:
+                last = exc
+                continue
+            finally:
+                sentinel.close()
+            if found:
+                self.params = replace(self.params, host=str(found[0]), port=int(found[1]))
+                return super()._connect()
+        raise redis_errors().ConnectionError(f"no sentinel knows the master of {t.service!r}: {last}")
+
+    def _reply(self, data: bytes) -> Any:
+        reply = super()._reply(data)
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("READONLY"):  # a replica now: reconnect
+            with self._lock:
+                self._reset()
+        return reply
+
+
+def sync_transport_for(url: str, spin_us: float, quiet_threads: int) -> SyncWire | SyncClusterWire | None:
+    """The blocking lean wire for a `redis+sentinel://` or `redis+cluster://` URL (None for others,
+    and for TLS, which it does not speak)."""
+    target = parse_redis_url(url)
+    if target.kind == "server" or target.tls:
+        return None
+    params = WireParams(username=target.username, password=target.password, db=target.db)
+    if target.kind == "cluster":
+        return SyncClusterWire(target.hosts, params, spin_us, quiet_threads)
+    return SyncSentinelWire(params, target, spin_us, quiet_threads)
+
+
 def sentinel_params(client: Any, timeout_s: float = 30.0) -> WireParams:
     """The wire's parameters for the master behind a sentinel-managed redis-py client (the
     address is found at each connect)."""
@@ -149,4 +198,5 @@ async def xread_streams(redis: Any, streams: dict[str, str], count: int, block_m
     return [row for read in done for row in (read.result() or [])]
 
 
-__all__ = ["SentinelWire", "connect_target", "sentinel_params", "sentinel_pool", "watch_failover", "xread_streams"]
+__all__ = ["SentinelWire", "SyncSentinelWire", "connect_target", "sentinel_params", "sentinel_pool",
+           "sync_transport_for", "watch_failover", "xread_streams"]

@@ -26,6 +26,7 @@ from supervisor.engine.control import BulkFilter, BulkReport, PauseState
 from supervisor.engine.records import Job
 from supervisor.engine.serving import type_state, type_state_sync
 from supervisor.engine.states import State
+from supervisor.engine.topology import sync_transport_for
 from supervisor.engine.transport import LoopTransport, SyncScriptTransport
 from supervisor.engine.wire import DEFAULT_SPIN_US, SyncWire, WireParams, params_of, redis_errors
 from supervisor.errors import CorruptRecord, JobFailed, SupervisorError, WaitTimeout
@@ -347,11 +348,13 @@ class SyncClient:
         # Its parameters come from the URL, so an enqueue needs neither the loop nor redis-py;
         # for a URL the wire cannot read alone (TLS, redis-py's query options) redis-py says, once.
         params = WireParams.from_url(redis)
-        if params is None:
+        # quiet_threads=2: the caller and this client's loop thread. A Sentinel group's master or a
+        # Redis Cluster: the blocking wire that finds them (supervisor.engine.topology).
+        lean = None if params is not None else sync_transport_for(redis, reply_spin_us, 2)
+        if params is None and lean is None:
             params = params_of(self._async_client().broker.redis)
-        # quiet_threads=2: the caller and this client's loop thread
         self._transport: SyncScriptTransport = (
-            SyncWire(params, reply_spin_us, quiet_threads=2) if params is not None
+            lean if lean is not None else SyncWire(params, reply_spin_us, quiet_threads=2) if params is not None
             else LoopTransport(self._async_client().broker.transport, self._call))  # TLS: redis-py on the loop
         self._pipeline = Pipeline(self.tracing, allow_unknown)
 

@@ -170,7 +170,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             nodes.append(_start([find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                  "--appendonly", "no", "--dir", str(folder), "--cluster-enabled", "yes",
                                  "--repl-diskless-sync-delay", "0",
-                                 "--cluster-node-timeout", "1000", "--cluster-config-file", "nodes.conf"],
+                                 "--cluster-node-timeout", "2000", "--cluster-config-file", "nodes.conf"],
                                 port, folder))
         cli = str(Path(find_redis_server()).with_name("redis-cli"))
         subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),

@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError, ReadOnlyEr
 from supervisor.engine import keys
 from supervisor.engine.broker import connect
 from supervisor.operators.admin import job_fields
-from supervisor.producers.client import Client
+from supervisor.producers.client import Client, SyncClient
 from tests.conftest import DaemonProcess, await_until, cli_env, run_cli
 from tests.scaleout.conftest import SentinelGroup
 
@@ -91,7 +91,9 @@ async def test_a_master_killed_under_load_loses_no_acknowledged_job(
     assert len(set(acked.values())) == JOBS
     assert {job_id: completions[job_id] for job_id in kept if completions[job_id] != 1} == {}
     assert kept <= set(witness.read_text().split())  # the witness saw each run to its end
-    # and the operators' commands reach the new master through the sentinels too
+    # and the blocking client and the operators' commands reach the new master through the sentinels too
+    with SyncClient(sentinel_group.url) as sync:
+        assert sync.wait(sync.enqueue("so.work", {"n": -1}).id, timeout=20).state.value == "completed"
     listed = run_cli("workers", "--json", env=cli_env(REDIS_URL=sentinel_group.url), cwd=tmp_path)
     assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 2, listed.stderr
     for d in daemons:  # the daemons kept running through the failover, and stop cleanly
