@@ -59,7 +59,8 @@ def test_shipped_examples_load_with_their_sidecars(tmp_path: Path) -> None:
     result = discover_tasks(REPO / "tasks", PY, cache_dir=tmp_path, which=NO_DOTNET)
 
     assert result.errors == []
-    assert set(result.tasks) == {"hello", "images.resize", "validate-payload", "csharp.hello"}
+    assert set(result.tasks) == {"hello", "images.resize", "validate-payload", "csharp.hello", "spawn-child",
+                                 "csharp.spawn-child"}
     resize = result.tasks["images.resize"]
     assert resize.command.argv == [PY, str(REPO / "tasks" / "resize_image.py")]
     policy = resize.policy

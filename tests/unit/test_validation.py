@@ -60,7 +60,7 @@ def test_each_format_is_checked_and_the_field_named(fmt: str) -> None:
 
 def test_the_format_checker_knows_every_promised_format() -> None:
     # jsonschema skips a format whose package is missing: a missing dependency must fail here
-    checker = compile_schema(SCHEMA).format_checker
+    checker = compile_schema(SCHEMA).full().format_checker
     assert checker is not None and set(FORMATS) <= set(checker.checkers)
 
 
