@@ -22,7 +22,11 @@ checks that the fast check never accepts what jsonschema rejects.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -73,6 +77,32 @@ def compile_schema(schema: dict[str, Any], *, formats: bool = True) -> Validator
     Compile once per loaded schema and keep it: building one costs far more than a check.
     """
     return Validator(schema, formats)
+
+
+def schema_problem(schema: dict[str, Any], *, memo_dir: Path | None = None) -> str | None:
+    """None when `schema` is a valid JSON Schema of its draft, else what is wrong and where.
+
+    A schema found valid is remembered in `memo_dir` (when given) as an empty file named by the
+    SHA-256 of its canonical JSON: a draft's metaschema never changes, so a daemon's restart
+    imports jsonschema (~90 ms) only for a schema it has not checked before.
+    """
+    digest = ""
+    if memo_dir is not None:
+        canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        digest = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+        if (memo_dir / digest).is_file():
+            return None
+    import jsonschema  # noqa: PLC0415 (see the module docstring)
+
+    try:
+        jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return f"{exc.message} (at {exc.json_path})"
+    if memo_dir is not None:
+        with contextlib.suppress(OSError):  # a read-only cache only costs the next start the check
+            memo_dir.mkdir(parents=True, exist_ok=True)
+            (memo_dir / digest).touch()
+    return None
 
 
 def check_payload(name: str, validator: Validator, value: Any) -> None:

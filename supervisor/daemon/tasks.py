@@ -42,15 +42,22 @@ from pathlib import Path
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import jsonschema
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from runners.command import DEFAULT_ENV_ALLOW, CommandSpec, ResourceLimits
 from supervisor.daemon.csharp import CSharpBuild
 from supervisor.errors import DuplicateJobType, HandlerImportError, InvalidPayload, ToolchainMissing
 from supervisor.policy import TypePolicy
-from supervisor.validation import Validator, check_payload, compile_schema
+from supervisor.validation import Validator, check_payload, compile_schema, schema_problem
 
 Which = Callable[[str], str | None]
 
@@ -144,9 +151,9 @@ class Sidecar(TypePolicy):
 
     @field_validator("payload_schema")
     @classmethod
-    def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _schema(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
         if value is not None:
-            _check_schema(value)
+            _check_schema(value, (info.context or {}).get("schema_memo"))
         return value
 
     @model_validator(mode="after")
@@ -159,11 +166,9 @@ class Sidecar(TypePolicy):
         return self
 
 
-def _check_schema(schema: dict[str, Any]) -> None:
-    try:
-        jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise ValueError(f"not a valid JSON Schema: {exc.message} (at {exc.json_path})") from None
+def _check_schema(schema: dict[str, Any], memo: Path | None) -> None:
+    if (problem := schema_problem(schema, memo_dir=memo)) is not None:
+        raise ValueError(f"not a valid JSON Schema: {problem}")
 
 
 _HINTS: dict[str, str] = {
@@ -231,8 +236,8 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def load_sidecar(path: Path) -> Sidecar:
-    """Parse and validate one sidecar.
+def load_sidecar(path: Path, schema_memo: Path | None = None) -> Sidecar:
+    """Parse and validate one sidecar (`schema_memo`: see `supervisor.validation.schema_problem`).
 
     Raises:
         HandlerImportError: naming the file, every bad key and its fix.
@@ -244,7 +249,7 @@ def load_sidecar(path: Path) -> Sidecar:
     except (OSError, UnicodeDecodeError) as exc:
         raise HandlerImportError(str(path), f"cannot read the sidecar: {exc}") from None
     try:
-        sidecar = Sidecar.model_validate(data)
+        sidecar = Sidecar.model_validate(data, context={"schema_memo": schema_memo})
     except ValidationError as exc:
         raise HandlerImportError(str(path), f"invalid sidecar: {_describe(exc)}") from None
     if sidecar.payload_schema_file is not None:
@@ -262,7 +267,7 @@ def load_sidecar(path: Path) -> Sidecar:
                 str(path), f"key 'payload_schema_file': {schema_path} does not hold a JSON object"
             )
         try:
-            _check_schema(schema)
+            _check_schema(schema, schema_memo)
         except ValueError as exc:
             raise HandlerImportError(
                 str(path), f"key 'payload_schema_file': {schema_path} is {exc}"
@@ -472,7 +477,7 @@ def _expand(command: list[str], path: Path, python: str) -> list[str]:
 
 def _load_one(cand: _Candidate, python: str, which: Which, cache_dir: Path) -> TaskDef:
     """Build one TaskDef; raise HandlerImportError (naming the file) when it cannot be."""
-    side = load_sidecar(cand.sidecar) if cand.sidecar is not None else Sidecar()
+    side = load_sidecar(cand.sidecar, cache_dir / SCHEMA_MEMO) if cand.sidecar is not None else Sidecar()
     path = cand.path
     command_only = cand.sidecar is not None and path == cand.sidecar
     stem = path.stem
@@ -521,6 +526,10 @@ def _load_one(cand: _Candidate, python: str, which: Which, cache_dir: Path) -> T
     return TaskDef(policy=side.policy(name), path=path, command=spec, sidecar=cand.sidecar)
 
 
+#: Under the cache dir: one empty file per payload schema found valid, named by its hash.
+SCHEMA_MEMO = "schemas-valid"
+
+
 def default_cache_dir() -> Path:
     """Where compiled tasks go when the caller names no directory (the daemon passes its state dir)."""
     return Path.home() / ".cache" / "job-supervisor" / "tasks"
@@ -539,7 +548,8 @@ def discover_tasks(
         tasks_dir: the directory to scan (a missing one holds no tasks).
         python: the interpreter for `.py` tasks (default: the daemon's).
         cache_dir: where `.cs` tasks are compiled to (the daemon passes
-            `<state_dir>/task-cache`); nothing is written during discovery.
+            `<state_dir>/task-cache`); discovery writes there only the memo of payload
+            schemas found valid (`schemas-valid/`), never a build.
         which: finds a program on PATH (injectable for tests).
 
     Returns:

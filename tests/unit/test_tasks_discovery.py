@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -403,3 +404,24 @@ def test_validate_payload_names_the_json_path_of_each_problem(tmp_path: Path) ->
 
     with pytest.raises(InvalidPayload, match="'age' is a required property"):
         task.validate_payload({"email": "ada@example.org"})
+
+
+def test_a_schema_checked_once_is_not_checked_again_and_a_bad_one_never_remembered(tmp_path: Path) -> None:
+    # Given the shipped tasks discovered once with a cache dir (their schemas checked by jsonschema)
+    first = discover_tasks(REPO / "tasks", PY, cache_dir=tmp_path, which=NO_DOTNET)
+    assert first.errors == [] and any((tmp_path / "schemas-valid").iterdir())
+    # When a fresh process discovers them again with the same cache dir
+    probe = (f"import sys; from pathlib import Path; from supervisor.daemon.tasks import discover_tasks\n"
+             f"scan = discover_tasks(Path({str(REPO / 'tasks')!r}), {PY!r}, cache_dir=Path({str(tmp_path)!r}))\n"
+             "print(len(scan.errors), 'jsonschema' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    # Then it loads them without importing jsonschema
+    assert out.split() == ["0", "False"], out
+    # And a bad schema is reported every time, never remembered as valid
+    tasks = tmp_path / "bad"
+    tasks.mkdir()
+    (tasks / "x.sh").write_text("#!/bin/sh\n")
+    (tasks / "x.toml").write_text('payload_schema = { type = "objekt" }\n')
+    for _ in range(2):
+        scan = discover_tasks(tasks, PY, cache_dir=tmp_path, which=NO_DOTNET)
+        assert "not a valid JSON Schema" in str(error_for(scan, "x.toml"))
