@@ -1,7 +1,7 @@
 """Redis CPU per job of a no-op job's life (bulk enqueue, claim, complete), for two copies of the
 Lua scripts side by side: how BENCHMARKS.md's "parts removed" figures were measured (issue 17).
 
-    .venv/bin/python scripts/lua_ab.py A_LUA_DIR B_LUA_DIR [--jobs 2000] [--rounds 12] [--claim 100]
+    .venv/bin/python scripts/lua_ab.py A_LUA_DIR B_LUA_DIR [--jobs 2000] [--rounds 12] [--claim 100] [--b-no-aof]
 
 Each folder holds a full copy of `supervisor/engine/lua/` (edit one: remove a part, try a
 change). Two private `redis-server`s with the bench's settings (AOF everysec) run the two copies;
@@ -9,7 +9,8 @@ the rounds alternate between them (A then B, then B then A), so the machine's dr
 A round queues `--jobs` plain jobs with the enqueue script (chunks of 200, pipelined), then claims
 `--claim` at a time and completes each batch at once; Redis's CPU (INFO used_cpu_sys +
 used_cpu_user) is read around each phase. Prints the medians per job, commands per job and AOF
-bytes per job (negative when a rewrite shrank the file meanwhile).
+bytes per job (negative when a rewrite shrank the file meanwhile). `--b-no-aof` runs B's server
+without the append-only file (give both the same folder): the AOF's share of Redis's CPU.
 """
 
 from __future__ import annotations
@@ -92,9 +93,10 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--claim", type=int, default=100)
+    ap.add_argument("--b-no-aof", action="store_true")
     o = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="lua-ab-"))
-    servers = [RedisServer(root / side) for side in ("a", "b")]
+    servers = [RedisServer(root / "a"), RedisServer(root / "b", appendonly=not o.b_no_aof)]
     try:
         sides = []
         for server, lua in zip(servers, (o.a, o.b), strict=True):
@@ -102,10 +104,11 @@ def main() -> None:
             r = redis.Redis.from_url(server.url)
             r.hset(P + "meta", mapping={"retention_ms": "86400000"})
             sides.append((lua, r, load(r, lua)))
-        acc: dict[str, list[tuple[float, float, int, int]]] = {str(lua): [] for lua, _, _ in sides}
+        labels = ["A " + str(o.a), "B " + str(o.b) + (" (no AOF)" if o.b_no_aof else "")]
+        acc: dict[str, list[tuple[float, float, int, int]]] = {label: [] for label in labels}
         for i in range(o.rounds):
-            for lua, r, sha in sides if i % 2 == 0 else sides[::-1]:
-                acc[str(lua)].append(one_round(r, sha, o.jobs, o.claim))
+            for label, (_, r, sha) in list(zip(labels, sides, strict=True))[:: 1 if i % 2 == 0 else -1]:
+                acc[label].append(one_round(r, sha, o.jobs, o.claim))
         for lua, runs in acc.items():
             enq = statistics.median(x[0] for x in runs) * 1e6 / o.jobs
             drain = statistics.median(x[1] for x in runs) * 1e6 / o.jobs

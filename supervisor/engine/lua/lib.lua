@@ -41,14 +41,13 @@ end
 -- job's context JSON (or false): its request and trace ids go on the event, so an event can be
 -- followed back to the request that caused it without reading the job.
 local function ctx_ids(ctx)
-  if not ctx then return '', '' end
-  -- Our clients write a minted request id (16 hex) and the trace id (32 hex) first: read them at
-  -- their places, a third of a pattern search's cost on the enqueue path; anything else is searched.
-  if string.sub(ctx, 1, 15) == '{"request_id":"' and string.sub(ctx, 32, 45) == '","trace_id":"'
-      and string.sub(ctx, 78, 78) == '"' then
-    return string.sub(ctx, 16, 31), string.sub(ctx, 46, 77)
-  end
-  return string.match(ctx, '"request_id":%s*"([^"]*)"') or '', string.match(ctx, '"trace_id":%s*"([^"]*)"') or ''
+  if not ctx then return '', '', false end
+  -- Our clients write the request id and the trace id first: one anchored match reads both and
+  -- finds them plain (letters, digits, '-': see batch_event), cheaper than cutting them out at fixed
+  -- places and checking each (~2 µs of a job's life); anything else is searched.
+  local rid, tid = string.match(ctx, '^{"request_id":"([%w%-]+)","trace_id":"([%w%-]+)"')
+  if rid then return rid, tid, true end
+  return string.match(ctx, '"request_id":%s*"([^"]*)"') or '', string.match(ctx, '"trace_id":%s*"([^"]*)"') or '', false
 end
 
 -- A script that emits an event per job of a batch (claim, complete) sets `trim_once`: its XADDs
@@ -85,8 +84,8 @@ local function plain(s)
 end
 -- Adds a job's event to the batch; false when it is not plain (the caller emits it on its own).
 local function batch_event(id, attempt, ctx, result)
-  local rid, tid = ctx_ids(ctx)
-  if not (plain(id) and plain(rid) and plain(tid)) then return false end
+  local rid, tid, clean = ctx_ids(ctx)
+  if not (plain(id) and (clean or plain(rid) and plain(tid))) then return false end
   local k = #batch.ids + 1
   batch.ids[k], batch.attempts[k], batch.rids[k], batch.tids[k] = id, attempt or '0', rid, tid
   if result then
