@@ -36,6 +36,18 @@ def _top_level_imports(body: list[ast.stmt]) -> list[ast.Import | ast.ImportFrom
     return found
 
 
+def _parse(source: str) -> list[ast.stmt]:
+    # CPython 3.11 keeps the AST constructor's recursion depth in state shared by every thread
+    # (python/cpython#106905): a thread another test left running that compiles code at the same
+    # moment makes ast.parse raise a spurious SystemError. Parsing again is then exact.
+    for _ in range(3):
+        try:
+            return ast.parse(source).body
+        except SystemError:
+            continue
+    return ast.parse(source).body
+
+
 def _graph() -> dict[str, set[str]]:
     """Module -> the modules of PACKAGES it imports when it is loaded."""
     modules = _modules()
@@ -43,7 +55,7 @@ def _graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
         edges = set()
-        for node in _top_level_imports(ast.parse(path.read_text()).body):
+        for node in _top_level_imports(_parse(path.read_text())):
             if isinstance(node, ast.Import):
                 edges |= {a.name for a in node.names if a.name in modules}
                 continue
