@@ -16,8 +16,8 @@ Design, and why:
   worker's own event loop (a thread of its own), each job a task: as many at once
   as the daemon sends. Sync handlers run in lanes (threads, `threads` per worker,
   default 4): the pool measures each sync type's share of time on the CPU (from the
-  worker thread's schedstat: ran or waiting for a CPU, over wall time) and gives a
-  type about 1 / that share lanes, so handlers that wait overlap their waits while
+  worker thread's CPU time and run-queue wait, over wall time) and gives a type
+  1 / that share lanes (rounded down), so handlers that wait overlap their waits while
   CPU-bound ones (and types not measured yet) run one at a time per worker, on its
   main thread, as before. The daemon places a job where it starts at once (an
   async type, a free lane), else queues it behind short sync runs only, else keeps

@@ -13,8 +13,8 @@ Python runtime:
   `result` messages go out in one write per loop iteration;
 - the *sync lanes* run sync handlers in the order they were sent: the main
   thread, plus `threads - 1` helper threads. The daemon gives each sync run a
-  number of lanes from its type's measured share of time on the CPU (about 1 /
-  that share: one worker holds one GIL): a run with 2 or more may run beside other
+  number of lanes from its type's measured share of time on the CPU (1 / that
+  share, rounded down: one worker holds one GIL): a run with 2 or more may run beside other
   such runs while fewer than that many run; a run with 1 runs alone, on the main
   thread (CPU-bound work gains nothing from threads under the GIL, and its
   timeout should not count time spent waiting for one). A sync job's `started` goes out in
@@ -161,8 +161,8 @@ class _Child:
                 while msg is None and not out and not (main and self._stopping and not self._running):
                     cv.wait()
                     msg = self._take(main)
-                if msg is not None and self._queue:
-                    self._wake()  # the next one may start beside it
+                if msg is not None and self._queue and self.threads > 1:
+                    self._wake(main)  # the next one may start beside it
             if msg is None:
                 if not out:
                     return  # stopped, with nothing left to say
@@ -178,16 +178,17 @@ class _Child:
                     self._running.pop(msg[1], None)
                     self._cancel_early.discard(msg[1])
                     self._sync_running -= 1
-                    if _lanes(msg, self.threads) < 2:
+                    if msg[7] < 2:
                         self._exclusive -= 1
-                    self._wake()
+                    if not main or self.threads > 1:
+                        self._wake(main)
 
-    def _wake(self) -> None:
+    def _wake(self, main: bool) -> None:
         """Wake the lanes that may start the job at the head of the queue, and the main lane when
-        it may have to exit (call with the lock held)."""
-        if self._queue or self._stopping:
+        it may have to exit (call with the lock held; `main`: called by the main lane itself)."""
+        if not main and (self._queue or self._stopping):
             self._cv.notify()
-        if self.threads > 1 and self._queue and _lanes(self._queue[0], self.threads) > 1:
+        if self.threads > 1 and self._queue and self._queue[0][7] > 1:
             self._helpers.notify()
 
     def _take(self, main: bool) -> list[Any] | None:
@@ -198,7 +199,7 @@ class _Child:
         if not self._queue or self._stopping or self._held:
             return None
         msg = self._queue[0]
-        lanes = _lanes(msg, self.threads)
+        lanes = msg[7]
         shared = lanes > 1
         if self._sync_running:
             if not shared or self._exclusive or self._sync_running >= lanes:
@@ -231,7 +232,8 @@ class _Child:
         if not measure:
             return self._result(job_id, outcome)
         wall = time.perf_counter() - wall
-        busy = round(min((clock.now() - cpu) / wall, 1.0), 3) if wall > 0 else 1.0
+        # A run this short gains nothing from a lane (handing the GIL between threads costs as much)
+        busy = round(min((clock.now() - cpu) / wall, 1.0), 3) if wall >= _SHORT_RUN_S else 1.0
         return self._result(job_id, outcome, busy)
 
     def _context(self, msg: list[Any]) -> tuple[JobType | None, Context | RunResult]:
@@ -381,9 +383,12 @@ class _Child:
                     self._running[msg[1]] = None
                     now.append(msg)
                 else:
+                    # msg[7]: the lanes it may share (1: it runs alone), at most `threads`
+                    lanes = min(int(msg[7] or 1), self.threads) if len(msg) > 7 else 1
+                    msg[7:] = [lanes]
                     self._queue.append(msg)
             if len(now) < len(runs):
-                self._wake()
+                self._wake(False)
         if now:
             self.loop.call_soon_threadsafe(self._start_async, now)
 
@@ -471,16 +476,15 @@ class _Child:
         return decode_reply(box[0])
 
 
-def _lanes(msg: list[Any], threads: int) -> int:
-    """The lanes a `run` message allows its job (1: it runs alone), at most `threads`."""
-    return min(int(msg[7] or 1), threads) if len(msg) > 7 else 1
+_SHORT_RUN_S = 150e-6  # sync runs shorter than this count as CPU-bound: they run alone
 
 
 class _BusyClock:
-    """Seconds one thread ran or waited for a CPU (Linux: its schedstat, read without reopening it;
-    elsewhere its CPU time), so that a CPU-bound handler on a crowded machine is not taken for one
-    that waits (the runner's lanes are for those that wait). Made on the thread it measures; it
-    measures a lane's first 16 runs, then one in 8 (two reads of /proc cost a no-op job ~5 %)."""
+    """Seconds one thread ran or waited for a CPU: its CPU time (exact), plus, on Linux, the time it
+    waited in the run queue (its schedstat's second field, read without reopening the file; the
+    first field lags for a running thread), so that a CPU-bound handler on a crowded machine is not
+    taken for one that waits (the runner's lanes are for those that wait). Made on the thread it
+    measures; it measures a lane's first 16 runs, then one in 32 (the reads cost a no-op job ~10 %)."""
 
     def __init__(self) -> None:
         self.runs = 0
@@ -492,15 +496,16 @@ class _BusyClock:
     def due(self) -> bool:
         """Whether to measure the run about to start."""
         self.runs += 1
-        return self.runs <= 16 or not self.runs % 8
+        return self.runs <= 16 or not self.runs % 32
 
     def now(self) -> float:
         if self.fd is not None:
             try:
-                ran, waited, _ = os.pread(self.fd, 128, 0).split()
-                return (int(ran) + int(waited)) / 1e9
-            except (OSError, ValueError):
+                waited = int(os.pread(self.fd, 128, 0).split()[1]) / 1e9
+            except (OSError, ValueError, IndexError):
                 self.fd = None
+            else:
+                return time.thread_time() + waited
         return time.thread_time()
 
 

@@ -327,34 +327,41 @@ class ProcessPoolRunner:
         return best
 
     def _lanes(self, name: str) -> int:
-        """How many sync runs of type `name` a worker runs at once: about 1 / its share of time on
-        the CPU (one worker has one GIL), at most `threads`; 1 for a type not measured yet."""
+        """How many sync runs of type `name` a worker runs at once: 1 / its share of time on the CPU,
+        rounded down (one worker has one GIL; a type must wait at least half its time to get a
+        second lane, as threads that only take turns at the GIL cost more than they overlap), at
+        most `threads`; 1 for a type not measured yet."""
         busy = self._busy.get(name)
         if busy is None or self.threads == 1:
             return 1
-        return max(1, min(self.threads, round(1 / max(busy, 0.01))))
+        return max(1, min(self.threads, int(1 / max(busy, 0.01))))
 
     def _sync_place(self, w: Worker, lanes: int, now: float, load: int) -> tuple[int, int]:
         """(0, load) when `w`'s lanes start a sync run at once, (1, load) when it may queue there
         (behind short runs only, `queue_depth` at most), else (2, 0): not there."""
-        queued = sum(1 for q in w.queued.values() if not q.is_async)
-        running = w.sync_running()
-        if not queued and (not running or (lanes > 1 and len(running) < lanes
-                                           and all(r.lanes > 1 for r in running))):
+        avg, short = self._avg_run_s, self._short_s
+        queued = 0
+        short_ahead = True  # every sync job `w` holds is of a short type, none it runs has run long
+        for q in w.queued.values():
+            if not q.is_async:
+                queued += 1
+                if short_ahead and avg.get(q.request.name, short) >= short:
+                    short_ahead = False
+        running = 0
+        alone = False  # one of its sync runs must run alone
+        for r in w.running.values():
+            if r.is_async:
+                continue
+            running += 1
+            alone = alone or r.lanes < 2
+            if short_ahead and (avg.get(r.request.name, short) >= short or (
+                    r.started_at is not None and now - r.started_at >= self.reclaim_after_s)):
+                short_ahead = False
+        if not queued and (not running or (lanes > 1 and running < lanes and not alone)):
             return (0, load)
-        if queued < self.queue_depth and self._short_ahead(w, running, now):
+        if queued < self.queue_depth and short_ahead:
             return (1, load)
         return (2, 0)
-
-    def _short_ahead(self, w: Worker, running: list[PoolJob], now: float) -> bool:
-        """Every sync job `w` holds is of a short type, and none it runs has run long."""
-        avg, short = self._avg_run_s, self._short_s
-        for r in running:
-            if avg.get(r.request.name, short) >= short:
-                return False
-            if r.started_at is not None and now - r.started_at >= self.reclaim_after_s:
-                return False
-        return all(avg.get(q.request.name, short) < short for q in w.queued.values() if not q.is_async)
 
     def _ran(self, job: PoolJob) -> None:
         """Fold a run's time (so far) into its type's average."""
