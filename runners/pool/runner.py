@@ -59,11 +59,8 @@ class ProcessPoolRunner:
         workers: pool size (settings.workers_concurrency): worker processes.
         queue_depth: sync jobs a worker may hold queued behind those it runs (0: none, a
             worker gets its next sync job only after it reported the previous result). The
-            default, 8, lets one write to a worker carry several jobs. Measured on 2 cores,
-            2 workers draining no-op jobs at a type concurrency of 32, in alternating runs
-            (before async jobs and lanes): depth 3 4,642-5,440 jobs/s,
-            depth 8 4,929-6,120 (+10-15 %), depth 15 5,922; at a type concurrency of 8,
-            depths 2 to 4 drain about equally fast, all about twice as fast as 0.
+            default, 8, lets one write to a worker carry several jobs (BENCHMARKS.md: depth 3
+            -> 8 drained no-op jobs 10-15 % faster with 2 workers at a type concurrency of 32).
         threads: sync lanes per worker: the most sync jobs of types that mostly wait one
             worker runs at once (1: one sync job at a time per worker).
         reclaim_after_s: about the longest a job should wait queued in a worker (default
@@ -247,7 +244,6 @@ class ProcessPoolRunner:
         self._pump()
         # A CancelSignal calls back when set: no task waits on each run (one task per job costs
         # the daemon's loop more than the rest of the pool's work for a short job).
-        watcher: asyncio.Future[None] | None = None
         watching: list[asyncio.Future[None]] = []
 
         def on_cancel() -> None:
@@ -255,8 +251,8 @@ class ProcessPoolRunner:
 
         if isinstance(cancel, CancelSignal):
             cancel.add_callback(on_cancel)
-        else:
-            watcher = loop.create_task(self._watch_cancel(job, cancel))
+        else:  # a plain asyncio.Event can only be waited on
+            on_cancel()
         try:
             result = await job.fut
         except asyncio.CancelledError:
@@ -264,9 +260,7 @@ class ProcessPoolRunner:
             self._abandon(job)
             raise
         finally:
-            if watcher is not None:
-                watcher.cancel()
-            elif isinstance(cancel, CancelSignal):
+            if isinstance(cancel, CancelSignal):
                 cancel.remove_callback(on_cancel)
             for w in watching:
                 w.cancel()
