@@ -64,7 +64,7 @@ def script_source(name: str) -> str:
 
 
 _IDENT = re.compile(r"[A-Za-z_]\w*")
-_DEFINES = re.compile(r"local\s+(?:function\s+)?([\w\s,]+?)\s*(?:=|\()")
+_DEFINES = re.compile(r"local\s+(?:function\s+)?([\w\s,]+?)\s*(?:=|\(|$)")
 
 
 def _used_definitions(library: str, body: str) -> str:
