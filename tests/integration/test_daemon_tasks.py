@@ -89,13 +89,14 @@ async def test_process_runtime_reuses_pool_workers_and_caps_concurrency(
     assert all(j.state is State.COMPLETED for j in jobs)
     pids = collections.Counter(j.result["pid"] for j in jobs)
     assert d.pid not in pids and len(pids) <= 3 and max(pids.values()) >= 2, "long-lived workers are reused"
-    # Never more than WORKERS_CONCURRENCY=3 running at once, from the recorded start/end times
+    # Never more than the type's concurrency (10) running at once, from the recorded start/end
+    # times: sync jobs that mostly wait share a worker's lanes, so 3 workers may run more than 3
     edges = sorted([(j.result["started"], 1) for j in jobs] + [(j.result["ended"], -1) for j in jobs])
     running, peak = 0, 0
     for _, step in edges:
         running += step
         peak = max(peak, running)
-    assert peak <= 3
+    assert peak <= 10
 
 
 @pytest.mark.parametrize("how", ["kill", "exit"])
