@@ -18,7 +18,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     """Configure structlog (and stdlib logging of libraries) for this process."""
     import structlog  # noqa: PLC0415 (see LazyLogger)
 
-    out = stream or sys.stdout
+    out: Any = _LogStream(stream or sys.stdout)  # a TextIO for structlog and logging
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -48,6 +48,67 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(_LEVELS[level], logging.WARNING))
+
+
+class _LogStream:
+    """Where log lines go: a write or flush that fails because the reader went away (a closed
+    pipe, a stopped journald) points fd 1 at /dev/null and drops the line, instead of raising
+    into the code that logged (a signal handler among them: the daemon must still drain and
+    exit on SIGTERM, and exit 0 without a reader)."""
+
+    __slots__ = ("__weakref__", "_inner")  # structlog keeps a lock per stream in a WeakKeyDictionary
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._inner.write(text))
+        except (OSError, ValueError):
+            self._lost()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._inner.flush()
+        except (OSError, ValueError):
+            self._lost()
+
+    def isatty(self) -> bool:
+        try:
+            return bool(self._inner.isatty())
+        except ValueError:
+            return False
+
+    def _lost(self) -> None:
+        # The stream's buffer still holds what failed; with fd 1 on /dev/null the next flush,
+        # and the one at exit, succeed. Any other stream (a test's) is simply no longer written.
+        inner: Any = self._inner
+        if inner is sys.stdout or inner is sys.__stdout__:
+            import os  # noqa: PLC0415
+
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.close(devnull)
+                inner.flush()
+            except (OSError, ValueError):
+                pass
+        self._inner = _NULL
+
+
+class _Null:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+_NULL = _Null()
 
 
 class LazyLogger:

@@ -85,3 +85,25 @@ def test_embedded_redis_keeps_jobs_across_restarts(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def test_a_daemon_whose_log_reader_went_away_still_drains_on_sigterm(redis_url: str, tmp_path: Path) -> None:
+    # Given a daemon whose stdout is a pipe (`job-supervisor run | tee log`), ready
+    (tmp_path / "jobs").mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "run"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=cli_env(REDIS_URL=redis_url,
+                                                                JOB_SUPERVISOR_STATE_DIR=str(tmp_path / "state")))
+    try:
+        assert proc.stdout is not None
+        wait_until(lambda: "daemon.ready" in proc.stdout.readline().decode(), timeout=30, what="ready")
+        # When the reader goes away and the daemon is asked to stop
+        proc.stdout.close()
+        proc.send_signal(signal.SIGTERM)
+        # Then it still drains and exits 0, with no traceback for the lost lines
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the daemon did not exit within 30 s of SIGTERM") from None
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err, err.decode()
