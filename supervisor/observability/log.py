@@ -84,7 +84,7 @@ class _LogStream:
         # The stream's buffer still holds what failed; with fd 1 on /dev/null the next flush,
         # and the one at exit, succeed. Any other stream (a test's) is simply no longer written.
         inner: Any = self._inner
-        if inner is sys.stdout or inner is sys.__stdout__:
+        if any(inner is std for std in (sys.stdout, sys.__stdout__)):
             import os  # noqa: PLC0415
 
             try:
