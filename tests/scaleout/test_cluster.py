@@ -6,9 +6,7 @@ a master SIGKILLed under load is failed over and the daemons carry on by themsel
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,8 +14,6 @@ import pytest
 import redis as syncredis
 from redis.exceptions import (
     ClusterDownError,
-    ConnectionError as RedisConnectionError,
-    RedisClusterException,
     ResponseError,
     TimeoutError as RedisTimeoutError,
 )
@@ -25,61 +21,29 @@ from redis.exceptions import (
 from supervisor.engine import keys
 from supervisor.engine.broker import Broker, NewJob, connect
 from supervisor.engine.cluster_wire import ClusterWire
-from supervisor.operators.admin import EventFollower, FollowedEvent, job_fields
+from supervisor.operators.admin import EventFollower, FollowedEvent
 from supervisor.producers.client import Client, SyncClient
 from tests.conftest import DaemonProcess, await_until, wait_until
 from tests.scaleout.conftest import Cluster
+from tests.scaleout.loads import (
+    REDIS_DOWN,
+    TYPES,
+    completed_once,
+    cron_keyed_concurrency_and_rate_limits_hold,
+    twenty_types_each_job_completed_once,
+)
 
 pytestmark = pytest.mark.slow
-TYPES = [f"so.t{i:02d}" for i in range(20)]
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, RedisClusterException, ConnectionError, OSError)
-
-
-async def _completed_once(url: str, ids: dict[str, str]) -> Counter[str]:
-    """Wait until every job of `ids` (id -> type) is completed; its `completed` events, by id."""
-    redis = connect(url)
-    try:
-        async def all_completed() -> bool:
-            try:
-                states = [await redis.hget(keys.job_key(job_id), "state") for job_id in ids]
-            except REDIS_DOWN:
-                return False
-            return all(state == "completed" for state in states)
-
-        await await_until(all_completed, 90, interval=0.5, what="every job completed")
-        completions: Counter[str] = Counter()
-        for name in TYPES:
-            for _, entry in await redis.xrange(keys.events_key(name)):
-                for fields in job_fields(entry):  # a batch's entry: one event per job
-                    if fields["event"] == "completed":
-                        completions[fields["id"]] += 1
-        return completions
-    finally:
-        await redis.aclose()
 
 
 async def test_twenty_types_over_three_shards_each_job_completed_once(
         cluster: Cluster, scaleout_jobs: Path, daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
-    # Given two daemons serving twenty types whose keys live on all three shards
-    witness = tmp_path / "witness.txt"
-    witness.touch()
-    env = {"SCALEOUT_WITNESS": str(witness), "JOB_SUPERVISOR_PRESENCE_INTERVAL": "1"}
+    # Given twenty types whose keys live on all three shards
     slots = {cluster.nodes[0].client().cluster("keyslot", keys.queue_prefix(name) + "ready") for name in TYPES}
     owners = {owner for owner in (_owner(cluster, slot) for slot in slots)}
     assert len(owners) == 3, "the twenty types should spread over the three masters"
-    daemons = [daemon(url=cluster.url, env=env) for _ in range(2)]
-    # When 2,000 jobs are queued, half one at a time and half in batches
-    async with Client(cluster.url) as client:
-        ids = {(await client.enqueue(TYPES[i % 20], {"n": i})).id: TYPES[i % 20] for i in range(1000)}
-        refs = await client.enqueue_many([(TYPES[i % 20], {"n": i}) for i in range(1000, 2000)])
-        ids.update({ref.id: ref.name for ref in refs})
-    # Then each completed exactly once, on whichever daemon claimed it from its shard
-    completions = await _completed_once(cluster.url, ids)
-    assert len(ids) == 2000
-    assert {job_id: n for job_id, n in completions.items() if n != 1} == {}
-    assert set(ids) <= set(completions) and set(ids) <= set(witness.read_text().split())
-    for d in daemons:
-        assert d.stop() == 0
+    # two daemons, 2,000 jobs, each completed exactly once on whichever daemon claimed it from its shard
+    await twenty_types_each_job_completed_once(cluster.url, daemon, tmp_path)
 
 
 def _owner(cluster: Cluster, slot: int) -> int:
@@ -130,7 +94,7 @@ async def test_a_master_killed_under_load_is_failed_over_and_the_daemons_carry_o
         lost = [job_id for job_id in acked if await redis.hget(keys.job_key(job_id), "state") is None]
     finally:
         await redis.aclose()
-    completions = await _completed_once(cluster.url, {j: n for j, n in acked.items() if j not in lost})
+    completions = await completed_once(cluster.url, {j: n for j, n in acked.items() if j not in lost})
     assert {job_id: n for job_id, n in completions.items() if n != 1} == {}
     print(f"default durability: {len(lost)} of {len(acked)} acknowledged jobs lost with the master")
     for d in daemons:
@@ -202,7 +166,7 @@ async def test_a_slot_migrated_under_load_loses_nothing(
         await asyncio.gather(produce(200, 800), *migrations)
     assert all(_owner(cluster, slot) != source for slot, source in before.items())
     # Then every job completed exactly once, and the witness saw each
-    completions = await _completed_once(cluster.url, acked)
+    completions = await completed_once(cluster.url, acked)
     assert {job_id: n for job_id, n in completions.items() if n != 1} == {}
     assert set(acked) <= set(witness.read_text().split())
     for d in daemons:
@@ -266,35 +230,7 @@ async def test_cron_keyed_concurrency_and_rate_limits_hold_across_shards(
     owners = {_owner(cluster, cluster.nodes[0].client().cluster("keyslot", keys.route_key(name)))
               for name in ("t.every-second", "t.keyed", "t.rated")}
     assert len(owners) > 1
-    daemons = [daemon(url=cluster.url, wait=False) for _ in range(2)]
-    for d in daemons:
-        d.wait_ready()
-    async with Client(cluster.url) as client:
-        # When keyed and rated jobs are queued while the schedule fires for a few seconds
-        keyed = [await client.enqueue("t.keyed", {"tenant": f"t{i % 3}"}) for i in range(60)]
-        rated = await client.enqueue_many([("t.rated", {}) for _ in range(150)])
-        done = [ref.id for ref in [*keyed, *rated]]
-
-        async def all_done() -> bool:
-            return all([(await client.get(job_id)).state.value == "completed" for job_id in done])
-
-        await await_until(all_done, 60, interval=0.5, what="the keyed and rated jobs")
-        for d in daemons:
-            assert d.stop() == 0
-        runs = [await client.get(ref.id) for ref in keyed]
-        # the limit holds where it is enforced: when Redis (its own clock) let each job start
-        starts = sorted([(await client.get(ref.id)).started.timestamp() for ref in rated])
-        ticks = Counter(int(j.idempotency_key.rsplit(":", 1)[1])
-                        for j in await client.list("t.every-second", limit=10_000) if j.idempotency_key)
-    # Then each tick fired exactly once, none missing
-    assert ticks and max(ticks.values()) == 1 and sorted(ticks) == list(range(min(ticks), max(ticks) + 1))
-    assert max(ticks) - min(ticks) >= 2, "the schedule fired for a few seconds"
-    # and no two jobs of one tenant ran at once, and no second saw more than 50 rated starts
-    for tenant in ("t0", "t1", "t2"):
-        spans = sorted((r.result["started"], r.result["ended"]) for r in runs if r.payload["tenant"] == tenant)
-        assert all(prev[1] <= nxt[0] for prev, nxt in itertools.pairwise(spans)), tenant
-    worst = max(sum(1 for t in starts[i:i + 60] if t < s + 1.0) for i, s in enumerate(starts))
-    assert worst <= 50, f"{worst} rated jobs claimed to start within one second"
+    await cron_keyed_concurrency_and_rate_limits_hold(cluster.url, daemon)
 
 
 def test_sync_client_enqueues_and_reads_on_every_shard(cluster: Cluster) -> None:

@@ -1,7 +1,9 @@
-"""Sentinel (issue 18, item 2): a real master, two replicas and three sentinels; the master is
-SIGKILLed while producers enqueue and two daemons run jobs. With `durability = "replicated"`
-every job acknowledged to the producer completes, once in the record, and the witness (each
-run's own note, outside Redis) saw it run to its end."""
+"""Sentinel (issue 18, items 2 and 5): a real master, two replicas and three sentinels, reached
+through a `redis+sentinel://` URL. The cluster's loads (loads.py) hold here too: 2,000 jobs of
+twenty types each completed once; cron ticks once, keyed concurrency and rate limits hold. The
+master is SIGKILLed while producers enqueue and two daemons run jobs. With `durability =
+"replicated"` every job acknowledged to the producer completes, once in the record, and the
+witness (each run's own note, outside Redis) saw it run to its end."""
 
 from __future__ import annotations
 
@@ -21,10 +23,30 @@ from supervisor.operators.admin import job_fields
 from supervisor.producers.client import Client, SyncClient
 from tests.conftest import DaemonProcess, await_until, cli_env, run_cli
 from tests.scaleout.conftest import SentinelGroup
+from tests.scaleout.loads import cron_keyed_concurrency_and_rate_limits_hold, twenty_types_each_job_completed_once
 
 pytestmark = pytest.mark.slow
 JOBS = 300
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, ConnectionError, OSError)
+
+
+async def test_twenty_types_each_job_completed_once(
+        sentinel_group: SentinelGroup, scaleout_jobs: Path, daemon: Callable[..., DaemonProcess],
+        tmp_path: Path) -> None:
+    # Given two daemons and a producer that find the master through the sentinels: 2,000 jobs of
+    # twenty types, each completed exactly once in the record and seen by the witness
+    await twenty_types_each_job_completed_once(sentinel_group.url, daemon, tmp_path)
+    # and it all ran on the master the sentinels name (no failover stood in for it)
+    assert sentinel_group.master_port() == sentinel_group.master.port
+
+
+async def test_cron_keyed_concurrency_and_rate_limits_hold(
+        sentinel_group: SentinelGroup, use_handlers: Callable[..., Path],
+        daemon: Callable[..., DaemonProcess]) -> None:
+    # Given two daemons on the Sentinel group serving a per-second schedule, a keyed type and a
+    # type limited to 50 starts a second: each tick fires once, the limits hold
+    use_handlers("cron", "keyed")
+    await cron_keyed_concurrency_and_rate_limits_hold(sentinel_group.url, daemon)
 
 
 async def _enqueue_through_failover(client: Client, group: SentinelGroup, jobs: int) -> tuple[dict[int, str], int]:
