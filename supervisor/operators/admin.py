@@ -362,7 +362,9 @@ class EventFollower:
 
     async def _floor(self) -> str:
         now_s, now_us = await self.redis.time()
-        return f"{int(now_s) * 1000 + int(now_us) // 1000}-0"
+        # XREAD reads after this id: the last possible id of the millisecond before now, so the
+        # first entry written in this very millisecond (id `<now>-0`) is not skipped
+        return f"{int(now_s) * 1000 + int(now_us) // 1000 - 1}-18446744073709551615"
 
     async def prepare(self) -> None:
         """Fix the starting position now (without a resume token: "from now on" means from this call)."""

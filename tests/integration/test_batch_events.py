@@ -72,3 +72,30 @@ async def test_started_and_completed_of_a_batch_read_per_job(redis_url: str, use
             assert json.loads(events[2]["result"]) == job.result and job.attempts[-1].outcome == "completed"
         recent = await recent_executions(r, ["t.echo"], limit=10)
         assert len(recent) == 10 and {d["event"] for d in recent} <= {"started", "completed"}
+
+
+async def test_a_follower_from_now_on_keeps_an_event_of_its_own_millisecond(redis_url: str) -> None:
+    r = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        async with Client(redis_url, allow_unknown=True) as client:
+            ref = await client.enqueue("t.same-ms", {"i": 1})
+        [(_, fields)] = await r.xrange(keys.events_key("t.same-ms"))
+        # Given a follower that starts "from now on", in a millisecond known to the test (Redis's
+        # clock read before and after its start shows the same millisecond)
+        async def ms() -> int:
+            s, us = await r.time()
+            return int(s) * 1000 + int(us) // 1000
+        for _ in range(100):
+            follower = EventFollower(r, types=["t.same-ms-copy"], block_ms=200)
+            before = await ms()
+            await follower.prepare()
+            if await ms() == before:
+                break
+        now_ms = before
+        # When the first event of the millisecond it started in is written (id `<now>-0`)
+        await r.xadd(keys.events_key("t.same-ms-copy"), fields, id=f"{now_ms}-0")
+        # Then it is delivered, not skipped
+        [event] = await _take(follower, 1)
+        assert event.doc["job_id"] == ref.id
+    finally:
+        await r.aclose()
