@@ -6,7 +6,8 @@ map (`CLUSTER SLOTS`, read from any node that answers, the seeds last). The map 
 when a node answers `MOVED` (the call is then sent again where the slot lives now), and before
 the next call after a connection error (a master died: its replica takes over). A call answered
 `ASK` (its slot is migrating and its key is on the new node already) is sent once to that node
-behind `ASKING`; `TRYAGAIN` and `CLUSTERDOWN` are retried after a short pause: in each case the
+behind `ASKING`; `TRYAGAIN` and `CLUSTERDOWN` are retried after short pauses for up to 3 s, then
+raised as a lost connection (what callers already retry): in each case the
 script did not run. Blocking waits use connections of their own (`blocking`), per node, sharing
 the slot map. Reads and other commands stay with redis-py's cluster client. `SyncClusterWire` is
 the blocking twin, for `SyncClient`.
@@ -27,6 +28,21 @@ from supervisor.engine.wire import AsyncWire, Script, SyncWire, WireParams, is_n
 
 _SLOTS = 16384
 _RETRIES = 5
+#: How long TRYAGAIN and CLUSTERDOWN (a slot migrating, a failover, a node late with its pings)
+#: are retried before the call fails as a lost connection, which every caller already treats as
+#: Redis being away for a while (producers retry, daemons keep their jobs and try again).
+_BUSY_FOR_S = 3.0
+
+
+def _cluster_busy(kind: str, exc: Exception, since: float) -> float:
+    """The pause before retrying a call the cluster answered TRYAGAIN/CLUSTERDOWN to; raises a
+    ConnectionError once it has answered so for `_BUSY_FOR_S`."""
+    waited = time.monotonic() - since
+    if waited >= _BUSY_FOR_S:
+        raise redis_errors().ConnectionError(
+            f"Redis Cluster answered {kind} for {waited:.1f} s ({exc}): a failover or a migration "
+            "is taking long; the call was not carried out, retry it") from exc
+    return min(0.2, 0.02 + waited / 10)
 
 
 def key_slot(key: str) -> int:
@@ -102,7 +118,9 @@ class ClusterWire:
     async def _routed(self, key: str, send: Callable[[AsyncWire], Awaitable[Any]], cmd: tuple[Any, ...] = (),
                       script: Script | None = None) -> Any:
         """`send` on the wire of `key`'s master, following MOVED, ASK (with `cmd`), TRYAGAIN, CLUSTERDOWN."""
-        for attempt in range(_RETRIES):
+        since = time.monotonic()
+        moved = 0
+        while moved < _RETRIES:
             wire = self._wire(await self.map.node(key))
             try:
                 return await send(wire)
@@ -110,11 +128,14 @@ class ClusterWire:
                 kind, _, where = str(exc).partition(" ")
                 if kind == "MOVED":
                     self.map.stale = True
+                    moved += 1
+                    await asyncio.sleep(0.02 * moved)
                 elif kind == "ASK" and cmd:
                     return await self._asking(where.split(" ")[-1], cmd, script)
-                elif kind not in ("TRYAGAIN", "CLUSTERDOWN") or attempt == _RETRIES - 1:
+                elif kind in ("TRYAGAIN", "CLUSTERDOWN"):
+                    await asyncio.sleep(_cluster_busy(kind, exc, since))
+                else:
                     raise
-                await asyncio.sleep(0.02 * (attempt + 1))
             except (redis_errors().ConnectionError, redis_errors().TimeoutError):
                 self.map.stale = True  # a master gone: the next call reads the map again
                 raise
@@ -243,16 +264,22 @@ class SyncClusterWire:
             return wire
 
     def _routed(self, key: str, send: Callable[[SyncWire], Any]) -> Any:
-        for attempt in range(_RETRIES * 4):
+        since = time.monotonic()
+        moved = 0
+        while moved < _RETRIES * 4:
             try:
                 return send(self._wire(key))
             except redis_errors().ResponseError as exc:
                 kind = str(exc).split(" ", 1)[0]
-                if kind == "MOVED":
-                    self._slots = []
-                elif kind not in ("ASK", "TRYAGAIN", "CLUSTERDOWN") or attempt == _RETRIES * 4 - 1:
+                if kind in ("MOVED", "ASK"):
+                    if kind == "MOVED":
+                        self._slots = []
+                    moved += 1
+                    time.sleep(0.02 * moved)
+                elif kind in ("TRYAGAIN", "CLUSTERDOWN"):
+                    time.sleep(_cluster_busy(kind, exc, since))
+                else:
                     raise
-                time.sleep(0.02 * (attempt + 1))
             except (redis_errors().ConnectionError, redis_errors().TimeoutError):
                 self._slots = []  # a master gone: the next call reads the map again
                 raise
