@@ -77,7 +77,8 @@ async def test_a_master_killed_under_load_loses_no_acknowledged_job(
     witness = tmp_path / "witness.txt"
     witness.touch()
     env = {"SCALEOUT_WITNESS": str(witness), "JOB_SUPERVISOR_DURABILITY": durability,
-           "JOB_SUPERVISOR_REPLICA_WAIT": "2", "JOB_SUPERVISOR_PRESENCE_INTERVAL": "1"}
+           "JOB_SUPERVISOR_REPLICA_WAIT": "2",
+           "JOB_SUPERVISOR_PRESENCE_INTERVAL": "3"}  # types stay served through the failover
     daemons = [daemon(url=sentinel_group.url, env=env) for _ in range(2)]
     # When the master is SIGKILLed while jobs are queued and run
     async with Client(sentinel_group.url) as client:
