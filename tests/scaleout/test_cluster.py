@@ -58,7 +58,8 @@ async def test_a_master_killed_under_load_is_failed_over_and_the_daemons_carry_o
     # Given two daemons and a producer on the cluster
     witness = tmp_path / "witness.txt"
     witness.touch()
-    env = {"SCALEOUT_WITNESS": str(witness), "JOB_SUPERVISOR_PRESENCE_INTERVAL": "3"}  # types stay served through the failover
+    # presence every 3 s: the types stay served through the failover
+    env = {"SCALEOUT_WITNESS": str(witness), "JOB_SUPERVISOR_PRESENCE_INTERVAL": "3"}
     daemons = [daemon(url=cluster.url, env=env) for _ in range(2)]
     victim = cluster.masters()[0]
     # When a master is SIGKILLed a third of the way through 600 enqueues (each retried with its
