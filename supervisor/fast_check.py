@@ -56,9 +56,7 @@ def compile_fast(schema: Any, *, formats: bool) -> FastCheck | None:
         body = {k: v for k, v in schema.items() if k != "$schema"}
         check = fastjsonschema.compile(body, formats=_FORMATS, use_default=False, use_formats=formats,
                                        handlers={})
-    except (_Unsupported, RecursionError):
-        return None
-    except Exception:  # noqa: BLE001 (fastjsonschema refused the schema: jsonschema will judge it)
+    except Exception:  # noqa: BLE001 (outside the subset, or refused by fastjsonschema: jsonschema judges it)
         return None
     error = fastjsonschema.JsonSchemaValueException
 
