@@ -66,9 +66,7 @@ local function cancel_job(P, JP, id, reason, lease, source, by)
     fields[6] = f[7] or reason
     redis.call('ZREM', P .. 'active', id)
   else
-    redis.call('ZREM', P .. 'ready', id)
-    redis.call('ZREM', P .. 'sched', id)
-    redis.call('ZREM', P .. 'waiting', id) -- a job waiting on its dependencies
+    unqueue(P, id)
   end
   redis.call('HSET', jk, unpack(fields))
   if lease == '' then record_action(jk, 'cancel', now, source, by) end

@@ -20,26 +20,6 @@ local LP = string.sub(JP, 1, -3) .. 'log:' -- js:{tag}:j: -> js:{tag}:log:
 local FINISHED_STATES = {completed = true, failed = true, dead = true, cancelled = true, expired = true,
                          dismissed = true}
 
--- The job's concurrency key, as supervisor.operators.admin.job_key_of reads it.
-local function key_of(ckey, kfield, ctx)
-  if ckey then return ckey end
-  if kfield then return kfield end
-  if ctx then
-    local ok, doc = pcall(cjson.decode, ctx)
-    if ok and type(doc) == 'table' and doc.concurrency_key ~= nil then return tostring(doc.concurrency_key) end
-  end
-  return nil
-end
-
-local function matches(f)
-  local created = tonumber(f[2]) or 0
-  if since and created < since then return false end
-  if till and created >= till then return false end
-  if key ~= '' and key_of(f[3], f[4], f[5]) ~= key then return false end
-  if needle ~= '' and not (f[6] and string.find(string.lower(f[6]), needle, 1, true)) then return false end
-  return true
-end
-
 local function delete_job(id, st)
   local jk = JP .. id
   local f = redis.call('HMGET', jk, 'state', 'idem', 'ckey', 'deliveries', 'ctx', 'notify')
@@ -79,7 +59,7 @@ for i = 1, #rows, 2 do
   local kept = true
   local f = rec(redis.pcall('HMGET', JP .. id, 'state', 'created', 'ckey', 'key', 'ctx', 'error')) or {}
   local st = f[1]
-  if st and string.find(states, ',' .. st .. ',', 1, true) and matches(f) then
+  if st and string.find(states, ',' .. st .. ',', 1, true) and filter_passes(f, since, till, key, needle) then
     matched = matched + 1
     by_state[st] = (by_state[st] or 0) + 1
     if not dry then

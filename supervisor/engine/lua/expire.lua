@@ -18,9 +18,7 @@ if st == 'active' then
   fields[#fields + 1] = history_with(jk, f[3], f[4], now, 'expired', f[5], err)
   redis.call('ZREM', P .. 'active', id)
 else
-  redis.call('ZREM', P .. 'ready', id)
-  redis.call('ZREM', P .. 'sched', id)
-  redis.call('ZREM', P .. 'waiting', id) -- a job waiting on its dependencies
+  unqueue(P, id)
 end
 redis.call('HSET', jk, unpack(fields))
 finish(P, jk, id, 'expired', now, f[6], f[8])

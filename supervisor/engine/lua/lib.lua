@@ -205,6 +205,14 @@ local function notify_settled(P, id, state)
 end
 
 -- A live job reached a finished state: parked for its retention, and out of its key's sets.
+-- Take a job that is not running out of the sets that hold it until it runs: ready, delayed
+-- (sched), and waiting on its dependencies.
+local function unqueue(P, id)
+  redis.call('ZREM', P .. 'ready', id)
+  redis.call('ZREM', P .. 'sched', id)
+  redis.call('ZREM', P .. 'waiting', id)
+end
+
 local function finish(P, jk, id, state, now, idem, ckey)
   park(P, jk, id, state, now, retention_ms(P, state), idem)
   key_leave(P, id, ckey, true)
@@ -238,4 +246,28 @@ local function hist_time(counts, kind, ms)
   local f = kind .. '0'
   if ms >= 1 then f = kind .. int_s(math.floor(math.log(ms) * HIST_PER_LN) + 1) end
   counts[f] = (counts[f] or 0) + 1
+end
+
+-- A job's concurrency key, as supervisor.operators.admin.job_key_of reads it: its `ckey`, its
+-- `key`, else its context's concurrency_key.
+local function job_key_of(ckey, kfield, ctx)
+  if ckey then return ckey end
+  if kfield then return kfield end
+  if ctx then
+    local ok, doc = pcall(cjson.decode, ctx)
+    if ok and type(doc) == 'table' and doc.concurrency_key ~= nil then return tostring(doc.concurrency_key) end
+  end
+  return nil
+end
+
+-- An operator's filter (the job listing and the bulk actions read it alike) on a record's fields
+-- {_, created, ckey, key, ctx, error}: created in [since, till) (nil: open), the concurrency key
+-- ('' any), and `needle` in the error ('' any; lower case, as the error is lowered here).
+local function filter_passes(f, since, till, key, needle)
+  local created = tonumber(f[2]) or 0
+  if since and created < since then return false end
+  if till and created >= till then return false end
+  if key ~= '' and job_key_of(f[3], f[4], f[5]) ~= key then return false end
+  if needle ~= '' and not (f[6] and string.find(string.lower(f[6]), needle, 1, true)) then return false end
+  return true
 end

@@ -33,27 +33,12 @@ else
   rows = redis.call('ZRANGE', idx, start, start + walk - 1, 'WITHSCORES')
 end
 
-local function key_of(ckey, kfield, ctx)
-  if ckey then return ckey end
-  if kfield then return kfield end
-  if ctx then
-    local ok, doc = pcall(cjson.decode, ctx)
-    if ok and type(doc) == 'table' and doc.concurrency_key ~= nil then return tostring(doc.concurrency_key) end
-  end
-  return nil
-end
-
 local function passes(id)
   if not check then return true end
   local f = rec(redis.pcall('HMGET', JP .. id, 'state', 'created', 'ckey', 'key', 'ctx', 'error'))
   if not f or not f[1] then return false end -- trimmed since it was indexed, or not a hash
   if state ~= '' and f[1] ~= state then return false end
-  local created = tonumber(f[2]) or 0
-  if since and created < since then return false end
-  if till and created >= till then return false end
-  if key ~= '' and key_of(f[3], f[4], f[5]) ~= key then return false end
-  if needle ~= '' and not (f[6] and string.find(string.lower(f[6]), needle, 1, true)) then return false end
-  return true
+  return filter_passes(f, since, till, key, needle)
 end
 
 local out, walked, last_score, last_id = {}, 0, '', ''
