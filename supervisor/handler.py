@@ -18,7 +18,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from supervisor.errors import InvalidPayload
 from supervisor.policy import TypePolicy
-from supervisor.validation import Validator, check_payload, compile_schema, model_error
+from supervisor.validation import Validator, check_payload, compile_schema, model_error, schema_problem
 
 JOB_ATTR = "__supervisor_jobs__"
 
@@ -81,8 +81,9 @@ class PayloadModel:
         self._adapter: TypeAdapter[Any] | None = None
         self._validator: Validator | None = None
         if schema is not None:
+            if (problem := schema_problem(schema)) is not None:  # a load error of the file
+                raise ValueError(f"payload_schema of job type {name!r} is not a valid JSON Schema: {problem}")
             self._validator = compile_schema(schema)
-            self._validator.check_schema()  # a bad schema is a load error of the file
             self.schema = schema
         elif annotation is not inspect.Parameter.empty and annotation is not Any:
             self._adapter = TypeAdapter(annotation)

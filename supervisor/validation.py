@@ -57,10 +57,6 @@ class Validator:
         """True when the fast check accepts `value` (then jsonschema would too)."""
         return self._fast is not None and self._fast(value)
 
-    def check_schema(self) -> None:
-        """Raises jsonschema.SchemaError when the schema itself is not valid in its draft."""
-        type(self.full()).check_schema(self.schema)
-
     def full(self) -> jsonschema.protocols.Validator:
         if self._full is None:
             import jsonschema  # noqa: PLC0415 (see the module docstring)

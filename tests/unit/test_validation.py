@@ -102,3 +102,8 @@ def test_thousands_of_problems_are_bounded() -> None:
     assert len(err.problems) == MAX_PROBLEMS and err.more == 1000 - MAX_PROBLEMS
     assert err.detail.endswith(f"(and {1000 - MAX_PROBLEMS} more)")
     assert err.problems[-1][0] == f"payload.{MAX_PROBLEMS - 1}"
+
+
+def test_a_schema_that_is_not_json_schema_is_refused_naming_the_type_and_the_problem() -> None:
+    with pytest.raises(ValueError, match=r"payload_schema of job type 't.bad' is not a valid JSON Schema: .*objekt"):
+        PayloadModel(inspect.Parameter.empty, {"type": "objekt"}, "t.bad")
