@@ -195,6 +195,19 @@ class WorkflowNotFound(SupervisorError):
         self.ident = ident
 
 
+class TypeNotFound(SupervisorError):
+    """Raised when an operator's action names a job type that no instance ever published (a typo,
+    most often), unless `allow_unknown` was given."""
+
+    code = "type_not_found"
+
+    def __init__(self, name: str, action: str) -> None:
+        super().__init__(
+            f"no job type {name!r}: no instance has ever served it (`job-supervisor types` lists them); "
+            f"to {action} it before its first instance starts, pass allow_unknown=True (CLI: --allow-unknown)")
+        self.name = name
+
+
 class WaitTimeout(SupervisorError):
     """Raised when `wait` gives up before the job finishes."""
 

@@ -29,7 +29,7 @@ from supervisor.engine.states import State
 from supervisor.engine.topology import sync_transport_for
 from supervisor.engine.transport import LoopTransport, SyncScriptTransport
 from supervisor.engine.wire import DEFAULT_SPIN_US, SyncWire, WireParams, params_of, redis_errors
-from supervisor.errors import CorruptRecord, JobFailed, SupervisorError, WaitTimeout
+from supervisor.errors import CorruptRecord, JobFailed, SupervisorError, TypeNotFound, WaitTimeout
 from supervisor.flow import SubmitOutcome
 from supervisor.observability.log import LazyLogger
 from supervisor.observability.telemetry import Tracing
@@ -272,14 +272,26 @@ class Client:
         """dead -> dismissed."""
         await self.broker.dismiss(job_id, source=source, by=by)
 
-    async def pause(self, name: str, *, source: str = "client", by: str = "") -> PauseState:
+    async def pause(self, name: str, *, allow_unknown: bool | None = None, source: str = "client",
+                    by: str = "") -> PauseState:
         """Pause job type `name` on every instance: enqueues are accepted, no job of it is claimed
-        (running ones finish) until `resume`; the flag lives in Redis, so it outlasts restarts."""
+        (running ones finish) until `resume`; the flag lives in Redis, so it outlasts restarts.
+        TypeNotFound for a type no instance ever published, unless `allow_unknown` (default: the
+        client's)."""
+        await self._known_type(name, "pause", allow_unknown)
         return await control.set_paused(self.broker, name, True, source=source, by=by)
 
-    async def resume(self, name: str, *, source: str = "client", by: str = "") -> PauseState:
-        """Resume a paused job type (its idle instances are woken at once)."""
+    async def resume(self, name: str, *, allow_unknown: bool | None = None, source: str = "client",
+                     by: str = "") -> PauseState:
+        """Resume a paused job type (its idle instances are woken at once); TypeNotFound as `pause`."""
+        await self._known_type(name, "resume", allow_unknown)
         return await control.set_paused(self.broker, name, False, source=source, by=by)
+
+    async def _known_type(self, name: str, action: str, allow_unknown: bool | None) -> None:
+        # a type ever published is in the registry, served now or not (pausing ahead of a deploy)
+        allowed = self.allow_unknown if allow_unknown is None else allow_unknown
+        if not allowed and not await self.broker.redis.sismember(keys.TYPES_KEY, name):
+            raise TypeNotFound(name, action)
 
     async def bulk(self, action: str, flt: BulkFilter | None = None, *, dry_run: bool = False,
                    source: str = "client", by: str = "") -> BulkReport:
@@ -471,13 +483,15 @@ class SyncClient:
     def dismiss(self, job_id: str, *, source: str = "client", by: str = "") -> None:
         self._call(self._async_client().dismiss(job_id, source=source, by=by))
 
-    def pause(self, name: str, *, source: str = "client", by: str = "") -> PauseState:
+    def pause(self, name: str, *, allow_unknown: bool | None = None, source: str = "client",
+              by: str = "") -> PauseState:
         """See `Client.pause`."""
-        return self._call(self._async_client().pause(name, source=source, by=by))
+        return self._call(self._async_client().pause(name, allow_unknown=allow_unknown, source=source, by=by))
 
-    def resume(self, name: str, *, source: str = "client", by: str = "") -> PauseState:
+    def resume(self, name: str, *, allow_unknown: bool | None = None, source: str = "client",
+               by: str = "") -> PauseState:
         """See `Client.resume`."""
-        return self._call(self._async_client().resume(name, source=source, by=by))
+        return self._call(self._async_client().resume(name, allow_unknown=allow_unknown, source=source, by=by))
 
     def bulk(self, action: str, flt: BulkFilter | None = None, *, dry_run: bool = False,
              source: str = "client", by: str = "") -> BulkReport:

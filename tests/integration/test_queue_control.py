@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from supervisor import Client, State
+from supervisor.errors import TypeNotFound
 from supervisor.operators.api.app import create_app
 from tests.conftest import await_until, cli_env, run_cli
 
@@ -131,3 +133,22 @@ async def test_bulk_replay_by_filter_and_the_history_of_what_ran(
 async def _dead_again(client: Client, job_id: str) -> bool:
     job = await client.get(job_id)
     return job.state is State.DEAD and job.deliveries == 6
+
+
+async def test_pausing_a_type_no_instance_ever_served_is_refused_unless_asked_for(
+        redis_url: str, tmp_path: Path) -> None:
+    app = create_app(redis_url, TOKEN)
+    async with Client(redis_url) as client, httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://api", headers=AUTH, timeout=20) as api:
+        # A typo of a type name is refused everywhere, naming the problem and the fix
+        with pytest.raises(TypeNotFound, match=r"no job type 't\.ecoh'.*allow_unknown"):
+            await client.pause("t.ecoh")
+        r = await api.post("/types/t.ecoh/pause")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "type_not_found", r.text
+        done = await asyncio.to_thread(_cli, redis_url, "types", "pause", "t.ecoh", cwd=tmp_path)
+        assert done.returncode == 3 and "--allow-unknown" in done.stderr, done.stderr
+        # Asked for (pausing ahead of the first deploy), it is paused: `changed`, so none of the
+        # refused calls had paused it
+        ahead = await api.post("/types/t.ecoh/pause", params={"allow_unknown": "true"})
+        assert ahead.status_code == 200 and ahead.json()["paused"] and ahead.json()["changed"], ahead.text
+    await app.state.api.aclose()

@@ -27,6 +27,7 @@ from supervisor.errors import CorruptRecord, InvalidPayload, InvalidTransition, 
 STATUS_BY_CODE: dict[str, int] = {
     "job_not_found": 404,
     "workflow_not_found": 404,
+    "type_not_found": 404,
     "invalid_workflow": 422,  # a bad depends_on, a cycle, a batch that takes no more jobs
     "unknown_job_type": 404,  # the path names the type (/types/{name}/trigger): no such resource
     "not_found": 404,

@@ -203,18 +203,25 @@ async def list_types(request: Request) -> Any:
     return await admin.type_rows(_state(request).broker)
 
 
-@guarded.post("/types/{name}/pause", response_model=PauseOut, tags=["types"])
-async def pause_type(request: Request, name: Annotated[str, Path(max_length=200)]) -> Any:
+AllowUnknown = Annotated[bool, Query(description="Also a type no instance has served yet (else 404).")]
+
+
+@guarded.post("/types/{name}/pause", response_model=PauseOut, tags=["types"], responses=_errors(404))
+async def pause_type(request: Request, name: Annotated[str, Path(max_length=200)],
+                     allow_unknown: AllowUnknown = False) -> Any:
     """Pause the type on every instance: enqueues are still accepted, no instance claims its jobs
     (running ones finish) until resumed; the flag is kept in Redis, so it outlasts restarts.
     Idempotent: `changed` is false when it was paused already."""
-    return (await _state(request).client.pause(name, **_actor(request))).to_dict()
+    client = _state(request).client
+    return (await client.pause(name, allow_unknown=allow_unknown, **_actor(request))).to_dict()
 
 
-@guarded.post("/types/{name}/resume", response_model=PauseOut, tags=["types"])
-async def resume_type(request: Request, name: Annotated[str, Path(max_length=200)]) -> Any:
+@guarded.post("/types/{name}/resume", response_model=PauseOut, tags=["types"], responses=_errors(404))
+async def resume_type(request: Request, name: Annotated[str, Path(max_length=200)],
+                      allow_unknown: AllowUnknown = False) -> Any:
     """Resume a paused type: its idle instances are woken and claim at once."""
-    return (await _state(request).client.resume(name, **_actor(request))).to_dict()
+    client = _state(request).client
+    return (await client.resume(name, allow_unknown=allow_unknown, **_actor(request))).to_dict()
 
 
 Minutes = Annotated[int, Query(ge=1, le=history.MAX_MINUTES, description="How many minutes, ending now.")]

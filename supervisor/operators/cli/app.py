@@ -33,7 +33,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 EXIT_BY_CODE = {
     "config_invalid": errors.EXIT_CONFIG, "redis_unsafe": errors.EXIT_CONFIG,
     "embedded_redis_failed": errors.EXIT_CONFIG, "job_not_found": errors.EXIT_NOT_FOUND,
-    "workflow_not_found": errors.EXIT_NOT_FOUND,
+    "workflow_not_found": errors.EXIT_NOT_FOUND, "type_not_found": errors.EXIT_NOT_FOUND,
 }
 
 

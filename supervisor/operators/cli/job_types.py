@@ -66,15 +66,16 @@ def _pause_command(paused: bool) -> None:
                                "claimed (running ones finish) until `types resume`; the flag outlasts restarts."
                                if paused else "Resume a paused job type NAME: its instances claim at once."))
     @click.argument("name")
+    @click.option("--allow-unknown", is_flag=True, help="Also a type no instance has served yet.")
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_context
     @run_async
-    async def command(ctx: click.Context, name: str, as_json: bool) -> None:
+    async def command(ctx: click.Context, name: str, allow_unknown: bool, as_json: bool) -> None:
         from supervisor.producers.client import Client  # noqa: PLC0415
 
         async with Client(redis_url(settings_of(ctx))) as client:
             method = client.pause if paused else client.resume
-            done = await method(name, source="cli", by=local_user())
+            done = await method(name, allow_unknown=allow_unknown, source="cli", by=local_user())
         if as_json:
             print_json(done.to_dict())
             return
