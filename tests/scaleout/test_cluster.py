@@ -161,10 +161,12 @@ async def test_a_slot_migrated_under_load_loses_nothing(
         await produce(0, 200)
         # When the slots of two types move to another master while jobs are queued and run
         before = {slot: _owner(cluster, slot) for slot in slots}
-        migrations = [asyncio.to_thread(_migrate, cluster, slot, source,
-                                        next(m.port for m in cluster.masters() if m.port != source))
-                      for slot, source in before.items()]
-        await asyncio.gather(produce(200, 800), *migrations)
+        # one after the other: two masters MIGRATE-ing to each other at once block each other
+        # (MIGRATE blocks its source until the target answers) until MIGRATE's timeout
+        def migrate_all() -> None:
+            for slot, source in before.items():
+                _migrate(cluster, slot, source, next(m.port for m in cluster.masters() if m.port != source))
+        await asyncio.gather(produce(200, 800), asyncio.to_thread(migrate_all))
     assert all(_owner(cluster, slot) != source for slot, source in before.items())
     # Then every job completed exactly once, and the witness saw each
     completions = await completed_once(cluster.url, acked)
