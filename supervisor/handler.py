@@ -12,6 +12,7 @@ import json
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -75,13 +76,16 @@ def job(name: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..
 class PayloadModel:
     """Validates payloads of one type: a pydantic annotation, a JSON Schema, or any JSON."""
 
-    def __init__(self, annotation: Any, schema: dict[str, Any] | None, name: str) -> None:
+    def __init__(self, annotation: Any, schema: dict[str, Any] | None, name: str, *,
+                 schema_memo: Path | None = None, schema_checked: bool = False) -> None:
+        """`schema_memo`: see `supervisor.validation.schema_problem`; `schema_checked`: the schema
+        comes from a source a daemon accepted, which checked it (a pool worker, `runners.pyjob`)."""
         self.name = name
         self.annotation = annotation
         self._adapter: TypeAdapter[Any] | None = None
         self._validator: Validator | None = None
         if schema is not None:
-            if (problem := schema_problem(schema)) is not None:  # a load error of the file
+            if not schema_checked and (problem := schema_problem(schema, memo_dir=schema_memo)) is not None:
                 raise ValueError(f"payload_schema of job type {name!r} is not a valid JSON Schema: {problem}")
             self._validator = compile_schema(schema)
             self.schema = schema
@@ -143,7 +147,8 @@ class JobType:
         return self.options.name
 
     @classmethod
-    def from_function(cls, fn: Callable[..., Any], options: TypePolicy, source: str) -> JobType:
+    def from_function(cls, fn: Callable[..., Any], options: TypePolicy, source: str, *,
+                      schema_memo: Path | None = None, schema_checked: bool = False) -> JobType:
         sig = inspect.signature(fn)
         params = list(sig.parameters.values())
         if not params or len(params) > 2:
@@ -159,5 +164,6 @@ class JobType:
         return cls(
             options=options, handler=fn, source=source,
             is_async=inspect.iscoroutinefunction(fn), takes_context=len(params) == 2,
-            payload=PayloadModel(annotation, options.payload_schema, options.name),
+            payload=PayloadModel(annotation, options.payload_schema, options.name,
+                                 schema_memo=schema_memo, schema_checked=schema_checked),
         )

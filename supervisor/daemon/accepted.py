@@ -68,7 +68,7 @@ def load(manifest: Path) -> dict[str, Source]:
             if hashlib.sha256(data).hexdigest() != m["sha256"]:
                 raise ValueError(f"the stored copy of {m['path']} does not match its digest")
             serves = None if m.get("serves") is None else tuple(m["serves"])
-            sources[stem] = Source(stem, m["path"], data, serves)
+            sources[stem] = Source(stem, m["path"], data, serves, accepted=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise HandlerImportError(where, f"cannot read the accepted handler sources ({type(exc).__name__}: "
                                  f"{exc}); the daemon writes them to its state directory: check that "

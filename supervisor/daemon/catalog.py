@@ -23,7 +23,7 @@ from supervisor.daemon import accepted
 from supervisor.daemon.lanes import ServedType
 from supervisor.daemon.registry import Registry, load_jobs
 from supervisor.daemon.schedule import ScheduleError, ScheduleSpec
-from supervisor.daemon.tasks import TaskDef, discover_tasks, load_sidecar
+from supervisor.daemon.tasks import SCHEMA_MEMO, TaskDef, discover_tasks, load_sidecar
 from supervisor.errors import DuplicateJobType, HandlerImportError, InvalidPayload, SupervisorError
 from supervisor.policy import PublishedType
 
@@ -112,13 +112,14 @@ def _accept(catalog: Catalog, settings: Settings, old: Catalog | None = None) ->
 
 
 def _load_catalog(settings: Settings, instance_id: str, runtimes: tuple[str, ...]) -> Catalog:
-    registry = load_jobs(settings.jobs_dir)
+    cache_dir = Path(settings.state_dir) / "task-cache"
+    registry = load_jobs(settings.jobs_dir, schema_memo=cache_dir / SCHEMA_MEMO)
     catalog = Catalog(registry=registry, errors=dict(registry.errors))
     for jt in registry.types.values():
         published = PublishedType(jt.options.resolve(settings), jt.payload.schema, jt.source, jt.payload.check_formats)
         if _serve(catalog, published, settings, instance_id, runtimes) and published.policy.runtime == "subprocess":
             catalog.commands[jt.name] = python_job_command(settings.jobs_dir, jt.name)
-    scan = discover_tasks(Path(settings.tasks_dir), cache_dir=Path(settings.state_dir) / "task-cache")
+    scan = discover_tasks(Path(settings.tasks_dir), cache_dir=cache_dir)
     for err in scan.errors:
         catalog.errors[err.path] = err
         catalog.type_errors[_task_name(Path(err.path))] = str(err)

@@ -49,12 +49,15 @@ class Source:
         path: the file it was read from (the module's `__file__`, and the name in tracebacks).
         data: the bytes imported.
         serves: the job types to register from it (None: every type it declares).
+        accepted: a copy a daemon accepted (`supervisor.daemon.accepted`): its payload schemas were
+            checked when it was, and are not checked again.
     """
 
     stem: str
     path: str
     data: bytes
     serves: tuple[str, ...] | None = None
+    accepted: bool = False
 
     @property
     def sha256(self) -> str:
@@ -170,8 +173,9 @@ def load_module(source: Source) -> types.ModuleType:
         raise HandlerImportError(source.path, cause) from None
 
 
-def types_in_module(module: types.ModuleType, source: str) -> list[JobType]:
-    """Every job type declared by `@job` on a function of `module`."""
+def types_in_module(module: types.ModuleType, source: str, *, schema_memo: Path | None = None,
+                    schema_checked: bool = False) -> list[JobType]:
+    """Every job type declared by `@job` on a function of `module` (the two options: `PayloadModel`'s)."""
     found: list[JobType] = []
     for value in vars(module).values():
         declared: list[TypePolicy] = getattr(value, JOB_ATTR, [])
@@ -179,19 +183,23 @@ def types_in_module(module: types.ModuleType, source: str) -> list[JobType]:
             continue
         for options in declared:
             try:
-                found.append(JobType.from_function(value, options, source))
+                found.append(JobType.from_function(value, options, source, schema_memo=schema_memo,
+                                                   schema_checked=schema_checked))
             except (TypeError, ValueError) as exc:
                 raise HandlerImportError(source, str(exc)) from None
     return found
 
 
-def load_jobs(jobs_dir: Path, sources: Mapping[str, Source] | None = None) -> Registry:
+def load_jobs(jobs_dir: Path, sources: Mapping[str, Source] | None = None, *,
+              schema_memo: Path | None = None) -> Registry:
     """Load the handlers of `jobs_dir` into a new Registry.
 
     Args:
         jobs_dir: the handler folder (the `jobs` package's path).
         sources: the texts to import, stem -> Source (e.g. those a daemon accepted, handed
             to a worker); None reads every file of `jobs_dir` once, now.
+        schema_memo: where payload schemas found valid are remembered
+            (`supervisor.validation.schema_problem`), so a restart need not import jsonschema.
     """
     registry = Registry()
     jobs_dir = Path(jobs_dir).resolve()
@@ -206,7 +214,8 @@ def load_jobs(jobs_dir: Path, sources: Mapping[str, Source] | None = None) -> Re
             continue
         source = src.path
         try:
-            declared = types_in_module(load_module(src), source)
+            declared = types_in_module(load_module(src), source, schema_memo=schema_memo,
+                                       schema_checked=src.accepted)
         except HandlerImportError as exc:
             registry.errors[source] = exc
             log.error("jobs.load_failed", path=source, error=exc.cause, code=exc.code)

@@ -1,16 +1,21 @@
 """Payload validation (supervisor.validation): `format` checks, and every problem listed with its path.
 
-No Redis, no process: JSON Schema types (as a task or `payload_schema=`) and pydantic types alike.
+No Redis: JSON Schema types (as a task or `payload_schema=`) and pydantic types alike.
 """
 
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel, Field
 
+from supervisor.daemon import accepted
+from supervisor.daemon.registry import load_jobs
 from supervisor.errors import InvalidPayload
 from supervisor.handler import PayloadModel
 from supervisor.validation import MAX_PROBLEMS, check_payload, compile_schema
@@ -107,3 +112,33 @@ def test_thousands_of_problems_are_bounded() -> None:
 def test_a_schema_that_is_not_json_schema_is_refused_naming_the_type_and_the_problem() -> None:
     with pytest.raises(ValueError, match=r"payload_schema of job type 't.bad' is not a valid JSON Schema: .*objekt"):
         PayloadModel(inspect.Parameter.empty, {"type": "objekt"}, "t.bad")
+
+
+def test_a_job_schema_checked_once_is_not_checked_again_by_a_restart_or_a_worker(tmp_path: Path) -> None:
+    # Given a jobs/ file whose @job declares a JSON Schema, loaded once as a daemon does (a memo dir)
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "signup.py").write_text(
+        "from supervisor import job\n\n"
+        f"@job('t.signup', payload_schema={SIGNUP_SCHEMA!r})\n"
+        "def signup(payload):\n    return payload\n")
+    memo = tmp_path / "memo"
+    first = load_jobs(jobs, schema_memo=memo)
+    assert "t.signup" in first.types and any(memo.iterdir())
+    manifest = accepted.save(tmp_path / "state", jobs, first.sources)
+    # When a fresh process loads it again with the same memo (a restart), or from the accepted
+    # copy (a pool worker, runners.pyjob)
+    for how in (f"load_jobs(Path({str(jobs)!r}), schema_memo=Path({str(memo)!r}))",
+                f"load_jobs(Path({str(jobs)!r}), accepted.load(Path({str(manifest)!r})))"):
+        probe = ("import sys; from pathlib import Path\n"
+                 "from supervisor.daemon import accepted; from supervisor.daemon.registry import load_jobs\n"
+                 f"r = {how}\nprint(sorted(r.types), len(r.errors), 'jsonschema' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+        # Then the type loads without importing jsonschema (~90 ms of a start)
+        assert out.split() == ["['t.signup']", "0", "False"], (how, out)
+    # And a bad schema is refused at every load, never remembered
+    (jobs / "signup.py").write_text("from supervisor import job\n\n@job('t.bad', payload_schema={'type': 'objekt'})\n"
+                                    "def bad(payload):\n    return payload\n")
+    for _ in range(2):
+        errors = load_jobs(jobs, schema_memo=memo).errors
+        assert "not a valid JSON Schema" in str(next(iter(errors.values())))
