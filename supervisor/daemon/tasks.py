@@ -28,7 +28,6 @@ C# sources (`.cs`) are compiled once per content by `supervisor.daemon.csharp.CS
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import shlex
@@ -221,6 +220,8 @@ def _describe(exc: ValidationError) -> str:
             else:
                 allowed = list(Sidecar.model_fields)
                 last = top
+            import difflib  # noqa: PLC0415 (an error's hint only)
+
             close = difflib.get_close_matches(last, allowed, n=1)
             guess = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"unknown key {loc!r}{guess}; fix: use one of {', '.join(allowed)}")

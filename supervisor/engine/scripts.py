@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from functools import cache
-from importlib import resources
+from pathlib import Path
 
 from supervisor.engine.keys import CANCEL_CHANNEL_PREFIX, OUTBOX_CHANNEL
 from supervisor.engine.states import TRANSITIONS
@@ -21,6 +21,8 @@ EVENT_RESULT_MAX = 4096
 #: Retention when no instance published a policy for the type (ms).
 DEFAULT_RETENTION_MS = 86_400_000
 DEFAULT_DEAD_RETENTION_MS = 30 * 86_400_000
+
+_LUA_DIR = Path(__file__).parent / "lua"  # shipped as files in every install (wheel or editable)
 
 SCRIPT_NAMES = (
     "enqueue", "claim", "complete", "fail", "cancel", "expire",
@@ -42,8 +44,10 @@ def _legal_table() -> str:
     return "local function legal_table() return {\n" + "\n".join(rows) + "\n} end\n"
 
 
-def _read(name: str) -> str:
-    return resources.files("supervisor.engine").joinpath("lua", f"{name}.lua").read_text()
+@cache
+def lua_text(name: str) -> str:
+    """The text of `lua/<name>.lua` as shipped (the transition scripts add their header and library)."""
+    return (_LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
 
 
 @cache
@@ -58,8 +62,8 @@ def script_source(name: str) -> str:
         + "local DEFAULT_RETENTION = {retention_ms = "
         + f"{DEFAULT_RETENTION_MS}, dead_retention_ms = {DEFAULT_DEAD_RETENTION_MS}}}\n"
     )
-    library = _read("lib") + "\n" + (_read("actions") + "\n" if name in _WITH_ACTIONS else "")
-    body = _read(name)
+    library = lua_text("lib") + "\n" + (lua_text("actions") + "\n" if name in _WITH_ACTIONS else "")
+    body = lua_text(name)
     return header + _used_definitions(library, body) + body
 
 
@@ -71,7 +75,24 @@ def _used_definitions(library: str, body: str) -> str:
     """The top-level definitions of `library` that `body` uses, directly or through other kept
     definitions, in their order. Redis runs a script's whole chunk on every call: defining every
     lib function per call was ~3 µs of each claim's and completion's fixed cost (issue 17)."""
-    blocks: list[tuple[set[str], str]] = []  # (names it defines, text with its leading comments)
+    blocks = _blocks(library)
+    wanted = set(_IDENT.findall(body))
+    keep = [False] * len(blocks)
+    changed = True
+    while changed:  # later definitions may use earlier ones: repeat until nothing new is kept
+        changed = False
+        for i in range(len(blocks) - 1, -1, -1):
+            if not keep[i] and blocks[i][0] & wanted:
+                keep[i], changed = True, True
+                wanted |= blocks[i][2]
+    return "".join(text for (_, text, _), k in zip(blocks, keep, strict=True) if k)
+
+
+@cache
+def _blocks(library: str) -> list[tuple[set[str], str, set[str]]]:
+    """`library`'s top-level definitions: (names each defines, its text with its leading comments,
+    the names its text uses); parsed once per library text, not once per script."""
+    blocks: list[tuple[set[str], str]] = []
     pending: list[str] = []
     for line in library.splitlines(keepends=True):
         m = _DEFINES.match(line)
@@ -83,13 +104,4 @@ def _used_definitions(library: str, body: str) -> str:
             blocks[-1] = (names, text + line)
         else:  # a comment at the top level: it belongs to the next definition
             pending.append(line)
-    wanted = set(_IDENT.findall(body))
-    keep = [False] * len(blocks)
-    changed = True
-    while changed:  # later definitions may use earlier ones: repeat until nothing new is kept
-        changed = False
-        for i in range(len(blocks) - 1, -1, -1):
-            if not keep[i] and blocks[i][0] & wanted:
-                keep[i], changed = True, True
-                wanted |= set(_IDENT.findall(blocks[i][1]))
-    return "".join(text for (_, text), k in zip(blocks, keep, strict=True) if k)
+    return [(names, text, set(_IDENT.findall(text))) for names, text in blocks]

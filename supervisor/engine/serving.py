@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from supervisor.engine import keys
+from supervisor.engine.scripts import lua_text
 from supervisor.engine.wire import Script, redis_errors
 from supervisor.errors import UnknownJobType
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # annotations only: a CLI read through supervisor.engine.read
 
 
 def _script(name: str) -> Script:
-    return Script(resources.files("supervisor.engine").joinpath("lua", f"{name}.lua").read_text())
+    return Script(lua_text(name))
 
 
 SERVED = _script("served")
