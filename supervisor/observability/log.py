@@ -19,7 +19,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     import structlog  # noqa: PLC0415 (see LazyLogger)
 
     out: Any = _LogStream(stream or sys.stdout)  # a TextIO for structlog and logging
-    console = fmt == "console" or (fmt == "auto" and out.isatty())
+    console = is_console(fmt, out)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -48,6 +48,12 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(_LEVELS[level], logging.WARNING))
+
+
+def is_console(fmt: str, stream: Any = None) -> bool:
+    """Whether log format `fmt` renders for a person (structlog's console renderer) on `stream`
+    (default stdout): "console", or "auto" on a TTY; else JSON lines."""
+    return fmt == "console" or (fmt == "auto" and _LogStream(stream or sys.stdout).isatty())
 
 
 class _LogStream:

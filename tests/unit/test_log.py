@@ -1,8 +1,12 @@
-"""Logged exceptions carry their traceback but never a frame's local variables (secrets live there)."""
+"""Logged exceptions carry their traceback but never a frame's local variables (secrets live there);
+the libraries' optional imports the daemon never uses stay out of it."""
 
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 
 import pytest
 import structlog
@@ -28,3 +32,37 @@ def test_logged_tracebacks_leave_local_variables_out(fmt: str) -> None:
     text = out.getvalue()
     assert "provider down" in text and "charge" in text  # the trace is there
     assert "TOP-SECRET" not in text and "top-secret" not in text
+
+
+_PROBE = """
+import json, sys
+from supervisor.observability.optional_imports import refuse_unused
+refuse_unused(console_logs={console})
+from supervisor.observability import log
+import redis.asyncio, structlog
+log.configure("info", {fmt!r})
+try:
+    raise RuntimeError("provider down")
+except RuntimeError:
+    structlog.get_logger("t").exception("runner.error")
+sys.stdout.flush()
+lean = ["rich.pretty" in sys.modules, "opentelemetry.sdk.metrics" in sys.modules]
+import rich.pretty, opentelemetry.sdk.metrics  # handler code still gets both
+print(json.dumps(lean), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_the_daemon_leaves_out_what_it_never_uses_and_still_logs_tracebacks(fmt: str) -> None:
+    # Given the refusals `job-supervisor run` installs before importing the daemon
+    probe = _PROBE.format(console=fmt == "console", fmt=fmt)
+    # When structlog and redis-py are imported, and an exception is logged
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    # Then redis-py's OpenTelemetry metrics are never imported, rich's renderers only for console
+    # logs, and the logged line still carries the traceback
+    assert json.loads(done.stderr.splitlines()[-1]) == [fmt == "console", False], done.stderr
+    if fmt == "json":
+        frames = json.loads(done.stdout.splitlines()[0])["exception"][0]
+        assert frames["exc_value"] == "provider down" and frames["frames"][0]["lineno"] == 9
+    else:
+        assert "Traceback" in done.stdout and "provider down" in done.stdout

@@ -24,8 +24,8 @@ from supervisor.operators.cli.app import fail, settings_of
 def run(ctx: click.Context, jobs_dir: Path | None, tasks_dir: Path | None, config: Path | None,
         serve_types: str | None, exclude_types: str | None) -> None:
     """Run the daemon until SIGTERM/SIGINT (graceful drain; a second signal stops fast)."""
-    from supervisor.daemon.app import run_daemon  # noqa: PLC0415
     from supervisor.observability import log  # noqa: PLC0415
+    from supervisor.observability.optional_imports import refuse_unused  # noqa: PLC0415
 
     if config is not None:
         ctx.find_root().obj["config"] = config
@@ -35,6 +35,9 @@ def run(ctx: click.Context, jobs_dir: Path | None, tasks_dir: Path | None, confi
     except ConfigError as exc:
         fail(exc)
         return
+    refuse_unused(console_logs=log.is_console(settings.log_format))  # before the daemon's imports
+    from supervisor.daemon.app import run_daemon  # noqa: PLC0415
+
     log.configure(settings.log_level, settings.log_format)
     import asyncio  # noqa: PLC0415
 
