@@ -176,6 +176,7 @@ class Daemon:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._watch_stop = asyncio.Event()
         self._started_runners: set[str] = set()
+        self._runners_started: asyncio.Task[None] | None = None  # by build(), awaited by _start()
         register_plan(self.shutdown, self.stop_plan())
 
     # --- build -----------------------------------------------------------------------
@@ -187,8 +188,14 @@ class Daemon:
         self._spawn("watcher", watch_files(self.settings, self.signals.reload, self._watch_stop))
         if self.settings.metrics_port:
             self.metrics.serve(self.settings.metrics_port)
-        await self._open_redis()
-        catalog = LiveCatalog(build_catalog(self.settings, self.instance_id, AVAILABLE_RUNTIMES))
+        # the embedded redis-server starts (its own process) while this one loads the handlers
+        opening = asyncio.create_task(self._open_redis())
+        await asyncio.sleep(0)
+        try:
+            catalog = LiveCatalog(build_catalog(self.settings, self.instance_id, AVAILABLE_RUNTIMES))
+        finally:
+            await asyncio.gather(opening, return_exceptions=True)  # a started Redis is known, to be stopped
+        opening.result()
         client = Client(self.broker.redis, registry=catalog.current.registry, tracing=self.tracing)
         self.broker.replica_wait_ms = client.broker.replica_wait_ms = int(self.settings.replica_wait * 1000)
         client.broker.replicated = self.broker.replicated  # one set: its child jobs wait as the settles do
@@ -207,6 +214,8 @@ class Daemon:
                           instance_id=self.instance_id, identity=presence.identity)
         scheduler = Scheduler(client, catalog.current.schedules, self.metrics)
         self.parts = Parts(catalog, client, runners, dispatcher, presence, janitor, scheduler)
+        # the pool's workers start (other processes) while this one publishes and starts the rest
+        self._runners_started = asyncio.create_task(self._start_runners(self.parts))
         return self.parts
 
     async def _open_redis(self) -> None:
@@ -255,6 +264,8 @@ class Daemon:
             parts = await self.build()
             await self._start(parts)
         except BaseException as exc:
+            if self._runners_started is not None:  # the stop plan closes a pool that finished starting
+                await asyncio.gather(self._runners_started, return_exceptions=True)
             await self.shutdown.shutdown(f"start failed: {type(exc).__name__}")
             raise
         catalog = parts.catalog.current
@@ -277,7 +288,6 @@ class Daemon:
     async def _start(self, parts: Parts) -> None:
         """Start what serves: runners a type needs, the admin API, presence, the published types,
         the dispatcher, the background loops and the scheduler."""
-        await self._start_runners(parts)
         # None when api_enabled is off; binds before returning, so a bad address is a ConfigError
         if self.settings.api_enabled:
             from supervisor.operators.api.server import start_in_daemon  # noqa: PLC0415 (see TYPE_CHECKING)
@@ -291,6 +301,8 @@ class Daemon:
             log.warning("redis.unavailable", op="presence", error=str(exc))
         for name, meta in parts.catalog.current.metas.items():
             await self.broker.publish_type(name, meta)
+        if self._runners_started is not None:  # before a lane claims: every claimed job has its runner
+            await self._runners_started
         await parts.dispatcher.start()
         self._spawn("presence", parts.presence.run())
         self._spawn("janitor", parts.janitor.run())
