@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 import redis as syncredis
 
+import supervisor
 from runners.stop import Escalation, ProcessTarget, stop_sync
 from supervisor.engine import keys
 from supervisor_bench.daemon import Daemon, ResourceSampler
@@ -78,6 +79,18 @@ def _summed(r: Any, section: str) -> dict[str, Any]:
     return total
 
 
+def _compile_packages() -> None:
+    """Compile the daemon's packages to bytecode first, as `pip install` does for a wheel: from an
+    editable checkout with PYTHONDONTWRITEBYTECODE set, every daemon start would otherwise compile
+    every module again (~0.1 s of each start). A read-only tree is left as it is."""
+    import compileall  # noqa: PLC0415
+
+    import runners  # noqa: PLC0415
+
+    for package in (supervisor, runners):
+        compileall.compile_dir(Path(package.__file__).parent, quiet=2)  # type: ignore[arg-type]
+
+
 class Bench:
     """What every measurement runs against: one Redis, a `Client` on the bench's own event loop,
     the handler folders and the daemons started so far (`close` stops them all)."""
@@ -107,6 +120,7 @@ class Bench:
         return self.loop.run_until_complete(coro)
 
     def setup(self) -> None:
+        _compile_packages()
         if self.owns_redis:
             from supervisor.daemon.redis_server import RedisServer  # noqa: PLC0415
 
