@@ -48,6 +48,7 @@ class BenchOptions:
     payload_bytes: int = 100
     latency_jobs: int = 500
     latency_gap_ms: float = 5.0
+    latency_load: float = 0.0  # jobs/s of the same type queued beside the latency jobs (0: an idle daemon)
     cancel_jobs: int = 200  # cancels measured per runtime (each of a running job)
     idle_seconds: float = 60.0  # the idle daemon on the shipped examples (supervisor_bench/idle.py)
     start_runs: int = 5  # its starts timed to READY, one after the other

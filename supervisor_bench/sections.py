@@ -130,7 +130,8 @@ def measure_latency(b: Bench) -> dict[str, Any]:
         latency = {}
         for name in (INPROCESS, PROCESS):
             if b.o.serves(name):
-                b.say(f"latency: {name}, {b.o.latency_jobs} jobs {b.o.latency_gap_ms:g} ms apart")
+                b.say(f"latency: {name}, {b.o.latency_jobs} jobs {b.o.latency_gap_ms:g} ms apart"
+                      + (f", beside {b.o.latency_load:g} jobs/s of the same type" if b.o.latency_load else ""))
                 latency[name.removeprefix("bench.")] = _latency(b, name)
     finally:
         d.stop()
@@ -151,11 +152,15 @@ def _latency(b: Bench, name: str) -> dict[str, Any]:
             await asyncio.sleep(gap)
         return sent
 
-    sent = b.on_loop(go())
+    load = _start_load(b, name)
+    try:
+        sent = b.on_loop(go())
+    finally:
+        loaded = _stop_load(load)
     deadline = time.monotonic() + 60
-    while b.completed(name) < len(sent):
+    while b.completed(name) < len(sent) + loaded:
         if time.monotonic() > deadline:
-            raise BenchError(f"latency jobs of {name} did not complete: {b.completed(name)}/{len(sent)}")
+            raise BenchError(f"latency jobs of {name} did not complete: {b.completed(name)}/{len(sent) + loaded}")
         time.sleep(0.02)
     jobs = b.on_loop(b.client.broker.get_many([i for i, _ in sent]))
     by_id = {j.id: j for j in jobs}
@@ -170,12 +175,31 @@ def _latency(b: Bench, name: str) -> dict[str, Any]:
     if not precise:
         raise BenchError(f"no latency samples for {name}")
     return {
-        "jobs": len(precise), "gap_ms": b.o.latency_gap_ms,
+        "jobs": len(precise), "gap_ms": b.o.latency_gap_ms, "load_jobs_per_s": b.o.latency_load, "load_jobs": loaded,
         "p50_ms": round(percentile(precise, 50), 3), "p99_ms": round(percentile(precise, 99), 3),
         "max_ms": round(max(precise), 3), "mean_ms": round(statistics.fmean(precise), 3),
         "record_p50_ms": percentile(record, 50) if record else None,
         "record_p99_ms": percentile(record, 99) if record else None,
     }
+
+
+def _start_load(b: Bench, name: str) -> subprocess.Popen[str] | None:
+    """`--latency-load`: a process of its own queueing jobs of `name` at that rate (supervisor_bench.load)."""
+    if not b.o.latency_load:
+        return None
+    return subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+        [sys.executable, "-m", "supervisor_bench.load", b.url, name, str(b.o.latency_load)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _stop_load(load: subprocess.Popen[str] | None) -> int:
+    """Stop the load (stdin closed) and return how many jobs it queued."""
+    if load is None:
+        return 0
+    out, _ = load.communicate("", timeout=30)
+    if load.returncode != 0 or not out.strip().isdigit():
+        raise BenchError(f"the latency load stopped with exit code {load.returncode}")
+    return int(out)
 
 
 def measure_cancel(b: Bench) -> dict[str, Any]:

@@ -31,7 +31,8 @@ TARGETS = {
     "enqueue_bulk": 50000.0,  # jobs/s
     "enqueue_one": 12000.0,  # jobs/s, >= 1.5x the fastest peer
     "latency_p50_ms": 1.0,
-    "latency_p99_ms": 5.0,
+    "latency_p99_ms": 5.0,  # while draining at half the peak (`--latency-load`; issue 17)
+    "latency_p99_idle_ms": 2.0,  # an idle daemon (issue 17)
     "idle_cpu_percent": 0.5,  # of one core: the shipped examples, hot reload on (issue 17, item 3)
     "start_to_ready_s": 0.4,  # `job-supervisor run` on the shipped examples, on an idle machine (issue 17)
     "backlog_ratio": 0.8,  # deep-queue rate / shallow-queue rate
@@ -75,7 +76,9 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     lat = r.get("latency", {}).get("inprocess")
     if lat:
         add("latency_p50", "enqueue-to-start p50 (ms)", lat["p50_ms"], TARGETS["latency_p50_ms"], False)
-        add("latency_p99", "enqueue-to-start p99 (ms)", lat["p99_ms"], TARGETS["latency_p99_ms"], False)
+        loaded = bool(lat.get("load_jobs_per_s"))
+        add("latency_p99", "enqueue-to-start p99 (ms)" + (", beside a load" if loaded else ", idle"), lat["p99_ms"],
+            TARGETS["latency_p99_ms" if loaded else "latency_p99_idle_ms"], False)
     for runtime, c in r.get("cancel", {}).items():
         add(f"cancel_p99_{runtime}", f"cancel-to-handler p99, {runtime} (ms)", c["p99_ms"], TARGETS["cancel_p99_ms"],
             False)

@@ -1,6 +1,7 @@
 """`job-supervisor bench --handler redis-roundtrip` (issue 17, item 5): every job's handler makes
 one Redis round trip, the drain is timed from the daemons' spawn, and Redis's cost per job is
-reported. Counts only (no timing target: those belong to the bench itself)."""
+reported; `--latency-load` (item 6) measures the latency beside a steady load of the same type.
+Counts only (no timing target: those belong to the bench itself)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,19 @@ def test_roundtrip_handlers_each_make_one_round_trip(redis_url: str, tmp_path: P
         assert d["redis_cpu_us_per_job"]["life"] > 0 and d["redis_net_bytes_per_job"]["drain"] > 0
         # the handler's INCR is one command of the drain's; enqueue is the one script call per chunk
         assert d["drain_commands_per_job"] >= 1 and d["enqueue_commands_per_job"] > 0
+
+
+def test_latency_beside_a_load_counts_the_load_and_every_latency_job(redis_url: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL", "WORKERS_", "NOTIFY_SOCKET"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "supervisor", "bench", "--json", "--only", "latency", "--runtimes", "inprocess",
+         "--latency-jobs", "50", "--latency-gap-ms", "10", "--latency-load", "500", "--redis-url", redis_url],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=110, check=False,
+    )
+    assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    lat = json.loads(proc.stdout)["latency"]["inprocess"]
+    # every latency job was measured, and the load ran beside them (~500 jobs/s over ~0.5 s)
+    assert lat["jobs"] == 50 and lat["load_jobs_per_s"] == 500
+    assert lat["load_jobs"] >= 100, lat
+    assert 0 < lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
