@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
 from supervisor import errors
 from supervisor.errors import ConfigError, SupervisorError
@@ -28,8 +26,33 @@ if TYPE_CHECKING:  # settings are loaded by a command that runs (`--help` never 
     from supervisor.config import Settings
 
 T = TypeVar("T")
-console = Console(markup=False)  # data never goes through rich markup (payloads hold brackets)
-err_console = Console(stderr=True, soft_wrap=True)
+
+
+class LazyConsole:
+    """A rich `Console`, made (and rich imported) when something is first printed through it:
+    `job-supervisor run` prints through none, and rich's import was a tenth of its start."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console  # noqa: PLC0415 (see the class docstring)
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+console = LazyConsole(markup=False)  # data never goes through rich markup (payloads hold brackets)
+err_console = LazyConsole(stderr=True, soft_wrap=True)
+
+
+def escape(text: str) -> str:
+    """`text` with rich markup escaped."""
+    from rich.markup import escape as escaped  # noqa: PLC0415 (LazyConsole)
+
+    return escaped(text)
 EXIT_BY_CODE = {
     "config_invalid": errors.EXIT_CONFIG, "redis_unsafe": errors.EXIT_CONFIG,
     "embedded_redis_failed": errors.EXIT_CONFIG, "job_not_found": errors.EXIT_NOT_FOUND,

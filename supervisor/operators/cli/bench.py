@@ -12,17 +12,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 
 from supervisor import errors
 from supervisor.errors import ConfigError, SupervisorError
-from supervisor.operators.cli.app import fail, settings_of
+from supervisor.operators.cli.app import LazyConsole, fail, settings_of
 
 if TYPE_CHECKING:
     from supervisor_bench import BenchOptions
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-_err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+_err = LazyConsole(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 
 #: The options of `bench`, applied in order by `_bench_options` (one list instead of 30 decorators).
@@ -145,5 +144,7 @@ def _run(options: BenchOptions, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(results, indent=2, default=str))
     else:
+        from rich.console import Console  # noqa: PLC0415 (LazyConsole)
+
         render(results, Console(markup=False, width=None if sys.stdout.isatty() else 160))
 

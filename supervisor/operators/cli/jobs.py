@@ -8,7 +8,6 @@ import sys
 from typing import Any, ClassVar
 
 import click
-from rich.text import Text
 
 from supervisor import errors
 from supervisor.engine.states import State
@@ -336,6 +335,8 @@ def _show_job(job: Any, as_json: bool) -> None:
     if job.attempts:
         last = next((a for a in reversed(job.attempts) if a.traceback), None)
         if last is not None:  # the newest failure's stack trace, as Python (or the task's stderr) wrote it
+            from rich.text import Text  # noqa: PLC0415 (LazyConsole)
+
             console.print()  # a section of its own: in a pipe, the TSV tables above end at the empty line
             console.print(Text(f"stack trace (attempt {last.attempt}):", style="bold"))
             console.print(Text(last.traceback), soft_wrap=True, highlight=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.cells import cell_len
 
 from supervisor.operators.cli.app import console, err_console
 
@@ -53,6 +52,7 @@ def print_table(columns: list[tuple[str, bool] | tuple[str, bool, int]], rows: l
         click.echo("\n".join(lines), err=stderr)
         return
     from rich import box  # noqa: PLC0415 (a terminal only: piped output is TSV)
+    from rich.cells import cell_len  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
     out = err_console if stderr else console
