@@ -1,7 +1,7 @@
 """A steady background load for the latency section (`--latency-load RATE`).
 
 Run as its own process (`python -m supervisor_bench.load URL TYPE RATE`), so its work never
-shares the bench's event loop or GIL with the latency jobs it runs beside: every 5 ms it queues,
+shares the bench's event loop or GIL with the latency jobs it runs beside: every millisecond it queues,
 with one `enqueue_many`, the jobs of TYPE due by then at RATE jobs/s, until stdin closes; then
 it prints how many it queued and exits.
 """
@@ -25,7 +25,7 @@ async def _produce(url: str, name: str, rate: float, stop: threading.Event) -> i
             if due > 0:
                 await client.enqueue_many([(name, {"load": True})] * due)
                 sent += due
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.001)
     return sent
 
 
