@@ -87,7 +87,8 @@ class Settings(BaseSettings):
                                description="Human name of this instance (host name by default).")
     default_runtime: Runtime = Field("inprocess", description="Runtime of types that name none.")
     default_concurrency: int = Field(10, gt=0, le=10_000,
-                                     description="Per-type concurrency in one instance when a type names none.")
+                                     description="Per-type concurrency in one instance when a type names none "
+                                                 "(a process type: this many per pool worker).")
     threads: int = Field(32, gt=0, le=1024, description="Thread pool for sync in-process handlers.")
     max_jobs_per_worker: int | None = Field(None, gt=0,
                                             description="Recycle a pool worker after this many jobs (None: never).")

@@ -164,10 +164,16 @@ class TypePolicy(BaseModel):
             raise ValueError(f"{where}: " + "; ".join(_problems(exc, list(options)))) from None
 
     def resolve(self, settings: Settings) -> TypePolicy:
-        """This policy with the settings' default in place of every unset option (once, at load)."""
+        """This policy with the settings' default in place of every unset option (once, at load).
+
+        A `process` type that names no concurrency gets `default_concurrency` per pool worker
+        (x `workers_concurrency`), so the default keeps every worker, one per core, busy; a
+        concurrency it names is the type's total in the instance, as in every runtime."""
+        runtime = self.runtime or settings.default_runtime
+        per_worker = settings.workers_concurrency if runtime == "process" else 1
         return self.model_copy(update={
-            "runtime": self.runtime or settings.default_runtime,
-            "concurrency": self.concurrency or settings.default_concurrency,
+            "runtime": runtime,
+            "concurrency": self.concurrency or settings.default_concurrency * per_worker,
             "ack_wait": self.ack_wait or settings.ack_wait,
             "max_deliver": self.max_deliver or settings.max_deliver,
             "retention": self.retention or settings.retention,

@@ -39,7 +39,7 @@ class BenchOptions:
     workers: int = 2  # WORKERS_CONCURRENCY of the process runtime
     concurrency: int = 200  # per-type concurrency of the inprocess no-op (0: the settings' default_concurrency)
     # per-type concurrency of the process no-op (default 16 x workers: the knee of BENCHMARKS.md's sweep;
-    # 0: the settings' default_concurrency)
+    # 0: the type names none: the settings' default_concurrency per worker)
     process_concurrency: int | None = None
     handler: str = "noop"  # HANDLERS: what the inprocess and process handlers do per job
     daemons: int = 1  # daemons started side by side for each drain (each serving the drained type)

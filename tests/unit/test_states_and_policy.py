@@ -156,6 +156,16 @@ def test_policy_defaults_come_from_the_settings_once() -> None:
     assert resolved.backoff == Backoff() and resolved.misfire == "run-once" and resolved.timezone == "UTC"
 
 
+def test_a_process_type_without_concurrency_gets_the_default_per_worker() -> None:
+    # the default keeps every worker of the pool busy; a concurrency a type names is its total
+    settings = Settings(default_concurrency=10, workers_concurrency=4)
+    assert TypePolicy(name="unit.p", runtime="process").resolve(settings).concurrency == 40
+    assert TypePolicy(name="unit.p", runtime="process", concurrency=6).resolve(settings).concurrency == 6
+    assert TypePolicy(name="unit.p", runtime="inprocess").resolve(settings).concurrency == 10
+    assert TypePolicy(name="unit.p").resolve(Settings(default_runtime="process", default_concurrency=3,
+                                                      workers_concurrency=2)).concurrency == 6
+
+
 def test_published_policy_reads_back_as_written() -> None:
     declared = TypePolicy(name="unit.p", deadline=30, priority=4, backoff=[1, 5], rate_limit="10/m",
                           key_concurrency={"key": ["t", "/t"]}, queue={"when_full": "coalesce"}, timeout=9)

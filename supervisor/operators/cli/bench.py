@@ -44,8 +44,8 @@ _OPTIONS = (
     click.option("--concurrency", type=click.IntRange(min=0), default=200, show_default=True,
                  help="Per-type concurrency of the inprocess handler (0: the settings' default_concurrency)."),
     click.option("--process-concurrency", type=click.IntRange(min=0), default=None,
-                 help="Per-type concurrency of the process handler [default: 16 x workers; 0: the settings' "
-                      "default_concurrency]."),
+                 help="Per-type concurrency of the process handler [default: 16 x workers; 0: the type names "
+                      "none, so the settings' default_concurrency per worker]."),
     click.option("--handler", type=click.Choice(["noop", "redis-roundtrip"]), default="noop", show_default=True,
                  help="What the inprocess and process handlers do per job: nothing, or one Redis round trip "
                       "(INCR, redis.asyncio in the async handler, blocking redis in the sync one)."),
