@@ -111,8 +111,8 @@ class WorkerSet:
         """Start `size` workers; the first start launches the fork server (blocking: off the loop)."""
         self.outbox = Outbox(loop)
         if self.start_method == "forkserver":
-            # Only our own modules (`runners.pool.server`): handler files are loaded by each worker.
-            self._mp.set_forkserver_preload(["runners.pool.server"])
+            # Only our own modules (`runners.pool_server`): handler files are loaded by each worker.
+            self._mp.set_forkserver_preload(["runners.pool_server"])
         first = await asyncio.to_thread(self._launch)
         started = [self._register(*first)] if first is not None else []
         started += [w for w in (self._spawn() for _ in range(self.size - 1)) if w is not None]
