@@ -82,7 +82,7 @@ def _summed(r: Any, section: str) -> dict[str, Any]:
 def _compile_packages() -> None:
     """Compile the daemon's packages to bytecode first, as `pip install` does for a wheel: from an
     editable checkout with PYTHONDONTWRITEBYTECODE set, every daemon start would otherwise compile
-    every module again (~0.1 s of each start). A read-only tree is left as it is."""
+    every module again (BENCHMARKS.md). A read-only tree is left as it is."""
     import compileall  # noqa: PLC0415
 
     import runners  # noqa: PLC0415

@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 
-class _Refuse:  # a meta path finder (importlib.abc.MetaPathFinder's protocol; its import costs ~4 ms)
+class _Refuse:  # a meta path finder by protocol: importlib.abc is not imported for it
     """Raises ModuleNotFoundError for `module` (and its submodules) when `importer`'s modules ask."""
 
     def __init__(self, refused: dict[str, str]) -> None:

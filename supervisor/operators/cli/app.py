@@ -30,7 +30,8 @@ T = TypeVar("T")
 
 class LazyConsole:
     """A rich `Console`, made (and rich imported) when something is first printed through it:
-    `job-supervisor run` prints through none, and rich's import was a tenth of its start."""
+    `job-supervisor run` prints through none, and rich's import is a visible part of its start
+    (BENCHMARKS.md)."""
 
     def __init__(self, **options: Any) -> None:
         self._options = options
@@ -53,6 +54,8 @@ def escape(text: str) -> str:
     from rich.markup import escape as escaped  # noqa: PLC0415 (LazyConsole)
 
     return escaped(text)
+
+
 EXIT_BY_CODE = {
     "config_invalid": errors.EXIT_CONFIG, "redis_unsafe": errors.EXIT_CONFIG,
     "embedded_redis_failed": errors.EXIT_CONFIG, "job_not_found": errors.EXIT_NOT_FOUND,
