@@ -111,11 +111,13 @@ def _latency(results: dict[str, Any], console: Any) -> None:
     load = results.get("options", {}).get("latency_load") or 0
     beside = f"beside {_n(load)} jobs/s of the same type" if load else "idle daemon"
     t = Table(title=f"enqueue-to-start latency, {beside} (client clock -> handler's first line)")
-    for col in ("runtime", "jobs", "p50 ms", "p99 ms", "max ms", "records p50/p99 ms (1 ms resolution)", "load jobs"):
+    for col in ("runtime", "jobs", "p50 ms", "p99 ms", "max ms", "records p50/p99 ms (1 ms resolution)",
+                "enqueued -> handler p99 ms", "load jobs"):
         t.add_column(col, justify="left" if col == "runtime" else "right")
     for name, lat in results["latency"].items():
         t.add_row(name, str(lat["jobs"]), _n(lat["p50_ms"], 2), _n(lat["p99_ms"], 2), _n(lat["max_ms"], 2),
-                  f"{_n(lat['record_p50_ms'])} / {_n(lat['record_p99_ms'])}", _n(lat.get("load_jobs", 0)))
+                  f"{_n(lat['record_p50_ms'])} / {_n(lat['record_p99_ms'])}",
+                  _n(lat.get("created_to_start_p99_ms"), 2), _n(lat.get("load_jobs", 0)))
     console.print(t)
 
 

@@ -164,7 +164,7 @@ def _latency(b: Bench, name: str) -> dict[str, Any]:
         time.sleep(0.02)
     jobs = b.on_loop(b.client.broker.get_many([i for i, _ in sent]))
     by_id = {j.id: j for j in jobs}
-    precise, record = [], []
+    precise, record, queued = [], [], []  # queued: Redis's enqueue (ms) -> the handler's first line
     for job_id, t in sent:
         job = by_id.get(job_id)
         if job is None or not isinstance(job.result, float):
@@ -172,6 +172,7 @@ def _latency(b: Bench, name: str) -> dict[str, Any]:
         precise.append((job.result - t) * 1000)
         if job.attempts and job.attempts[0].started and job.created:
             record.append((job.attempts[0].started - job.created).total_seconds() * 1000)
+            queued.append((job.result - job.created.timestamp()) * 1000)
     if not precise:
         raise BenchError(f"no latency samples for {name}")
     return {
@@ -180,6 +181,7 @@ def _latency(b: Bench, name: str) -> dict[str, Any]:
         "max_ms": round(max(precise), 3), "mean_ms": round(statistics.fmean(precise), 3),
         "record_p50_ms": percentile(record, 50) if record else None,
         "record_p99_ms": percentile(record, 99) if record else None,
+        "created_to_start_p99_ms": round(percentile(queued, 99), 3) if queued else None,
     }
 
 
