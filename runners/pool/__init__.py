@@ -71,8 +71,9 @@ Design, and why:
   busy handler can still be cancelled and queued jobs handed back.
 """
 
+from runners.fork_server import default_start_method
 from runners.pool.child import worker_main
 from runners.pool.runner import ProcessPoolRunner
-from runners.pool.workers import default_start_method, describe_exit
+from runners.pool.workers import describe_exit
 
 __all__ = ["ProcessPoolRunner", "default_start_method", "describe_exit", "worker_main"]

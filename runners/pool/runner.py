@@ -19,10 +19,11 @@ import psutil
 import structlog
 
 from runners.base import CancelSignal, RunEvents, RunRequest, RunResult, RunStatus
+from runners.fork_server import default_start_method
 from runners.invoke import ChildEnqueue
 from runners.pool.protocol import encode_enqueue_value, encode_error, pack, revive
 from runners.pool.worker import PoolJob, Worker, WorkerState
-from runners.pool.workers import WorkerSet, WorkersTarget, default_start_method, describe_exit
+from runners.pool.workers import WorkerSet, WorkersTarget, describe_exit
 from runners.stop import REAP_WAIT_S, Escalation, stop
 
 log = structlog.get_logger(__name__)
@@ -151,8 +152,7 @@ class ProcessPoolRunner:
     def _worker_options(self) -> dict[str, Any]:
         """What a new worker is told: log level, RSS limit, the accepted handler sources."""
         return {"log_level": self.log_level, "measure_rss": self.max_worker_rss_bytes is not None,
-                "threads": self.threads,
-                "max_rss_bytes": self.max_worker_rss_bytes,
+                "threads": self.threads, "max_rss_bytes": self.max_worker_rss_bytes,
                 "manifest": None if self.manifest is None else str(self.manifest)}
 
     @property

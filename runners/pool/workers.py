@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from runners.fork_server import PRELOAD
 from runners.pool.child import worker_main
 from runners.pool.pipe import Outbox
 from runners.pool.protocol import STOP
@@ -34,11 +35,6 @@ _BACKOFF_MAX_S = 30.0  # between replacements of workers that keep dying before 
 
 #: Told when a worker died: (worker, exit code, died before ready, was retired, what it wrote before).
 OnGone = Callable[[Worker, "int | None", bool, bool, list[Any]], None]
-
-
-def default_start_method() -> str:
-    """`forkserver` where available (Linux, BSD, macOS), else `spawn`; never plain `fork`."""
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 def describe_exit(code: int | None) -> str:
@@ -111,8 +107,7 @@ class WorkerSet:
         """Start `size` workers; the first start launches the fork server (blocking: off the loop)."""
         self.outbox = Outbox(loop)
         if self.start_method == "forkserver":
-            # Only our own modules (`runners.pool_server`): handler files are loaded by each worker.
-            self._mp.set_forkserver_preload(["runners.pool_server"])
+            self._mp.set_forkserver_preload(PRELOAD)  # runners.fork_server: ours only, never handler files
         first = await asyncio.to_thread(self._launch)
         started = [self._register(*first)] if first is not None else []
         started += [w for w in (self._spawn() for _ in range(self.size - 1)) if w is not None]

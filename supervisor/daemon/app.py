@@ -9,7 +9,9 @@ counted from the signal (`supervisor.daemon.stop_plan.DrainBudget`). A second si
 of the drain.
 
 This module imports next to nothing: without `redis_url`, the embedded Redis is spawned first, so
-it comes up while the composition root's modules load (most of a start), not after them.
+it comes up while the composition root's modules load (most of a start), not after them; so is
+the process pool's fork server when the handlers' text says a `process` type is likely
+(`runners.fork_server`).
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
         tracing: where spans go (default: by `settings.otel_exporter`).
         metrics: the Prometheus metrics (default: made by the daemon, unregistered at its stop).
     """
-    from supervisor.daemon.redis_server import spawn_embedded  # noqa: PLC0415 (see the module docstring)
+    from runners import fork_server  # noqa: PLC0415 (see the module docstring)
+    from supervisor.daemon.redis_server import spawn_embedded  # noqa: PLC0415
 
     embedded = spawn_embedded(Path(settings.state_dir)) if settings.redis_url_value() is None else None
+    if fork_server.likely_needed(Path(settings.jobs_dir), settings.default_runtime):
+        fork_server.start_early()
     try:
         from supervisor.daemon.daemon import Daemon  # noqa: PLC0415
 

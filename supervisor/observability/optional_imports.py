@@ -10,7 +10,7 @@ Each is refused to that library only (the import comes from its module), so both
 fall back to what they do when the package is missing; handler code that imports either
 package gets it as usual (though redis-py's own OpenTelemetry metrics, `redis.observability`,
 stay off in the daemon and its workers). `job-supervisor run` installs this before it imports
-the daemon, and the pool's fork server (`runners.pool_server`) before the workers' code; what
+the daemon, and the pool's fork server (`runners.fork_server_preload`) before the workers' code; what
 it saves of a start is in BENCHMARKS.md.
 """
 
