@@ -10,9 +10,10 @@ Flask and Celery) with rich for tables and progress.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,6 +25,7 @@ from supervisor.errors import ConfigError, SupervisorError
 
 if TYPE_CHECKING:  # settings are loaded by a command that runs (`--help` never loads them)
     from supervisor.config import Settings
+    from supervisor.engine.broker import Broker
 
 T = TypeVar("T")
 
@@ -101,6 +103,18 @@ def redis_url(settings: Settings) -> str:
         f"no Redis to talk to: REDIS_URL is unset and no embedded Redis answers at {sock}. "
         "Start the daemon (job-supervisor run), or set REDIS_URL"
     )
+
+
+@contextlib.asynccontextmanager
+async def broker_of(ctx: click.Context) -> AsyncIterator[Broker]:
+    """A Broker on this run's Redis (its `redis` for redis-py reads), closed when the block ends."""
+    from supervisor.engine.broker import Broker, connect  # noqa: PLC0415
+
+    broker = Broker(connect(redis_url(settings_of(ctx))))
+    try:
+        yield broker
+    finally:
+        await broker.close()
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:

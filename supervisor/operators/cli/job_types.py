@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from supervisor.operators.cli.app import (
+    broker_of,
     console,
     err_console,
     local_user,
@@ -30,16 +31,12 @@ def types(ctx: click.Context, as_json: bool) -> None:
 
 async def _types_list(ctx: click.Context, as_json: bool) -> None:
     from supervisor.daemon.presence import list_workers  # noqa: PLC0415
-    from supervisor.engine.broker import Broker, connect  # noqa: PLC0415
     from supervisor.operators.admin import type_rows  # noqa: PLC0415
 
-    broker = Broker(connect(redis_url(settings_of(ctx))))
-    try:
+    async with broker_of(ctx) as broker:
         rows = await type_rows(broker)
         errors = {(w["instance"], path): error for w in await list_workers(broker.redis)
                   for path, error in (w.get("load_errors") or {}).items()}
-    finally:
-        await broker.close()
     if as_json:
         print_json({"types": rows, "load_errors": [{"instance": i, "path": p, "error": e}
                                                     for (i, p), e in sorted(errors.items())]})
@@ -98,14 +95,10 @@ _pause_command(False)
 async def history(ctx: click.Context, name: str, minutes: int, as_json: bool) -> None:
     """Per-minute history of job type NAME: enqueued, completed, failed, dead, retried, and run-time
     and queue-wait percentiles in ms (from the counters the scripts keep for 24 h). Times are UTC."""
-    from supervisor.engine.broker import connect  # noqa: PLC0415
     from supervisor.operators.history import type_history  # noqa: PLC0415
 
-    redis = connect(redis_url(settings_of(ctx)))
-    try:
-        doc = await type_history(redis, name, minutes)
-    finally:
-        await redis.aclose()
+    async with broker_of(ctx) as broker:
+        doc = await type_history(broker.redis, name, minutes)
     if as_json:
         print_json(doc)
         return
@@ -154,14 +147,10 @@ async def keys(ctx: click.Context, type_name: str, key: str, as_json: bool) -> N
 async def schedules(ctx: click.Context, count: int, as_json: bool) -> None:
     """Every published cron schedule: whether it fires, its timezone and source, the last tick it
     really fired and (when firing) its next fire times. Times are UTC, whatever the timezone."""
-    from supervisor.engine.broker import connect  # noqa: PLC0415
     from supervisor.operators.admin import schedule_rows  # noqa: PLC0415
 
-    redis = connect(redis_url(settings_of(ctx)))
-    try:
-        rows = await schedule_rows(redis, count)
-    finally:
-        await redis.aclose()
+    async with broker_of(ctx) as broker:
+        rows = await schedule_rows(broker.redis, count)
     if as_json:
         print_json(rows)
         return

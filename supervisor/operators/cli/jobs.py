@@ -12,6 +12,7 @@ import click
 from supervisor import errors
 from supervisor.engine.states import State
 from supervisor.operators.cli.app import (
+    broker_of,
     console,
     err_console,
     local_user,
@@ -106,14 +107,10 @@ def jobs_get(ctx: click.Context, job_id: str, as_json: bool) -> None:
 async def jobs_links(ctx: click.Context, job_id: str, limit: int, as_json: bool) -> None:
     """A job's place in the graph: its workflow and batch, its dependencies (with their states) and
     the jobs that wait on it (docs/workflows.md)."""
-    from supervisor.engine.broker import Broker, connect  # noqa: PLC0415
     from supervisor.operators.job_links import job_links  # noqa: PLC0415
 
-    broker = Broker(connect(redis_url(settings_of(ctx))))
-    try:
+    async with broker_of(ctx) as broker:
         doc = await job_links(broker, job_id, limit)
-    finally:
-        await broker.close()
     if as_json:
         print_json(doc)
         return
@@ -167,19 +164,16 @@ async def jobs_list(ctx: click.Context, state: str | None, type_: str | None, ke
                     until: Any, error_text: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
     """List jobs one page at a time: live ones first (active, pending in run order, delayed), then
     finished ones, most recently finished first (the next page's cursor goes to stderr)."""
-    from supervisor.engine.broker import Broker, connect  # noqa: PLC0415
     from supervisor.operators.listing import list_jobs  # noqa: PLC0415
 
-    broker = Broker(connect(redis_url(settings_of(ctx))))
     try:
-        found, next_cursor = await list_jobs(broker, name=type_, state=State(state) if state else None, key=key,
-                                             since=since, until=until, error=error_text, limit=limit,
-                                             cursor=cursor)
+        async with broker_of(ctx) as broker:
+            found, next_cursor = await list_jobs(broker, name=type_, state=State(state) if state else None,
+                                                 key=key, since=since, until=until, error=error_text,
+                                                 limit=limit, cursor=cursor)
     except ValueError:
         raise click.BadParameter("not a cursor printed by `jobs list` (or next_cursor from the API)",
                                  param_hint="'--cursor'") from None
-    finally:
-        await broker.close()
     if as_json:
         print_json({"jobs": [j.to_dict() for j in found], "next_cursor": next_cursor})
         return

@@ -18,6 +18,7 @@ import click
 from supervisor import errors
 from supervisor.errors import ConfigError
 from supervisor.operators.cli.app import (
+    broker_of,
     console,
     err_console,
     fail,
@@ -64,13 +65,9 @@ def _count(value: Any) -> int | None:
 async def workers(ctx: click.Context, as_json: bool) -> None:
     """Daemon instances seen in the last hour: alive or stale, their types, in-flight jobs and RSS."""
     from supervisor.daemon.presence import list_workers  # noqa: PLC0415
-    from supervisor.engine.broker import connect  # noqa: PLC0415
 
-    redis = connect(redis_url(settings_of(ctx)))
-    try:
-        found = await list_workers(redis)
-    finally:
-        await redis.aclose()
+    async with broker_of(ctx) as broker:
+        found = await list_workers(broker.redis)
     if as_json:
         print_json(found)
         return
