@@ -38,6 +38,15 @@ def cli_env(**extra: str) -> dict[str, str]:
     return {**base, "JOB_SUPERVISOR_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **extra}
 
 
+def shipped_tasks(tmp_path: Path, *names: str) -> Path:
+    """`tmp_path/tasks` (the daemon fixture's tasks folder) with copies of these shipped tasks."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir(exist_ok=True)
+    for name in names:
+        shutil.copy2(ROOT / "tasks" / name, tasks / name)
+    return tasks
+
+
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """`job-supervisor ARGS` as a real subprocess (`python -m supervisor`), its output captured."""
     return subprocess.run([sys.executable, "-m", "supervisor", *args], capture_output=True, text=True,

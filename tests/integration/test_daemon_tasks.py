@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,21 +13,12 @@ from typing import Any
 import pytest
 
 from supervisor import Client, InvalidPayload, State
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _tasks(tmp_path: Path, *names: str) -> Path:
-    tasks = tmp_path / "tasks"
-    tasks.mkdir(exist_ok=True)
-    for name in names:
-        shutil.copy2(ROOT / "tasks" / name, tasks / name)
-    return tasks
+from tests.conftest import shipped_tasks
 
 
 async def test_shell_and_csharp_tasks_results_and_logs(redis_url: str, daemon: Any, tmp_path: Path) -> None:
     # Given a fresh tasks/ folder with a shell task and a C# task
-    _tasks(tmp_path, "hello.sh", "Hello.cs", "Hello.toml")
+    shipped_tasks(tmp_path, "hello.sh", "Hello.cs", "Hello.toml")
     daemon()
     async with Client(redis_url) as client:
         # When each is enqueued
@@ -51,7 +41,7 @@ async def test_shell_and_csharp_tasks_results_and_logs(redis_url: str, daemon: A
 
 
 async def test_task_payload_schema_is_enforced_at_enqueue(redis_url: str, daemon: Any, tmp_path: Path) -> None:
-    _tasks(tmp_path, "validate_payload.sh", "validate_payload.toml")
+    shipped_tasks(tmp_path, "validate_payload.sh", "validate_payload.toml")
     daemon()
     async with Client(redis_url) as client:
         try:

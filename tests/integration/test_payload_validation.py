@@ -4,7 +4,6 @@ CLI, API), and a payload that got in without validation failed before its progra
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ import pytest
 
 from supervisor import Client, InvalidPayload, State, SyncClient
 from supervisor.operators.api.app import create_app
+from tests.conftest import shipped_tasks
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-payloads"
 
 FORMAT_SCHEMA = """
@@ -96,10 +95,7 @@ async def test_bad_formats_and_every_problem_are_refused_at_enqueue(
 async def test_the_cli_and_the_api_refuse_with_every_field(
         redis_url: str, daemon: Any, tmp_path: Path) -> None:
     # Given the example task of the README (email format, age 0..150)
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    for name in ("validate_payload.sh", "validate_payload.toml"):
-        shutil.copy2(ROOT / "tasks" / name, tasks / name)
+    shipped_tasks(tmp_path, "validate_payload.sh", "validate_payload.toml")
     daemon()
     # When the CLI enqueues a bad email
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL"))}

@@ -3,7 +3,6 @@ task is re-delivered; the reply pipe's answers; a refused line."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,23 +10,14 @@ import pytest
 
 from runners.task_children import parse_line
 from supervisor import Client, State
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _tasks(tmp_path: Path, *names: str) -> Path:
-    tasks = tmp_path / "tasks"
-    tasks.mkdir(exist_ok=True)
-    for name in names:
-        shutil.copy2(ROOT / "tasks" / name, tasks / name)
-    return tasks
+from tests.conftest import shipped_tasks
 
 
 @pytest.mark.parametrize(("task", "timeout"), [("spawn-child", 30), ("csharp.spawn-child", 120)])
 async def test_a_task_creates_a_child_once_through_retries(task: str, timeout: float, redis_url: str, daemon: Any,
                                                            tmp_path: Path) -> None:
     # Given the shipped shell and C# examples (each enqueues a `hello` child) and the hello task
-    _tasks(tmp_path, "spawn_child.sh", "spawn_child.toml", "SpawnChild.cs", "SpawnChild.toml", "hello.sh")
+    shipped_tasks(tmp_path, "spawn_child.sh", "spawn_child.toml", "SpawnChild.cs", "SpawnChild.toml", "hello.sh")
     daemon()
     async with Client(redis_url) as client:
         # When one runs, creates its child, and asks for a retry; the retry prints the same line
@@ -46,7 +36,7 @@ async def test_a_task_creates_a_child_once_through_retries(task: str, timeout: f
 
 
 async def test_a_refused_enqueue_fails_the_run_and_says_why(redis_url: str, daemon: Any, tmp_path: Path) -> None:
-    tasks = _tasks(tmp_path)
+    tasks = shipped_tasks(tmp_path)
     script = tasks / "bad_child.sh"
     script.write_text('#!/usr/bin/env bash\necho "::enqueue no.such-type {}"\nread -r status _ rest <&"$JOB_REPLY_FD"\n'
                       'echo "reply: $status $rest"\necho "::submit also.unknown {} {\\"bogus\\": 1}"\n'
