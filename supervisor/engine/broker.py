@@ -202,7 +202,9 @@ class Broker:
             return await replicated_call(self.transport, script, keys_, args, self.replica_wait_ms)
         return await self.transport.evalsha(script, keys_, args)
 
-    async def _run(self, script: str, name: str, args: Sequence[Any]) -> Any:
+    async def run_type_script(self, script: str, name: str, args: Sequence[Any]) -> Any:
+        """Script `script` (a name of `SCRIPTS`) for the type `name`: KEYS[1] is its route key, ARGV its
+        queue and job prefixes, then `args`; replicated before it returns when the type is."""
         prefix, job_prefix = _prefixes(name)
         # KEYS[1] routes the call to the queue's slot; the script builds its other keys
         # from the same prefix, which carries the same hash tag.
@@ -210,7 +212,7 @@ class Broker:
 
     async def _run_for_job(self, script: str, job_id: str, args: Sequence[Any]) -> Any:
         name = await self.job_type(job_id)
-        return await self._run(script, name, [job_id, *args])
+        return await self.run_type_script(script, name, [job_id, *args])
 
     # --- safety checks ---------------------------------------------------------------
 
@@ -284,7 +286,7 @@ class Broker:
 
         With `rate`, at most that many jobs of the type start per `period_ms` across all instances.
         """
-        reply = await self._run("claim", name, [instance, n, ack_wait_ms, max_deliver, rate, period_ms])
+        reply = await self.run_type_script("claim", name, [instance, n, ack_wait_ms, max_deliver, rate, period_ms])
         return _claim_batch(name, reply)
 
     async def wait_then_claim(self, name: str, timeout_s: float, halt_token: str, instance: str, n: int,
@@ -338,7 +340,7 @@ class Broker:
 
     async def complete(self, name: str, items: Sequence[tuple[str, str, str, str]]) -> list[str]:
         """active -> completed for (id, lease, result JSON, progress JSON or '') items; 'ok' or 'fenced:<state>'."""
-        outcomes: list[str] = await self._run("complete", name, [len(items), *_flat(items)])
+        outcomes: list[str] = await self.run_type_script("complete", name, [len(items), *_flat(items)])
         return outcomes
 
     async def fail(
@@ -346,24 +348,24 @@ class Broker:
     ) -> list[str]:
         """active -> retry|failed|dead for (id, lease, mode, error, delay_ms, progress JSON or '', traceback
         or '') items."""
-        outcomes: list[str] = await self._run("fail", name, [max_deliver, len(items), *_flat(items)])
+        outcomes: list[str] = await self.run_type_script("fail", name, [max_deliver, len(items), *_flat(items)])
         return outcomes
 
     async def heartbeat(self, name: str, ack_wait_ms: int, items: Sequence[tuple[str, str, str]]) -> list[str]:
         """Extend leases for (id, lease, progress JSON or '') items; 'ok' | 'cancel' | 'lost' each."""
-        outcomes: list[str] = await self._run("heartbeat", name, [ack_wait_ms, len(items), *_flat(items)])
+        outcomes: list[str] = await self.run_type_script("heartbeat", name, [ack_wait_ms, len(items), *_flat(items)])
         return outcomes
 
     async def release(self, name: str, items: Sequence[tuple[str, str]]) -> list[str]:
         """active -> pending for (id, lease) items, without counting the delivery."""
-        outcomes: list[str] = await self._run("release", name, [len(items), *_flat(items)])
+        outcomes: list[str] = await self.run_type_script("release", name, [len(items), *_flat(items)])
         return outcomes
 
     async def release_instance(self, name: str, instance: str, reason: str) -> list[str]:
         """End now, fenced, the leases a dead `instance` held on jobs of `name`: the next claim
         reaps them as lapsed leases (each a delivery; `reason` is the error their attempt records).
         Returns the ids whose lease ended."""
-        ids: list[str] = await self._run("release_instance", name, [instance, reason])
+        ids: list[str] = await self.run_type_script("release_instance", name, [instance, reason])
         return ids
 
     async def cancel(self, job_id: str, reason: str = "cancelled", lease: str = "", *,

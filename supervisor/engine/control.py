@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from supervisor.engine import keys
-from supervisor.engine.broker import SCRIPTS, Broker
+from supervisor.engine.broker import Broker
 from supervisor.engine.states import FINISHED, TRANSITIONS, State
 
 #: Index entries one bulk script call scans at most (what bounds the time Redis is held), and jobs
@@ -62,8 +62,7 @@ def _pause_state(name: str, changed: int, at: str, source: str, by: str) -> Paus
 
 async def set_paused(broker: Broker, name: str, paused: bool, *, source: str = "client", by: str = "") -> PauseState:
     """Pause (or resume) `name` on every instance; idempotent (`changed` says whether it did anything)."""
-    args = [keys.queue_prefix(name), keys.job_prefix(name), "pause" if paused else "resume", source, by]
-    changed, at, src, who = await broker.transport.evalsha(SCRIPTS["pause"], [keys.index_key(name, "ready")], args)
+    changed, at, src, who = await broker.run_type_script("pause", name, ["pause" if paused else "resume", source, by])
     return _pause_state(name, changed, str(at), str(src), str(who))
 
 
@@ -174,17 +173,15 @@ async def bulk(broker: Broker, action: str, flt: BulkFilter, *, dry_run: bool = 
 async def _bulk_index(broker: Broker, report: BulkReport, name: str, part: str, action: str, common: list[str],
                       limit: int | None, source: str, by: str, reason: str) -> None:
     """Scan one index set of one type to its end (or until `limit` jobs were acted on)."""
-    prefix, job_prefix = keys.queue_prefix(name), keys.job_prefix(name)
-    route = [keys.index_key(name, "ready")]
     score, skip = "-inf", 0
     while True:
         most = ACT_BATCH if limit is None else min(ACT_BATCH, limit - report.done)
         if most <= 0 and not report.dry_run:
             return
         size = BATCH if report.dry_run else ACT_BATCH
-        args = [prefix, job_prefix, action, part, score, skip, size, *common, most, source, by, reason]
+        args = [action, part, score, skip, size, *common, most, source, by, reason]
         t0 = time.perf_counter()
-        matched, done, skipped, score, skip, counts = await broker.transport.evalsha(SCRIPTS["bulk"], route, args)
+        matched, done, skipped, score, skip, counts = await broker.run_type_script("bulk", name, args)
         report.longest_call_ms = max(report.longest_call_ms, round((time.perf_counter() - t0) * 1000, 3))
         report.batches += 1
         report.matched += int(matched)
