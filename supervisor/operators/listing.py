@@ -43,25 +43,6 @@ _GROUPS: tuple[tuple[tuple[str, ...], bool], ...] = (
 )
 
 
-def job_key_of(ctx_json: str | None, *key_fields: str | None) -> str | None:
-    """The concurrency key of a job record: its `ckey` (or `key`) field, else `concurrency_key` in its context.
-
-    This is the one place that decides where a job's key lives (keyed concurrency, SPEC §9,
-    stores it as the record's `ckey` field), so the listing filter follows it.
-    """
-    for value in key_fields:
-        if value:
-            return value
-    if ctx_json:
-        try:
-            ctx = json.loads(ctx_json)
-        except ValueError:
-            return None
-        if isinstance(ctx, dict) and ctx.get("concurrency_key") is not None:
-            return str(ctx["concurrency_key"])
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class Position:
     """Where a listing stands: an index group (see `_GROUPS`), and the score and id of the last entry walked."""
@@ -128,7 +109,7 @@ async def list_jobs(
     Args:
         name: one job type (default: every published type).
         state: only jobs in this state.
-        key: only jobs whose concurrency key (see `job_key_of`) equals it.
+        key: only jobs whose concurrency key (`job_key_of` in lua/lib.lua) equals it.
         since: created at or after; `until`: created before (naive datetimes are UTC).
         error: only jobs whose error contains this text (ASCII letters in any case), as bulk actions filter.
         limit: page size.
@@ -220,7 +201,7 @@ async def _scan(broker: Broker, index_keys: list[str], desc: bool, cur: tuple[fl
 
 @dataclass
 class _Filter:
-    """The filters of `list_jobs` that need a job's record (a few small fields, read in one pipeline)."""
+    """The filters of `list_jobs` that need a job's record (applied in Redis by `list_scan.lua`)."""
 
     state: State | None
     key: str | None

@@ -248,8 +248,8 @@ local function hist_time(counts, kind, ms)
   counts[f] = (counts[f] or 0) + 1
 end
 
--- A job's concurrency key, as supervisor.operators.admin.job_key_of reads it: its `ckey`, its
--- `key`, else its context's concurrency_key.
+-- A job's concurrency key (the one place that decides where it lives: keyed concurrency, SPEC §9,
+-- stores it as the record's `ckey`): its `ckey`, its `key`, else its context's concurrency_key.
 local function job_key_of(ckey, kfield, ctx)
   if ckey then return ckey end
   if kfield then return kfield end
