@@ -19,18 +19,22 @@ Member of a dependents set: `<dependent id> <its type>` (so a settle needs no re
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from supervisor.engine import keys
 from supervisor.engine.broker import SCRIPTS, dumps
 from supervisor.engine.records import loads
+from supervisor.engine.states import FINISHED
 from supervisor.engine.transport import ScriptTransport
+from supervisor.engine.wire import hash_reply
 from supervisor.errors import InvalidWorkflow
 
 DEPS, BATCH = SCRIPTS["deps"], SCRIPTS["batch"]
 #: The finished states a dependency may end in (its notice's outcome).
-SETTLED = frozenset({"completed", "failed", "dead", "cancelled", "expired", "dismissed"})
+SETTLED = frozenset(s.value for s in FINISHED)
 #: What a failed, dead, cancelled or expired dependency does to its dependent.
 ON_DEPENDENCY_FAILURE = ("cancel", "run", "wait")
 GATE = "gate"
@@ -121,19 +125,16 @@ async def dependents(transport: ScriptTransport, job_id: str) -> AsyncIterator[t
 
 async def dependency_results(transport: ScriptTransport, job_id: str) -> dict[str, Any]:
     """What `job_id`'s dependencies ended as: {id: {"name", "state", "result"}} (the gate left out)."""
-    outcomes = await transport.call("HGETALL", slot_base(job_id) + "dd:" + job_id)
-    pairs = dict(zip(outcomes[::2], outcomes[1::2], strict=True)) if isinstance(outcomes, list) else dict(outcomes)
-    out: dict[str, Any] = {}
-    for key, state in pairs.items():
-        dep = str(key)
-        if dep == GATE:
-            continue
-        try:
-            name, result = await transport.call("HMGET", keys.job_key(dep), "name", "result")
-        except ValueError:
-            continue
-        out[dep] = {"name": name, "state": str(state), "result": loads(result) if result else None}
-    return out
+    outcomes = hash_reply(await transport.call("HGETALL", slot_base(job_id) + "dd:" + job_id))
+    found: dict[str, str] = {}  # dependency id -> its record's key
+    for dep in outcomes:
+        if dep != GATE:
+            with contextlib.suppress(ValueError):  # not a job id
+                found[dep] = keys.job_key(dep)
+    # concurrently: the wire pipelines them (and a cluster's reach every node at once)
+    records = await asyncio.gather(*(transport.call("HMGET", key, "name", "result") for key in found.values()))
+    return {dep: {"name": name, "state": outcomes[dep], "result": loads(result) if result else None}
+            for dep, (name, result) in zip(found, records, strict=True)}
 
 
 async def with_dependency_results(transport: ScriptTransport, job_id: str,
@@ -160,10 +161,7 @@ async def batch_op(transport: ScriptTransport, batch_id: str, op: str, *args: An
 
 
 async def batch_record(transport: ScriptTransport, batch_id: str) -> dict[str, str]:
-    raw = await transport.call("HGETALL", batch_prefix(batch_id) + "rec")
-    if isinstance(raw, dict):
-        return {str(k): str(v) for k, v in raw.items()}
-    return {str(raw[i]): str(raw[i + 1]) for i in range(0, len(raw), 2)}
+    return hash_reply(await transport.call("HGETALL", batch_prefix(batch_id) + "rec"))
 
 
 __all__ = [

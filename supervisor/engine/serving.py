@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from supervisor.engine import keys
 from supervisor.engine.scripts import lua_text
-from supervisor.engine.wire import Script, redis_errors
+from supervisor.engine.wire import Script, hash_reply, redis_errors
 from supervisor.errors import UnknownJobType
 
 if TYPE_CHECKING:  # annotations only: a CLI read through supervisor.engine.reads never loads redis-py
@@ -79,12 +79,6 @@ class Serving:
 NOBODY = Serving()
 
 
-def _pairs(flat: Any) -> dict[str, str]:
-    if isinstance(flat, Mapping):
-        return {str(k): str(v) for k, v in flat.items()}
-    return {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
-
-
 def parse_serving(fields: Mapping[str, str], now_ms: int) -> Serving:
     """A served hash as read at Redis time `now_ms`; lapsed statements and bad values are ignored."""
     instances, errors = [], []
@@ -104,7 +98,7 @@ def parse_serving(fields: Mapping[str, str], now_ms: int) -> Serving:
 
 def _state(reply: Any) -> tuple[dict[str, str], Serving]:
     meta, served, now_ms = reply
-    return _pairs(meta), parse_serving(_pairs(served), int(now_ms))
+    return hash_reply(meta), parse_serving(hash_reply(served), int(now_ms))
 
 
 async def type_state(transport: ScriptTransport, name: str) -> tuple[dict[str, str], Serving]:
