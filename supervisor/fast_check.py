@@ -58,14 +58,11 @@ def compile_fast(schema: Any, *, formats: bool) -> FastCheck | None:
                                        handlers={})
     except Exception:  # noqa: BLE001 (outside the subset, or refused by fastjsonschema: jsonschema judges it)
         return None
-    error = fastjsonschema.JsonSchemaValueException
 
     def accepts(value: Any) -> bool:
         try:
             check(value)
-        except error:
-            return False
-        except Exception:  # noqa: BLE001 (a check that cannot decide leaves it to jsonschema)
+        except Exception:  # noqa: BLE001 (refused, or a check that cannot decide: jsonschema has the last word)
             return False
         return True
 

@@ -30,7 +30,6 @@ def render(results: dict[str, Any], console: Any) -> None:
         _enqueue(results, console)
     if results.get("drain"):
         _drain(results, console)
-    if results.get("drain"):
         _life(results, console)
     if results.get("latency"):
         _latency(results, console)

@@ -155,10 +155,10 @@ class Metrics:
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Serve the registry on http://ADDR:PORT/metrics (a daemon thread); an error is logged, not raised."""
-        import prometheus_client  # noqa: PLC0415
-
         if self._server is not None or not self.exported:
             return
+        import prometheus_client  # noqa: PLC0415
+
         try:
             started = prometheus_client.start_http_server(port, addr=addr, registry=self.registry)
         except OSError as exc:  # observability must not stop the work

@@ -149,8 +149,9 @@ class _TypeInfo:
         self.deadline_ms = int(policy.deadline * 1000) if policy.deadline else 0
         self.key_concurrency, self.queue = policy.key_concurrency, policy.queue
         # No default that needs the script's long form: a job without options is a plain one.
-        self.plain = not self.priority and not self.deadline_ms and self.key_concurrency is None
-        self.plain = self.plain and policy.durability != "replicated"  # its enqueues wait for a replica (Broker)
+        # A replicated type's enqueues wait for a replica (Broker), which the plain path does not.
+        self.plain = (not self.priority and not self.deadline_ms and self.key_concurrency is None
+                      and policy.durability != "replicated")
         self.serving = serving
         self.served = serving.served  # a live instance serves it (else refused unless allow_unknown)
         self.fetched = time.monotonic()
