@@ -337,7 +337,8 @@ async def cancel(client: Client, workflow_id: str, reason: str = "workflow cance
 async def link(client: Client, req: EnqueueRequest, outcome: SubmitOutcome) -> None:
     """After the enqueue of a job with `depends_on` or `batch`: its dependencies registered and
     its gate opened; its batch told (both idempotent: a repeated enqueue repeats them harmlessly)."""
-    if outcome.job_id is None or outcome.outcome == "rejected" or outcome.reason not in (None, "idempotency-key"):
+    new = outcome.outcome in ("accepted", "replaced")  # a job that replaced the oldest queued one is new
+    if outcome.job_id is None or not (new or outcome.reason == "idempotency-key"):
         return  # rejected, or folded into another job by its key's queue policy
     transport = client.broker.transport
     if req.depends_on:

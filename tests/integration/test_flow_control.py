@@ -187,3 +187,22 @@ async def _is(client: Client, job_id: str, state: State) -> bool:
     return await _state(client, job_id) is state
 
 
+
+
+async def test_a_job_that_replaces_another_keeps_its_dependencies(redis_url: str, use_handlers: Any,
+                                                                  daemon: Any) -> None:
+    use_handlers("keyed")
+    d = daemon()
+    d.stop()  # the types are published; no consumer runs, so every job stays queued
+    async with Client(redis_url) as client:
+        # Given a key whose queue is full, and a job the next one depends on
+        dep = await client.submit("t.replace", {"k": "b", "v": 0})
+        for v in (1, 2):
+            await client.submit("t.replace", {"k": "a", "v": v})
+        # When a job with a dependency replaces the oldest queued one
+        newest = await client.submit("t.replace", {"k": "a", "v": 3}, depends_on=[dep.job_id])
+        assert newest.outcome == "replaced"
+        daemon()
+        done = await client.wait(newest.job_id, timeout=15)
+    # Then it waited for its dependency and ran, like any job with one
+    assert done.state is State.COMPLETED and done.result["v"] == 3
