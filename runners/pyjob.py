@@ -25,7 +25,7 @@ import asyncio
 import json
 import os
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ class _ProtocolSink:
         fd = os.environ.get("JOB_REPLY_FD")
         if not fd:
             raise RuntimeError("ctx.enqueue needs the daemon's reply pipe (JOB_REPLY_FD), which this run lacks")
-        given = {k: v for k, v in options.items() if k in OPTIONS and v is not None}  # the daemon sets the rest
+        given = _protocol_options(options)
         print(f"::submit {name} {json.dumps(payload)} {json.dumps(given)}", flush=True)
         if self._replies is None:
             self._replies = open(f"/proc/self/fd/{fd}", encoding="utf-8")
@@ -74,6 +74,24 @@ class _ProtocolSink:
             return value
 
         return done()
+
+
+def _protocol_options(options: dict[str, Any]) -> dict[str, Any]:
+    """`ctx.enqueue`'s options as a `::submit` line carries them: `run_at` as a `delay` from now; the
+    daemon sets `context` and `parent` itself; any other option the protocol lacks is a TypeError
+    (dropping it would enqueue a different job than the same handler does in the other runtimes)."""
+    given = {k: v for k, v in options.items() if v is not None and k not in ("context", "parent")}
+    run_at = given.pop("run_at", None)
+    if run_at is not None:
+        if "delay" in given:
+            raise TypeError("ctx.enqueue takes run_at or delay, not both")
+        at = run_at if run_at.tzinfo else run_at.replace(tzinfo=UTC)  # naive: UTC, as Client.enqueue reads it
+        given["delay"] = max((at - datetime.now(UTC)).total_seconds(), 0.0)
+    unknown = sorted(set(given) - OPTIONS)
+    if unknown:
+        raise TypeError(f"ctx.enqueue option(s) {', '.join(unknown)} cannot reach the daemon from a subprocess "
+                        f"Python job; it takes {', '.join(sorted(OPTIONS | {'run_at'}))}")
+    return given
 
 
 def main(argv: list[str]) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from supervisor import Context, PermanentError, job
@@ -71,7 +72,8 @@ def sub_spawn(payload: dict, ctx: Context) -> dict[str, Any]:
     """A Python job in a fresh process: its ctx.enqueue goes through the task protocol's `::submit`."""
     ref = ctx.enqueue("wf.step", {"add": 1})
     again = ctx.submit("wf.step", {"add": 1}, idempotency_key=f"{ctx.job_id}:again")
-    return {"child": ref.id, "second": again.job_id, "outcome": again.outcome}
+    later = ctx.enqueue("wf.step", {"add": 1}, run_at=datetime.now(UTC) + timedelta(seconds=600))
+    return {"child": ref.id, "second": again.job_id, "outcome": again.outcome, "later": later.id}
 
 
 @job("wf.crash-step", concurrency=50, ack_wait=3, max_deliver=50, backoff=[0.05])

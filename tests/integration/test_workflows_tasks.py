@@ -71,5 +71,9 @@ async def test_a_subprocess_python_job_enqueues_through_the_protocol(redis_url: 
         assert job.state is State.COMPLETED, job.error
         child = await client.wait(job.result["child"], timeout=20)
         second = await client.get(job.result["second"])
+        later = await client.get(job.result["later"])
     assert child.parent == job.id and child.state is State.COMPLETED
     assert second.idempotency_key == f"{job.id}:again" and job.result["outcome"] == "accepted"
+    # run_at reaches the daemon too (as a delay): the child waits its turn
+    assert later.state is State.PENDING and later.run_at is not None
+    assert 590 < (later.run_at - later.created).total_seconds() <= 600
