@@ -203,8 +203,7 @@ class Broker:
         return await self.transport.evalsha(script, keys_, args)
 
     async def run_type_script(self, script: str, name: str, args: Sequence[Any]) -> Any:
-        """Script `script` (a name of `SCRIPTS`) for the type `name`: KEYS[1] is its route key, ARGV its
-        queue and job prefixes, then `args`; replicated before it returns when the type is."""
+        """SCRIPTS[script] for the type `name`: ARGV its queue and job prefixes, then `args`."""
         prefix, job_prefix = _prefixes(name)
         # KEYS[1] routes the call to the queue's slot; the script builds its other keys
         # from the same prefix, which carries the same hash tag.

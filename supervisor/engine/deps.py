@@ -26,10 +26,9 @@ from typing import Any
 
 from supervisor.engine import keys
 from supervisor.engine.broker import SCRIPTS, dumps
-from supervisor.engine.records import loads
+from supervisor.engine.records import hash_reply, loads
 from supervisor.engine.states import FINISHED
 from supervisor.engine.transport import ScriptTransport
-from supervisor.engine.wire import hash_reply
 from supervisor.errors import InvalidWorkflow
 
 DEPS, BATCH = SCRIPTS["deps"], SCRIPTS["batch"]

@@ -24,6 +24,13 @@ PARSE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OverflowError, 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
+def hash_reply(flat: Any) -> dict[str, str]:
+    """An HGETALL reply as a dict of str: a flat list (the wire, RESP2) or a mapping (redis-py)."""
+    if isinstance(flat, dict):
+        return {str(k): str(v) for k, v in flat.items()}
+    return {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+
+
 def check_text(value: str) -> str:
     """`value` when it is text (UTF-8 in Redis); ValueError for bytes that were not (decoded to
     lone surrogates by the readers' `surrogateescape`)."""

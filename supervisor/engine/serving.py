@@ -20,8 +20,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from supervisor.engine import keys
+from supervisor.engine.records import hash_reply
 from supervisor.engine.scripts import lua_text
-from supervisor.engine.wire import Script, hash_reply, redis_errors
+from supervisor.engine.wire import Script, redis_errors
 from supervisor.errors import UnknownJobType
 
 if TYPE_CHECKING:  # annotations only: a CLI read through supervisor.engine.reads never loads redis-py

@@ -192,13 +192,6 @@ def _raised(reply: Any) -> Any:
     return reply
 
 
-def hash_reply(flat: Any) -> dict[str, str]:
-    """An HGETALL reply as a dict of str: a flat list (the wire, RESP2) or a mapping (redis-py)."""
-    if isinstance(flat, dict):
-        return {str(k): str(v) for k, v in flat.items()}
-    return {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
-
-
 def is_noscript(exc: BaseException) -> bool:
     return isinstance(exc, redis_errors().ResponseError) and str(exc).startswith("NOSCRIPT")
 
