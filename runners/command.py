@@ -240,9 +240,19 @@ async def run_command(
 
     if spec.prepare is not None and (refused := await _prepare(spec.prepare, cancel, bound)) is not None:
         return refused
-    run_id = uuid.uuid4().hex
     children = TaskChildren(request, child_enqueue) if child_enqueue is not None else None
-    output = TaskOutput(events, spec.log_cap_bytes, children)
+    try:
+        return await _run_started(spec, request, TaskOutput(events, spec.log_cap_bytes, children), cancel,
+                                  children, bound)
+    finally:
+        if children is not None:
+            children.close()  # a cancelled Run or a failed start leaves no pipe open
+
+
+async def _run_started(spec: CommandSpec, request: RunRequest, output: TaskOutput, cancel: asyncio.Event,
+                       children: TaskChildren | None, bound: Any) -> RunResult:
+    """`run_command` from the program's start to its outcome."""
+    run_id = uuid.uuid4().hex
     started_at = time.time()
     try:
         transport, proto = await _start(spec, build_env(spec, request, run_id=run_id), output, children)

@@ -154,11 +154,19 @@ class TaskChildren:
         if self._last is not None:
             with contextlib.suppress(Exception):
                 await self._last
+        self.close()
+
+    def close(self) -> None:
+        """Close the pipe now (idempotent); children still being made are abandoned (a cancelled Run:
+        their idempotency keys make the Run's next attempt create them once)."""
+        if self._last is not None and not self._last.done():
+            self._last.cancel()
         if self._writer is not None:
             self._writer.close()
-        else:
+        elif self._write_fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._write_fd)
+        self._write_fd = -1
         self.started()  # (if the task never started)
 
 

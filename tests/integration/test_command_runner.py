@@ -214,6 +214,33 @@ async def test_a_program_that_cannot_start_fails_with_its_name() -> None:
     assert result.status is RunStatus.FAILED and "/nonexistent/tool" in (result.error or "")
 
 
+async def _no_child(name: str, payload: Any, options: dict[str, Any], submit: bool) -> Any:
+    raise AssertionError("no child is asked for")
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_run_that_cannot_start_or_is_cancelled_leaves_no_pipe_open() -> None:
+    # Given runs whose children would be answered on a reply pipe (a task may ::enqueue)
+    before = _open_fds()
+    # When one cannot start, and another is cancelled while it runs
+    failed = await run_command(CommandSpec(argv=["/nonexistent/tool"]), request(), Recorder(), asyncio.Event(),
+                               child_enqueue=_no_child)
+    events = Recorder()
+    started = events.waiter("up")
+    running = asyncio.create_task(run_command(CommandSpec(argv=["bash", "-c", "echo up; sleep 30"]), request(),
+                                              events, asyncio.Event(), child_enqueue=_no_child))
+    await asyncio.wait_for(started.wait(), 10)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    # Then neither left a descriptor of ours open
+    assert failed.status is RunStatus.FAILED
+    assert _open_fds() == before
+
+
 # --- the protocol ---------------------------------------------------------------------
 
 
