@@ -244,10 +244,12 @@ async def jobs_bulk(ctx: click.Context, action: str, type_: str | None, state: s
                      error=error_text, limit=limit)
     async with Client(redis_url(settings_of(ctx))) as client:
         try:
-            report = await client.bulk(action, flt, dry_run=True)
-            if not dry_run and report.matched:
+            # the count is for the question: with --yes the run itself counts (a dry run scans every
+            # matching entry, whatever --limit says)
+            report = await client.bulk(action, flt, dry_run=dry_run or not yes, source="cli", by=local_user())
+            if not dry_run and not yes and report.matched:
                 n = min(report.matched, limit or report.matched)
-                if not yes and not (sys.stdin.isatty() and click.confirm(f"{action} {n} job(s)?", err=True)):
+                if not (sys.stdin.isatty() and click.confirm(f"{action} {n} job(s)?", err=True)):
                     raise click.UsageError(f"{n} job(s) match; nothing done: confirm, or pass --yes")
                 report = await client.bulk(action, flt, source="cli", by=local_user())
         except ValueError as exc:
