@@ -164,6 +164,7 @@ for i = 0, n - 1 do
     added = added + 1
     if state ~= 'pending' or not batch_event(id, '0', ctx) then -- pending: one entry for the batch, below
       local rid, tid = ctx_ids(ctx)
+      emitted = true
       redis.call('XADD', P .. 'events', '*', 'event', 'enqueued', 'id', id, -- trimmed once, below
                  'state', state, 'attempt', '0', 'request_id', rid, 'trace_id', tid)
     end
@@ -180,7 +181,7 @@ end
 if added > 0 then
   hist_add(P, now, {e = added})
   flush_batch_events(P, 'enqueued', 'pending')
-  redis.call('XTRIM', P .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN) -- once per batch (see trim_once in lib.lua)
+  trim_events(P) -- once per call, after entries of their own (the batch's entry trims itself)
 end
 wake(P)
 return out
