@@ -36,7 +36,7 @@ from supervisor.daemon.dispatcher import Dispatcher
 from supervisor.daemon.janitor import Janitor
 from supervisor.daemon.liveness import REDIS_DOWN
 from supervisor.daemon.presence import Presence
-from supervisor.daemon.redis_server import RedisServer, embedded_server
+from supervisor.daemon.redis_server import RedisServer, embedded_server, spawn_unless_running
 from supervisor.daemon.releaser import Releaser
 from supervisor.daemon.scheduler import Scheduler
 from supervisor.daemon.sdnotify import Notifier
@@ -536,15 +536,10 @@ def _embedded_server(state_dir: Path) -> RedisServer:
 
 def _start_embedded(server: RedisServer) -> bool:
     """Start the private Redis of `server`, unless another instance runs it already; True when we did."""
-    if server.process is not None:  # spawned before this module loaded (supervisor.daemon.app): ours
-        server.wait_ready()
-        return True
-    sock = server.unix_socket
-    if sock is not None and sock.exists() and server.ping():
-        return False  # someone else's; they stop it
-    if sock is not None:
-        sock.unlink(missing_ok=True)
-    server.start()
+    # spawned before this module loaded (supervisor.daemon.app), else now unless another instance runs it
+    if server.process is None and not spawn_unless_running(server):
+        return False
+    server.wait_ready()
     return True
 
 

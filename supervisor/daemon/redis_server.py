@@ -57,14 +57,21 @@ def spawn_embedded(state_dir: Path) -> RedisServer | None:
     cannot be spawned (the daemon then starts it itself, and reports why it cannot)."""
     try:
         server = embedded_server(state_dir)
-        sock = embedded_socket(state_dir)
-        if sock.exists() and server.ping():
-            return None  # another instance's: the daemon uses it and leaves it running
-        sock.unlink(missing_ok=True)
-        server.spawn()
+        return server if spawn_unless_running(server) else None
     except (EmbeddedRedisError, OSError):
         return None
-    return server
+
+
+def spawn_unless_running(server: RedisServer) -> bool:
+    """Spawn `server` (not waited for) unless a Redis answers on its socket already: another
+    instance's, which that instance stops (False); a stale socket file is removed first."""
+    sock = server.unix_socket
+    if sock is not None and sock.exists() and server.ping():
+        return False
+    if sock is not None:
+        sock.unlink(missing_ok=True)
+    server.spawn()
+    return True
 
 
 def free_port() -> int:
