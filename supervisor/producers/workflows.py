@@ -19,6 +19,7 @@ A batch is an open set of jobs (`Client.batch`, `add`, `close`); see `supervisor
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -200,20 +201,17 @@ async def create(client: Client, graph: Step | Graph, *, workflow_id: str | None
     transport = client.broker.transport
     made: list[tuple[str, str]] = []
     try:
-        await client.broker.redis.hset(workflow_key(wf), mapping={"name": name, "state": "creating",
-                                                                  "created": str(int(time.time() * 1000))})
         ids: dict[str, str] = {}
         for key in order:
             ids[key] = await _enqueue_one(client, g.steps[key], news[key])
             made.append((ids[key], g.steps[key].name))
-        for key in order:
-            await deps.attach(transport, ids[key], g.steps[key].name, [ids[a] for a in g.steps[key].after])
+        await asyncio.gather(*(deps.attach(transport, ids[key], g.steps[key].name,
+                                           [ids[a] for a in g.steps[key].after]) for key in order))
         await _write_record(client, wf, name, g, ids)
     except BaseException:
         await _abort(client, wf, made)
         raise
-    for job_id, type_name in made:
-        await deps.open_gate(transport, job_id, type_name)
+    await asyncio.gather(*(deps.open_gate(transport, job_id, type_name) for job_id, type_name in made))
     return WorkflowRef(wf, ids)
 
 
@@ -262,7 +260,6 @@ async def _abort(client: Client, wf: str, made: list[tuple[str, str]]) -> None:
     try:
         for job_id, _name in made:
             await client.cancel(job_id, f"workflow {wf} could not be created", source="client")
-        await client.broker.redis.hset(workflow_key(wf), "state", "aborted")
     except (SupervisorError, OSError, ConnectionError):
         pass
 
@@ -292,7 +289,7 @@ def derived_state(recorded: str, states: list[str]) -> str:
         return "running"
     if all(s == State.COMPLETED.value for s in states):
         return "completed"
-    return "cancelled" if recorded in ("cancelled", "aborted") else "failed"
+    return "cancelled" if recorded == "cancelled" else "failed"
 
 
 async def list_workflows(client: Client, limit: int = 50) -> list[dict[str, Any]]:
