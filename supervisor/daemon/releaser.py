@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
@@ -97,14 +98,22 @@ class Releaser:
                     await pubsub.aclose()
 
     async def sweep(self, *, janitor: bool = False) -> None:
-        for name in await self.client.broker.type_names():
-            await self.drain(name)
-            if janitor:
-                n = await deps.sweep_waiting(self.transport, name, ABANDONED_AFTER_MS)
-                if n:
-                    log.warning("releaser.abandoned_cancelled", job_name=name, jobs=n)
+        names = await self.client.broker.type_names()
+        # one pipelined EXISTS per key first: most outboxes and waiting sets are empty, and each
+        # claim or sweep is a script call
+        outboxes = await self._exist(keys.queue_prefix(n) + "outbox" for n in names)
+        waiting = await self._exist(keys.index_key(n, "waiting") for n in names) if janitor else [0] * len(names)
+        for name, has_notices, has_waiting in zip(names, outboxes, waiting, strict=True):
+            if has_notices:
+                await self.drain(name)
+            if has_waiting and (n := await deps.sweep_waiting(self.transport, name, ABANDONED_AFTER_MS)):
+                log.warning("releaser.abandoned_cancelled", job_name=name, jobs=n)
         if janitor:
             await self._fire_due_batches()
+
+    async def _exist(self, wanted: Iterable[str]) -> list[int]:
+        """EXISTS of each key, concurrently (the wire pipelines them)."""
+        return list(await asyncio.gather(*(self.transport.call("EXISTS", key) for key in wanted)))
 
     async def drain(self, name: str) -> int:
         """Deliver every notice of `name`'s outbox that no one else is delivering; how many."""
@@ -144,9 +153,10 @@ class Releaser:
 
     async def _fire_due_batches(self) -> None:
         """Batches whose callbacks were due when the process firing them died: fired now."""
-        redis = self.client.broker.redis
-        for batch_id in cast(list[str], await redis.zrange(deps.BATCH_INDEX, 0, -1)):
-            state = await redis.hget(deps.batch_prefix(batch_id) + "rec", "state")
+        batch_ids = cast(list[str], await self.client.broker.redis.zrange(deps.BATCH_INDEX, 0, -1))
+        states = await asyncio.gather(*(self.transport.call("HGET", deps.batch_prefix(b) + "rec", "state")
+                                        for b in batch_ids))  # pipelined: a batch is kept 30 days
+        for batch_id, state in zip(batch_ids, states, strict=True):
             if state in ("closed", "firing"):
                 reply: list[Any] = await deps.batch_op(self.transport, batch_id, "close")
                 if reply[0] == "fire":
