@@ -131,19 +131,23 @@ class _TypeInfo:
         "policy",
         "priority",
         "queue",
+        "schema_text",
         "served",
         "serving",
         "validator",
     )
 
-    def __init__(self, name: str, meta: dict[str, str], serving: Serving) -> None:
+    def __init__(self, name: str, meta: dict[str, str], serving: Serving, before: _TypeInfo | None = None) -> None:
         published = PublishedType.read(name, meta)
         policy = self.policy = published.policy
         self.validator = None
-        if published.schema:  # jsonschema is loaded only once a type has a schema (keeps CLI start-up light)
+        self.schema_text = (meta.get("schema"), published.check_formats)
+        if before is not None and before.schema_text == self.schema_text:
+            self.validator = before.validator  # the same schema as at the last read: compiled already
+        elif published.schema:  # jsonschema is loaded only once a type has a schema (keeps CLI start-up light)
             from supervisor.validation import compile_schema  # noqa: PLC0415
 
-            # once per read of the metadata; formats unless a pydantic model judges them (PayloadModel)
+            # formats unless a pydantic model judges them (PayloadModel)
             self.validator = compile_schema(published.schema, formats=published.check_formats)
         self.priority = policy.priority or 0
         self.deadline_ms = int(policy.deadline * 1000) if policy.deadline else 0
@@ -203,7 +207,7 @@ class _TypeCache:
             return None
         self._absent.pop(name, None)
         try:
-            info = self._types[name] = _TypeInfo(name, meta, serving)
+            info = self._types[name] = _TypeInfo(name, meta, serving, self._types.get(name))
         except Exception as exc:  # noqa: BLE001 (metadata another program wrote: whatever its parse raises)
             raise CorruptRecord(keys.meta_key(name), f"{type(exc).__name__}: {exc}") from None
         return info
