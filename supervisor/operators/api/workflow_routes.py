@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Security
 
-from supervisor.operators.api.routes import CancelIn, bearer
+from supervisor.operators.api.routes import CancelIn, _actor, _state, bearer
 from supervisor.operators.api.schemas import ErrorResponse
 from supervisor.operators.job_links import job_links as read_links
 
@@ -17,7 +17,7 @@ WorkflowId = Annotated[str, Path(description="Workflow id, e.g. wf-9b1f0e2d4c6a8
 
 
 def _client(request: Request) -> Any:
-    return request.app.state.api.client
+    return _state(request).client
 
 
 @router.get("/workflows")
@@ -39,8 +39,7 @@ async def cancel_workflow(request: Request, workflow_id: WorkflowId,
     """Cancel every job of the workflow not finished yet: waiting and pending ones at once, running
     ones asked to stop. What the cancel did to each step's job."""
     reason = body.reason if body else "workflow cancelled through the API"
-    token = getattr(request.state, "token_name", "") or ""
-    done = await _client(request).cancel_workflow(workflow_id, reason, source="api", by=token)
+    done = await _client(request).cancel_workflow(workflow_id, reason, **_actor(request))
     return {"id": workflow_id, "jobs": done}
 
 
