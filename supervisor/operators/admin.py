@@ -421,15 +421,15 @@ class EventFollower:
             merged.sort(key=lambda e: _id_key(e[1]))
             delivered = False
             for name, sid, fields in merged:
-                docs = event_documents(name, sid, fields)
+                events = job_fields(fields)
                 done = positions.delivered(name, sid)  # a batch entry delivered in part before a resume
                 positions.pos[name] = sid
-                for k in range(done, len(docs)):
-                    positions.pos[name] = sid if k + 1 == len(docs) else f"{sid}/{k + 1}"
-                    if self.job_id and docs[k]["job_id"] != self.job_id:
-                        continue
+                for k in range(done, len(events)):
+                    positions.pos[name] = sid if k + 1 == len(events) else f"{sid}/{k + 1}"
+                    if self.job_id and printable(events[k].get("id", "")) != self.job_id:
+                        continue  # (a document is made only for an event delivered)
                     delivered = True
-                    yield FollowedEvent(positions.token(), name, docs[k])
+                    yield FollowedEvent(positions.token(), name, event_document(name, sid, events[k]))
             if not delivered:
                 yield None
 
