@@ -223,7 +223,11 @@ function JobList({ items, empty }) {
 export function JobLinks({ id, version }) {
   const links = useData(() => api(`jobs/${encodeURIComponent(id)}/links`).catch(() => null), [id], 500);
   const seen = useRef(new Set());
-  useEffect(() => links.reload(), [version]); // the job itself changed
+  const mounted = useRef(false);
+  useEffect(() => { // the job itself changed (on mount, useData has just loaded it)
+    if (mounted.current) links.reload();
+    mounted.current = true;
+  }, [version]);
   useLive((e) => seen.current.has(e.job_id) && links.reload(), [id]);
   const l = links.data;
   if (!l) return null;
