@@ -33,8 +33,8 @@ async def job_links(broker: Broker, job_id: str, limit: int = 100) -> dict[str, 
         raise JobNotFound(job_id)
     base = deps.slot_base(job_id)
     outcomes, more_deps = await _hash_slice(broker, base + "dd:" + job_id, limit)
-    gate_open = outcomes.pop(deps.GATE, None) is not None or bool(
-        await broker.redis.hexists(base + "dd:" + job_id, deps.GATE))
+    gate_open = outcomes.pop(deps.GATE, None) is not None or (more_deps and bool(  # a part was read
+        await broker.redis.hexists(base + "dd:" + job_id, deps.GATE)))
     workflow = await _workflow_of(broker, job_id, idem) if idem and idem.startswith(_WF_PREFIX) else None
     dep_ids = workflow.pop("after") if workflow else list(outcomes)
     dependents: list[str] = []
