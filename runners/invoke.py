@@ -64,21 +64,25 @@ def arguments(jt: JobType, ctx: Context) -> tuple[Any, ...]:
     return (ctx.payload, ctx) if jt.takes_context else (ctx.payload,)
 
 
-def call(jt: JobType, ctx: Context, loop: asyncio.AbstractEventLoop | None = None) -> RunResult:
-    """Call the handler on this thread to its end and say how it ended (pool workers, pyjob).
+def call(jt: JobType, ctx: Context) -> RunResult:
+    """Call the handler on this thread to its end and say how it ended (pool workers' sync lanes,
+    pyjob; an async handler on a fresh event loop, as `asyncio.run`).
 
-    An async handler runs on `loop` (None: on a fresh one, as `asyncio.run`). SystemExit and
-    KeyboardInterrupt are not the handler's outcome: they end the process (in a pool worker,
-    the daemon then reports the job as a crash and replaces the worker).
+    SystemExit and KeyboardInterrupt are not the handler's outcome: they end the process (in a
+    pool worker, the daemon then reports the job as a crash and replaces the worker).
     """
     args = arguments(jt, ctx)
     try:
-        if not jt.is_async:
-            value = jt.handler(*args)
-        elif loop is None:
-            value = asyncio.run(jt.handler(*args))
-        else:
-            value = loop.run_until_complete(jt.handler(*args))
+        value = asyncio.run(jt.handler(*args)) if jt.is_async else jt.handler(*args)
+    except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 (the handler's failure)
+        return outcome_of_exception(exc)
+    return outcome_of(value)
+
+
+async def call_async(jt: JobType, ctx: Context) -> RunResult:
+    """`call` of an async handler on the running event loop (a pool worker's loop thread)."""
+    try:
+        value = await jt.handler(*arguments(jt, ctx))
     except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 (the handler's failure)
         return outcome_of_exception(exc)
     return outcome_of(value)
@@ -134,5 +138,5 @@ def bind_log_context(job_id: str, name: str, attempt: int, context: dict[str, st
     _REQUEST_ID.set(context.get("request_id"))
 
 
-__all__ = ["ChildEnqueue", "arguments", "bind_log_context", "call", "outcome_of", "outcome_of_exception",
+__all__ = ["ChildEnqueue", "arguments", "bind_log_context", "call", "call_async", "outcome_of", "outcome_of_exception",
            "prepare", "result_json"]

@@ -40,7 +40,7 @@ import psutil
 import structlog
 
 from runners.base import RunResult
-from runners.invoke import arguments, bind_log_context, call, outcome_of, outcome_of_exception, prepare
+from runners.invoke import bind_log_context, call, call_async, prepare
 from runners.pool.protocol import decode_reply, pack, pack_enqueue, unpack
 from supervisor.context import Context
 from supervisor.daemon import accepted
@@ -293,7 +293,7 @@ class _Child:
                 assert jt is not None
                 bind_log_context(ctx.job_id, ctx.job_name, ctx.attempt, ctx.context)
                 with self.tracing.remote_parent(ctx.context):
-                    outcome = await self._outcome(jt.handler(*arguments(jt, ctx)))
+                    outcome = await self._outcome(jt, ctx)
             self._post(self._result(job_id, outcome))
         finally:
             with self._cv:
@@ -302,17 +302,14 @@ class _Child:
                 if self._stopping:
                     self._cv.notify()  # the main lane exits once nothing runs
 
-    async def _outcome(self, coro: Any) -> RunResult:
-        """Await an async handler and map how it ended. SystemExit and KeyboardInterrupt end the
-        worker, as they do from a sync job (the daemon reports its running jobs as crashed)."""
+    async def _outcome(self, jt: JobType, ctx: Context) -> RunResult:
+        """`call_async`; SystemExit and KeyboardInterrupt end the worker, as they do from a sync
+        job (the daemon reports its running jobs as crashed)."""
         try:
-            value = await coro
-        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 (the handler's failure)
-            return outcome_of_exception(exc)
+            return await call_async(jt, ctx)
         except (SystemExit, KeyboardInterrupt) as exc:
             self._flush()  # the results of the jobs that ended before still count
             os._exit(exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1)
-        return outcome_of(value)
 
     def _post(self, data: bytes) -> None:
         """Queue a message of the loop thread: everything queued in one loop iteration goes in one write."""
