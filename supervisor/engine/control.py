@@ -135,16 +135,17 @@ def _parts(states: frozenset[State]) -> list[str]:
     return parts
 
 
-def _ascii_lower(text: str) -> str:
+def ascii_lower(text: str) -> str:
     """`text` with its ASCII letters in lower case, as Lua's string.lower does to the job's error."""
     return "".join(c.lower() if c.isascii() else c for c in text)
 
 
-def _ms(value: datetime | None) -> str:
+def epoch_ms(value: datetime | None) -> int | None:
+    """`value` in ms since the epoch (a naive one taken as UTC), None for None: the filters' times."""
     if value is None:
-        return ""
+        return None
     at = value if value.tzinfo else value.replace(tzinfo=UTC)
-    return str(int(at.timestamp() * 1000))
+    return int(at.timestamp() * 1000)
 
 
 async def bulk(broker: Broker, action: str, flt: BulkFilter, *, dry_run: bool = False, source: str = "client",
@@ -161,8 +162,10 @@ async def bulk(broker: Broker, action: str, flt: BulkFilter, *, dry_run: bool = 
     report = BulkReport(action, dry_run)
     started = time.perf_counter()
     names = [flt.type] if flt.type else await broker.type_names()
-    common = [",".join(["", *(s.value for s in states), ""]), _ms(flt.since), _ms(flt.until), flt.key or "",
-              _ascii_lower(flt.error or ""), "1" if dry_run else "0"]
+    since, until = (epoch_ms(t) for t in (flt.since, flt.until))
+    common = [",".join(["", *(s.value for s in states), ""]), "" if since is None else str(since),
+              "" if until is None else str(until), flt.key or "", ascii_lower(flt.error or ""),
+              "1" if dry_run else "0"]
     for name in names:
         for part in _parts(states):
             await _bulk_index(broker, report, name, part, action, common, flt.limit, source, by, reason)

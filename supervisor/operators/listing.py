@@ -18,10 +18,11 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from supervisor.engine import keys
+from supervisor.engine.control import ascii_lower, epoch_ms
 from supervisor.engine.records import Job
 from supervisor.engine.scripts import script_source
 from supervisor.engine.states import FINISHED, State
@@ -82,13 +83,6 @@ def _groups(state: State | None) -> list[int]:
     return [3]
 
 
-def _ms(value: datetime | None) -> int | None:
-    if value is None:
-        return None
-    at = value if value.tzinfo else value.replace(tzinfo=UTC)
-    return int(at.timestamp() * 1000)
-
-
 async def list_jobs(
     broker: Broker,
     *,
@@ -121,8 +115,8 @@ async def list_jobs(
         ValueError: a cursor this function did not produce.
     """
     after = decode_cursor(cursor) if cursor else None
-    filt = _Filter(state, key, _ms(since), _ms(until), corrupt if corrupt is not None else [],
-                   "".join(c.lower() if c.isascii() else c for c in error or ""))
+    filt = _Filter(state, key, epoch_ms(since), epoch_ms(until), corrupt if corrupt is not None else [],
+                   ascii_lower(error or ""))
     names = [name] if name else await broker.type_names()
     found, last, scanned = await _collect(broker, names, after, filt, limit)
     page = found[:limit]
