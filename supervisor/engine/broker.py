@@ -16,7 +16,7 @@ from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore
 from typing import TYPE_CHECKING, Any, cast
 
 from supervisor.engine import keys
-from supervisor.engine.records import Job, check_text, loads, parsed
+from supervisor.engine.records import Job, check_text, indexed_job_key, loads, parsed
 from supervisor.engine.redis_url import FORMS, mask_url, parse_redis_url
 from supervisor.engine.scripts import SCRIPT_NAMES, script_source
 from supervisor.engine.states import FINISHED, State
@@ -468,11 +468,9 @@ class Broker:
         are skipped too, each reported in `corrupt` when given."""
         ids, job_keys, bad = [], [], corrupt if corrupt is not None else []
         for job_id in job_ids:
-            try:
-                job_keys.append(keys.job_key(job_id))
+            if (key := indexed_job_key(job_id, bad)) is not None:
+                job_keys.append(key)
                 ids.append(job_id)
-            except ValueError as exc:  # a forged index member
-                bad.append(CorruptRecord(job_id, f"an index holds {str(exc).replace(repr(job_id), 'it')}"))
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in job_keys:
                 pipe.hgetall(key)

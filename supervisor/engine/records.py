@@ -15,13 +15,23 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from supervisor.engine.keys import tag_for
+from supervisor.engine.keys import job_key, tag_for
 from supervisor.engine.states import FINISHED, State
 from supervisor.errors import CorruptRecord
 
 #: What a value that does not parse raises (json's and Unicode's errors are ValueErrors).
 PARSE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError)
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def indexed_job_key(job_id: str, bad: list[CorruptRecord]) -> str | None:
+    """The record key of an index member; None, with what is wrong added to `bad`, when the member
+    is not a job id (another program wrote it)."""
+    try:
+        return job_key(job_id)
+    except ValueError as exc:
+        bad.append(CorruptRecord(job_id, f"an index holds {str(exc).replace(repr(job_id), 'it')}"))
+        return None
 
 
 def hash_reply(flat: Any) -> dict[str, str]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from supervisor.engine import keys
 from supervisor.engine.control import ascii_lower, epoch_ms
-from supervisor.engine.records import Job
+from supervisor.engine.records import Job, indexed_job_key
 from supervisor.engine.scripts import script_source
 from supervisor.engine.states import FINISHED, State
 from supervisor.engine.wire import Script
@@ -210,9 +210,4 @@ class _Filter:
 
     def valid_id(self, job_id: str) -> bool:
         """Whether an index member is a job id (a forged one goes to `bad`)."""
-        try:
-            keys.job_key(job_id)
-            return True
-        except ValueError as exc:
-            self.bad.append(CorruptRecord(job_id, f"an index holds {str(exc).replace(repr(job_id), 'it')}"))
-            return False
+        return indexed_job_key(job_id, self.bad) is not None

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from supervisor.engine import keys
 from supervisor.engine.broker import Broker
-from supervisor.engine.records import Job
+from supervisor.engine.records import Job, indexed_job_key
 from supervisor.engine.states import FINISHED, State
 from supervisor.errors import CorruptRecord
 
@@ -129,12 +129,7 @@ async def _scan(broker: Broker, names: list[str], q: str, want: Field, limit: in
 
 
 def _is_job_id(job_id: str, bad: list[CorruptRecord]) -> bool:
-    try:
-        keys.job_key(job_id)
-    except ValueError as exc:  # a forged index member
-        bad.append(CorruptRecord(job_id, f"an index holds {str(exc).replace(repr(job_id), 'it')}"))
-        return False
-    return True
+    return indexed_job_key(job_id, bad) is not None
 
 
 async def key_waiters(broker: Broker, name: str, key: str, limit: int = 100) -> list[str]:
