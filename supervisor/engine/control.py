@@ -111,16 +111,24 @@ class BulkReport:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+class BulkRequestError(ValueError):
+    """A bulk action that cannot run as asked; `field` names what to change (action, state, type)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def bulk_states(action: str, state: State | None) -> frozenset[State]:
-    """The states `action` acts on under a filter on `state`; ValueError naming the fix when none."""
+    """The states `action` acts on under a filter on `state`; BulkRequestError naming the fix when none."""
     if action not in ACTION_STATES:
-        raise ValueError(f"unknown bulk action {action!r}: use one of {', '.join(BULK_ACTIONS)}")
+        raise BulkRequestError("action", f"unknown bulk action {action!r}: use one of {', '.join(BULK_ACTIONS)}")
     allowed = ACTION_STATES[action]
     if state is None:
         return allowed
     if state not in allowed:
         names = ", ".join(sorted(s.value for s in allowed))
-        raise ValueError(f"{action} does not take {state.value} jobs: filter on one of {names}, or none")
+        raise BulkRequestError("state", f"{action} does not take {state.value} jobs: filter on one of {names}, or none")
     return frozenset({state})
 
 
@@ -158,7 +166,7 @@ async def bulk(broker: Broker, action: str, flt: BulkFilter, *, dry_run: bool = 
     """
     states = bulk_states(action, flt.state)
     if action == "purge" and not flt.type:
-        raise ValueError("purge needs a type: purge removes the finished records of one type")
+        raise BulkRequestError("type", "purge needs a type: purge removes the finished records of one type")
     report = BulkReport(action, dry_run)
     started = time.perf_counter()
     names = [flt.type] if flt.type else await broker.type_names()

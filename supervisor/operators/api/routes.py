@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
 from supervisor.daemon.presence import list_workers
-from supervisor.engine.control import BulkFilter
+from supervisor.engine.control import BulkFilter, BulkRequestError
 from supervisor.engine.states import State
 from supervisor.errors import CorruptRecord
 from supervisor.operators import admin, history, listing
@@ -127,8 +127,8 @@ async def bulk_action(request: Request, action: Annotated[BulkAction, Path()], b
                      error=body.error, limit=body.limit)
     try:
         report = await _state(request).client.bulk(action, flt, dry_run=body.dry_run, **_actor(request))
-    except ValueError as exc:
-        raise ApiError("invalid_request", str(exc), "type" if "needs a type" in str(exc) else "state") from None
+    except BulkRequestError as exc:
+        raise ApiError("invalid_request", str(exc), exc.field) from None
     return report.to_dict()
 
 

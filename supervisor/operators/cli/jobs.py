@@ -237,7 +237,7 @@ async def jobs_bulk(ctx: click.Context, action: str, type_: str | None, state: s
     finished records of one --type). Counts first and asks before acting (unless --yes); runs in
     batches (a Redis call scans at most 500 index entries, acts on at most 100); each job's history
     records the action."""
-    from supervisor.engine.control import BulkFilter  # noqa: PLC0415
+    from supervisor.engine.control import BulkFilter, BulkRequestError  # noqa: PLC0415
     from supervisor.producers.client import Client  # noqa: PLC0415
 
     flt = BulkFilter(type=type_, state=State(state) if state else None, key=key, since=since, until=until,
@@ -252,8 +252,9 @@ async def jobs_bulk(ctx: click.Context, action: str, type_: str | None, state: s
                 if not (sys.stdin.isatty() and click.confirm(f"{action} {n} job(s)?", err=True)):
                     raise click.UsageError(f"{n} job(s) match; nothing done: confirm, or pass --yes")
                 report = await client.bulk(action, flt, source="cli", by=local_user())
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="'--state' or '--type'") from None
+        except BulkRequestError as exc:
+            hint = "ACTION" if exc.field == "action" else f"'--{exc.field}'"
+            raise click.BadParameter(str(exc), param_hint=hint) from None
     if as_json:
         print_json(report.to_dict())
         return
