@@ -53,8 +53,9 @@ def sync_redis(url: str) -> Any:
         from redis.sentinel import Sentinel  # noqa: PLC0415
 
         sentinel = Sentinel(list(target.hosts), sentinel_kwargs={"username": target.sentinel_username,
-                                                                 "password": target.sentinel_password},
-                            username=target.username, password=target.password, db=target.db)
+                                                                 "password": target.sentinel_password,
+                                                                 "ssl": target.tls},
+                            username=target.username, password=target.password, db=target.db, ssl=target.tls)
         return sentinel.master_for(target.service, decode_responses=True)
     return syncredis.Redis.from_url(url, decode_responses=True)
 
