@@ -24,7 +24,9 @@ local function delete_job(id, st)
   local jk = JP .. id
   local f = redis.call('HMGET', jk, 'state', 'idem', 'ckey', 'deliveries', 'ctx', 'notify')
   if f[1] ~= st or st == 'active' then return 'invalid' end
-  for _, set in ipairs({'ready', 'sched', 'waiting', 'deadline', 'st:' .. st}) do redis.call('ZREM', P .. set, id) end
+  unqueue(P, id)
+  redis.call('ZREM', P .. 'deadline', id)
+  redis.call('ZREM', P .. 'st:' .. st, id)
   key_leave(P, id, f[3], true)
   if f[2] and redis.call('GET', P .. 'idem:' .. f[2]) == id then redis.call('DEL', P .. 'idem:' .. f[2]) end
   redis.call('DEL', jk, LP .. id)

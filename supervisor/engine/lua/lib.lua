@@ -204,7 +204,6 @@ local function notify_settled(P, id, state)
   redis.call('PUBLISH', OUTBOX_CHANNEL, P)
 end
 
--- A live job reached a finished state: parked for its retention, and out of its key's sets.
 -- Take a job that is not running out of the sets that hold it until it runs: ready, delayed
 -- (sched), and waiting on its dependencies.
 local function unqueue(P, id)
@@ -213,6 +212,7 @@ local function unqueue(P, id)
   redis.call('ZREM', P .. 'waiting', id)
 end
 
+-- A live job reached a finished state: parked for its retention, and out of its key's sets.
 local function finish(P, jk, id, state, now, idem, ckey)
   park(P, jk, id, state, now, retention_ms(P, state), idem)
   key_leave(P, id, ckey, true)
