@@ -493,8 +493,8 @@ class Broker:
         for st in states:
             if st in FINISHED:
                 ids += cast(list[str], await self.redis.zrevrange(keys.index_key(name, f"st:{st.value}"), 0, limit - 1))
-            elif st is State.ACTIVE:
-                ids += cast(list[str], await self.redis.zrange(keys.index_key(name, "active"), 0, limit - 1))
+            elif st in (State.ACTIVE, State.WAITING):  # each has an index of its own
+                ids += cast(list[str], await self.redis.zrange(keys.index_key(name, st.value), 0, limit - 1))
             else:  # pending and retry share the ready and scheduled sets; the record tells them apart
                 for part in ("ready", "sched"):
                     ids += cast(list[str], await self.redis.zrange(keys.index_key(name, part), 0, limit - 1))
