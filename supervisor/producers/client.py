@@ -190,10 +190,12 @@ class Client:
         except BaseException as exc:
             batch.failed(exc)
             raise
-        # Every job was offered; a rejected one raises after the others were queued.
-        refs = batch.refs(replies)
-        await workflows.link_many(self, reqs, refs)
-        return refs
+        if batch.plain:  # no job of it has options, so none has links
+            return batch.refs()
+        # Every job was offered; a rejected one raises after the others were queued and linked.
+        outcomes = batch.outcomes(replies)
+        await workflows.link_many(self, reqs, outcomes)
+        return [ref_or_raise(o) for o in outcomes]
 
     # --- workflows and batches (supervisor.producers.workflows, docs/workflows.md) --------
 

@@ -499,10 +499,12 @@ class Batch:
             if span is not None:
                 telemetry.end_enqueue_span(span, error=exc)
 
-    def refs(self, replies: Sequence[list[Enqueued]]) -> list[JobRef]:
-        """The queued jobs, in the order given; a rejected one raises after the others were queued."""
-        if self.plain:  # every outcome is 'new'
-            return [JobRef(job_id, r.name) for job_id, r in zip(self.ids, self.reqs, strict=True)]
+    def refs(self) -> list[JobRef]:
+        """The queued jobs of a plain batch (every outcome is 'new'), in the order given."""
+        return [JobRef(job_id, r.name) for job_id, r in zip(self.ids, self.reqs, strict=True)]
+
+    def outcomes(self, replies: Sequence[list[Enqueued]]) -> list[SubmitOutcome]:
+        """What happened to each job (not a plain batch), in the order given."""
         outcomes: list[SubmitOutcome | None] = [None] * len(self.reqs)
         for (name, part), done_list in zip(self.chunks, replies, strict=True):
             for done, i in zip(done_list, part, strict=True):
@@ -510,7 +512,7 @@ class Batch:
         for span, o in zip(self.spans or (), outcomes, strict=False):
             if span is not None and o is not None:
                 telemetry.end_enqueue_span(span, o.job_id, o.outcome)
-        return [ref_or_raise(o) for o in outcomes if o is not None]
+        return [o for o in outcomes if o is not None]
 
 
 class EnqueueSpan:

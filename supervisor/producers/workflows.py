@@ -334,27 +334,30 @@ async def cancel(client: Client, workflow_id: str, reason: str = "workflow cance
 async def link(client: Client, req: EnqueueRequest, outcome: SubmitOutcome) -> None:
     """After the enqueue of a job with `depends_on` or `batch`: its dependencies registered and
     its gate opened; its batch told (both idempotent: a repeated enqueue repeats them harmlessly)."""
-    new = outcome.outcome in ("accepted", "replaced")  # a job that replaced the oldest queued one is new
-    if outcome.job_id is None or not (new or outcome.reason == "idempotency-key"):
-        return  # rejected, or folded into another job by its key's queue policy
-    transport = client.broker.transport
-    if req.depends_on:
-        await deps.attach(transport, outcome.job_id, req.name, list(req.depends_on))
-        await deps.open_gate(transport, outcome.job_id, req.name)
-    if req.batch:
-        await add_to_batch(client, req.batch, [outcome.job_id])
+    await link_many(client, [req], [outcome])
 
 
-async def link_many(client: Client, reqs: list[EnqueueRequest], refs: list[Any]) -> None:
-    """`link` for the jobs of `enqueue_many` (`refs`: their JobRefs): one batch call per 1,000 members."""
+def _linked(outcome: SubmitOutcome) -> bool:
+    """Whether an enqueue's job gets its links: a new one (a job that replaced the oldest queued
+    one of its key is new), or the one its idempotency key found; not a rejected one, nor one
+    folded into another job by its key's queue policy."""
+    new = outcome.outcome in ("accepted", "replaced")
+    return outcome.job_id is not None and (new or outcome.reason == "idempotency-key")
+
+
+async def link_many(client: Client, reqs: list[EnqueueRequest], outcomes: list[SubmitOutcome]) -> None:
+    """`link` for the jobs of `enqueue_many`: one batch call per 1,000 members."""
     transport = client.broker.transport
     members: dict[str, list[str]] = {}
-    for req, ref in zip(reqs, refs, strict=False):
+    for req, outcome in zip(reqs, outcomes, strict=True):
+        if not _linked(outcome):
+            continue
+        job_id = cast(str, outcome.job_id)
         if req.depends_on:
-            await deps.attach(transport, ref.id, req.name, list(req.depends_on))
-            await deps.open_gate(transport, ref.id, req.name)
+            await deps.attach(transport, job_id, req.name, list(req.depends_on))
+            await deps.open_gate(transport, job_id, req.name)
         if req.batch:
-            members.setdefault(req.batch, []).append(ref.id)
+            members.setdefault(req.batch, []).append(job_id)
     for batch_id, ids in members.items():
         for start in range(0, len(ids), 1000):
             await add_to_batch(client, batch_id, ids[start:start + 1000])

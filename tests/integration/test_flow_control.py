@@ -206,3 +206,23 @@ async def test_a_job_that_replaces_another_keeps_its_dependencies(redis_url: str
         done = await client.wait(newest.job_id, timeout=15)
     # Then it waited for its dependency and ran, like any job with one
     assert done.state is State.COMPLETED and done.result["v"] == 3
+
+
+async def test_enqueue_many_links_every_queued_job_even_when_one_is_rejected(redis_url: str, use_handlers: Any,
+                                                                             daemon: Any) -> None:
+    use_handlers("keyed")
+    d = daemon()
+    d.stop()  # the types are published; no consumer runs, so every job stays queued
+    async with Client(redis_url) as client:
+        # Given a key that refuses a second queued job, and a job others will depend on
+        dep = await client.enqueue("t.replace", {"k": "b", "v": 0})
+        await client.enqueue("t.reject", {"k": "a"})
+        # When one enqueue_many holds a rejected job and a job with a dependency
+        with pytest.raises(JobRejected):
+            await client.enqueue_many([EnqueueRequest("t.reject", {"k": "a"}),
+                                       EnqueueRequest("t.replace", {"k": "c", "v": 1}, depends_on=[dep.id])])
+        waiting = [j for j in await client.list(name="t.replace") if j.payload.get("k") == "c"]
+        daemon()
+        done = await client.wait(waiting[0].id, timeout=15)
+    # Then the queued one still had its dependency registered and its gate opened: it ran
+    assert done.state is State.COMPLETED and done.result["v"] == 1
