@@ -220,6 +220,9 @@ async def _prepared(client: Client, wf: str, key: str, step: Step, ctx: dict[str
         raise InvalidWorkflow(f"step {key!r}: on_dependency_failure={step.on_dependency_failure!r}: "
                               "use 'cancel' (the default), 'run' or 'wait'")
     options = dict(step.options)
+    if given := sorted({"depends_on", "batch"} & options.keys()):  # the graph sets the first, no batch takes a step
+        raise InvalidWorkflow(f"step {key!r}: {' and '.join(given)} is not an option of a workflow step: "
+                              "a step waits for the steps of its graph (after=, chain, group, chord)")
     allow_unknown = options.pop("allow_unknown", None)
     options.setdefault("idempotency_key", f"wf:{wf}:{key}")
     if step.after:  # the dispatcher reads the results of the steps it waits for (ctx.dependency_results)

@@ -170,6 +170,8 @@ async def test_a_bad_graph_is_refused_whole(redis_url: str, use_handlers: Any, d
             await client.workflow(dag({"a": Step("wf.step", after=["nope"])}))
         with pytest.raises(InvalidWorkflow, match="no job"):
             await client.enqueue("wf.step", {}, depends_on=["abcdef-0000000000000000"])
+        with pytest.raises(InvalidWorkflow, match="depends_on is not an option of a workflow step"):
+            await client.workflow(chain(Step("wf.step"), Step("wf.step", depends_on=["abcdef-0000000000000000"])))
         # nothing of a graph with an unknown type is written
         before = await client.broker.redis.zcard("js:workflows")
         with pytest.raises(Exception, match="unknown job type"):
