@@ -2,8 +2,9 @@
 
 Run as its own process (`python -m supervisor_bench.load URL TYPE RATE`), so its work never
 shares the bench's event loop or GIL with the latency jobs it runs beside: every millisecond it queues,
-with one `enqueue_many`, the jobs of TYPE due by then at RATE jobs/s, until stdin closes; then
-it prints how many it queued and exits.
+with one `enqueue_many`, the jobs of TYPE due by then at RATE jobs/s, until stdin closes. It
+prints `ready` once its first job is queued (the bench starts the latency jobs then), and at the
+end how many it queued.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ async def _produce(url: str, name: str, rate: float, stop: threading.Event) -> i
 
     sent = 0
     async with Client(url) as client:
+        await client.enqueue_many([(name, {"load": True})])  # connected, the type resolved: the load is on
+        sent = 1
+        print("ready", flush=True)
         started = time.monotonic()
         while not stop.is_set():
-            due = int((time.monotonic() - started) * rate) - sent
+            due = int((time.monotonic() - started) * rate) + 1 - sent
             if due > 0:
                 await client.enqueue_many([(name, {"load": True})] * due)
                 sent += due

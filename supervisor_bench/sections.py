@@ -189,9 +189,14 @@ def _start_load(b: Bench, name: str) -> subprocess.Popen[str] | None:
     """`--latency-load`: a process of its own queueing jobs of `name` at that rate (supervisor_bench.load)."""
     if not b.o.latency_load:
         return None
-    return subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+    load = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
         [sys.executable, "-m", "supervisor_bench.load", b.url, name, str(b.o.latency_load)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert load.stdout is not None
+    if load.stdout.readline().strip() != "ready":  # every latency job is sent beside the load
+        load.kill()
+        raise BenchError(f"the latency load did not start (exit code {load.wait()})")
+    return load
 
 
 def _stop_load(load: subprocess.Popen[str] | None) -> int:
