@@ -1,6 +1,6 @@
 """Fuzz the admin API from its own OpenAPI document (schemathesis): no input gets a 5xx.
 
-The API runs under uvicorn in a thread (its own event loop) against the suite's real
+The API runs as `job-supervisor api` in its own process against the suite's real
 Redis, seeded with a published type, jobs in several states and a schedule. Left out:
 `/events` (a stream never ends, so a generated request would only time out) and
 `/keys/{type}/{key}`, whose documented answer is 501 until keyed concurrency lands
@@ -10,13 +10,17 @@ Redis, seeded with a published type, jobs in several states and a schedule. Left
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import queue
+import signal
+import subprocess
+import sys
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +34,8 @@ from supervisor.daemon.scheduler import SPECS_KEY
 from supervisor.engine import serving
 from supervisor.engine.broker import Broker, connect
 from supervisor.operators.api.app import create_app
-from supervisor.operators.api.server import bind_socket, serve
 from supervisor.producers.client import Client
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow
 TOKEN = "fuzz-token"
@@ -42,36 +46,45 @@ schema = schema.exclude(path="/events")
 
 
 @dataclass
-class ThreadedApi:
+class ApiProcess:
     url: str
-    loop: asyncio.AbstractEventLoop
-    stop: asyncio.Event
-    thread: threading.Thread
+    proc: subprocess.Popen[str]
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(20)
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(20) == 0
 
 
-def _start(redis_url: str) -> ThreadedApi:
-    ready = threading.Event()
-    box: dict[str, Any] = {}
+def _start(redis_url: str, cwd: Path) -> ApiProcess:
+    """`job-supervisor api` in its own process, as an operator runs it. Not a thread of this one:
+    CPython 3.11 shares the AST constructor's recursion depth between threads (cpython#106905),
+    so a compile in an API thread while Hypothesis parses source here raised a spurious SystemError."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL", "WORKERS_"))}
+    env.update({"REDIS_URL": redis_url, "JOB_SUPERVISOR_API_TOKEN": TOKEN, "JOB_SUPERVISOR_LOG_FORMAT": "json",
+                "JOB_SUPERVISOR_API_MAX_BODY_BYTES": str(16 * 1024), "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "api", "--host", "127.0.0.1", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
+    lines: queue.Queue[str] = queue.Queue()
 
-    async def main() -> None:
-        sock = bind_socket("127.0.0.1", 0)
-        box["url"] = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
-        started = asyncio.Event()
-        app = create_app(redis_url, TOKEN, max_body_bytes=16 * 1024)
-        task = asyncio.create_task(serve(app, "127.0.0.1", 0, box["stop"], sock=sock, started=started))
-        await started.wait()
-        ready.set()
-        await task
+    def pump() -> None:
+        for line in proc.stdout or ():
+            lines.put(line)
 
-    thread = threading.Thread(target=lambda: asyncio.run(main()), name="fuzz-api", daemon=True)
-    thread.start()
-    assert ready.wait(15), "API did not start"
-    return ThreadedApi(box["url"], box["loop"], box["stop"], thread)
+    threading.Thread(target=pump, daemon=True).start()
+    port: list[int] = []
+
+    def listening() -> bool:
+        with contextlib.suppress(queue.Empty):
+            while not port:
+                line = lines.get_nowait()
+                with contextlib.suppress(ValueError):
+                    if (event := json.loads(line)).get("event") == "api.listening":
+                        port.append(int(event["port"]))
+        assert proc.poll() is None, f"the API exited with {proc.returncode}"
+        return bool(port)
+
+    wait_until(listening, 20, what="api.listening")
+    return ApiProcess(f"http://127.0.0.1:{port[0]}", proc)
 
 
 async def _seed(url: str) -> None:
@@ -93,30 +106,12 @@ async def _seed(url: str) -> None:
         await redis.aclose()
 
 
-def _warm(api: ThreadedApi) -> None:
-    """A valid and an invalid trigger before the fuzzing: the API thread builds the type's payload
-    validators now (fastjsonschema generates and compiles code). CPython 3.11 shares the AST
-    constructor's recursion depth between threads (cpython#106905): a compile in the API thread
-    while Hypothesis parses source in this one can raise a spurious SystemError in either."""
-    for payload, status in (({"value": "warm"}, 201), ({}, 422)):
-        request = urllib.request.Request(  # noqa: S310 (our own loopback API)
-            f"{api.url}/types/fuzz.echo/trigger", method="POST", data=json.dumps({"payload": payload}).encode(),
-            headers={**AUTH, "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
-                got = answer.status
-        except urllib.error.HTTPError as exc:
-            got = exc.code
-        assert got == status, (payload, got)
-
-
 @pytest.fixture(scope="module")
-def fuzz_api(redis_server: RedisServer) -> Iterator[ThreadedApi]:
+def fuzz_api(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
     plain = syncredis.Redis.from_url(redis_server.url)
     assert plain.dbsize() == 0, "refusing to use a non-empty Redis database"
     asyncio.run(_seed(redis_server.url))
-    api = _start(redis_server.url)
-    _warm(api)
+    api = _start(redis_server.url, tmp_path_factory.mktemp("fuzz-api"))
     yield api
     api.close()
     plain.flushall()
@@ -127,6 +122,6 @@ def fuzz_api(redis_server: RedisServer) -> Iterator[ThreadedApi]:
 @settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "15")), deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.filter_too_much])
-def test_no_input_gets_a_server_error(case: Any, fuzz_api: ThreadedApi) -> None:
+def test_no_input_gets_a_server_error(case: Any, fuzz_api: ApiProcess) -> None:
     response = case.call(base_url=fuzz_api.url, headers=AUTH, timeout=10)
     case.validate_response(response, checks=[not_a_server_error])
