@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,7 +33,7 @@ from supervisor.engine.states import FINISHED, State
 from supervisor.errors import CorruptRecord, JobNotFound
 from supervisor.producers.client import SyncClient
 from tests.conftest import DaemonProcess, wait_until
-from tests.integration.test_api_fuzz import _start as start_api  # the API under uvicorn, in a thread
+from tests.integration.test_api_fuzz import _start as start_api  # `job-supervisor api`, a process
 
 pytestmark = pytest.mark.slow
 NAME = "h.echo"
@@ -64,11 +65,11 @@ KINDS = ["field", "field", "drop-field", "record-type", "ready", "sched", "activ
 
 @pytest.fixture
 def served(use_handlers: Callable[..., Any], daemon: Callable[..., DaemonProcess],
-           redis_url: str) -> Iterator[tuple[DaemonProcess, SyncClient, httpx.Client, syncredis.Redis]]:
+           redis_url: str, tmp_path: Path) -> Iterator[tuple[DaemonProcess, SyncClient, httpx.Client, syncredis.Redis]]:
     use_handlers("hostile")
     d = daemon()
     raw = syncredis.Redis.from_url(redis_url)  # bytes in, bytes out: writes what a hostile party would
-    server = start_api(redis_url)
+    server = start_api(redis_url, tmp_path)
     try:
         with SyncClient(redis_url) as client, httpx.Client(base_url=server.url, timeout=30,
                                                            headers={"Authorization": f"Bearer {TOKEN}"}) as api:
