@@ -275,7 +275,9 @@ class Daemon:
         # Start-up objects (modules, handlers, settings, clients) live as long as the daemon: take
         # them out of the collector's sight, so full collections stop re-walking ~100k objects that
         # never die (they cost 25-35 % of the daemon's CPU while draining; BENCHMARKS.md).
+        # `run` switched the collector off for the start: it runs from here on.
         gc.freeze()
+        gc.enable()
         self.notifier.ready(f"consuming {len(catalog.served)} job types")
         watchdog = asyncio.create_task(self._watchdog(parts.dispatcher))
         await self._serve_reloads()

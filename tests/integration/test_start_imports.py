@@ -1,5 +1,6 @@
 """A daemon imports what its settings and types use (issue 17, item 3): no admin API (FastAPI,
-uvicorn) unless enabled, no process pool until a served type needs one, then at once."""
+uvicorn) unless enabled, no process pool until a served type needs one, then at once; no cyclic
+collection during the start, and the collector on again from READY."""
 
 from __future__ import annotations
 
@@ -46,3 +47,26 @@ async def test_a_reload_that_adds_a_process_type_starts_the_pool(redis_url: str,
     async with Client(redis_url) as client:
         job = await client.wait((await client.enqueue("t.pid-process", {})).id, timeout=30)
     assert job.state is State.COMPLETED and job.result["pid"] != d.pid
+
+
+_GC_PROBE = '''
+import gc
+
+from supervisor import job
+
+
+@job("t.gc-state")
+async def gc_state(payload: dict[str, object]) -> dict[str, object]:
+    return {"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}
+'''
+
+
+async def test_the_collector_runs_again_once_the_daemon_is_ready(redis_url: str, daemon: Any,
+                                                                 jobs_dir: Path) -> None:
+    # `run` switches the cyclic collector off while it starts; from READY on, garbage must be collected
+    (jobs_dir / "gc_state.py").write_text(_GC_PROBE)
+    daemon()
+    async with Client(redis_url) as client:
+        job = await client.wait((await client.enqueue("t.gc-state", {})).id, timeout=30)
+    assert job.state is State.COMPLETED
+    assert job.result["enabled"] is True and job.result["frozen"] > 10_000  # start-up objects frozen

@@ -24,6 +24,11 @@ from supervisor.operators.cli.app import fail, settings_of
 def run(ctx: click.Context, jobs_dir: Path | None, tasks_dir: Path | None, config: Path | None,
         serve_types: str | None, exclude_types: str | None) -> None:
     """Run the daemon until SIGTERM/SIGINT (graceful drain; a second signal stops fast)."""
+    import gc  # noqa: PLC0415
+
+    # No cyclic collection while the start builds ~100k objects that live as long as the daemon
+    # (settings, modules, handlers): the daemon freezes them and collects again at READY.
+    gc.disable()
     from supervisor.observability import log  # noqa: PLC0415
     from supervisor.observability.optional_imports import refuse_unused  # noqa: PLC0415
 
@@ -46,6 +51,8 @@ def run(ctx: click.Context, jobs_dir: Path | None, tasks_dir: Path | None, confi
     except SupervisorError as exc:
         fail(exc)
         return
+    finally:
+        gc.enable()  # a start that failed before READY
     _exit_daemon(code)
 
 
