@@ -1,5 +1,7 @@
 """Finding jobs by what an operator has in hand: an id, a request or trace id, an idempotency
 key, a parent's id, or a piece of error text (the dashboard's search box and its child list).
+Error text matches as the job list's and bulk actions' `error` filter does (in Lua): a substring,
+ASCII letters in any case, other characters as written.
 
 Exact lookups cost one read each (the record, the type's `idem:<key>`). The rest is a bounded
 scan of the newest entries of each index (`scan` records at most, read in pipelined chunks of a
@@ -15,6 +17,7 @@ from typing import Any, Literal
 
 from supervisor.engine import keys
 from supervisor.engine.broker import Broker
+from supervisor.engine.control import ascii_lower
 from supervisor.engine.records import Job, indexed_job_key
 from supervisor.engine.states import FINISHED, State
 from supervisor.errors import CorruptRecord
@@ -53,7 +56,7 @@ def _scan_match(q: str, want: Field, row: list[str | None]) -> str | None:
             for name in ("request_id", "trace_id"):
                 if want in ("any", name) and ctx.get(name) == q:
                     return name
-    if want in ("any", "error") and error and q.casefold() in error.casefold():
+    if want in ("any", "error") and error and ascii_lower(q) in ascii_lower(error):
         return "error"
     return None
 

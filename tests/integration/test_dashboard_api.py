@@ -78,8 +78,8 @@ async def test_search_by_id_idempotency_key_request_and_trace_id_parent_and_erro
         child = await client.enqueue(T, {}, parent=parent.id)
         others = [await client.enqueue(T, {"i": i}) for i in range(3)]
         batch = await broker.claim(T, "test-instance", 10, 60_000, 1)
-        fails = [(j.id, j.lease, "permanent", "card <b>Declined</b> by bank", 0, "", "")
-                 for j in batch.jobs if j.id == others[0].id]
+        errors = {others[0].id: "card <b>Declined</b> by bank", others[1].id: "Paiement REFUSÉ"}
+        fails = [(j.id, j.lease, "permanent", errors[j.id], 0, "", "") for j in batch.jobs if j.id in errors]
         await broker.fail(T, 1, fails)
 
     async def search(q: str, **params: str) -> dict[str, object]:
@@ -96,6 +96,10 @@ async def test_search_by_id_idempotency_key_request_and_trace_id_parent_and_erro
     by_error = await search("<B>declined</b> BY", type=T)
     assert by_error["matched"] == {others[0].id: "error"} and by_error["complete"] is True
     assert by_error["scanned"] == 5
+    for needle in ("refusÉ", "REFUSÉ", "refusé"):  # the search box finds what the job list's filter lists
+        listed = await api.get("/jobs", params={"type": T, "error": needle}, headers=auth)
+        assert _ids(await search(needle, field="error")) == _ids(listed.json()), needle
+    assert _ids(await search("paiement refusÉ")) == [others[1].id]
     assert _ids(await search("req-abc", field="error")) == []
     assert _ids(await search("nothing-like-it")) == []
     bad = await api.get("/search", params={"q": "x", "field": "payload"}, headers=auth)
