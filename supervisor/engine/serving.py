@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from supervisor.engine import keys
 from supervisor.engine.records import hash_reply
 from supervisor.engine.scripts import lua_text
-from supervisor.engine.wire import Script, redis_errors
+from supervisor.engine.transport import RedisPyTransport
+from supervisor.engine.wire import Script
 from supervisor.errors import UnknownJobType
 
 if TYPE_CHECKING:  # annotations only: a CLI read through supervisor.engine.reads never loads redis-py
@@ -128,17 +129,9 @@ async def announce(redis: aioredis.Redis, instance: str, ttl_ms: int, *, serve: 
     reports one for `clear`."""
     calls = [(n, "serve", ttl_ms, "") for n in serve] + [(n, "stop", 0, "") for n in stop]
     calls += [(n, "error", ttl_ms, e) for n, e in (errors or {}).items()] + [(n, "clear", 0, "") for n in clear]
-    if not calls:
-        return
-    for _attempt in range(2):
-        try:
-            async with redis.pipeline(transaction=False) as pipe:
-                for name, what, ttl, error in calls:
-                    pipe.evalsha(SERVED.sha, 1, served_key(name), instance, what, ttl, error)
-                await pipe.execute()
-            return
-        except redis_errors().NoScriptError:  # every statement may be made twice: loaded, then all again
-            await redis.script_load(SERVED.source)  # (on every master of a Redis Cluster)
+    if calls:  # redis-py's own connections (a Cluster's pipeline: each master's calls on its own)
+        await RedisPyTransport(redis).evalsha_stream(
+            SERVED, [(served_key(name), (instance, what, ttl, error)) for name, what, ttl, error in calls])
 
 
 __all__ = ["NOBODY", "Serving", "announce", "iso_ms", "parse_serving", "served_key", "serving_of",
