@@ -49,6 +49,8 @@ class BenchOptions:
     latency_jobs: int = 500
     latency_gap_ms: float = 5.0
     latency_load: float = 0.0  # jobs/s of the same type queued beside the latency jobs (0: an idle daemon)
+    # else this share of a drain's jobs/s measured first, per runtime (`--latency-load half`: 0.5)
+    latency_load_of_peak: float = 0.0
     cancel_jobs: int = 200  # cancels measured per runtime (each of a running job)
     idle_seconds: float = 60.0  # the idle daemon on the shipped examples (supervisor_bench/idle.py)
     start_runs: int = 5  # its starts timed to READY, one after the other

@@ -107,16 +107,18 @@ def _life(results: dict[str, Any], console: Any) -> None:
 
 def _latency(results: dict[str, Any], console: Any) -> None:
     """The enqueue-to-start latency table (client clock to the handler's first line)."""
-    load = results.get("options", {}).get("latency_load") or 0
-    beside = f"beside {_n(load)} jobs/s of the same type" if load else "idle daemon"
+    loaded = any(lat.get("load_jobs_per_s") for lat in results["latency"].values())
+    beside = "beside a load of the same type" if loaded else "idle daemon"
     t = Table(title=f"enqueue-to-start latency, {beside} (client clock -> handler's first line)")
     for col in ("runtime", "jobs", "p50 ms", "p99 ms", "max ms", "records p50/p99 ms (1 ms resolution)",
-                "enqueued -> handler p99 ms", "load jobs"):
+                "enqueued -> handler p99 ms", "load jobs/s (of a drain's peak)", "load jobs"):
         t.add_column(col, justify="left" if col == "runtime" else "right")
     for name, lat in results["latency"].items():
+        rate, peak = lat.get("load_jobs_per_s") or 0, lat.get("peak_jobs_per_s")
         t.add_row(name, str(lat["jobs"]), _n(lat["p50_ms"], 2), _n(lat["p99_ms"], 2), _n(lat["max_ms"], 2),
                   f"{_n(lat['record_p50_ms'])} / {_n(lat['record_p99_ms'])}",
-                  _n(lat.get("created_to_start_p99_ms"), 2), _n(lat.get("load_jobs", 0)))
+                  _n(lat.get("created_to_start_p99_ms"), 2),
+                  _n(rate) + (f" (of {_n(peak)})" if peak else ""), _n(lat.get("load_jobs", 0)))
     console.print(t)
 
 

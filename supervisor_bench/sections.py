@@ -121,6 +121,7 @@ def _life_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def measure_latency(b: Bench) -> dict[str, Any]:
     """One daemon serving every bench type: enqueue-to-start latency. (The idle figure is a
     daemon on the shipped examples: supervisor_bench/idle.py.)"""
+    loads = {name: _load_rate(b, name) for name in (INPROCESS, PROCESS) if b.o.serves(name)}
     b.reset()
     tasks = b.root / ("tasks-shell" if b.o.serves(SHELL) else "tasks-none")
     d = b.start_daemon("latency", b.root / "jobs-all", tasks)
@@ -128,19 +129,30 @@ def measure_latency(b: Bench) -> dict[str, Any]:
         d.wait_ready()
         time.sleep(1.0)  # start-up transients (presence, scheduler, the pool's first beats)
         latency = {}
-        for name in (INPROCESS, PROCESS):
-            if b.o.serves(name):
-                b.say(f"latency: {name}, {b.o.latency_jobs} jobs {b.o.latency_gap_ms:g} ms apart"
-                      + (f", beside {b.o.latency_load:g} jobs/s of the same type" if b.o.latency_load else ""))
-                latency[name.removeprefix("bench.")] = _latency(b, name)
+        for name, (rate, peak) in loads.items():
+            b.say(f"latency: {name}, {b.o.latency_jobs} jobs {b.o.latency_gap_ms:g} ms apart"
+                  + (f", beside {rate:,.0f} jobs/s of the same type" if rate else ""))
+            latency[name.removeprefix("bench.")] = {**_latency(b, name, rate), "peak_jobs_per_s": peak}
     finally:
         d.stop()
     b.reset()
     return latency
 
 
-def _latency(b: Bench, name: str) -> dict[str, Any]:
-    """Enqueue-to-start of `latency_jobs` jobs of `name`, `latency_gap_ms` apart (the handler returns its clock)."""
+def _load_rate(b: Bench, name: str) -> tuple[float, float | None]:
+    """(jobs/s of the load beside the latency jobs of `name`, the peak it is a share of): with
+    `latency_load_of_peak`, that share of a drain of `jobs` jobs measured now (the same daemons,
+    concurrency and handler), else `latency_load` (None: no peak measured)."""
+    if not b.o.latency_load_of_peak:
+        return b.o.latency_load, None
+    b.say(f"latency: the peak of {name}, a drain of {b.o.jobs} queued jobs")
+    peak = float(b.drain_once(name, b.o.jobs)["rate"])
+    return peak * b.o.latency_load_of_peak, round(peak)
+
+
+def _latency(b: Bench, name: str, load_rate: float) -> dict[str, Any]:
+    """Enqueue-to-start of `latency_jobs` jobs of `name`, `latency_gap_ms` apart (the handler
+    returns its clock), beside `load_rate` jobs/s of the same type (0: none)."""
     gap = b.o.latency_gap_ms / 1000
 
     async def go() -> list[tuple[str, float]]:
@@ -152,7 +164,7 @@ def _latency(b: Bench, name: str) -> dict[str, Any]:
             await asyncio.sleep(gap)
         return sent
 
-    load = _start_load(b, name)
+    load = _start_load(b, name, load_rate)
     try:
         sent = b.on_loop(go())
     finally:
@@ -176,7 +188,7 @@ def _latency(b: Bench, name: str) -> dict[str, Any]:
     if not precise:
         raise BenchError(f"no latency samples for {name}")
     return {
-        "jobs": len(precise), "gap_ms": b.o.latency_gap_ms, "load_jobs_per_s": b.o.latency_load, "load_jobs": loaded,
+        "jobs": len(precise), "gap_ms": b.o.latency_gap_ms, "load_jobs_per_s": load_rate, "load_jobs": loaded,
         "p50_ms": round(percentile(precise, 50), 3), "p99_ms": round(percentile(precise, 99), 3),
         "max_ms": round(max(precise), 3), "mean_ms": round(statistics.fmean(precise), 3),
         "record_p50_ms": percentile(record, 50) if record else None,
@@ -185,12 +197,12 @@ def _latency(b: Bench, name: str) -> dict[str, Any]:
     }
 
 
-def _start_load(b: Bench, name: str) -> subprocess.Popen[str] | None:
-    """`--latency-load`: a process of its own queueing jobs of `name` at that rate (supervisor_bench.load)."""
-    if not b.o.latency_load:
+def _start_load(b: Bench, name: str, rate: float) -> subprocess.Popen[str] | None:
+    """`--latency-load`: a process of its own queueing jobs of `name` at `rate` (supervisor_bench.load)."""
+    if not rate:
         return None
     load = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-        [sys.executable, "-m", "supervisor_bench.load", b.url, name, str(b.o.latency_load)],
+        [sys.executable, "-m", "supervisor_bench.load", b.url, name, str(rate)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert load.stdout is not None
     if load.stdout.readline().strip() != "ready":  # every latency job is sent beside the load

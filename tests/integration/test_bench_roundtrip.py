@@ -55,3 +55,25 @@ def test_latency_beside_a_load_counts_the_load_and_every_latency_job(redis_url: 
     assert lat["jobs"] == 50 and lat["load_jobs_per_s"] == 500
     assert lat["load_jobs"] > 1, lat
     assert 0 < lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+
+
+def test_latency_beside_half_the_peak_measures_the_peak_first(redis_url: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL", "WORKERS_", "NOTIFY_SOCKET"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "supervisor", "bench", "--json", "--only", "latency", "--runtimes", "inprocess",
+         "--jobs", "2000", "--latency-jobs", "30", "--latency-gap-ms", "10", "--latency-load", "half",
+         "--redis-url", redis_url],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=110, check=False,
+    )
+    assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    lat = json.loads(proc.stdout)["latency"]["inprocess"]
+    # a drain of the 2,000 jobs set the peak; the load ran at half of it, beside every latency job
+    assert lat["peak_jobs_per_s"] > 0 and abs(lat["load_jobs_per_s"] - lat["peak_jobs_per_s"] / 2) <= 1, lat
+    assert lat["jobs"] == 30 and lat["load_jobs"] > 1, lat
+
+
+def test_latency_load_must_be_a_rate_or_half(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "supervisor", "bench", "--latency-load", "fast"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "neither a rate in jobs/s" in proc.stderr and "half" in proc.stderr

@@ -24,6 +24,19 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 _err = LazyConsole(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 
+def _latency_load(_ctx: click.Context, _param: click.Parameter, value: str) -> float | str:
+    """`--latency-load`: jobs/s (a number, 0 or more) or `half`."""
+    if value.strip().lower() == "half":
+        return "half"
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not rate >= 0:  # also NaN
+        raise click.BadParameter(f"{value!r} is neither a rate in jobs/s (0 or more) nor `half`")
+    return rate
+
+
 #: The options of `bench`, applied in order by `_bench_options` (one list instead of 30 decorators).
 _OPTIONS = (
     click.option("--redis-url", default=None,
@@ -59,9 +72,10 @@ _OPTIONS = (
     click.option("--latency-jobs", type=click.IntRange(min=1), default=500, show_default=True),
     click.option("--latency-gap-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
                  help="Pause between the latency jobs (so the daemon is idle when each arrives)."),
-    click.option("--latency-load", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="JOBS/S",
+    click.option("--latency-load", callback=_latency_load, default="0", show_default=True, metavar="JOBS/S|half",
                  help="Queue jobs of the same type at this rate beside the latency jobs, from a process of "
-                      "its own (e.g. half the drain's jobs/s: the latency while draining at half the peak)."),
+                      "its own; `half`: half the jobs/s of a drain measured first in the same run (the "
+                      "latency while draining at half the peak)."),
     click.option("--cancel-jobs", type=click.IntRange(min=1), default=200, show_default=True,
                  help="Running jobs cancelled per runtime for the cancel-to-handler latency."),
     click.option("--idle-seconds", type=click.FloatRange(min=0.5), default=60.0, show_default=True,
@@ -92,7 +106,7 @@ def bench(ctx: click.Context, redis_url: str | None, redis_server: str | None, u
           quick: bool, repeat: int, runtimes: str, workers: int, concurrency: int,
           process_concurrency: int | None, handler: str, daemons: int, subprocess_jobs: int,
           subprocess_concurrency: int,
-          payload_bytes: int, latency_jobs: int, latency_gap_ms: float, latency_load: float, cancel_jobs: int,
+          payload_bytes: int, latency_jobs: int, latency_gap_ms: float, latency_load: float | str, cancel_jobs: int,
           idle_seconds: float,
           backlog: bool,
           backlog_jobs: int, backlog_small: int, backlog_sample: int, only: str, keep_dir: bool,
@@ -117,7 +131,8 @@ def bench(ctx: click.Context, redis_url: str | None, redis_server: str | None, u
         handler=handler, daemons=daemons,
         subprocess_jobs=subprocess_jobs, subprocess_concurrency=subprocess_concurrency,
         payload_bytes=payload_bytes, latency_jobs=latency_jobs, latency_gap_ms=latency_gap_ms,
-        latency_load=latency_load,
+        latency_load=0.0 if latency_load == "half" else float(latency_load),
+        latency_load_of_peak=0.5 if latency_load == "half" else 0.0,
         cancel_jobs=cancel_jobs, idle_seconds=idle_seconds, backlog=backlog, backlog_jobs=backlog_jobs,
         backlog_small=backlog_small, backlog_sample=backlog_sample, quick=quick, keep_dir=keep_dir,
         sections=tuple(x.strip() for x in only.split(",") if x.strip()),
