@@ -3,10 +3,13 @@
 Workers are forked from a fork server (`forkserver`, where the platform has it) that has imported
 the workers' code once (`PRELOAD`: `runners.fork_server_preload`); never plain `fork`, which would
 copy a daemon's threads and locks. Importing that code takes the server a large part of a
-daemon's start, so `supervisor.daemon.app` starts the server first, before the daemon imports its
-own modules, when the handler files' text says a `process` type is likely (`likely_needed`): both
-imports then run at once, on two cores. A wrong guess costs an idle fork server (it exits with the
-daemon); a missed one costs the head start only: the pool starts the server when it first needs it.
+daemon's start, so `job-supervisor run` starts the server first, before it even reads its
+settings, when the handler files' text says a `process` type is likely (`likely_needed`, on the
+folder the `--jobs-dir` flag, `JOB_SUPERVISOR_JOBS_DIR` or the default name): both imports then
+run at once, on two cores. `supervisor.daemon.app` asks again with the settings' folder (one
+set in a TOML or .env file), before the daemon imports its own modules. A wrong guess costs an
+idle fork server (it exits with the daemon); a missed one costs the head start only: the pool
+starts the server when it first needs it.
 This module imports only the standard library.
 """
 
@@ -44,6 +47,12 @@ def likely_needed(jobs_dir: Path, default_runtime: str) -> bool:
     return False
 
 
+def start_if_likely(jobs_dir: Path, default_runtime: str) -> None:
+    """`start_early` when `likely_needed` says so; a server already running is kept."""
+    if likely_needed(jobs_dir, default_runtime):
+        start_early()
+
+
 def start_early() -> None:
     """Start the fork server now (a fork and exec: it imports `PRELOAD` in its own process while
     the caller goes on); the pool's first worker start then finds it running."""
@@ -55,4 +64,4 @@ def start_early() -> None:
     forkserver.ensure_running()
 
 
-__all__ = ["PRELOAD", "default_start_method", "likely_needed", "start_early"]
+__all__ = ["PRELOAD", "default_start_method", "likely_needed", "start_early", "start_if_likely"]

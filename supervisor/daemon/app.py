@@ -40,8 +40,7 @@ async def run_daemon(settings: Settings, reload_settings: Callable[[], Settings]
     from supervisor.daemon.redis_server import spawn_embedded  # noqa: PLC0415
 
     embedded = spawn_embedded(Path(settings.state_dir)) if settings.redis_url_value() is None else None
-    if fork_server.likely_needed(Path(settings.jobs_dir), settings.default_runtime):
-        fork_server.start_early()
+    fork_server.start_if_likely(Path(settings.jobs_dir), settings.default_runtime)  # kept when `run` started it
     try:
         from supervisor.daemon.daemon import Daemon  # noqa: PLC0415
 

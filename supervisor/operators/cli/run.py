@@ -29,6 +29,14 @@ def run(ctx: click.Context, jobs_dir: Path | None, tasks_dir: Path | None, confi
     # No cyclic collection while the start builds ~100k objects that live as long as the daemon
     # (settings, modules, handlers): the daemon freezes them and collects again at READY.
     gc.disable()
+    import os  # noqa: PLC0415
+
+    from runners import fork_server  # noqa: PLC0415
+
+    # Before the settings (pydantic) are even imported, a guess from the flag or the environment:
+    # the pool's fork server then imports beside them (runners/fork_server.py).
+    fork_server.start_if_likely(jobs_dir or Path(os.environ.get("JOB_SUPERVISOR_JOBS_DIR") or "jobs"),
+                                os.environ.get("JOB_SUPERVISOR_DEFAULT_RUNTIME") or "inprocess")
     from supervisor.observability import log  # noqa: PLC0415
     from supervisor.observability.optional_imports import refuse_unused  # noqa: PLC0415
 
