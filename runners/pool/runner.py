@@ -132,6 +132,7 @@ class ProcessPoolRunner:
         )
         self._workers = self._set.workers  # by pid (the same dict: the set adds and removes them)
         self._pending: deque[PoolJob] = deque()  # runs no worker has room for yet, oldest first
+        self._async_waiting = 0  # of which runs of async types, at most (`_pump`)
         self._closing = False
         self._tasks: set[asyncio.Future[None]] = set()  # child enqueues in flight
         self._long_timer: asyncio.TimerHandle | None = None  # next check for long-running jobs
@@ -241,6 +242,8 @@ class ProcessPoolRunner:
         loop = asyncio.get_running_loop()
         job = PoolJob(request, events, loop.create_future())
         self._pending.append(job)
+        if request.name in self._set.async_types:
+            self._async_waiting += 1
         self._pump()
         # A CancelSignal calls back when set: no task waits on each run (one task per job costs
         # the daemon's loop more than the rest of the pool's work for a short job).
@@ -273,7 +276,9 @@ class ProcessPoolRunner:
         return result
 
     def _pump(self) -> None:
-        """Send pending runs, oldest first, to the least-loaded workers that have room."""
+        """Send pending runs to the least-loaded workers that have room, oldest first; a run of an
+        async type goes past the sync runs that wait for a lane (it takes none: its worker's event
+        loop starts it as it arrives), never one sync run past another."""
         pending = self._pending
         if not pending:
             return
@@ -281,18 +286,28 @@ class ProcessPoolRunner:
         now = self._loop.time()
         while pending:
             job = pending[0]
-            if job.fut.done():
-                pending.popleft()
-                continue
-            w = self._pick(job, now)
-            if w is None:
-                return  # oldest first: nothing overtakes the run at the head
+            w = None if job.fut.done() else self._pick(job, now)
+            if w is None and not job.fut.done():
+                break  # oldest first: no sync run overtakes the run at the head
             pending.popleft()
-            req = job.request
-            job.worker = w
-            w.queued[req.job_id] = job
-            w.post(pack(["run", req.job_id, req.name, req.attempt, req.payload_json, req.context,
-                         req.deadline, job.lanes]))
+            if w is not None:
+                self._send(job, w)
+        if pending and self._async_waiting:  # a hint (counted as they came): an async run may wait behind
+            self._async_waiting = 0
+            names = self._set.async_types
+            for job in [j for j in pending if j.request.name in names and not j.fut.done()]:
+                if (w := self._pick(job, now)) is None:
+                    self._async_waiting += 1
+                    continue
+                pending.remove(job)
+                self._send(job, w)
+
+    def _send(self, job: PoolJob, w: Worker) -> None:
+        req = job.request
+        job.worker = w
+        w.queued[req.job_id] = job
+        w.post(pack(["run", req.job_id, req.name, req.attempt, req.payload_json, req.context,
+                     req.deadline, job.lanes]))
 
     def _pick(self, job: PoolJob, now: float) -> Worker | None:
         """The ready worker of the current generation where `job` starts soonest, then holding the
@@ -310,7 +325,8 @@ class ProcessPoolRunner:
             if name in w.async_types:
                 key = (0, load)  # its event loop starts it as it arrives
             else:
-                key = self._sync_place(w, lanes, now, load)
+                where = w.sync_place(lanes, now, self._avg_run_s, self._short_s, self.reclaim_after_s, self.queue_depth)
+                key = (where, load if where < 2 else 0)
             if key < best_key:
                 best, best_key = w, key
                 if key == (0, 0):
@@ -329,33 +345,6 @@ class ProcessPoolRunner:
         if busy is None or self.threads == 1:
             return 1
         return max(1, min(self.threads, int(1 / max(busy, 0.01))))
-
-    def _sync_place(self, w: Worker, lanes: int, now: float, load: int) -> tuple[int, int]:
-        """(0, load) when `w`'s lanes start a sync run at once, (1, load) when it may queue there
-        (behind short runs only, `queue_depth` at most), else (2, 0): not there."""
-        avg, short = self._avg_run_s, self._short_s
-        queued = 0
-        short_ahead = True  # every sync job `w` holds is of a short type, none it runs has run long
-        for q in w.queued.values():
-            if not q.is_async:
-                queued += 1
-                if short_ahead and avg.get(q.request.name, short) >= short:
-                    short_ahead = False
-        running = 0
-        alone = False  # one of its sync runs must run alone
-        for r in w.running.values():
-            if r.is_async:
-                continue
-            running += 1
-            alone = alone or r.lanes < 2
-            if short_ahead and (avg.get(r.request.name, short) >= short or (
-                    r.started_at is not None and now - r.started_at >= self.reclaim_after_s)):
-                short_ahead = False
-        if not queued and (not running or (lanes > 1 and running < lanes and not alone)):
-            return (0, load)
-        if queued < self.queue_depth and short_ahead:
-            return (1, load)
-        return (2, 0)
 
     def _ran(self, job: PoolJob) -> None:
         """Fold a run's time (so far) into its type's average."""
@@ -388,6 +377,7 @@ class ProcessPoolRunner:
             else:
                 again.append(job)
         self._pending.extendleft(reversed(again))
+        self._async_waiting += sum(j.is_async for j in again)
 
     def _abandon(self, job: PoolJob) -> None:
         """The caller stopped waiting for `job`: take it out of the pool."""

@@ -105,6 +105,32 @@ class Worker(PipeEnd):
         """Jobs it holds: those it runs and those queued in it."""
         return len(self.queued) + len(self.running)
 
+    def sync_place(self, lanes: int, now: float, avg_run_s: dict[str, float], short_s: float,
+                   long_after_s: float, queue_depth: int) -> int:
+        """0 when its lanes start a sync run given `lanes` at once, 1 when the run may queue here
+        (behind short runs only: their type's `avg_run_s` under `short_s`, none running for
+        `long_after_s`; `queue_depth` at most), else 2: not here."""
+        queued = 0
+        short_ahead = True  # every sync job it holds is of a short type, none it runs has run long
+        for q in self.queued.values():
+            if not q.is_async:
+                queued += 1
+                if short_ahead and avg_run_s.get(q.request.name, short_s) >= short_s:
+                    short_ahead = False
+        running = 0
+        alone = False  # one of its sync runs must run alone
+        for r in self.running.values():
+            if r.is_async:
+                continue
+            running += 1
+            alone = alone or r.lanes < 2
+            if short_ahead and (avg_run_s.get(r.request.name, short_s) >= short_s or (
+                    r.started_at is not None and now - r.started_at >= long_after_s)):
+                short_ahead = False
+        if not queued and (not running or (lanes > 1 and running < lanes and not alone)):
+            return 0
+        return 1 if queued < queue_depth and short_ahead else 2
+
     def sync_running(self) -> list[PoolJob]:
         """The sync jobs it runs (in its lanes)."""
         return [j for j in self.running.values() if not j.is_async]

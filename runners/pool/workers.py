@@ -97,6 +97,7 @@ class WorkerSet:
         self.closing = False
         self.load_errors: dict[str, str] = {}  # path -> cause, as the newest ready worker reported
         self.types: list[str] = []  # job types the newest ready worker serves
+        self.async_types: frozenset[str] = frozenset()  # of which those it runs on its event loop
         self._early_deaths = 0  # consecutive workers that died before ready (crash-loop backoff)
         self._spawns: set[asyncio.Future[None]] = set()  # delayed replacements (crash-loop backoff)
         self.outbox: Outbox | None = None
@@ -192,7 +193,7 @@ class WorkerSet:
         w.async_types = frozenset(more[0] if more else ())
         self._early_deaths = 0
         w.types = list(types or [])
-        self.types = w.types
+        self.types, self.async_types = w.types, w.async_types
         self.load_errors = dict(errors or {})
         if not w.ready.done():
             w.ready.set_result(True)

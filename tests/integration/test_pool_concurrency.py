@@ -190,6 +190,24 @@ async def test_sync_jobs_that_mostly_wait_share_the_worker_lanes(pool: MakePool,
     assert len({r.result["pid"] for r in results}) == 1 and max_overlap(results) == 3
 
 
+async def test_an_async_job_starts_while_sync_jobs_wait_for_a_lane(pool: MakePool, tmp_path: Path) -> None:
+    # Given one worker with one sync lane and no queue, busy with a sync job, and two more waiting in the pool
+    runner = await pool(1, queue_depth=0)
+    futs, _, _ = await start_all(runner, "t.wait", gate(tmp_path, "sync"), 1)
+    waiting = [asyncio.ensure_future(run(runner, request("t.wait", gate(tmp_path, "sync")))) for _ in range(2)]
+    await await_until(lambda: len(runner._pending) == 2, timeout=15, what="two sync runs waiting for the lane")
+    # When an async job arrives behind them
+    (async_run,), _, _ = await start_all(runner, "t.await", gate(tmp_path, "async"), 1)
+    # Then it runs at once on the worker's event loop (it needs no lane), ahead of the sync runs
+    assert not any(f.done() for f in [*futs, *waiting])
+    open_gate(tmp_path, "async")
+    assert (await async_run).status is RunStatus.COMPLETED
+    assert not any(f.done() for f in waiting)  # still in order behind the running sync job
+    open_gate(tmp_path, "sync")
+    results = await asyncio.gather(*futs, *waiting)
+    assert all(r.status is RunStatus.COMPLETED for r in results), results
+
+
 async def test_cpu_bound_sync_jobs_run_one_at_a_time_in_a_worker(pool: MakePool) -> None:
     # Given one worker with three sync lanes, and a sync type measured as CPU-bound
     runner = await pool(1, threads=3)
