@@ -21,7 +21,8 @@ Design, and why:
   CPU-bound ones (and types not measured yet) run one at a time per worker, on its
   main thread, as before. The daemon places a job where it starts at once (an
   async type, a free lane), else queues it behind short sync runs only, else keeps
-  it in the pool. Chosen over workers that claim and settle in Redis themselves:
+  it in the pool, oldest first; a run of an async type goes past the sync runs kept
+  there (it needs no lane), never a sync run past another. Chosen over workers that claim and settle in Redis themselves:
   that would remove the hop, but it needs Redis credentials and a second copy of
   the claim, lease, fencing and settle path in every worker, against the rule
   that runners never touch Redis; with batches the hop costs the daemon less than
