@@ -22,9 +22,10 @@ Design, and why:
   main thread, as before. The daemon places a job where it starts at once (an
   async type, a free lane), else queues it behind short sync runs only, else keeps
   it in the pool, oldest first; a run of an async type goes past the sync runs kept
-  there (it needs no lane), never a sync run past another. Chosen over workers that claim and settle in Redis themselves:
-  that would remove the hop, but it needs Redis credentials and a second copy of
-  the claim, lease, fencing and settle path in every worker, against the rule
+  there (it needs no lane), never a sync run past another. Chosen over workers that
+  claim and settle in Redis themselves: that would remove the hop, but it needs
+  Redis credentials and a second copy of the claim, lease, fencing and settle
+  path in every worker, against the rule
   that runners never touch Redis; with batches the hop costs the daemon less than
   the claim and settle it does anyway. The price of sharing a process: a worker
   killed for one job (its timeout, an ignored cancel, a crash) takes the jobs
