@@ -481,10 +481,11 @@ async def health(redis: aioredis.Redis) -> dict[str, Any]:
 
 
 async def unserved_backlog(redis: aioredis.Redis) -> list[dict[str, Any]]:
-    """Job types with jobs queued (pending, delayed, retrying or leased) that no live instance
-    serves: those jobs wait until one does. One problem per type, with who served it last."""
+    """Job types with jobs queued (pending, delayed, retrying, leased, or waiting on their
+    dependencies) that no live instance serves: those jobs wait until one does. One problem per
+    type, with who served it last."""
     names = sorted(cast(set[str], await redis.smembers(keys.TYPES_KEY)))
-    parts = ("ready", "sched", "active")
+    parts = ("ready", "sched", "active", "waiting")
     async with redis.pipeline(transaction=False) as pipe:
         for name in names:
             for part in parts:

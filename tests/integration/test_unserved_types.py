@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from supervisor.engine.states import State
 from supervisor.errors import UnknownJobType
 from supervisor.operators.api.app import create_app
 from supervisor.producers.client import SyncClient
@@ -114,12 +115,15 @@ def test_a_removed_file_is_unserved_refused_and_unhealthy(
     assert "unknown_job_type" in refused.stderr and f"last served by instance {instance}" in refused.stderr
     allowed = _cli(redis_url, "enqueue", "t.gone", "{}", "--allow-unknown")
     assert allowed.returncode == 0 and allowed.stdout.startswith("queued "), allowed.stderr
-    # And `health` reports the queued job of an unserved type: non-zero exit
+    with SyncClient(redis_url, allow_unknown=True) as producer:  # and one waiting on that job
+        after = producer.enqueue("t.gone", {}, depends_on=[allowed.stdout.split()[1]])
+        assert producer.get(after.id).state is State.WAITING
+    # And `health` reports the queued and waiting jobs of an unserved type: non-zero exit
     health = _cli(redis_url, "health")
     assert health.returncode == 1 and "t.gone" in health.stderr and "no live instance serves it" in health.stderr
     report = json.loads(_cli(redis_url, "health", "--json").stdout)
     assert report["status"] == "degraded"
-    assert [(p["type"], p["queued"]) for p in report["problems"]] == [("t.gone", len(meanwhile) + 1)]
+    assert [(p["type"], p["queued"]) for p in report["problems"]] == [("t.gone", len(meanwhile) + 2)]
     # And the API says the same
     api = asyncio.run(_api(redis_url))
     served_now = {t["name"]: t["served"] for t in api["types"]}
