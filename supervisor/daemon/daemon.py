@@ -556,6 +556,7 @@ async def _wait_for_redis(broker: Broker, url: str, stop: asyncio.Event) -> None
             if stop.is_set():
                 raise
             log.warning("redis.unavailable", op="connect", url=mask_url(url), error=str(exc), retry_in_s=delay)
+            gc.enable()  # `run` starts without the collector; a wait of any length collects (each try's cycles)
             try:
                 await asyncio.wait_for(stop.wait(), delay)
             except TimeoutError:

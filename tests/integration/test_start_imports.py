@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor import Client, State
+from supervisor.daemon.redis_server import RedisServer, free_port
 from tests.conftest import HANDLERS, ROOT, await_until
 
 _until = functools.partial(await_until, timeout=15.0)
@@ -70,3 +71,23 @@ async def test_the_collector_runs_again_once_the_daemon_is_ready(redis_url: str,
         job = await client.wait((await client.enqueue("t.gc-state", {})).id, timeout=30)
     assert job.state is State.COMPLETED
     assert job.result["enabled"] is True and job.result["frozen"] > 10_000  # start-up objects frozen
+
+
+async def test_a_daemon_started_before_redis_waits_collects_and_serves(daemon: Any, jobs_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    # Given a daemon started while its Redis is not up yet
+    (jobs_dir / "gc_state.py").write_text(_GC_PROBE)
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    d = daemon(url=url, wait=False)
+    await _until(lambda: any(e.get("op") == "connect" for e in d.events("redis.unavailable")), what="its retries")
+    # When Redis comes up, then it reaches READY and runs jobs, with the collector on
+    server = RedisServer(tmp_path / "late-redis", port=port).start()
+    try:
+        d.wait_ready()
+        async with Client(url) as client:
+            job = await client.wait((await client.enqueue("t.gc-state", {})).id, timeout=30)
+        assert job.state is State.COMPLETED and job.result["enabled"] is True
+    finally:
+        d.stop()
+        server.stop()
