@@ -22,6 +22,14 @@ _until = functools.partial(await_until, timeout=20.0)  # a condition, with a dea
 
 
 
+@pytest.fixture
+def keyed_published(use_handlers: Any, daemon: Any) -> None:
+    """The keyed handlers' types published by a daemon that then stopped: no consumer runs, so
+    every job stays queued until a test starts one."""
+    use_handlers("keyed")
+    daemon().stop()
+
+
 async def _state(client: Client, job_id: str) -> State:
     return (await client.get(job_id)).state
 
@@ -52,10 +60,7 @@ async def test_four_instances_never_overlap_within_a_key(redis_url: str, use_han
     assert len({j.instance for j in jobs}) > 1
 
 
-async def test_when_full_outcomes_and_resulting_states(redis_url: str, use_handlers: Any, daemon: Any) -> None:
-    use_handlers("keyed")
-    d = daemon()
-    d.stop()  # the types are published; no consumer runs, so every job stays queued
+async def test_when_full_outcomes_and_resulting_states(redis_url: str, keyed_published: None, daemon: Any) -> None:
     async with Client(redis_url) as client:
         # reject (the defaults: max_active 1, max_queued_per_key 0)
         first = await client.submit("t.reject", {"k": "a"})
@@ -189,11 +194,8 @@ async def _is(client: Client, job_id: str, state: State) -> bool:
 
 
 
-async def test_a_job_that_replaces_another_keeps_its_dependencies(redis_url: str, use_handlers: Any,
+async def test_a_job_that_replaces_another_keeps_its_dependencies(redis_url: str, keyed_published: None,
                                                                   daemon: Any) -> None:
-    use_handlers("keyed")
-    d = daemon()
-    d.stop()  # the types are published; no consumer runs, so every job stays queued
     async with Client(redis_url) as client:
         # Given a key whose queue is full, and a job the next one depends on
         dep = await client.submit("t.replace", {"k": "b", "v": 0})
@@ -208,11 +210,8 @@ async def test_a_job_that_replaces_another_keeps_its_dependencies(redis_url: str
     assert done.state is State.COMPLETED and done.result["v"] == 3
 
 
-async def test_enqueue_many_links_every_queued_job_even_when_one_is_rejected(redis_url: str, use_handlers: Any,
+async def test_enqueue_many_links_every_queued_job_even_when_one_is_rejected(redis_url: str, keyed_published: None,
                                                                              daemon: Any) -> None:
-    use_handlers("keyed")
-    d = daemon()
-    d.stop()  # the types are published; no consumer runs, so every job stays queued
     async with Client(redis_url) as client:
         # Given a key that refuses a second queued job, and a job others will depend on
         dep = await client.enqueue("t.replace", {"k": "b", "v": 0})
