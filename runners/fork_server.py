@@ -22,6 +22,7 @@ from pathlib import Path
 #: What the fork server imports before it forks any worker (handler files are loaded by each worker).
 PRELOAD = ["runners.fork_server_preload"]
 _PROCESS = re.compile(rb"""runtime\s*=\s*["']process["']""")
+_ASKED: set[tuple[Path, str]] = set()  # (folder, default runtime) pairs `start_if_likely` checked
 
 
 def default_start_method() -> str:
@@ -48,7 +49,12 @@ def likely_needed(jobs_dir: Path, default_runtime: str) -> bool:
 
 
 def start_if_likely(jobs_dir: Path, default_runtime: str) -> None:
-    """`start_early` when `likely_needed` says so; a server already running is kept."""
+    """`start_early` when `likely_needed` says so; a server already running is kept, and a folder
+    asked about already (`run`'s guess, then the settings' same folder) is not read again."""
+    asked = (Path(jobs_dir).absolute(), default_runtime)
+    if asked in _ASKED:
+        return
+    _ASKED.add(asked)
     if likely_needed(jobs_dir, default_runtime):
         start_early()
 
