@@ -1,5 +1,6 @@
 """Settings: validated once at start, then passed down (nothing else reads os.environ for a
-setting; `run` only peeks at `JOB_SUPERVISOR_JOBS_DIR` to start the pool's fork server early).
+setting; `run` only peeks at `JOB_SUPERVISOR_JOBS_DIR` and `JOB_SUPERVISOR_DEFAULT_RUNTIME` to start
+the pool's fork server early).
 
 Sources, highest first (SPEC §13): command-line flags, environment variables
 (`REDIS_URL` and `WORKERS_CONCURRENCY` as they are, everything else prefixed
