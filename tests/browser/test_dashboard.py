@@ -170,7 +170,7 @@ def test_keys_page_shows_who_holds_and_who_waits(browser: Browser, served: Calla
     expect(page.locator("article[data-instance^='d0:']")).to_contain_text(f"{refs[0].id} ui.keyed, attempt 1, running")
     _shot(page, "workers-in-flight")
     page.get_by_role("link", name="Keys").click()
-    page.get_by_label("Type").select_option("ui.keyed")
+    page.locator("select[name=type]").select_option("ui.keyed")
     page.get_by_role("textbox", name="Key").fill("acme")
     page.get_by_role("button", name="Show").click()
     expect(page.get_by_role("heading", name="Holders (1)")).to_be_visible()
@@ -261,7 +261,7 @@ def test_pause_keeps_jobs_pending_and_bulk_replay_of_dead_jobs_by_filter(
     for ref in dead:
         client.wait(ref.id, timeout=20)
     page.get_by_role("link", name="Dead letters").click()
-    page.get_by_label("Type").select_option("ui.fail")
+    page.locator("select[name=type]").select_option("ui.fail")
     page.get_by_role("button", name="Apply").click()
     expect(page.locator("tr[data-job]")).to_have_count(6)
     page.get_by_text("Bulk action on this filter").click()
