@@ -8,13 +8,16 @@ and stops them with real signals.
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import functools
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +33,38 @@ from supervisor.engine.broker import Broker, connect
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDLERS = Path(__file__).parent / "handlers"
+
+
+def _guard_ast_parse() -> None:
+    """Make `ast.parse` in the test processes immune to CPython's shared AST depth counter.
+
+    CPython 3.11 keeps the AST constructor's recursion depth in interpreter-wide state
+    (cpython#106905). A second conversion while one is in flight (another thread, or a
+    finalizer the garbage collector runs mid-parse that formats a traceback: 3.11 parses each
+    source line for its carets) makes the first raise a spurious SystemError. Hypothesis and
+    schemathesis parse lambda sources with `ast.parse` while generating, and CI's Python is
+    3.11.7: one such collision failed a fuzz test. A lock keeps two threads from converting at
+    once; a call that still lost the race (the same thread re-entered) is parsed again, which
+    is exact since parsing has no side effect.
+    """
+    parse = ast.parse
+    lock = threading.RLock()
+
+    @functools.wraps(parse)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        for attempt in range(3):
+            with lock:
+                try:
+                    return parse(*args, **kwargs)
+                except SystemError as exc:
+                    if "recursion depth mismatch" not in str(exc) or attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
+
+    ast.parse = guarded
+
+
+_guard_ast_parse()
 
 
 def cli_env(**extra: str) -> dict[str, str]:
