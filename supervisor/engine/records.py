@@ -52,7 +52,7 @@ def check_text(value: str) -> str:
 def loads(value: str) -> Any:
     """JSON text as read from Redis; ValueError for anything else, including a JSON string
     escape of a lone surrogate (it would fail every JSON answer later)."""
-    doc = json.loads(check_text(value), parse_constant=_no_constant)
+    doc = _DECODE(check_text(value))
     if "\\u" in value and _SURROGATE_ESCAPE.search(value):  # rare: only then the deep check
         json.dumps(doc, ensure_ascii=False).encode("utf-8")
     return doc
@@ -60,6 +60,10 @@ def loads(value: str) -> Any:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # Python's json reads NaN/Infinity; no JSON answer can hold them
+
+
+# One decoder for every read: `json.loads` with an option builds a new decoder per call.
+_DECODE = json.JSONDecoder(parse_constant=_no_constant).decode
 
 
 def _ms(value: str | None) -> datetime | None:
