@@ -145,10 +145,10 @@ class Dispatcher(Liveness):
     async def stop_fetching(self) -> None:
         """Claim nothing more; jobs in flight keep running.
 
-        Loops blocked on a queue's wake-up key are woken through that key (cancelling a
-        blocking call that is still connecting is not prompt in redis-py); a loop in the middle
-        of a claim finishes it, so no claimed job is dropped. The wake-up we cause is harmless
-        to other instances: at worst they make one empty claim.
+        Loops blocked in a wait are woken through a key only that wait blocks on (`Broker.halt`:
+        cancelling a blocking call that is still connecting is not prompt in redis-py), so other
+        instances idle on the same types keep waiting; a loop in the middle of a claim finishes
+        it, so no claimed job is dropped.
         """
         self.fetching = False
         for lane in self.lanes.values():
@@ -160,10 +160,14 @@ class Dispatcher(Liveness):
         if not fetches:
             return
         _, pending = await asyncio.wait(fetches, timeout=1.0)
-        for task in pending:  # only waits another instance's wake-up took: their claims are halted
+        if not pending:
+            return
+        # Waits the halt did not end (Redis slow, or gone): the claims queued behind them are halted.
+        log.warning("fetch.waits_cancelled", job_types=sorted(lane.served.name for lane in self.lanes.values()
+                                                               if lane.fetch in pending))
+        for task in pending:
             task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=1.0)
+        await asyncio.wait(pending, timeout=1.0)
 
     def track_shutdown(self) -> None:
         """Remember from now on every job in flight (`shutdown_jobs`), for the shutdown report."""

@@ -296,19 +296,18 @@ class Broker:
         `halt(name, halt_token)` ran (a fetch loop told to stop while it waited).
         """
         prefix, job_prefix = _prefixes(name)
+        # It also wakes on the loop's own key, which only `halt` writes (see lua/halt.lua).
         reply = await self._waiter(name).wait_then_evalsha(
-            prefix + "marker", max(timeout_s, 0.001), CLAIM, [prefix + keys.ROUTE],
+            [prefix + "marker", prefix + f"hw:{halt_token}"], max(timeout_s, 0.001), CLAIM, [prefix + keys.ROUTE],
             [prefix, job_prefix, instance, n, ack_wait_ms, max_deliver, rate, period_ms, halt_token])
         return _claim_batch(name, reply)
 
     async def halt(self, names: Iterable[str], halt_token: str, ttl_ms: int) -> None:
         """Tell the claims a fetch loop sent behind its waits (`wait_then_claim` with
-        `halt_token`) to claim nothing, then wake the loop's queues so its waits end."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for name in names:  # the halt key first: Redis runs the claim after the wake-up
-                pipe.set(keys.index_key(name, f"halt:{halt_token}"), 1, px=ttl_ms)
-                pipe.zadd(keys.index_key(name, "marker"), {"m": 0})
-            await pipe.execute()
+        `halt_token`) to claim nothing, and end those waits: each through a key only the
+        loop's own wait blocks on, so another instance idle on the same type keeps waiting."""
+        for name in names:
+            await self.run_type_script("halt", name, [halt_token, ttl_ms])
 
     async def key_status(self, name: str, key: str) -> dict[str, Any]:
         """The state of one concurrency key: active jobs, queued depth, last decision, takeovers."""

@@ -193,10 +193,10 @@ class ClusterWire:
         result: bool = await self._routed(key, lambda w: w.wait(key, timeout_s))
         return result
 
-    async def wait_then_evalsha(self, key: str, timeout_s: float, script: Script, keys: Sequence[str],
-                                args: Sequence[Any]) -> Any:
+    async def wait_then_evalsha(self, wait_keys: list[str], timeout_s: float, script: Script,
+                                keys: Sequence[str], args: Sequence[Any]) -> Any:
         cmd = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        return await self._routed(keys[0], lambda w: w.wait_then_evalsha(key, timeout_s, script, keys, args),
+        return await self._routed(keys[0], lambda w: w.wait_then_evalsha(wait_keys, timeout_s, script, keys, args),
                                   cmd, script)
 
     def blocking(self) -> ClusterWire:

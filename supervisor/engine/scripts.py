@@ -27,6 +27,7 @@ _LUA_DIR = Path(__file__).parent / "lua"  # shipped as files in every install (w
 SCRIPT_NAMES = (
     "enqueue", "claim", "complete", "fail", "cancel", "expire",
     "release", "revive", "dismiss", "heartbeat", "pause", "bulk",
+    "halt",  # ends a stopping fetch loop's wait, its queued claim claiming nothing (supervisor.daemon.dispatcher)
     "release_instance",  # the leases of an instance found dead on its own host (supervisor.daemon.janitor)
     "deps", "batch",  # workflows: dependencies and their release, batches (supervisor.engine.deps)
 )

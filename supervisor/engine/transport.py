@@ -54,10 +54,11 @@ class ScriptTransport(Protocol):
     async def wait(self, key: str, timeout_s: float) -> bool:
         """BZPOPMIN `key` for up to `timeout_s`: True when something woke it."""
 
-    async def wait_then_evalsha(self, key: str, timeout_s: float, script: Script, keys: Sequence[str],
-                                args: Sequence[Any]) -> Any:
-        """`wait`, then `evalsha` however the wait ended, at best in one round trip (Redis runs
-        the script the moment the wait ends); the script's reply."""
+    async def wait_then_evalsha(self, wait_keys: list[str], timeout_s: float, script: Script,
+                                keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """BZPOPMIN on `wait_keys` (one slot) for up to `timeout_s`, then `evalsha` however the
+        wait ended, at best in one round trip (Redis runs the script the moment the wait ends);
+        the script's reply."""
 
     def blocking(self) -> ScriptTransport:
         """A transport whose blocking waits hold up nothing else (one per waiting queue)."""
@@ -188,9 +189,10 @@ class RedisPyTransport:
     async def wait(self, key: str, timeout_s: float) -> bool:
         return await self._blocking.bzpopmin(key, timeout=timeout_s) is not None
 
-    async def wait_then_evalsha(self, key: str, timeout_s: float, script: Script, keys: Sequence[str],
-                                args: Sequence[Any]) -> Any:
-        await self.wait(key, timeout_s)  # two round trips: redis-py pipelines nothing behind a wait
+    async def wait_then_evalsha(self, wait_keys: list[str], timeout_s: float, script: Script,
+                                keys: Sequence[str], args: Sequence[Any]) -> Any:
+        # two round trips: redis-py pipelines nothing behind a wait
+        await self._blocking.bzpopmin(wait_keys, timeout=timeout_s)
         return await self.evalsha(script, keys, args)
 
     def blocking(self) -> RedisPyTransport:

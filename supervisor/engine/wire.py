@@ -350,13 +350,13 @@ class AsyncWire:
         self._outlast(timeout_s)
         return await self.call("BZPOPMIN", key, timeout_s) is not None
 
-    async def wait_then_evalsha(self, key: str, timeout_s: float, script: Script, keys: Sequence[str],
-                                args: Sequence[Any]) -> Any:
-        """BZPOPMIN `key`, and the script right behind it in the same write: Redis runs the script
-        the moment the wait ends, whatever ended it."""
+    async def wait_then_evalsha(self, wait_keys: list[str], timeout_s: float, script: Script,
+                                keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """BZPOPMIN `wait_keys`, and the script right behind it in the same write: Redis runs the
+        script the moment the wait ends, whatever ended it."""
         self._outlast(timeout_s)
         data = _evalsha(script, keys, args)
-        wait: tuple[Any, ...] = ("BZPOPMIN", key, timeout_s)
+        wait: tuple[Any, ...] = ("BZPOPMIN", *wait_keys, timeout_s)
         _, reply = await self._pipelined(hiredis.pack_command(wait) + data, 2)
         if isinstance(reply, redis_errors().ResponseError):
             if not is_noscript(reply):

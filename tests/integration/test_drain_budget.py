@@ -1,4 +1,5 @@
-"""SIGTERM: the daemon exits within drain_timeout + 1 s of the signal, whatever its jobs do.
+"""SIGTERM: the daemon exits within drain_timeout + 1 s of the signal, whatever its jobs do, and
+an idle daemon ends its own wait for jobs at once, whoever else waits on the same types.
 
 The jobs here ignore cancellation in each runtime (a sync in-process handler sleeping in its
 thread, a process handler sleeping in its worker, a task that ignores SIGTERM), and one job
@@ -12,6 +13,8 @@ import signal
 import time
 from pathlib import Path
 from typing import Any
+
+import redis as syncredis
 
 from supervisor import Client, State
 from tests.conftest import await_until, wait_until
@@ -78,6 +81,43 @@ async def test_sigterm_with_stubborn_jobs_exits_within_the_drain_budget(
     # and the final report counts them
     report = d.events("daemon.stopped")[0]["report"]
     assert report["jobs"] == {"finished": 1, "released": 3}
+
+
+IDLE_TYPE = """
+from supervisor import job
+
+
+@job("t.idle")
+async def idle(payload, ctx):
+    return None
+"""
+
+
+def _blocked_waits(redis: syncredis.Redis) -> int:
+    return sum(1 for c in redis.client_list() if c.get("cmd") == "bzpopmin")
+
+
+def test_daemons_idle_on_one_type_each_end_their_own_wait_on_sigterm(
+    redis_url: str, jobs_dir: Path, daemon: Any,
+) -> None:
+    # Given three daemons idle on the same type, each blocked in its wait for jobs (waits of up
+    # to a minute: none ends by itself during the test). Redis hands the type's wake-up to the
+    # daemon that waited longest, so a stop that woke its wait through it would end another's.
+    (jobs_dir / "idle.py").write_text(IDLE_TYPE)
+    daemons = [daemon(env={"JOB_SUPERVISOR_MAX_IDLE_WAIT": "60"}) for _ in range(3)]
+    redis = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        wait_until(lambda: _blocked_waits(redis) == 3, timeout=20, what="three blocked waits")
+        # When each gets SIGTERM in turn, the last one first (the others still wait meanwhile)
+        for left, d in zip((2, 1, 0), reversed(daemons), strict=True):
+            d.signal(signal.SIGTERM)
+            wait_until(lambda d=d: d.proc.poll() is not None, timeout=20, what="daemon exit")
+            assert d.proc.returncode == 0
+            # Then its halt ended its own wait, not another daemon's, which still waits
+            assert d.events("fetch.waits_cancelled") == [], _timeline(d)
+            assert _blocked_waits(redis) == left
+    finally:
+        redis.close()
 
 
 async def _logged(client: Client, job_id: str) -> bool:

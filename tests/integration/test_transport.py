@@ -42,7 +42,7 @@ async def test_a_forgotten_script_is_loaded_again_on_every_call_shape(
     for expected, call in ((3, lambda: transport.evalsha(INCR, ["n"], [2])),
                            (6, lambda: transport.evalsha_packed(INCR, packed.pack("3"))),
                            ([10, 15], lambda: transport.evalsha_stream(INCR, [("n", [4]), ("n", [5])])),
-                           (21, lambda: transport.wait_then_evalsha("nothing-comes", 0.01, INCR, ["n"], [6]))):
+                           (21, lambda: transport.wait_then_evalsha(["nothing-comes"], 0.01, INCR, ["n"], [6]))):
         await redis.script_flush()
         # When it is called again, each way the engine calls scripts, then it runs once, as if never forgotten
         assert await call() == expected
@@ -61,7 +61,7 @@ async def test_a_wait_ends_when_woken_and_the_script_runs_right_after(
         transport: ScriptTransport, redis: aioredis.Redis) -> None:
     # Given a wait on its own connection, blocked in Redis
     waiter = transport.blocking()
-    waiting = asyncio.ensure_future(waiter.wait_then_evalsha("wake", 10, INCR, ["n"], [7]))
+    waiting = asyncio.ensure_future(waiter.wait_then_evalsha(["wake"], 10, INCR, ["n"], [7]))
 
     async def blocked() -> bool:
         return int((await redis.info("clients"))["blocked_clients"]) > 0
@@ -74,6 +74,24 @@ async def test_a_wait_ends_when_woken_and_the_script_runs_right_after(
     assert await transport.wait("wake", 0.01) is False  # the member was popped by the wait
     await redis.zadd("wake", {"m": 0})
     assert await transport.wait("wake", 0.01) is True
+    if waiter is not transport:
+        await waiter.close()
+
+
+async def test_a_wait_on_several_keys_ends_on_any_of_them(
+        transport: ScriptTransport, redis: aioredis.Redis) -> None:
+    # Given a wait on two keys of one slot (a queue's wake-up key and a fetch loop's own)
+    waiter = transport.blocking()
+    waiting = asyncio.ensure_future(waiter.wait_then_evalsha(["{q}wake", "{q}own"], 10, INCR, ["n"], [3]))
+
+    async def blocked() -> bool:
+        return int((await redis.info("clients"))["blocked_clients"]) > 0
+
+    await await_until(blocked, timeout=10, what="the wait to block")
+    # When only the second key is written, then the wait ends and the script runs
+    await redis.zadd("{q}own", {"m": 0})
+    assert await asyncio.wait_for(waiting, 5) == 3
+    assert await redis.exists("{q}own", "{q}wake") == 0  # the wait popped what woke it
     if waiter is not transport:
         await waiter.close()
 

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from supervisor import Client, State
 from supervisor.engine import keys
-from supervisor.engine.broker import Broker, connect
+from supervisor.engine.broker import SCRIPTS, Broker, connect
 from supervisor.engine.transport import RedisPyTransport
 from tests.conftest import await_until
 
@@ -98,6 +98,55 @@ async def test_halt_ends_the_wait_and_the_loop_claims_nothing(
     batch = await asyncio.wait_for(waiting, 5)
     assert batch.jobs == []
     assert 0 < await redis.pttl(keys.index_key(NAME, "halt:tok-3")) <= 60_000  # it does not linger
+
+
+async def test_halt_ends_only_the_halted_loops_wait(
+        broker: Broker, redis_url: str, redis: aioredis.Redis) -> None:
+    # Given two instances idle on one type: A blocked first, so Redis would hand the queue's
+    # wake-up to A
+    other = Broker(connect(redis_url))
+    try:
+        first = await _wait_in_background(broker, redis, "tok-a")
+        second = await _wait_in_background(other, redis, "tok-b")
+        # When B's loop is halted (B stops)
+        await other.halt([NAME], "tok-b", 60_000)
+        # Then B's wait ends at once, long before its 10 s timeout, claiming nothing
+        assert (await asyncio.wait_for(second, 5)).jobs == []
+        # and A is still waiting, and still the one a producer's job wakes
+        assert not first.done() and await _blocked_waiters(redis) == 1
+        async with Client(redis_url, allow_unknown=True) as client:
+            ref = await client.enqueue(NAME, {"n": 7})
+            assert [job.id for job in (await asyncio.wait_for(first, 5)).jobs] == [ref.id]
+        assert await redis.exists(keys.index_key(NAME, "hw:tok-b")) == 0  # the wait popped its own wake-up
+    finally:
+        await other.close()
+
+
+async def test_a_halted_claim_passes_on_a_producers_wake_up_it_took(
+        broker: Broker, redis_url: str, redis: aioredis.Redis) -> None:
+    # Given a queued job whose wake-up was already used, and two idle instances, A blocked first
+    async with Client(redis_url, allow_unknown=True) as client:
+        ref = await client.enqueue(NAME, {"n": 8})
+    await redis.delete(keys.index_key(NAME, "marker"))
+    await broker.halt([NAME], "tok-warm", 1_000)  # loads the halt script
+    other = Broker(connect(redis_url))
+    try:
+        first = await _wait_in_background(broker, redis, "tok-c")
+        second = await _wait_in_background(other, redis, "tok-d")
+        # When a producer's wake-up and A's halt land together (one transaction: Redis serves the
+        # waits after both), so A's wait takes the producer's wake-up, not its own
+        prefix = keys.queue_prefix(NAME)
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(keys.index_key(NAME, "marker"), {"m": 0})
+            pipe.evalsha(SCRIPTS["halt"].sha, 1, prefix + keys.ROUTE, prefix, keys.job_prefix(NAME),
+                         "tok-c", 60_000)
+            await pipe.execute()
+        # Then A claims nothing, and passes the wake-up on: B claims the job
+        assert (await asyncio.wait_for(first, 5)).jobs == []
+        assert [job.id for job in (await asyncio.wait_for(second, 5)).jobs] == [ref.id]
+        assert await redis.exists(keys.index_key(NAME, "hw:tok-c")) == 0  # not left behind
+    finally:
+        await other.close()
 
 
 async def test_a_claim_script_redis_forgot_is_loaded_again(

@@ -23,7 +23,11 @@ local stop_keys = {P .. 'paused'}
 if ARGV[9] then stop_keys = {P .. 'paused', P .. 'halt:' .. ARGV[9], P .. 'halt:' .. inst} end
 if redis.call('EXISTS', unpack(stop_keys)) > 0 then
   if ARGV[9] and redis.call('EXISTS', stop_keys[2], stop_keys[3]) > 0 then
-    wake(P) -- the wake-up its wait took goes on to a live waiter
+    -- The wait this claim sat behind is over. The halt's own wake-up (halt.lua) ended it when
+    -- the wait popped its hw key; else it may have taken a producer's wake-up from the marker,
+    -- which goes on to a live waiter.
+    local own = P .. 'hw:' .. ARGV[9]
+    if redis.call('DEL', own) == 1 or redis.call('EXISTS', stop_keys[2]) == 0 then wake(P) end
   end
   return {now, -1, {}}
 end
