@@ -127,18 +127,31 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
 
 
 def read_sources(jobs_dir: Path) -> tuple[dict[str, Source], dict[str, HandlerImportError]]:
-    """Read every `.py` file of `jobs_dir` once (a snapshot), and the files that could not be read."""
+    """Read every `.py` file of `jobs_dir` once (a snapshot), and the files that could not be read.
+
+    A handler file with nothing in it counts as failing to load, so a reload keeps serving its
+    last good version: an editor or a deploy that rewrites a file in place empties it first, and a
+    reload that caught it between the two would otherwise take its types away (and keep them away
+    if the next version fails). Deleting the file is how its types are removed.
+    """
     sources: dict[str, Source] = {}
     errors: dict[str, HandlerImportError] = {}
     for path in sorted(Path(jobs_dir).glob("*.py")):
         if path.name.startswith("."):
             continue
         try:
-            sources[path.stem] = Source(path.stem, str(path), path.read_bytes())
+            text = path.read_bytes()
         except FileNotFoundError:
             continue  # removed since the listing
         except OSError as exc:
             errors[str(path)] = HandlerImportError(str(path), f"cannot read the file: {exc}")
+            continue
+        if not text.strip() and not path.stem.startswith("_"):  # `_` files are helpers, `__init__` may be empty
+            errors[str(path)] = HandlerImportError(
+                str(path), "the file is empty (still being written?); its last good version keeps serving. "
+                "Delete the file to remove its job types")
+            continue
+        sources[path.stem] = Source(path.stem, str(path), text)
     return sources, errors
 
 

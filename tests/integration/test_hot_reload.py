@@ -82,6 +82,37 @@ async def test_add_change_break_remove_a_handler_file(redis_url: str, use_handle
     assert d.proc.poll() is None
 
 
+async def test_a_file_caught_empty_mid_write_keeps_serving_its_last_good_version(
+        redis_url: str, daemon: Any, jobs_dir: Path) -> None:
+    # Given a daemon serving t.hot from hot.py
+    hot = jobs_dir / "hot.py"
+    hot.write_text(V1)
+    d = daemon()
+    async with Client(redis_url) as client:
+        assert await _result(client, "t.hot") == "v1"
+        # When a reload sees the file empty (an in-place rewrite caught between truncate and
+        # write), then it reports the file and t.hot keeps serving, without --allow-unknown
+        seen = _reloads(d)
+        hot.write_text("")
+        await _until(lambda: _bool(_reloads(d) > seen), what="reload of the emptied file")
+        errors = d.events("reload.done")[-1]["load_errors"]
+        assert any(p.endswith("hot.py") and "the file is empty" in e for p, e in errors.items()), errors
+        ref = await client.enqueue("t.hot", {})
+        assert (await client.wait(ref.id, timeout=10)).result == "v1"
+        # and a next version that fails to load still leaves the last good one serving
+        seen = _reloads(d)
+        hot.write_text(BROKEN)
+        await _until(lambda: _bool(_reloads(d) > seen), what="reload of the broken file")
+        ref = await client.enqueue("t.hot", {})
+        assert (await client.wait(ref.id, timeout=10)).result == "v1"
+        # and a good one serves
+        seen = _reloads(d)
+        hot.write_text(V2)
+        await _until(lambda: _bool(_reloads(d) > seen), what="reload of the new version")
+        assert await _result(client, "t.hot") == "v2"
+    assert d.proc.poll() is None
+
+
 async def test_sighup_reloads_settings_and_a_bad_edit_keeps_the_old(
         redis_url: str, use_handlers: Any, daemon: Any, tmp_path: Path) -> None:
     use_handlers("basic")
