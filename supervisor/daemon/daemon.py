@@ -209,7 +209,7 @@ class Daemon:
             dispatcher.track_shutdown()
         s = self.settings
         presence = Presence(self.broker.redis, self.instance_id, self.describe, s.presence_interval,
-                            version=__version__)
+                            version=__version__, republish=self._republish)
         janitor = Janitor(self.broker, interval_s=s.janitor_interval, max_finished=s.max_finished_per_type,
                           instance_id=self.instance_id, identity=presence.identity)
         scheduler = Scheduler(client, catalog.current.schedules, self.metrics)
@@ -230,6 +230,13 @@ class Daemon:
         await _wait_for_redis(self.broker, self.redis_url, self.signals.stop)
         for warning in await self.broker.check_server():
             log.warning("redis.unsafe", warning=warning)
+
+    async def _republish(self, names: list[str]) -> None:
+        """Publish the metadata of served types again (presence found it gone from Redis)."""
+        metas = self.parts.catalog.current.metas if self.parts is not None else {}
+        for name in names:
+            if name in metas:
+                await self.broker.publish_type(name, metas[name])
 
     def _make_runners(self, catalog: LiveCatalog, client: Client) -> dict[str, Runner]:
         """The runners every daemon has; the pool's is made when needed (`_add_runners`)."""
@@ -298,7 +305,7 @@ class Daemon:
         try:
             # before the types: a producer that sees a type published sees it served too (presence
             # announces the served types), and `workers` lists this instance by the time of READY=1
-            await parts.presence.publish()
+            await parts.presence.publish(check_metadata=False)  # the types are published next
         except REDIS_DOWN as exc:
             log.warning("redis.unavailable", op="presence", error=str(exc))
         for name, meta in parts.catalog.current.metas.items():

@@ -12,6 +12,10 @@ Each heartbeat also keeps, in the hash `js:instances:proc`, where this instance'
 a record that outlives the presence key's TTL, so an instance of the same host and boot can
 tell, from the record alone, that the process is gone (`process_gone`) and end its leases
 (`supervisor.daemon.janitor`). A clean stop, a release, or forgetting the instance removes it.
+
+Each heartbeat also checks that the published metadata of every type it serves is still there,
+and publishes it again when it is not (`republish`): a failover of Redis loses the writes its
+replica had not received yet, and a type whose metadata is gone is refused to producers.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -134,10 +138,12 @@ class Presence:
     """Publishes this instance's heartbeat every `interval_s`."""
 
     def __init__(self, redis: aioredis.Redis, instance_id: str, describe: Callable[[], dict[str, Any]],
-                 interval_s: float = 10.0, version: str = "") -> None:
+                 interval_s: float = 10.0, version: str = "",
+                 republish: Callable[[list[str]], Awaitable[None]] | None = None) -> None:
         self.redis = redis
         self.instance_id = instance_id
         self.describe = describe
+        self.republish = republish  # publishes the metadata of the served types named again
         self.interval_s = interval_s
         self.started = time.time()
         self.base = {"instance": instance_id, "host": socket.gethostname(), "pid": os.getpid(),
@@ -155,30 +161,40 @@ class Presence:
         doc["workers"] = [w for w in workers if w]
         return doc
 
-    async def publish(self) -> None:
+    async def publish(self, check_metadata: bool = True) -> None:
         """One heartbeat (also called at once after a hot reload, so a removed type stops
-        counting as served without waiting for the next beat)."""
+        counting as served without waiting for the next beat). `check_metadata=False`: the
+        types' metadata is not published yet (the first beat, at start), so it is not checked."""
         doc = self.snapshot()
         type_errors: dict[str, str] = doc.pop("type_errors", None) or {}
         served = set(doc.get("types") or ())
         ttl_ms = int(self.interval_s * 3000)
+        checked = sorted(served) if self.republish is not None and check_metadata else []
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(instance_key(self.instance_id), json.dumps(doc, default=str), px=ttl_ms)
             pipe.zadd(INSTANCES_KEY, {self.instance_id: doc["seen"]})
+            for name in checked:
+                pipe.exists(keys.meta_key(name))
             if self.identity is not None:
                 self._ever_served |= served
                 record = {**asdict(self.identity), "types": sorted(self._ever_served)}
                 pipe.hset(PROCESSES_KEY, self.instance_id, json.dumps(record))
             replies = await pipe.execute(raise_on_error=False)
-        for reply in replies[:2]:
+        found, record_reply = replies[2:2 + len(checked)], replies[2 + len(checked):]
+        for reply in [*replies[:2], *found]:
             if isinstance(reply, Exception):
                 raise reply
-        if replies[2:] and isinstance(replies[2], Exception) and not self._record_refused:
+        if record_reply and isinstance(record_reply[0], Exception) and not self._record_refused:
             # another program's value at the key: named once; presence and serving go on without it
-            err = CorruptRecord(PROCESSES_KEY, str(replies[2]))
+            err = CorruptRecord(PROCESSES_KEY, str(record_reply[0]))
             log.warning("record.corrupt", code=err.code, key=err.key, error=err.detail,
                         note="without its process record, a restart on this host waits out this instance's leases")
-        self._record_refused = bool(replies[2:]) and isinstance(replies[2], Exception)
+        self._record_refused = bool(record_reply) and isinstance(record_reply[0], Exception)
+        missing = [name for name, n in zip(checked, found, strict=True) if not n]
+        if missing and self.republish is not None:
+            log.warning("types.republished", job_types=missing,
+                        note="their published metadata was gone (a Redis failover that lost recent writes?)")
+            await self.republish(missing)
         await serving.announce(self.redis, self.instance_id, ttl_ms, serve=served, stop=self._served - served,
                                errors=type_errors, clear=self._errored - type_errors.keys())
         self._served, self._errored = served, set(type_errors)

@@ -10,7 +10,9 @@ from typing import Any
 from supervisor import Client, State
 from supervisor.daemon.janitor import Janitor
 from supervisor.daemon.presence import list_workers
+from supervisor.engine import keys
 from supervisor.engine.broker import Broker, connect
+from tests.conftest import await_until
 
 
 async def test_janitor_expires_past_deadline_and_trims_finished(redis_url: str) -> None:
@@ -95,3 +97,26 @@ async def test_clean_stop_withdraws_presence(redis_url: str, use_handlers: Any, 
     assert d.stop() == 0
     assert await list_workers(broker.redis) == []
     await broker.close()
+
+
+async def test_a_served_types_metadata_lost_in_redis_is_published_again(
+        redis_url: str, use_handlers: Any, daemon: Any) -> None:
+    # Given a daemon serving t.echo (heartbeat every 0.3 s), and a failover of Redis that lost the
+    # type's published metadata and its entry in the list of types (writes the replica had not got)
+    use_handlers("basic")
+    d = daemon(env={"JOB_SUPERVISOR_PRESENCE_INTERVAL": "0.3"})
+    broker = Broker(connect(redis_url))
+    try:
+        policy = (await broker.type_meta("t.echo"))["policy"]
+        await broker.redis.delete(keys.meta_key("t.echo"))
+        await broker.redis.srem(keys.TYPES_KEY, "t.echo")
+        # Then the next heartbeats publish it again, and a producer is served without --allow-unknown
+        await await_until(lambda: broker.type_meta("t.echo"), timeout=10, what="t.echo's metadata back")
+        assert (await broker.type_meta("t.echo"))["policy"] == policy
+        assert "t.echo" in await broker.type_names()
+        assert [e["job_types"] for e in d.events("types.republished")][:1] == [["t.echo"]]
+        async with Client(redis_url) as client:
+            ref = await client.enqueue("t.echo", {"value": "back"})
+            assert (await client.wait(ref.id, timeout=10)).state is State.COMPLETED
+    finally:
+        await broker.close()

@@ -17,6 +17,7 @@ from redis.exceptions import (
 
 from supervisor.engine import keys
 from supervisor.engine.broker import connect
+from supervisor.errors import UnknownJobType
 from supervisor.operators.admin import job_fields
 from supervisor.producers.client import Client
 from tests.conftest import DaemonProcess, await_until
@@ -25,6 +26,9 @@ from tests.conftest import DaemonProcess, await_until
 TYPES = [f"so.t{i:02d}" for i in range(20)]
 #: What a call may meet while a node is down or failed over: retried, not a failure.
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, RedisClusterException, ConnectionError, OSError)
+#: What an enqueue may meet during a failover, retried until acknowledged: Redis down, or a type whose
+#: published statements the failover lost (the daemons' next heartbeat writes them again).
+FAILOVER_RETRIED = (*REDIS_DOWN, UnknownJobType)
 
 
 async def completed_once(url: str, ids: dict[str, str]) -> Counter[str]:
