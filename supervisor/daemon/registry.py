@@ -148,8 +148,8 @@ def read_sources(jobs_dir: Path) -> tuple[dict[str, Source], dict[str, HandlerIm
             continue
         if not text.strip() and not path.stem.startswith("_"):  # `_` files are helpers, `__init__` may be empty
             errors[str(path)] = HandlerImportError(
-                str(path), "the file is empty (still being written?); its last good version keeps serving. "
-                "Delete the file to remove its job types")
+                str(path), "the file is empty (still being written?); the job types it last declared keep "
+                "serving. Delete the file to remove them")
             continue
         sources[path.stem] = Source(path.stem, str(path), text)
     return sources, errors
