@@ -286,12 +286,12 @@ class ProcessPoolRunner:
         now = self._loop.time()
         while pending:
             job = pending[0]
-            w = None if job.fut.done() else self._pick(job, now)
-            if w is None and not job.fut.done():
-                break  # oldest first: no sync run overtakes the run at the head
-            pending.popleft()
-            if w is not None:
+            if not job.fut.done():
+                w = self._pick(job, now)
+                if w is None:
+                    break  # oldest first: no sync run overtakes the run at the head
                 self._send(job, w)
+            pending.popleft()
         if pending and self._async_waiting:  # a hint (counted as they came): an async run may wait behind
             self._async_waiting = 0
             names = self._set.async_types

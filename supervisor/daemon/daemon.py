@@ -19,7 +19,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -209,7 +209,7 @@ class Daemon:
             dispatcher.track_shutdown()
         s = self.settings
         presence = Presence(self.broker.redis, self.instance_id, self.describe, s.presence_interval,
-                            version=__version__, republish=self._republish)
+                            version=__version__, republish=self._publish_types)
         janitor = Janitor(self.broker, interval_s=s.janitor_interval, max_finished=s.max_finished_per_type,
                           instance_id=self.instance_id, identity=presence.identity)
         scheduler = Scheduler(client, catalog.current.schedules, self.metrics)
@@ -231,8 +231,9 @@ class Daemon:
         for warning in await self.broker.check_server():
             log.warning("redis.unsafe", warning=warning)
 
-    async def _republish(self, names: list[str]) -> None:
-        """Publish the metadata of served types again (presence found it gone from Redis)."""
+    async def _publish_types(self, names: Iterable[str]) -> None:
+        """Publish the metadata of these served types (at start, and again when presence finds
+        it gone from Redis)."""
         metas = self.parts.catalog.current.metas if self.parts is not None else {}
         for name in names:
             if name in metas:
@@ -308,8 +309,7 @@ class Daemon:
             await parts.presence.publish(check_metadata=False)  # the types are published next
         except REDIS_DOWN as exc:
             log.warning("redis.unavailable", op="presence", error=str(exc))
-        for name, meta in parts.catalog.current.metas.items():
-            await self.broker.publish_type(name, meta)
+        await self._publish_types(parts.catalog.current.metas)
         if self._runners_started is not None:  # before a lane claims: every claimed job has its runner
             await self._runners_started
         await parts.dispatcher.start()
