@@ -1,12 +1,15 @@
 """Logged exceptions carry their traceback but never a frame's local variables (secrets live there);
-the libraries' optional imports the daemon never uses stay out of it."""
+the libraries' optional imports the daemon never uses stay out of it; the daemon's batched lines
+all arrive, in order."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import subprocess
 import sys
+import threading
 
 import pytest
 import structlog
@@ -66,3 +69,50 @@ def test_the_daemon_leaves_out_what_it_never_uses_and_still_logs_tracebacks(fmt:
         assert frames["exc_value"] == "provider down" and frames["frames"][0]["lineno"] == 9
     else:
         assert "Traceback" in done.stdout and "provider down" in done.stdout
+
+
+class _Writes(io.StringIO):
+    """A stream that counts the writes reaching it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_batched_lines_of_one_loop_pass_go_out_together_and_in_order() -> None:
+    # Given the daemon's batching log stream
+    out = _Writes()
+    log.configure("info", "json", stream=out, batch=True)
+    seen: list[str] = []
+    try:
+        async def main() -> None:
+            logger = structlog.get_logger("t")
+            # When 50 lines are logged in one pass of the event loop
+            for i in range(50):
+                logger.info("run.finished", n=i)
+            assert out.getvalue() == ""  # held until the pass ends
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            seen.append(out.getvalue())
+            # and a line from another thread (a sync handler's) while the loop holds lines
+            logger.info("run.finished", n=50)
+            t = threading.Thread(target=lambda: logger.info("handler.line", n=51))
+            t.start()
+            t.join()
+            seen.append(out.getvalue())
+            logger.info("run.finished", n=52)  # pending when the loop ends: written by flush()
+
+        asyncio.run(main())
+        log.flush()
+    finally:
+        structlog.reset_defaults()
+    # Then the pass's lines reach the stream in one write, every line arrives once, in order
+    assert out.writes >= 1 and len(seen[0].splitlines()) == 50
+    assert [json.loads(x)["n"] for x in seen[0].splitlines()] == list(range(50))
+    assert [json.loads(x)["n"] for x in seen[1].splitlines()] == list(range(52))  # the thread's line flushed the loop's
+    assert [json.loads(x)["n"] for x in out.getvalue().splitlines()] == list(range(53))
+    assert out.writes <= 4

@@ -51,7 +51,7 @@ def run(ctx: click.Context, jobs_dir: Path | None, tasks_dir: Path | None, confi
     refuse_unused(console_logs=log.is_console(settings.log_format))  # before the daemon's imports
     from supervisor.daemon.app import run_daemon  # noqa: PLC0415
 
-    log.configure(settings.log_level, settings.log_format)
+    log.configure(settings.log_level, settings.log_format, batch=True)  # a line per job: one write per loop pass
     import asyncio  # noqa: PLC0415
 
     try:
@@ -84,6 +84,9 @@ def _exit_daemon(code: int) -> None:
 
     structlog.get_logger(__name__).warning("daemon.exit_leaving_threads", threads=stuck,
                                            note="sync handlers that ignored their cancel; their jobs were released")
+    from supervisor.observability import log  # noqa: PLC0415
+
+    log.flush()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
