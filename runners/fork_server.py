@@ -10,18 +10,35 @@ run at once, on two cores. `supervisor.daemon.app` asks again with the settings'
 set in a TOML or .env file), before the daemon imports its own modules. A wrong guess costs an
 idle fork server (it exits with the daemon); a missed one costs the head start only: the pool
 starts the server when it first needs it.
+
+The server also imports the libraries the handler files import (`library_imports`: `import x`
+and `from x import y` lines, at any indentation), those installed in the standard library or
+site-packages only (`runners.fork_server_preload`), so a worker's first job does not pay for
+them and the workers share their pages. Handler files themselves, and modules of the handler
+folder or the project (what hot reload may change), are never imported there. A library
+imported with `importlib.import_module` is not seen: the way to keep one out of the server.
 This module imports only the standard library.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import multiprocessing
+import os
 import re
+import sys
+import sysconfig
 from pathlib import Path
 
 #: What the fork server imports before it forks any worker (handler files are loaded by each worker).
 PRELOAD = ["runners.fork_server_preload"]
+#: How the daemon tells the fork server the handler files' libraries (set while the server starts).
+LIBRARIES_ENV = "JOB_SUPERVISOR_POOL_LIBRARIES"
 _PROCESS = re.compile(rb"""runtime\s*=\s*["']process["']""")
+_IMPORT = re.compile(rb"^[ \t]*(?:from[ \t]+([A-Za-z_][\w.]*)[ \t]+import\b|import[ \t]+([^#;\n]+))", re.MULTILINE)
+_NAME = re.compile(r"[A-Za-z_][\w.]*\Z")
+_OURS = frozenset({"__future__", "supervisor", "runners"})
 _ASKED: set[tuple[Path, str]] = set()  # (folder, default runtime) pairs `start_if_likely` checked
 
 
@@ -48,6 +65,68 @@ def likely_needed(jobs_dir: Path, default_runtime: str) -> bool:
     return False
 
 
+def library_imports(jobs_dir: Path) -> list[str]:
+    """The modules the handler files of `jobs_dir` import by name, less the folder's own modules and
+    ours: what the fork server may import (it keeps the installed ones). From the text alone."""
+    folder = Path(jobs_dir)
+    try:
+        files = sorted(folder.glob("*.py"))
+        local = {p.stem for p in folder.iterdir()} | {folder.name}  # the folder's modules (`jobs.<name>`)
+    except OSError:
+        return []
+    names: set[str] = set()
+    for path in files:
+        try:
+            text = path.read_bytes()
+        except OSError:
+            continue
+        for m in _IMPORT.finditer(text):
+            if m.group(1):
+                found = [m.group(1).decode()]
+            else:  # import a.b, c as d
+                found = [part.split()[0] for part in m.group(2).decode(errors="replace").split(",") if part.split()]
+            names.update(n for n in found if _NAME.match(n) and n.split(".")[0] not in local | _OURS)
+    return sorted(names)
+
+
+def installed(name: str) -> bool:
+    """Whether top-level module `name` is built in or lives in the standard library or a
+    site-packages folder: code that hot reload never changes (not the project's own modules,
+    nor an editable install of them)."""
+    if name in sys.builtin_module_names:
+        return True
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    if spec is None:
+        return False
+    if spec.origin in ("built-in", "frozen"):
+        return True
+    where = spec.origin if spec.has_location else next(iter(spec.submodule_search_locations or []), None)
+    if not where:
+        return False
+    path = Path(where)
+    stdlib = [Path(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib")]
+    return ("site-packages" in path.parts or "dist-packages" in path.parts
+            or any(path.is_relative_to(p) for p in stdlib))
+
+
+def preload_libraries(names: str) -> list[str]:
+    """Import each installed module of comma-separated `names` (in the fork server); returns those
+    imported. A failure is left to the worker, whose load of the handler file reports it."""
+    done = []
+    for name in filter(None, names.split(",")):
+        if not installed(name.split(".")[0]):
+            continue
+        try:
+            importlib.import_module(name)
+        except BaseException:  # noqa: BLE001, S112 (SystemExit too: the worker's own import reports it)
+            continue
+        done.append(name)
+    return done
+
+
 def start_if_likely(jobs_dir: Path, default_runtime: str) -> None:
     """`start_early` when `likely_needed` says so; a server already running is kept, and a folder
     asked about already (`run`'s guess, then the settings' same folder) is not read again."""
@@ -56,18 +135,25 @@ def start_if_likely(jobs_dir: Path, default_runtime: str) -> None:
         return
     _ASKED.add(asked)
     if likely_needed(jobs_dir, default_runtime):
-        start_early()
+        start_early(jobs_dir)
 
 
-def start_early() -> None:
-    """Start the fork server now (a fork and exec: it imports `PRELOAD` in its own process while
-    the caller goes on); the pool's first worker start then finds it running."""
+def start_early(jobs_dir: Path) -> None:
+    """Start the fork server now, unless it runs (a fork and exec: it imports `PRELOAD` and the
+    libraries of `jobs_dir`'s handler files in its own process while the caller goes on); the
+    pool's first worker start then finds it running. Call it from the thread that starts
+    processes while no job runs (at start): the list goes to the server in its environment."""
     if default_start_method() != "forkserver":
         return
     from multiprocessing import forkserver  # noqa: PLC0415 (only here)
 
     multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
-    forkserver.ensure_running()
+    os.environ[LIBRARIES_ENV] = ",".join(library_imports(jobs_dir))
+    try:
+        forkserver.ensure_running()  # the server takes the list out of its environment at once
+    finally:
+        del os.environ[LIBRARIES_ENV]
 
 
-__all__ = ["PRELOAD", "default_start_method", "likely_needed", "start_early", "start_if_likely"]
+__all__ = ["LIBRARIES_ENV", "PRELOAD", "default_start_method", "installed", "library_imports", "likely_needed",
+           "preload_libraries", "start_early", "start_if_likely"]

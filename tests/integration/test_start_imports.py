@@ -1,6 +1,7 @@
 """A daemon imports what its settings and types use (issue 17, item 3): no admin API (FastAPI,
 uvicorn) unless enabled, no process pool until a served type needs one, then at once; no cyclic
-collection during the start, and the collector on again from READY."""
+collection during the start, and the collector on again from READY; pool workers start with the
+libraries their handlers import, never with the handler folder's own modules."""
 
 from __future__ import annotations
 
@@ -91,3 +92,32 @@ async def test_a_daemon_started_before_redis_waits_collects_and_serves(daemon: A
     finally:
         d.stop()
         server.stop()
+
+
+_LIBRARY_PROBE = '''
+import sys
+
+from supervisor import job
+
+
+@job("t.preloaded", runtime="process")
+def preloaded(payload: dict[str, object]) -> dict[str, bool]:
+    seen = {name: name in sys.modules for name in ("colorsys", "jobs._lib_helper")}
+    import colorsys  # noqa: F401 (a library: the fork server imported it for every worker)
+    from jobs import _lib_helper  # noqa: F401 (the folder's own module: hot reload's, never preloaded)
+    return seen
+'''
+
+
+async def test_pool_workers_start_with_the_handlers_libraries_not_the_folders_modules(
+        redis_url: str, daemon: Any, jobs_dir: Path) -> None:
+    # Given a process handler that imports a library and a helper of its own folder, both in the function
+    (jobs_dir / "preloaded.py").write_text(_LIBRARY_PROBE)
+    (jobs_dir / "_lib_helper.py").write_text("VALUE = 1\n")
+    daemon()
+    # When its first job runs
+    async with Client(redis_url) as client:
+        job = await client.wait((await client.enqueue("t.preloaded", {})).id, timeout=30)
+    # Then the library was already loaded in the worker, and the folder's module was not
+    assert job.state is State.COMPLETED, job.error
+    assert job.result == {"colorsys": True, "jobs._lib_helper": False}

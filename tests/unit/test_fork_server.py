@@ -1,12 +1,14 @@
-"""The guess that starts the pool's fork server early (`runners.fork_server.likely_needed`)."""
+"""The guess that starts the pool's fork server early (`runners.fork_server.likely_needed`), and
+which of the handler files' imports the server imports for every worker."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from runners.fork_server import likely_needed
+from runners.fork_server import installed, library_imports, likely_needed, preload_libraries
 
 
 @pytest.mark.parametrize(("text", "default_runtime", "expected"), [
@@ -25,3 +27,39 @@ def test_the_guess_reads_the_handler_files_text(tmp_path: Path, text: str, defau
 
 def test_a_missing_folder_is_no_guess(tmp_path: Path) -> None:
     assert likely_needed(tmp_path / "nope", "process") is False
+
+
+def test_the_libraries_are_read_from_every_import_line_less_the_folders_own_modules(tmp_path: Path) -> None:
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "orders.py").write_text(
+        "import json\n"
+        "import redis.asyncio as aredis, os.path  # two\n"
+        "from pydantic import BaseModel\n"
+        "from . import sibling\n"  # relative: the folder's own
+        "from jobs import shared\n"  # the folder imported by its name (`jobs.<name>`)
+        "import _helpers\n"  # a helper module of the folder
+        "from supervisor import job\n"
+        "from __future__ import annotations\n"
+        "def f():\n    import numpy.linalg\n    import csv\n"  # inside a function too
+        "x = 'import nothing'\n"
+    )
+    (tmp_path / "jobs" / "_helpers.py").write_text("")
+    assert library_imports(tmp_path / "jobs") == ["csv", "json", "numpy.linalg", "os.path", "pydantic", "redis.asyncio"]
+    assert library_imports(tmp_path / "missing") == []
+
+
+def test_only_installed_libraries_count_never_the_projects_own_modules(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "project_models.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert installed("json") and installed("sys") and installed("os")  # the standard library, frozen, built in
+    assert installed("redis")  # site-packages
+    assert not installed("project_models")  # the project's own: hot reload may change it
+    assert not installed("supervisor")  # an editable install of this project
+    assert not installed("no_such_module_anywhere")
+
+
+def test_a_library_that_fails_to_import_is_left_to_the_worker(tmp_path: Path) -> None:
+    sys.modules.pop("colorsys", None)
+    assert preload_libraries("colorsys,no_such_module_anywhere,,json") == ["colorsys", "json"]
+    assert "colorsys" in sys.modules
