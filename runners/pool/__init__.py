@@ -34,7 +34,8 @@ Design, and why:
 - Start method: `forkserver` (where the platform has it, else `spawn`), never a
   plain fork of the threaded daemon. The fork server preloads this package (and so
   pydantic, structlog, the `supervisor` package), so replacing a crashed worker
-  takes a few milliseconds instead of a fresh interpreter's ~0.4 s. Handler files
+  takes a few milliseconds instead of a fresh interpreter's ~0.4 s; it also imports
+  the installed libraries the handler files name (`runners.fork_server`). Handler files
   are *not* preloaded: every worker loads them itself, from the sources the
   daemon accepted (`accept(manifest)`, see `supervisor.daemon.accepted`), never from
   the folder as it is now: after a broken edit, workers keep serving the last
