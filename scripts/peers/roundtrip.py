@@ -38,9 +38,11 @@ OURS = [
 ]
 
 
-def run(argv: list[str], what: str) -> dict[str, Any]:
+def run(argv: list[str], what: str, log_level: str | None = None) -> dict[str, Any]:
     print(f"roundtrip: {what}", file=sys.stderr, flush=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JOB_SUPERVISOR_", "REDIS_URL", "WORKERS_"))}
+    if log_level:
+        env["BENCH_DAEMON_LOG_LEVEL"] = log_level  # the bench's daemons log at `warning` unless told
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)  # noqa: S603
     if proc.returncode != 0:
         raise SystemExit(f"{what} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -48,9 +50,9 @@ def run(argv: list[str], what: str) -> dict[str, Any]:
     return out
 
 
-def bench(url: str, args: list[str], jobs: int, repeat: int, what: str) -> dict[str, Any]:
+def bench(url: str, args: list[str], jobs: int, repeat: int, what: str, log_level: str) -> dict[str, Any]:
     return run([sys.executable, "-m", "supervisor", "bench", "--json", "--redis-url", f"{url}/0",
-                "--handler", "redis-roundtrip", "--jobs", str(jobs), "--repeat", str(repeat), *args], what)
+                "--handler", "redis-roundtrip", "--jobs", str(jobs), "--repeat", str(repeat), *args], what, log_level)
 
 
 def ours_row(label: str, r: dict[str, Any]) -> dict[str, Any]:
@@ -88,11 +90,11 @@ def ratios(rows: dict[str, dict[str, Any]]) -> None:
         print(f"{label:64} {ratio:5.2f}x  (target {target}x: {'met' if ratio >= target else 'MISSED'})")
 
 
-def latency(url: str, n: int) -> None:
+def latency(url: str, n: int, log_level: str) -> None:
     ours = run([sys.executable, "-m", "supervisor", "bench", "--json", "--redis-url", f"{url}/0", "--handler",
                 "redis-roundtrip", "--only", "latency", "--runtimes", "inprocess", "--concurrency", "0",
                 "--latency-jobs", str(n), "--latency-gap-ms", "10", "--idle-seconds", "0.5"],
-               "ours: latency, jobs every 10 ms")["latency"]["inprocess"]
+               "ours: latency, jobs every 10 ms", log_level)["latency"]["inprocess"]
     huey = run([str(PEERS_PY), str(DRIVER), "huey", "latency", f"{url}/1", str(n), "10"],
                "huey: latency, jobs every 10 ms")["latency"]
     print(f"\nenqueue-to-start, {n} jobs every 10 ms (round-trip handler): "
@@ -107,6 +109,10 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--latency-jobs", type=int, default=500)
+    # The settings' default, as a user who starts `job-supervisor run` gets it (a `run.finished`
+    # line per job); the peers log at their own defaults (huey's consumer: two lines per task).
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                    help="our daemons' log level (default: info, the settings' default)")
     a = ap.parse_args()
     server, tmp = None, None
     url = a.redis_url
@@ -121,16 +127,17 @@ def main() -> None:
     try:
         peers = {p: run([str(PEERS_PY), str(DRIVER), p, "drain", f"{url}/{db}", str(a.jobs), str(a.repeat)],
                         f"{p}: drain of {a.jobs} jobs x {a.repeat}") for p, db in (("huey", 1), ("dramatiq", 2))}
-        ours = {key: bench(url, [*args, "--only", "drain"], a.jobs, a.repeat, label)
+        ours = {key: bench(url, [*args, "--only", "drain"], a.jobs, a.repeat, label, a.log_level)
                 for key, (label, args) in zip(("defaults", "two", "tuned", "process"), OURS, strict=True)}
         rows = {"huey": peer_row("huey 3.5.4 (2 worker processes)", peers["huey"]),
                 "dramatiq": peer_row("dramatiq 2.2.1 (2 processes x 8 threads)", peers["dramatiq"]),
                 **{k: ours_row(label, ours[k]) for k, (label, _) in zip(ours, OURS, strict=True)}}
-        print(f"\n{a.jobs:,} jobs drained from a full queue, one Redis round trip per job, medians of {a.repeat}")
+        print(f"\n{a.jobs:,} jobs drained from a full queue, one Redis round trip per job, medians of {a.repeat}; "
+              f"our daemons at log level {a.log_level}")
         table(list(rows.values()))
         print()
         ratios(rows)
-        latency(url, a.latency_jobs)
+        latency(url, a.latency_jobs, a.log_level)
     finally:
         if server is not None:
             server.stop()
