@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     dead_retention: float = Field(30 * 86_400.0, gt=0, description="Keep failed/dead records (seconds).")
     max_idle_wait: float = Field(5.0, gt=0, le=60,
                                  description="Longest blocking wait for work before an idle re-check.")
+    settle_window_ms: float = Field(2.0, ge=0, le=100,
+                                    description="A process type with at least 8 runs in flight writes its "
+                                                "outcomes in batches: fewer than 8 waiting are held up to "
+                                                "this long (0: written at once).")
     schedules: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Cron schedules for job types whose file carries none: "

@@ -203,7 +203,8 @@ class Daemon:
         runners = self._make_runners(catalog, client)
         dispatcher = Dispatcher(self.broker, self.instance_id, runners,
                                 observer=RunObserver(self.tracing, self.metrics, self.instance_id),
-                                max_idle_wait=self.settings.max_idle_wait)
+                                max_idle_wait=self.settings.max_idle_wait,
+                                settle_window=self.settings.settle_window_ms / 1000)
         dispatcher.serve(catalog.current.served.values())
         if self.budget.started is not None:  # signalled while starting
             dispatcher.track_shutdown()

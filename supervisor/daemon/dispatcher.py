@@ -4,7 +4,8 @@ One fetch loop per served type claims jobs only when a slot is free (no
 prefetch a crash could strand), blocks on the type's wake-up marker when
 idle (no polling), and wakes itself when the next delayed job or lease
 expiry is due. Outcomes are settled in batches (one script call for every
-job that finished since the last call), leases are renewed in batches, and
+job that finished since the last call; a busy `process` type's few outcomes
+wait up to `settle_window` for more, see `_hold`), leases are renewed in batches, and
 Redis connection loss is retried with backoff while jobs keep running.
 
 Throughput: one claim takes at most half of a type's slots, so while the jobs of
@@ -43,6 +44,8 @@ if TYPE_CHECKING:  # the daemon hands in its observer (supervisor.observability.
 
 log = structlog.get_logger(__name__)
 
+SETTLE_BATCH = 8  # runs in flight from which a type's outcomes are batched, and the batch that goes at once
+
 
 class _Events:
     """RunEvents for one in-flight job (called on the loop)."""
@@ -71,12 +74,13 @@ class Dispatcher(Liveness):
     """Runs the served types' jobs on their runners and reports outcomes to Redis."""
 
     def __init__(self, broker: Broker, instance_id: str, runners: dict[str, Runner], *,
-                 observer: RunObserver, max_idle_wait: float = 5.0) -> None:
+                 observer: RunObserver, max_idle_wait: float = 5.0, settle_window: float = 0.0) -> None:
         self.broker = broker
         self.observer = observer  # tracing and metrics of each attempt
         self.instance_id = instance_id
         self.runners = runners
         self.max_idle_wait = max_idle_wait
+        self.settle_window = settle_window  # seconds a busy lane's few outcomes wait for more (see `_settle_loop`)
         self.lanes: dict[str, Lane] = {}
         self.fetching = False
         self._settle_now = asyncio.Event()
@@ -433,6 +437,8 @@ class Dispatcher(Liveness):
             self._settle_now.clear()
             for lane in self.lanes.values():
                 while lane.completes or lane.fails or lane.cancels:
+                    if self._hold(lane):
+                        await asyncio.sleep(self.settle_window)
                     completes, lane.completes = lane.completes, []
                     fails, lane.fails = lane.fails, []
                     cancels, lane.cancels = lane.cancels, []
@@ -463,6 +469,15 @@ class Dispatcher(Liveness):
                     lane.unsettled -= len(completes) + len(fails) + len(cancels) - kept
             if all(lane.unsettled == 0 for lane in self.lanes.values()):
                 self._settled.set()
+
+    def _hold(self, lane: Lane) -> bool:
+        """Whether `lane`'s outcomes wait `settle_window` for more before they are written: a
+        `process` type's, while at least SETTLE_BATCH of its runs are in flight and fewer outcomes
+        wait, and not while stopping. Each call costs Redis a fixed amount besides its jobs, and a
+        busy pool's results come back one or two at a time (in-process ones come back together);
+        their slots are free already, so only the records' `finished` waits."""
+        return (self.settle_window > 0 and self.fetching and lane.served.runtime == "process"
+                and len(lane.inflight) >= SETTLE_BATCH and len(lane.completes) + len(lane.fails) < SETTLE_BATCH)
 
     async def _settle_apart(self, lane: Lane, completes: list[Any], fails: list[Any], exc: Exception) -> int:
         """Settle a batch that a script refused one outcome at a time, so only the job whose

@@ -1,6 +1,7 @@
 """Events of a batch (issue 17, item 2): the bulk enqueue, claim and complete write one stream
 entry per call, and every reader gives one event per job, resuming inside such an entry without
-loss or repeat. Real Redis, a real daemon."""
+loss or repeat; a busy `process` type's outcomes are written in batches (`settle_window_ms`).
+Real Redis, a real daemon."""
 
 from __future__ import annotations
 
@@ -99,3 +100,35 @@ async def test_a_follower_from_now_on_keeps_an_event_of_its_own_millisecond(redi
         assert event.doc["job_id"] == ref.id
     finally:
         await r.aclose()
+
+
+_TRICKLE = '''
+import time
+
+from supervisor import job
+
+
+@job("t.trickle", runtime="process", concurrency=16)
+def trickle(payload: dict[str, int]) -> int:
+    time.sleep(0.001)  # results come back from the pool one at a time
+    return payload["i"]
+'''
+
+
+async def test_a_busy_process_types_outcomes_are_written_in_batches(redis_url: str, daemon: Any,
+                                                                    jobs_dir: Any) -> None:
+    # Given a process type whose 300 jobs finish one at a time in two workers, and a daemon whose
+    # outcomes wait up to 50 ms for more while 8 or more runs are in flight
+    (jobs_dir / "trickle.py").write_text(_TRICKLE)
+    async with Client(redis_url, allow_unknown=True) as client:
+        refs = await client.enqueue_many([EnqueueRequest("t.trickle", {"i": i}) for i in range(300)])
+        daemon(env={"JOB_SUPERVISOR_SETTLE_WINDOW_MS": "50", "WORKERS_CONCURRENCY": "2"})
+        # When they have all run
+        done = [await client.wait(ref.id, timeout=60) for ref in refs]
+        entries = [job_fields(entry) for _, entry in await client.broker.redis.xrange(keys.events_key("t.trickle"))]
+    # Then each completed once, with its own result, and their completions came in batches:
+    # one stream entry per settle call, most of them for 8 jobs or more
+    assert [job.result for job in done] == list(range(300)) and {job.state for job in done} == {State.COMPLETED}
+    completed = [[one["id"] for one in fields] for fields in entries if fields[0]["event"] == "completed"]
+    assert sorted(i for ids in completed for i in ids) == sorted(ref.id for ref in refs)
+    assert 300 / len(completed) >= 8, [len(ids) for ids in completed]
