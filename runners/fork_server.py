@@ -29,6 +29,7 @@ import os
 import re
 import sys
 import sysconfig
+import threading
 from pathlib import Path
 
 #: What the fork server imports before it forks any worker (handler files are loaded by each worker).
@@ -141,13 +142,18 @@ def start_if_likely(jobs_dir: Path, default_runtime: str) -> None:
 def start_early(jobs_dir: Path) -> None:
     """Start the fork server now, unless it runs (a fork and exec: it imports `PRELOAD` and the
     libraries of `jobs_dir`'s handler files in its own process while the caller goes on); the
-    pool's first worker start then finds it running. Call it from the thread that starts
-    processes while no job runs (at start): the list goes to the server in its environment."""
+    pool's first worker start then finds it running. The list of libraries reaches the server
+    in its environment, so it is passed only while this process has a single thread (`run`'s
+    start): changing the environment while another thread may read it is not safe in C. A
+    server started later (a guess that missed) imports our code only."""
     if default_start_method() != "forkserver":
         return
     from multiprocessing import forkserver  # noqa: PLC0415 (only here)
 
     multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    if threading.active_count() > 1:
+        forkserver.ensure_running()
+        return
     os.environ[LIBRARIES_ENV] = ",".join(library_imports(jobs_dir))
     try:
         forkserver.ensure_running()  # the server takes the list out of its environment at once
