@@ -435,40 +435,47 @@ class Dispatcher(Liveness):
         while True:
             await self._settle_now.wait()
             self._settle_now.clear()
+            waiting = [lane for lane in self.lanes.values() if lane.completes or lane.fails or lane.cancels]
+            if waiting and all(self._hold(lane) for lane in waiting):
+                await asyncio.sleep(self.settle_window)
+            # One call per type per round: a type that keeps finishing jobs never holds back another's.
             for lane in self.lanes.values():
-                while lane.completes or lane.fails or lane.cancels:
-                    if self._hold(lane):
-                        await asyncio.sleep(self.settle_window)
-                    completes, lane.completes = lane.completes, []
-                    fails, lane.fails = lane.fails, []
-                    cancels, lane.cancels = lane.cancels, []
-                    logs, lane.logs = lane.logs, {}
-                    kept = 0  # outcomes put back for the next round
-                    try:
-                        if logs:
-                            await self.broker.append_logs(logs, dict.fromkeys(logs, lane.served.retention_s))
-                        for job_id, lease, reason in cancels:
-                            await self._report_cancel(job_id, lease, reason)
-                        if completes:
-                            self._check(lane, completes, await self.broker.complete(lane.served.name, completes))
-                        if fails:
-                            self._check(lane, fails, await self.broker.fail(
-                                lane.served.name, lane.served.max_deliver, fails))
-                        backoff = 0.05
-                    except REDIS_DOWN as exc:
-                        # Keep every outcome: put them back and retry after a pause.
-                        lane.completes[:0] = completes
-                        lane.fails[:0] = fails
-                        lane.cancels[:0] = cancels
-                        for job_id, lines in logs.items():
-                            lane.logs.setdefault(job_id, [])[:0] = lines
-                        backoff = await self._redis_down("settle", lane.served.name, exc, backoff)
-                        continue
-                    except ResponseError as exc:  # a record another program wrote failed the script
-                        kept = await self._settle_apart(lane, completes, fails, exc)
-                    lane.unsettled -= len(completes) + len(fails) + len(cancels) - kept
-            if all(lane.unsettled == 0 for lane in self.lanes.values()):
+                if lane.completes or lane.fails or lane.cancels:
+                    backoff = await self._settle_lane(lane, backoff)
+            if any(lane.completes or lane.fails or lane.cancels for lane in self.lanes.values()):
+                self._settle_now.set()  # what came in meanwhile goes in the next round
+            elif all(lane.unsettled == 0 for lane in self.lanes.values()):
                 self._settled.set()
+
+    async def _settle_lane(self, lane: Lane, backoff: float) -> float:
+        """Write the outcomes `lane` holds in one call per kind; returns the backoff for the next
+        attempt (Redis down: every outcome is put back, after a pause)."""
+        completes, lane.completes = lane.completes, []
+        fails, lane.fails = lane.fails, []
+        cancels, lane.cancels = lane.cancels, []
+        logs, lane.logs = lane.logs, {}
+        kept = 0  # outcomes put back for the next round
+        try:
+            if logs:
+                await self.broker.append_logs(logs, dict.fromkeys(logs, lane.served.retention_s))
+            for job_id, lease, reason in cancels:
+                await self._report_cancel(job_id, lease, reason)
+            if completes:
+                self._check(lane, completes, await self.broker.complete(lane.served.name, completes))
+            if fails:
+                self._check(lane, fails, await self.broker.fail(lane.served.name, lane.served.max_deliver, fails))
+        except REDIS_DOWN as exc:
+            # Keep every outcome: put them back and retry after a pause.
+            lane.completes[:0] = completes
+            lane.fails[:0] = fails
+            lane.cancels[:0] = cancels
+            for job_id, lines in logs.items():
+                lane.logs.setdefault(job_id, [])[:0] = lines
+            return await self._redis_down("settle", lane.served.name, exc, backoff)
+        except ResponseError as exc:  # a record another program wrote failed the script
+            kept = await self._settle_apart(lane, completes, fails, exc)
+        lane.unsettled -= len(completes) + len(fails) + len(cancels) - kept
+        return 0.05
 
     def _hold(self, lane: Lane) -> bool:
         """Whether `lane`'s outcomes wait `settle_window` for more before they are written: a

@@ -1,6 +1,7 @@
 """Events of a batch (issue 17, item 2): the bulk enqueue, claim and complete write one stream
 entry per call, and every reader gives one event per job, resuming inside such an entry without
-loss or repeat; a busy `process` type's outcomes are written in batches (`settle_window_ms`).
+loss or repeat; a busy `process` type's outcomes are written in batches (`settle_window_ms`),
+and never hold back another type's.
 Real Redis, a real daemon."""
 
 from __future__ import annotations
@@ -132,3 +133,49 @@ async def test_a_busy_process_types_outcomes_are_written_in_batches(redis_url: s
     completed = [[one["id"] for one in fields] for fields in entries if fields[0]["event"] == "completed"]
     assert sorted(i for ids in completed for i in ids) == sorted(ref.id for ref in refs)
     assert 300 / len(completed) >= 8, [len(ids) for ids in completed]
+
+
+_QUICK = '''
+from supervisor import job
+
+
+@job("t.quick")
+async def quick(payload: dict[str, int]) -> int:
+    return payload["i"]
+'''
+
+
+_FLOOD = '''
+from supervisor import job
+
+
+@job("t.flood", runtime="process", concurrency=32)
+def flood(payload: dict[str, int]) -> int:
+    return payload["i"]
+'''
+
+
+async def test_a_busy_types_outcomes_never_hold_back_another_types(redis_url: str, daemon: Any,
+                                                                   jobs_dir: Any) -> None:
+    # Given a process type draining 10,000 no-op jobs, whose outcomes keep coming back
+    (jobs_dir / "flood.py").write_text(_FLOOD)
+    (jobs_dir / "quick.py").write_text(_QUICK)
+    async with Client(redis_url, allow_unknown=True) as client:
+        for start in range(0, 10_000, 1000):
+            await client.enqueue_many([EnqueueRequest("t.flood", {"i": i}) for i in range(start, start + 1000)])
+        daemon(env={"JOB_SUPERVISOR_SETTLE_WINDOW_MS": "50", "WORKERS_CONCURRENCY": "2"})
+        r = client.broker.redis
+        await _until_true(lambda: r.zcard(keys.index_key("t.flood", "st:completed")), 1000)
+        # When an in-process job is enqueued while that drain goes on
+        job = await client.wait((await client.enqueue("t.quick", {"i": 7})).id, timeout=30)
+        left = await r.zcard(keys.queue_prefix("t.flood") + "ready")
+    # Then its outcome is written while the busy type still has much of its queue left
+    assert job.state is State.COMPLETED and job.result == 7
+    assert left > 2000, f"the in-process job's outcome waited for the busy type's drain ({left} jobs left)"
+
+
+async def _until_true(count: Any, at_least: int) -> None:
+    async def reached() -> None:
+        while await count() < at_least:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(reached(), 30)
