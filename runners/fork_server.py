@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import multiprocessing
 import os
 import re
@@ -31,6 +32,7 @@ import sys
 import sysconfig
 import threading
 from pathlib import Path
+from typing import Any
 
 #: What the fork server imports before it forks any worker (handler files are loaded by each worker).
 PRELOAD = ["runners.fork_server_preload"]
@@ -113,18 +115,29 @@ def installed(name: str) -> bool:
             or any(path.is_relative_to(p) for p in stdlib))
 
 
-def preload_libraries(names: str) -> list[str]:
+def preload_libraries(names: str, warn: Any = None) -> list[str]:
     """Import each installed module of comma-separated `names` (in the fork server); returns those
-    imported. A failure is left to the worker, whose load of the handler file reports it."""
-    done = []
+    imported. A failure is left to the worker, whose load of the handler file reports it. A
+    library whose import starts a thread is reported on `warn` (default stderr, a JSON line):
+    workers forked from a process with threads can deadlock on a lock one of them held."""
+    done, threaded = [], []
     for name in filter(None, names.split(",")):
         if not installed(name.split(".")[0]):
             continue
+        threads = threading.active_count()
         try:
             importlib.import_module(name)
         except BaseException:  # noqa: BLE001, S112 (SystemExit too: the worker's own import reports it)
             continue
         done.append(name)
+        if threading.active_count() > threads:
+            threaded.append(name)
+    if threaded:
+        print(json.dumps({
+            "event": "pool.library_started_threads", "level": "warning", "libraries": threaded,
+            "error": "importing these in the pool's fork server started threads; workers are forked from it",
+            "fix": "import them with importlib.import_module(...) inside the handler, so each worker does",
+        }), file=warn or sys.stderr, flush=True)
     return done
 
 

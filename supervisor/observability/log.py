@@ -112,7 +112,7 @@ class _LogStream:
         self._inner = inner
         self._batch = batch
         self._pending: list[str] = []  # with batch: lines of this loop pass, not yet written
-        self._scheduled = False
+        self._scheduled: asyncio.AbstractEventLoop | None = None  # the loop whose pass will write them
         self._lock = threading.RLock()
         if batch:
             _BATCHING.append(self)
@@ -132,8 +132,8 @@ class _LogStream:
         if self._batch:
             loop = asyncio._get_running_loop()  # noqa: SLF001 (the C fast path; None in a thread without a loop)
             if loop is not None:
-                if not self._scheduled:  # once per pass: the lines of the pass go out together
-                    self._scheduled = True
+                if self._scheduled is not loop:  # once per pass: the lines of the pass go out together
+                    self._scheduled = loop  # (a loop that stopped before its pass ended is not waited for)
                     loop.call_soon(self.flush_pending)
                 return
             self.flush_pending()
@@ -145,7 +145,7 @@ class _LogStream:
 
     def flush_pending(self) -> None:
         with self._lock:
-            self._scheduled = False
+            self._scheduled = None
             if not self._pending:
                 return
             text = "".join(self._pending)

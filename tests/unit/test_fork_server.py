@@ -3,6 +3,8 @@ which of the handler files' imports the server imports for every worker."""
 
 from __future__ import annotations
 
+import io
+import json
 import sys
 from pathlib import Path
 
@@ -63,3 +65,23 @@ def test_a_library_that_fails_to_import_is_left_to_the_worker(tmp_path: Path) ->
     sys.modules.pop("colorsys", None)
     assert preload_libraries("colorsys,no_such_module_anywhere,,json") == ["colorsys", "json"]
     assert "colorsys" in sys.modules
+
+
+def test_a_library_that_starts_a_thread_when_imported_is_reported(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given an installed library (it lives in a site-packages folder) that starts a thread at import
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    (site / "threaded_lib_probe.py").write_text(
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(2,), daemon=True).start()\n")
+    monkeypatch.syspath_prepend(str(site))
+    # When the fork server imports it beside one that starts none
+    out = io.StringIO()
+    assert preload_libraries("threaded_lib_probe,json", warn=out) == ["threaded_lib_probe", "json"]
+    # Then one warning names it and says how to keep it out of the server
+    warning = json.loads(out.getvalue())
+    assert warning["event"] == "pool.library_started_threads" and warning["libraries"] == ["threaded_lib_probe"]
+    assert "importlib.import_module" in warning["fix"]
+    quiet = io.StringIO()
+    preload_libraries("json", warn=quiet)
+    assert quiet.getvalue() == ""

@@ -104,15 +104,22 @@ def test_batched_lines_of_one_loop_pass_go_out_together_and_in_order() -> None:
             t.start()
             t.join()
             seen.append(out.getvalue())
-            logger.info("run.finished", n=52)  # pending when the loop ends: written by flush()
+            logger.info("run.finished", n=52)  # pending when the loop ends
+
+        async def again() -> None:  # a loop started later still gets its lines written each pass
+            structlog.get_logger("t").info("run.finished", n=53)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            seen.append(out.getvalue())
 
         asyncio.run(main())
-        log.flush()
+        asyncio.run(again())
+        log.flush()  # what the exit writes: nothing is left
     finally:
         structlog.reset_defaults()
     # Then the pass's lines reach the stream in one write, every line arrives once, in order
     assert out.writes >= 1 and len(seen[0].splitlines()) == 50
     assert [json.loads(x)["n"] for x in seen[0].splitlines()] == list(range(50))
     assert [json.loads(x)["n"] for x in seen[1].splitlines()] == list(range(52))  # the thread's line flushed the loop's
-    assert [json.loads(x)["n"] for x in out.getvalue().splitlines()] == list(range(53))
-    assert out.writes <= 4
+    assert [json.loads(x)["n"] for x in seen[2].splitlines()] == list(range(54))
+    assert out.getvalue() == seen[2] and out.writes <= 4
