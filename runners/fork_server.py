@@ -22,6 +22,7 @@ This module imports only the standard library.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -74,7 +75,8 @@ def library_imports(jobs_dir: Path) -> list[str]:
     folder = Path(jobs_dir)
     try:
         files = sorted(folder.glob("*.py"))
-        local = {p.stem for p in folder.iterdir()} | {folder.name}  # the folder's modules (`jobs.<name>`)
+        # the folder's modules (`jobs.<name>`, helpers), and ours
+        skip = {p.stem for p in folder.iterdir()} | {folder.name} | _OURS
     except OSError:
         return []
     names: set[str] = set()
@@ -88,7 +90,7 @@ def library_imports(jobs_dir: Path) -> list[str]:
                 found = [m.group(1).decode()]
             else:  # import a.b, c as d
                 found = [part.split()[0] for part in m.group(2).decode(errors="replace").split(",") if part.split()]
-            names.update(n for n in found if _NAME.match(n) and n.split(".")[0] not in local | _OURS)
+            names.update(n for n in found if _NAME.match(n) and n.split(".")[0] not in skip)
     return sorted(names)
 
 
@@ -110,9 +112,13 @@ def installed(name: str) -> bool:
     if not where:
         return False
     path = Path(where)
-    stdlib = [Path(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib")]
     return ("site-packages" in path.parts or "dist-packages" in path.parts
-            or any(path.is_relative_to(p) for p in stdlib))
+            or any(path.is_relative_to(p) for p in _stdlib()))
+
+
+@functools.cache
+def _stdlib() -> list[Path]:
+    return [Path(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib")]
 
 
 def preload_libraries(names: str, warn: Any = None) -> list[str]:
@@ -164,14 +170,14 @@ def start_early(jobs_dir: Path) -> None:
     from multiprocessing import forkserver  # noqa: PLC0415 (only here)
 
     multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
-    if threading.active_count() > 1:
-        forkserver.ensure_running()
-        return
-    os.environ[LIBRARIES_ENV] = ",".join(library_imports(jobs_dir))
+    single = threading.active_count() == 1
+    if single:
+        os.environ[LIBRARIES_ENV] = ",".join(library_imports(jobs_dir))
     try:
         forkserver.ensure_running()  # the server takes the list out of its environment at once
     finally:
-        del os.environ[LIBRARIES_ENV]
+        if single:
+            del os.environ[LIBRARIES_ENV]
 
 
 __all__ = ["LIBRARIES_ENV", "PRELOAD", "default_start_method", "installed", "library_imports", "likely_needed",

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from runners import fork_server
+from runners.fork_server import PRELOAD
 from runners.pool.child import worker_main
 from runners.pool.pipe import Outbox
 from runners.pool.protocol import STOP
@@ -108,7 +108,8 @@ class WorkerSet:
         """Start `size` workers; the first start launches the fork server (blocking: off the loop)."""
         self.outbox = Outbox(loop)
         if self.start_method == "forkserver":
-            fork_server.start_early(self.jobs_dir)  # unless `run` started it: ours and libraries, never handler files
+            # `run` started it with the handlers' libraries (runners.fork_server); one started here has ours only
+            self._mp.set_forkserver_preload(PRELOAD)
         first = await asyncio.to_thread(self._launch)
         started = [self._register(*first)] if first is not None else []
         started += [w for w in (self._spawn() for _ in range(self.size - 1)) if w is not None]

@@ -9,6 +9,7 @@ redis-py commands.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -306,8 +307,8 @@ class Broker:
         """Tell the claims a fetch loop sent behind its waits (`wait_then_claim` with
         `halt_token`) to claim nothing, and end those waits: each through a key only the
         loop's own wait blocks on, so another instance idle on the same type keeps waiting."""
-        for name in names:
-            await self.run_type_script("halt", name, [halt_token, ttl_ms])
+        # At once, so the wire pipelines them: a stop halts every served type.
+        await asyncio.gather(*(self.run_type_script("halt", name, [halt_token, ttl_ms]) for name in names))
 
     async def key_status(self, name: str, key: str) -> dict[str, Any]:
         """The state of one concurrency key: active jobs, queued depth, last decision, takeovers."""
