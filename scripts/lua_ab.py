@@ -42,7 +42,8 @@ PAYLOAD = json.dumps({"data": "x" * 89})
 
 def load(r: redis.Redis, lua: Path) -> dict[str, str]:
     """The three scripts of `lua`, assembled as the broker does, loaded into `r`."""
-    S._read = lambda n: (lua / f"{n}.lua").read_text()  # type: ignore[assignment]  # noqa: SLF001
+    S._LUA_DIR = lua  # noqa: SLF001
+    S.lua_text.cache_clear()
     S.script_source.cache_clear()
     return {n: r.script_load(S.script_source(n)) for n in ("enqueue", "claim", "complete")}
 
