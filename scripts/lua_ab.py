@@ -105,6 +105,9 @@ def main() -> None:
             r = redis.Redis.from_url(server.url)
             r.hset(P + "meta", mapping={"retention_ms": "86400000"})
             sides.append((lua, r, load(r, lua)))
+        differ = any((o.a / f.name).read_bytes() != f.read_bytes() for f in o.b.glob("*.lua"))
+        if differ and sides[0][2] == sides[1][2]:  # the two folders' scripts must reach their servers
+            raise SystemExit("lua_ab: A and B differ, but the same scripts were loaded for both")
         labels = ["A " + str(o.a), "B " + str(o.b) + (" (no AOF)" if o.b_no_aof else "")]
         acc: dict[str, list[tuple[float, float, int, int]]] = {label: [] for label in labels}
         for i in range(o.rounds):
