@@ -105,7 +105,8 @@ def main() -> None:
             r = redis.Redis.from_url(server.url)
             r.hset(P + "meta", mapping={"retention_ms": "86400000"})
             sides.append((lua, r, load(r, lua)))
-        differ = any((o.a / f.name).read_bytes() != f.read_bytes() for f in o.b.glob("*.lua"))
+        texts = [{f.name: f.read_bytes() for f in folder.glob("*.lua")} for folder in (o.a, o.b)]
+        differ = texts[0] != texts[1]
         if differ and sides[0][2] == sides[1][2]:  # the two folders' scripts must reach their servers
             raise SystemExit("lua_ab: A and B differ, but the same scripts were loaded for both")
         labels = ["A " + str(o.a), "B " + str(o.b) + (" (no AOF)" if o.b_no_aof else "")]
