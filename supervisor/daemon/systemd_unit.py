@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
@@ -61,6 +62,14 @@ def systemd_quote(arg: str) -> str:
 
 
 HIDDEN_ROOTS = ("/home", "/root", "/run/user")
+
+
+def install_paths(*more: str) -> list[str]:
+    """What the service reads to start, besides `more`: the interpreter (a venv links to it), the
+    venv, and the folder our packages are imported from (an editable install's checkout, which
+    is neither: `pip install -e .` as the quick start does)."""
+    return [sys.base_prefix, sys.prefix, str(Path(sys.executable).resolve().parent),
+            str(Path(__file__).resolve().parents[2]), *more]
 
 
 def paths_hidden_by_protect_home(*paths: str) -> list[str]:

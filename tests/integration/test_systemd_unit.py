@@ -18,9 +18,12 @@ from pathlib import Path
 
 import pytest
 
+import runners
+import supervisor
 from supervisor.daemon.systemd_unit import (
     UNIT_NAME,
     default_exec_start,
+    install_paths,
     render_unit,
     shipped_unit_path,
     systemd_quote,
@@ -269,6 +272,16 @@ def test_render_rejects_template_without_exec_start() -> None:
 )
 def test_systemd_quote(arg: str, quoted: str) -> None:
     assert systemd_quote(arg) == quoted
+
+
+def test_the_unit_keeps_readable_where_our_packages_are_imported_from() -> None:
+    """An editable install (the quick start's `pip install -e .`) imports our packages from its
+    checkout, outside the venv: under a home directory ProtectHome would hide it, and the service
+    would fail to start with ModuleNotFoundError, unless the unit binds it read-only."""
+    kept = [Path(p).resolve() for p in install_paths()]
+    for module in (supervisor, runners):
+        where = Path(str(module.__file__)).resolve()
+        assert any(where.is_relative_to(p) for p in kept), (where, kept)
 
 
 def security_exposure(tmp_path: Path, text: str) -> tuple[float, str]:

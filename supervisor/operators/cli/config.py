@@ -43,6 +43,7 @@ def systemd_unit(ctx: click.Context, user: str | None) -> None:
 
     from supervisor.daemon.systemd_unit import (  # noqa: PLC0415
         default_exec_start,
+        install_paths,
         paths_hidden_by_protect_home,
         render_unit,
     )
@@ -55,10 +56,9 @@ def systemd_unit(ctx: click.Context, user: str | None) -> None:
     binary = shutil.which("job-supervisor") or str(Path(sys.executable).with_name("job-supervisor"))
     root = ctx.find_root().obj or {}
     config = root.get("config")
-    # The interpreter (a venv links to it), the venv and the install must stay readable.
-    hidden = paths_hidden_by_protect_home(
-        sys.base_prefix, sys.prefix, str(Path(sys.executable).resolve().parent), str(Path.cwd()),
-        str(Path(settings.jobs_dir).resolve()), str(Path(settings.tasks_dir).resolve()))
+    # The interpreter, the venv, our packages and the install must stay readable.
+    hidden = paths_hidden_by_protect_home(*install_paths(
+        str(Path.cwd()), str(Path(settings.jobs_dir).resolve()), str(Path(settings.tasks_dir).resolve())))
     click.echo(render_unit(
         default_exec_start(binary, str(Path(config).resolve()) if config else None),
         working_dir=str(Path.cwd()), state_dir="/var/lib/job-supervisor", user=user, group=user,
